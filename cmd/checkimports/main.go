@@ -1,0 +1,113 @@
+// Command checkimports enforces the one-way dependency rule of the
+// repository: cmd -> services -> pkg -> gen. A service never imports another
+// service, pkg never imports services or cmd, and gen imports nothing of
+// ours. It reads the graph from `go list -deps`.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+const mod = "github.com/keygate/keygate"
+
+func main() {
+	violations, err := check()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "checkimports:", err)
+		os.Exit(2)
+	}
+	for _, v := range violations {
+		fmt.Fprintln(os.Stderr, v)
+	}
+	if len(violations) > 0 {
+		os.Exit(1)
+	}
+	fmt.Println("checkimports: ok")
+}
+
+// layer names the part of the repository a package belongs to.
+func layer(pkg string) (kind, name string) {
+	rest, ok := strings.CutPrefix(pkg, mod+"/")
+	if !ok {
+		return "external", ""
+	}
+	parts := strings.SplitN(rest, "/", 3)
+	switch parts[0] {
+	case "gen", "pkg", "cmd":
+		return parts[0], ""
+	case "services":
+		if len(parts) > 1 {
+			return "services", parts[1]
+		}
+	}
+	return "other", rest
+}
+
+// allowed reports whether a package of layer from may depend on to.
+func allowed(fromKind, fromName, toKind, toName string) bool {
+	if toKind == "external" {
+		return true
+	}
+	switch fromKind {
+	case "gen":
+		return toKind == "gen"
+	case "pkg":
+		return toKind == "pkg" || toKind == "gen"
+	case "services":
+		return toKind == "pkg" || toKind == "gen" || (toKind == "services" && toName == fromName)
+	case "cmd":
+		return toKind != "other"
+	}
+	return false
+}
+
+func check() ([]string, error) {
+	var out []string
+	for _, pattern := range []string{mod + "/...", mod + "/pkg/...", mod + "/gen/..."} {
+		cmd := exec.Command("go", "list", "-deps", "-test", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, pattern)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		b, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("go list %s: %w: %s", pattern, err, stderr.String())
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) == 0 {
+				continue
+			}
+			from := strings.TrimSuffix(strings.Fields(strings.ReplaceAll(f[0], "[", " "))[0], ".test")
+			from = strings.TrimSuffix(from, "_test")
+			fk, fn := layer(from)
+			if fk == "external" {
+				continue
+			}
+			for _, to := range f[1:] {
+				tk, tn := layer(to)
+				if !allowed(fk, fn, tk, tn) {
+					out = append(out, fmt.Sprintf("%s imports %s: dependencies point cmd -> services -> pkg -> gen, and a service never imports another", from, to))
+				}
+			}
+		}
+	}
+	return dedupe(out), nil
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,515 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/pkg/etcdembed"
+	"github.com/keygate/keygate/pkg/keycache"
+	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/pkg/telemetry"
+	"github.com/keygate/keygate/services/edge"
+	"github.com/keygate/keygate/services/gateway"
+	"github.com/keygate/keygate/services/keystore"
+	"github.com/keygate/keygate/services/limiter"
+	"github.com/keygate/keygate/services/usage"
+)
+
+// Role is one part of keygate that a process can run.
+type Role string
+
+const (
+	RoleKeystore Role = "keystore"
+	RoleLimiter  Role = "limiter"
+	RoleUsage    Role = "usage"
+	RoleEdge     Role = "edge"
+	RoleGateway  Role = "gateway"
+)
+
+// AllRoles is what `keygate up` runs.
+var AllRoles = []Role{RoleKeystore, RoleLimiter, RoleUsage, RoleEdge, RoleGateway}
+
+// App is one keygate process: `keygate up` (every role in one process with an
+// embedded etcd member) or `keygate serve <role>`.
+//
+// Close shuts down in the reverse order of start, so that nothing is cut off
+// mid-request: first the HTTP listeners stop accepting and in-flight requests
+// finish (the edge settles and hands off their usage), then the edge flushes
+// its usage buffer to the usage service, then the gRPC server drains, then the
+// services release their state (the limiter revokes its membership lease),
+// then the etcd client and the embedded etcd member stop, and last the
+// telemetry exporters flush.
+type App struct {
+	Config Config
+	Roles  []Role
+	// EmbedEtcd runs an etcd member in-process (keygate up).
+	EmbedEtcd bool
+	Clock     clock.Clock
+	Logger    *slog.Logger
+	// Out receives the generated root token, printed once.
+	Out io.Writer
+
+	// Bound addresses, set by Start.
+	GRPCAddr, HTTPAddr, EdgeAddr, MetricsAddr string
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	tel     *telemetry.Telemetry
+	etcdSrv *etcdembed.Server
+	etcd    *clientv3.Client
+	grpcSrv *grpc.Server
+	health  *health.Server
+	conns   []*grpc.ClientConn
+	https   []*http.Server
+	edge    *edge.Server
+	closers []func() error
+	bg      sync.WaitGroup
+	errc    chan error
+}
+
+func (a *App) has(r Role) bool {
+	for _, x := range a.Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// Run starts the app, serves until ctx ends or a server fails, then closes.
+func (a *App) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		_ = a.Close()
+		return err
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-a.errc:
+	}
+	return errors.Join(err, a.Close())
+}
+
+// Start binds every listener and starts serving; it returns once serving.
+func (a *App) Start(ctx context.Context) error {
+	c := &a.Config
+	if a.Clock == nil {
+		a.Clock = clock.Real{}
+	}
+	if a.Logger == nil {
+		a.Logger = telemetry.NewLogger(os.Stderr, c.LogLevel)
+	}
+	if a.Out == nil {
+		a.Out = os.Stdout
+	}
+	a.errc = make(chan error, 8)
+	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	log := a.Logger
+
+	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure})
+	if err != nil {
+		return err
+	}
+	a.tel = tel
+
+	if a.EmbedEtcd {
+		if err := a.startEmbeddedEtcd(ctx); err != nil {
+			return err
+		}
+		if c.RootToken == "" {
+			if c.RootToken, err = loadOrCreateRootToken(c.DataDir, a.Out); err != nil {
+				return err
+			}
+		}
+	}
+	if c.RootToken == "" {
+		return errors.New("no root token: set KEYGATE_ROOT_TOKEN (the services use it to call each other)")
+	}
+	needEtcd := a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage) || a.has(RoleEdge)
+	if needEtcd {
+		if len(c.EtcdEndpoints) == 0 {
+			return errors.New("no etcd: set KEYGATE_ETCD_ENDPOINTS (or run `keygate up`, which embeds one)")
+		}
+		a.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: nil})
+		if err != nil {
+			return fmt.Errorf("etcd client: %w", err)
+		}
+	}
+
+	grpcRoles := a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage)
+	var grpcLis net.Listener
+	if grpcRoles {
+		if grpcLis, err = net.Listen("tcp", c.GRPCAddr); err != nil {
+			return fmt.Errorf("grpc listen %s: %w", c.GRPCAddr, err)
+		}
+		a.GRPCAddr = grpcLis.Addr().String()
+		a.grpcSrv = grpc.NewServer(tel.ServerOptions(log)...)
+		a.health = health.NewServer()
+		healthpb.RegisterHealthServer(a.grpcSrv, a.health)
+		reflection.Register(a.grpcSrv)
+	}
+	// Where this process reaches each service: itself over loopback, or the
+	// configured address.
+	self := loopback(a.GRPCAddr)
+	keystoreAddr, usageAddr := c.KeystoreAddr, c.UsageAddr
+	if a.has(RoleKeystore) {
+		keystoreAddr = self
+	}
+	if a.has(RoleUsage) {
+		usageAddr = self
+	}
+	var keystoreConn, usageConn *grpc.ClientConn
+	if a.has(RoleUsage) || a.has(RoleEdge) {
+		if keystoreConn, err = a.dial(keystoreAddr, true); err != nil {
+			return err
+		}
+	}
+	if a.has(RoleLimiter) || a.has(RoleEdge) {
+		if usageConn, err = a.dial(usageAddr, true); err != nil {
+			return err
+		}
+	}
+
+	meter := tel.MeterProvider()
+	if a.has(RoleKeystore) {
+		ks, err := keystore.New(ctx, keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken})
+		if err != nil {
+			return fmt.Errorf("keystore: %w", err)
+		}
+		ks.Register(a.grpcSrv)
+		a.closers = append(a.closers, ks.Close)
+		a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if a.has(RoleUsage) {
+		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn)})
+		if err != nil {
+			return fmt.Errorf("usage: %w", err)
+		}
+		us.Register(a.grpcSrv)
+		a.closers = append(a.closers, us.Close)
+		a.health.SetServingStatus(usagev1.UsageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if a.has(RoleLimiter) {
+		adv := c.AdvertiseAddr
+		if adv == "" {
+			adv = self
+		}
+		lim, err := limiter.New(ctx, limiter.Config{
+			Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "limiter"), Meter: meter,
+			Usage: usagev1.NewUsageServiceClient(usageConn), AdvertiseAddr: adv,
+			DialOptions: a.dialOptions(true), ServiceToken: c.RootToken,
+		})
+		if err != nil {
+			return fmt.Errorf("limiter: %w", err)
+		}
+		lim.Register(a.grpcSrv)
+		a.closers = append(a.closers, lim.Close)
+		a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+	if a.grpcSrv != nil {
+		a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		a.goServe("grpc", func() error { return a.grpcSrv.Serve(grpcLis) })
+	}
+	if a.EmbedEtcd {
+		if err := a.registerMockModels(ctx, keystoreConn); err != nil {
+			return err
+		}
+	}
+
+	if a.has(RoleEdge) {
+		if err := a.startEdge(ctx, keystoreConn, usageConn); err != nil {
+			return err
+		}
+	}
+	if a.has(RoleGateway) {
+		// The gateway's connections carry no token of their own: every call
+		// holds exactly the caller's credential.
+		gwKeystore, err := a.dial(keystoreAddr, false)
+		if err != nil {
+			return err
+		}
+		gwUsage, err := a.dial(usageAddr, false)
+		if err != nil {
+			return err
+		}
+		h, err := gateway.New(a.ctx, gateway.Config{Keystore: gwKeystore, Usage: gwUsage, Logger: log.With("service", "gateway")})
+		if err != nil {
+			return err
+		}
+		if a.HTTPAddr, err = a.serveHTTP("gateway", c.HTTPAddr, h, 60*time.Second); err != nil {
+			return err
+		}
+	}
+	if !a.has(RoleEdge) && !a.has(RoleGateway) {
+		// gRPC-only roles still answer /metrics and /healthz over HTTP.
+		if a.MetricsAddr, err = a.serveHTTP("metrics", c.MetricsAddr, healthz(), 10*time.Second); err != nil {
+			return err
+		}
+	}
+	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "edge", a.EdgeAddr, "metrics", a.MetricsAddr)
+	return nil
+}
+
+func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.ClientConn) error {
+	c := a.Config
+	ksClient := keystorev1.NewKeystoreServiceClient(keystoreConn)
+	verifier := keycache.New(ksClient, keycache.Options{Clock: a.Clock, Logger: a.Logger.With("component", "keycache")})
+	a.goBackground(func() { _ = verifier.Run(a.ctx) })
+	lc, err := limitclient.New(ctx, limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")})
+	if err != nil {
+		return fmt.Errorf("limiter client: %w", err)
+	}
+	a.closers = append(a.closers, lc.Close)
+	es, err := edge.New(edge.Config{
+		Verifier: verifier, ErrInvalidKey: keycache.ErrInvalidKey, Limiter: lc,
+		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient,
+		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
+		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
+		RequestTimeout: c.RequestTimeout, MockLatency: c.MockLatency,
+	})
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	a.edge = es
+	a.goBackground(func() { _ = es.Run(a.ctx) })
+	// No write timeout: streamed answers last as long as the model writes;
+	// the edge bounds each request with its own deadline.
+	a.EdgeAddr, err = a.serveHTTP("edge", c.EdgeAddr, es.Handler(), 0)
+	return err
+}
+
+// Close stops everything in the order documented on App.
+func (a *App) Close() error {
+	if a.cancel == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.Config.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if a.health != nil {
+		a.health.Shutdown()
+	}
+	for _, s := range a.https {
+		if err := s.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.edge != nil {
+		if err := a.edge.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("edge flush: %w", err))
+		}
+	}
+	if a.grpcSrv != nil {
+		done := make(chan struct{})
+		go func() { a.grpcSrv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			a.grpcSrv.Stop()
+		}
+	}
+	a.cancel()
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		if err := a.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, cc := range a.conns {
+		_ = cc.Close()
+	}
+	a.bg.Wait()
+	if a.etcd != nil {
+		_ = a.etcd.Close()
+	}
+	if a.etcdSrv != nil {
+		a.etcdSrv.Close()
+	}
+	if a.tel != nil {
+		if err := a.tel.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.cancel = nil
+	return errors.Join(errs...)
+}
+
+func (a *App) startEmbeddedEtcd(ctx context.Context) error {
+	c := &a.Config
+	dir := filepath.Join(c.DataDir, "etcd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	srv, err := etcdembed.Start(ctx, etcdembed.Config{
+		Name: c.EtcdName, DataDir: dir, ClientURL: c.EtcdClientURL, PeerURL: c.EtcdPeerURL,
+		InitialCluster: c.EtcdInitialCluster, Existing: c.EtcdExisting,
+	})
+	if err != nil {
+		return err
+	}
+	a.etcdSrv = srv
+	c.EtcdEndpoints = srv.Endpoints()
+	a.goBackground(func() {
+		select {
+		case err := <-srv.Err():
+			if err != nil {
+				a.errc <- fmt.Errorf("embedded etcd: %w", err)
+			}
+		case <-a.ctx.Done():
+		}
+	})
+	return nil
+}
+
+// registerMockModels makes the built-in mock provider and its two priced
+// models available, once; an operator's later changes are kept.
+func (a *App) registerMockModels(ctx context.Context, conn *grpc.ClientConn) error {
+	ks := keystorev1.NewKeystoreServiceClient(conn)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := ks.CreateProvider(ctx, &keystorev1.CreateProviderRequest{Provider: &keystorev1.Provider{Id: "mock", BaseUrl: "mock"}})
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		return fmt.Errorf("register mock provider: %w", err)
+	}
+	for _, m := range []*keystorev1.Model{
+		{Id: "mock-small", Provider: "mock", InputPricePerMillionUsd: "0.15", OutputPricePerMillionUsd: "0.60"},
+		{Id: "mock-large", Provider: "mock", InputPricePerMillionUsd: "2.50", OutputPricePerMillionUsd: "10.00"},
+	} {
+		if _, err := ks.CreateModel(ctx, &keystorev1.CreateModelRequest{Model: m}); err != nil && status.Code(err) != codes.AlreadyExists {
+			return fmt.Errorf("register model %s: %w", m.Id, err)
+		}
+	}
+	return nil
+}
+
+func (a *App) dialOptions(withToken bool) []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if withToken {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.Token{Value: a.Config.RootToken}))
+	}
+	return append(opts, a.tel.DialOptions()...)
+}
+
+// dial connects to another service. With the service token, calls carry the
+// root token unless the context already carries a caller's credential.
+func (a *App) dial(addr string, serviceToken bool) (*grpc.ClientConn, error) {
+	opts := a.dialOptions(false)
+	if serviceToken {
+		opts = append(opts, grpc.WithChainUnaryInterceptor(defaultToken(a.Config.RootToken)), grpc.WithChainStreamInterceptor(defaultTokenStream(a.Config.RootToken)))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	a.conns = append(a.conns, cc)
+	return cc, nil
+}
+
+func (a *App) serveHTTP(name, addr string, h http.Handler, writeTimeout time.Duration) (string, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%s listen %s: %w", name, addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.tel.MetricsHandler())
+	mux.Handle("/", h)
+	s := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(a.Logger.Handler(), slog.LevelWarn),
+	}
+	a.https = append(a.https, s)
+	a.goServe(name, func() error {
+		if err := s.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return l.Addr().String(), nil
+}
+
+func (a *App) goServe(name string, f func() error) {
+	a.goBackground(func() {
+		if err := f(); err != nil {
+			a.errc <- fmt.Errorf("%s server: %w", name, err)
+		}
+	})
+}
+
+func (a *App) goBackground(f func()) {
+	a.bg.Add(1)
+	go func() { defer a.bg.Done(); f() }()
+}
+
+func healthz() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"status":"SERVING"}`)
+	})
+	return mux
+}
+
+// loopback turns a bound listen address into one this process can dial.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+const rootTokenFile = "root-token"
+
+// loadOrCreateRootToken reads the root token saved under dir, or creates,
+// saves (0600) and prints one. It is printed only when created.
+func loadOrCreateRootToken(dir string, out io.Writer) (string, error) {
+	path := filepath.Join(dir, rootTokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read root token: %w", err)
+	}
+	tok := "kgr_" + rand.Text() + rand.Text()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("save root token: %w", err)
+	}
+	fmt.Fprintf(out, "keygate: generated a root token, saved in %s (shown only now):\n%s\n", path, tok)
+	return tok, nil
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is every setting of the binary, parsed once from flags, each with a
+// KEYGATE_* environment variable as its default.
+type Config struct {
+	DataDir       string
+	HTTPAddr      string
+	EdgeAddr      string
+	GRPCAddr      string
+	MetricsAddr   string
+	EtcdEndpoints []string
+	RootToken     string
+	LogLevel      slog.Level
+	OTLPEndpoint  string
+	OTLPInsecure  bool
+
+	// Where a single-role process finds the others.
+	KeystoreAddr  string
+	UsageAddr     string
+	AdvertiseAddr string
+
+	// Edge.
+	FailOpen         bool
+	MaxBodyBytes     int64
+	DefaultMaxTokens int64
+	RequestTimeout   time.Duration
+	MockLatency      time.Duration
+
+	// Embedded etcd member (keygate etcd, keygate up).
+	EtcdName           string
+	EtcdClientURL      string
+	EtcdPeerURL        string
+	EtcdInitialCluster string
+	EtcdExisting       bool
+
+	ShutdownTimeout time.Duration
+}
+
+// envFlags registers flags whose defaults come from the environment.
+type envFlags struct {
+	fs     *flag.FlagSet
+	getenv func(string) string
+	errs   []error
+}
+
+func (e *envFlags) env(name string) string { return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
+
+func (e *envFlags) str(p *string, name, def, usage string) {
+	if v := e.getenv(e.env(name)); v != "" {
+		def = v
+	}
+	e.fs.StringVar(p, name, def, usage+" ($"+e.env(name)+")")
+}
+
+func (e *envFlags) boolean(p *bool, name string, def bool, usage string) {
+	if v := e.getenv(e.env(name)); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("$%s: want true or false, got %q", e.env(name), v))
+		}
+		def = b
+	}
+	e.fs.BoolVar(p, name, def, usage+" ($"+e.env(name)+")")
+}
+
+func (e *envFlags) int64(p *int64, name string, def int64, usage string) {
+	if v := e.getenv(e.env(name)); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("$%s: want an integer, got %q", e.env(name), v))
+		}
+		def = n
+	}
+	e.fs.Int64Var(p, name, def, usage+" ($"+e.env(name)+")")
+}
+
+func (e *envFlags) duration(p *time.Duration, name string, def time.Duration, usage string) {
+	if v := e.getenv(e.env(name)); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("$%s: want a duration such as 30s, got %q", e.env(name), v))
+		}
+		def = d
+	}
+	e.fs.DurationVar(p, name, def, usage+" ($"+e.env(name)+")")
+}
+
+// parseConfig reads flags for a server command (up, serve, etcd).
+func parseConfig(name string, args []string, getenv func(string) string) (Config, []string, error) {
+	var c Config
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	e := &envFlags{fs: fs, getenv: getenv}
+	var endpoints, level string
+	e.str(&c.DataDir, "data-dir", "keygate-data", "directory for etcd data and the generated root token")
+	e.str(&c.HTTPAddr, "http-addr", ":8080", "REST gateway listen address")
+	e.str(&c.EdgeAddr, "edge-addr", ":8081", "OpenAI-compatible edge listen address")
+	e.str(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (every service)")
+	e.str(&c.MetricsAddr, "metrics-addr", ":9464", "/metrics and /healthz for roles without an HTTP port")
+	e.str(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty in `keygate up` runs an embedded member")
+	e.str(&c.RootToken, "root-token", "", "bootstrap root token; `keygate up` generates one under the data dir when empty")
+	e.str(&level, "log-level", "info", "debug, info, warn or error")
+	e.str(&c.OTLPEndpoint, "otlp-endpoint", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/gRPC trace collector host:port; empty disables export")
+	e.boolean(&c.OTLPInsecure, "otlp-insecure", true, "send traces without TLS")
+	e.str(&c.KeystoreAddr, "keystore-addr", "127.0.0.1:9090", "keystore gRPC address (serve edge|usage|gateway)")
+	e.str(&c.UsageAddr, "usage-addr", "127.0.0.1:9090", "usage gRPC address (serve edge|limiter|gateway)")
+	e.str(&c.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial to reach this limiter; default derived from --grpc-addr")
+	e.boolean(&c.FailOpen, "fail-open", false, "admit requests when no limiter answers (default: 503 limiter_unavailable)")
+	e.int64(&c.MaxBodyBytes, "max-body-bytes", 4<<20, "largest request body the edge accepts")
+	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")
+	e.duration(&c.RequestTimeout, "request-timeout", 120*time.Second, "deadline of one inference request")
+	e.duration(&c.MockLatency, "mock-latency", 0, "latency the built-in mock provider adds to each answer")
+	e.str(&c.EtcdName, "etcd-name", "default", "name of the embedded etcd member")
+	e.str(&c.EtcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "client URL of the embedded etcd member")
+	e.str(&c.EtcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd member")
+	e.str(&c.EtcdInitialCluster, "etcd-initial-cluster", "", "name=peerURL,… of every member; default this member alone")
+	e.boolean(&c.EtcdExisting, "etcd-existing", false, "join a running cluster instead of forming a new one")
+	e.duration(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests may finish on SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return c, nil, err
+	}
+	if len(e.errs) > 0 {
+		return c, nil, errors.Join(e.errs...)
+	}
+	for _, ep := range strings.Split(endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			c.EtcdEndpoints = append(c.EtcdEndpoints, ep)
+		}
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
+		return c, nil, fmt.Errorf("--log-level: want debug, info, warn or error, got %q", level)
+	}
+	if c.MaxBodyBytes <= 0 {
+		return c, nil, errors.New("--max-body-bytes must be positive")
+	}
+	if c.DefaultMaxTokens <= 0 {
+		return c, nil, errors.New("--default-max-tokens must be positive")
+	}
+	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
+		return c, nil, errors.New("--request-timeout and --shutdown-timeout must be positive")
+	}
+	return c, fs.Args(), nil
+}
+
+func osGetenv(k string) string { return os.Getenv(k) }

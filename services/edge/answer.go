@@ -1,0 +1,141 @@
+package edge
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+)
+
+// apiError is an answer in OpenAI's error shape. code doubles as the
+// metric reason.
+type apiError struct {
+	status int
+	typ    string
+	code   string
+	msg    string
+}
+
+type errorBody struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    string  `json:"code"`
+	} `json:"error"`
+}
+
+func (e apiError) body() []byte {
+	var b errorBody
+	b.Error.Message, b.Error.Type, b.Error.Code = e.msg, e.typ, e.code
+	out, _ := json.Marshal(b)
+	return append(out, '\n')
+}
+
+func badRequest(msg string) apiError {
+	return apiError{http.StatusBadRequest, "invalid_request_error", "invalid_request_error", msg}
+}
+
+func upstreamError(status int, msg string) apiError {
+	return apiError{status, "server_error", "upstream_error", msg}
+}
+
+// setRateHeaders writes the x-ratelimit-* headers from a Check result;
+// without one (the request never reached the limiter, or the key has no
+// such window) they read 0 and "0s", meaning no window applied. The map is
+// written directly: the names are already canonical.
+func setRateHeaders(h http.Header, res *limiterv1.CheckResult) {
+	rq, tq := res.GetRequests(), res.GetTokens()
+	h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(rq.GetLimit(), 10)}
+	h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(rq.GetRemaining(), 0), 10)}
+	h["X-Ratelimit-Reset-Requests"] = []string{formatReset(rq.GetResetAfter())}
+	h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(tq.GetLimit(), 10)}
+	h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(tq.GetRemaining(), 0), 10)}
+	h["X-Ratelimit-Reset-Tokens"] = []string{formatReset(tq.GetResetAfter())}
+}
+
+// formatReset renders a duration as OpenAI does ("17ms", "1s", "6m0s").
+func formatReset(d *durationpb.Duration) string {
+	if d == nil {
+		return "0s"
+	}
+	v := d.AsDuration()
+	switch {
+	case v <= 0:
+		return "0s"
+	case v < time.Minute:
+		v = v.Round(time.Millisecond)
+	default:
+		v = v.Round(time.Second)
+	}
+	return v.String()
+}
+
+// retrySeconds is a Retry-After value: whole seconds, rounded up, at least 1.
+func retrySeconds(d time.Duration) string {
+	s := int64((d + time.Second - 1) / time.Second)
+	return strconv.FormatInt(max(s, 1), 10)
+}
+
+// limitNames says which limit refused, in the words of the 429 message.
+func limitName(k limiterv1.LimitKind) string {
+	switch k {
+	case limiterv1.LimitKind_LIMIT_KIND_RPM:
+		return "requests per minute (rpm)"
+	case limiterv1.LimitKind_LIMIT_KIND_RPD:
+		return "requests per day (rpd)"
+	case limiterv1.LimitKind_LIMIT_KIND_TPM:
+		return "tokens per minute (tpm)"
+	case limiterv1.LimitKind_LIMIT_KIND_TPD:
+		return "tokens per day (tpd)"
+	case limiterv1.LimitKind_LIMIT_KIND_TOKEN_CAP:
+		return "token cap"
+	case limiterv1.LimitKind_LIMIT_KIND_BUDGET:
+		return "cost budget"
+	}
+	return "limit"
+}
+
+// denial turns a refused Check into its 429 and the Retry-After delay
+// (0: no header).
+func denial(res *limiterv1.CheckResult) (apiError, time.Duration) {
+	kind := res.GetDeniedBy()
+	scope := "for this key"
+	if res.GetDeniedModel() != "" {
+		scope = "for this key on model " + res.GetDeniedModel()
+	}
+	var q *limiterv1.Quota
+	for _, c := range res.GetQuotas() {
+		if c.GetKind() == kind && c.GetModel() == res.GetDeniedModel() {
+			q = c
+			break
+		}
+	}
+	retry := res.GetRetryAfter().AsDuration()
+	if res.GetRetryAfter() == nil {
+		retry = q.GetResetAfter().AsDuration()
+	}
+	limit := ""
+	if q != nil {
+		limit = " (limit " + strconv.FormatInt(q.GetLimit(), 10) + ")"
+	}
+	if kind == limiterv1.LimitKind_LIMIT_KIND_TOKEN_CAP || kind == limiterv1.LimitKind_LIMIT_KIND_BUDGET {
+		msg := "You exceeded the " + limitName(kind) + limit + " " + scope +
+			" for the current period. Ask the key's owner to raise it, or wait for the period to reset."
+		return apiError{http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota", msg}, retry
+	}
+	typ := "requests"
+	if kind == limiterv1.LimitKind_LIMIT_KIND_TPM || kind == limiterv1.LimitKind_LIMIT_KIND_TPD {
+		typ = "tokens"
+	}
+	if retry <= 0 {
+		retry = time.Second
+	}
+	msg := "Rate limit reached: " + limitName(kind) + limit + " " + scope +
+		". Please try again in " + retrySeconds(retry) + "s."
+	return apiError{http.StatusTooManyRequests, typ, "rate_limit_exceeded", msg}, retry
+}

@@ -1,0 +1,241 @@
+// Package edge is keygate's OpenAI-compatible data plane. Every request is
+// authenticated by the cached verifier, admitted by one limiter Check that
+// covers every limit of the key, forwarded to the model's provider, settled
+// with its actual usage, and handed to a background sender that records it
+// in the usage ledger.
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"google.golang.org/grpc"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/services/edge/mock"
+)
+
+// Verifier checks a presented secret. Invalid keys answer an error for which
+// errors.Is(err, Config.ErrInvalidKey) holds; any other error means the
+// keystore could not be asked.
+type Verifier interface {
+	Verify(ctx context.Context, secret string) (*keystorev1.Key, error)
+}
+
+// Limiter admits requests and settles their reservations. An error from
+// Check means the limiter is unavailable.
+type Limiter interface {
+	Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*limiterv1.CheckResult, error)
+	Settle(ctx context.Context, s []*limiterv1.Settlement) error
+	Release(ctx context.Context, r []*limiterv1.Release) error
+}
+
+// Recorder writes usage records to the ledger; usagev1.UsageServiceClient
+// fits.
+type Recorder interface {
+	RecordUsage(ctx context.Context, in *usagev1.RecordUsageRequest, opts ...grpc.CallOption) (*usagev1.RecordUsageResponse, error)
+}
+
+// Registry lists models and providers; keystorev1.KeystoreServiceClient
+// fits.
+type Registry interface {
+	ListModels(ctx context.Context, in *keystorev1.ListModelsRequest, opts ...grpc.CallOption) (*keystorev1.ListModelsResponse, error)
+	ListProviders(ctx context.Context, in *keystorev1.ListProvidersRequest, opts ...grpc.CallOption) (*keystorev1.ListProvidersResponse, error)
+}
+
+// Config is what the edge needs. Verifier, ErrInvalidKey, Limiter, Usage
+// and Registry are required; the rest have defaults.
+type Config struct {
+	Verifier      Verifier
+	ErrInvalidKey error
+	Limiter       Limiter
+	Usage         Recorder
+	Registry      Registry
+
+	Clock  clock.Clock          // nil = the wall clock
+	Logger *slog.Logger         // nil = discard
+	Meter  metric.MeterProvider // nil = noop
+	Tracer trace.TracerProvider // nil = noop
+
+	// FailOpen chooses what happens when the limiter is unreachable: false
+	// (the default) answers 503 limiter_unavailable; true admits the request
+	// unchecked and counts it in keygate.edge.limiter.fail_open.
+	FailOpen bool
+	// MaxBodyBytes caps request bodies (413 above it); default 4 MiB.
+	MaxBodyBytes int64
+	// DefaultMaxTokens is the completion estimate when a request has no
+	// max_tokens; default 1024.
+	DefaultMaxTokens int64
+	// RequestTimeout bounds each upstream call; default 120s.
+	RequestTimeout time.Duration
+	// UsageBuffer bounds the usage records waiting for the ledger; when it
+	// is full the oldest record is dropped (counted in
+	// keygate.edge.usage.dropped and logged). Default 100000.
+	UsageBuffer int
+	// ModelRefresh is how often the model registry is re-read; default 5s.
+	ModelRefresh time.Duration
+	// Getenv reads provider credentials by variable name; nil = os.Getenv.
+	Getenv func(string) string
+	// Mock shapes the built-in mock provider (base URL "mock").
+	Mock mock.Options
+}
+
+// Server is the edge. Handler serves requests; Run keeps the model
+// registry fresh and sends usage and settlements until its context ends;
+// Close flushes what is pending.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   clock.Clock
+	tracer  trace.Tracer
+	prop    propagation.TextMapPropagator
+	m       *metrics
+	models  *catalogHolder
+	usage   *sender
+	settle  *settler
+	idPfx   string
+	idSeq   atomic.Uint64
+	limDown atomic.Bool // for logging only the transitions
+}
+
+// New validates cfg and builds the edge.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Verifier == nil:
+		return nil, errors.New("edge: Config.Verifier is required")
+	case cfg.ErrInvalidKey == nil:
+		return nil, errors.New("edge: Config.ErrInvalidKey is required")
+	case cfg.Limiter == nil:
+		return nil, errors.New("edge: Config.Limiter is required")
+	case cfg.Usage == nil:
+		return nil, errors.New("edge: Config.Usage is required")
+	case cfg.Registry == nil:
+		return nil, errors.New("edge: Config.Registry is required")
+	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBuffer < 0, cfg.ModelRefresh < 0:
+		return nil, errors.New("edge: sizes and durations in Config must not be negative")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = metricnoop.NewMeterProvider()
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = tracenoop.NewTracerProvider()
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 4 << 20
+	}
+	if cfg.DefaultMaxTokens == 0 {
+		cfg.DefaultMaxTokens = 1024
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 120 * time.Second
+	}
+	if cfg.UsageBuffer == 0 {
+		cfg.UsageBuffer = 100_000
+	}
+	if cfg.ModelRefresh == 0 {
+		cfg.ModelRefresh = 5 * time.Second
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, errors.New("edge: no randomness for request ids")
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		clock:  cfg.Clock,
+		tracer: cfg.Tracer.Tracer("github.com/keygate/keygate/services/edge"),
+		prop:   propagation.TraceContext{},
+		idPfx:  "req_" + hex.EncodeToString(rnd[:]),
+	}
+	s.usage = newSender(cfg.Usage, cfg.UsageBuffer, cfg.Logger)
+	m, err := newMetrics(cfg.Meter, s.usage)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	s.usage.dropped = m.usageDropped
+	s.settle = newSettler(cfg.Limiter, cfg.Logger)
+	s.models = newCatalogHolder(cfg.Registry, cfg.Getenv, cfg.Mock, cfg.Logger)
+	return s, nil
+}
+
+// Handler serves POST /v1/chat/completions, /v1/completions,
+// /v1/embeddings, GET /v1/models and GET /healthz.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// Run loads the model registry, then refreshes it every ModelRefresh, and
+// sends usage records and settlements, until ctx ends. It returns nil when
+// ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.usage.run(ctx) })
+	wg.Go(func() { s.settle.run(ctx) })
+	wg.Go(func() { s.models.run(ctx, s.cfg.ModelRefresh) })
+	wg.Wait()
+	return nil
+}
+
+// Close flushes pending settlements and usage records, giving up when ctx
+// ends; it then reports how many usage records were not delivered. Call it
+// after the HTTP server has stopped taking requests.
+func (s *Server) Close(ctx context.Context) error {
+	s.settle.flush(ctx)
+	return s.usage.flush(ctx)
+}
+
+// Serve serves the edge on ln with hardened timeouts until ctx ends, then
+// shuts down gracefully for up to 10s. It does not call Run or Close.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// No ReadTimeout/WriteTimeout: streams legitimately last minutes;
+		// each request has its own deadline instead.
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,732 @@
+package edge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/money"
+)
+
+// endpoint is one inference route.
+type endpoint struct {
+	name   string // span name
+	suffix string // path after the provider's base URL
+	chat   bool
+	embed  bool
+}
+
+var (
+	chatEndpoint       = &endpoint{name: "POST /v1/chat/completions", suffix: "/chat/completions", chat: true}
+	completionEndpoint = &endpoint{name: "POST /v1/completions", suffix: "/completions"}
+	embeddingEndpoint  = &endpoint{name: "POST /v1/embeddings", suffix: "/embeddings", embed: true}
+)
+
+// maxUpstreamBody bounds a non-streamed provider answer held in memory.
+const maxUpstreamBody = 64 << 20
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/chat/completions":
+		s.serveInference(w, r, chatEndpoint)
+	case "/v1/completions":
+		s.serveInference(w, r, completionEndpoint)
+	case "/v1/embeddings":
+		s.serveInference(w, r, embeddingEndpoint)
+	case "/v1/models":
+		s.serveModels(w, r)
+	case "/healthz":
+		s.serveHealth(w)
+	default:
+		c := s.begin(w, r, "unknown route")
+		defer c.end()
+		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "not_found",
+			"Unknown path " + r.URL.Path + ": the edge serves /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models."})
+	}
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	if s.models.get() == nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"status":"loading model registry"}` + "\n"))
+		return
+	}
+	_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+}
+
+// call is the state of one request.
+type call struct {
+	s      *Server
+	w      http.ResponseWriter
+	r      *http.Request
+	ctx    context.Context
+	span   trace.Span
+	start  time.Time
+	id     string
+	key    *keystorev1.Key
+	res    *limiterv1.CheckResult
+	reason string
+	status int
+}
+
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, name string) *call {
+	ctx := s.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	c := &call{s: s, w: w, r: r, ctx: ctx, span: span, start: s.clock.Now(),
+		id: s.idPfx + "_" + strconv.FormatUint(s.idSeq.Add(1), 36)}
+	w.Header()["X-Request-Id"] = []string{c.id}
+	return c
+}
+
+func (c *call) end() {
+	c.s.m.record(c.ctx, c.reason, c.s.clock.Now().Sub(c.start).Seconds())
+	if c.span.IsRecording() {
+		c.span.SetAttributes(
+			attribute.Int("http.response.status_code", c.status),
+			attribute.String("keygate.reason", c.reason),
+			attribute.String("keygate.request_id", c.id))
+	}
+	c.span.End()
+}
+
+// fail answers with e; the headers carry the Check result if there was one.
+func (c *call) fail(e apiError) {
+	c.failRetry(e, 0, false)
+}
+
+func (c *call) failRetry(e apiError, retry time.Duration, noRetry bool) {
+	h := c.w.Header()
+	setRateHeaders(h, c.res)
+	h["Content-Type"] = []string{"application/json"}
+	if retry > 0 {
+		h["Retry-After"] = []string{retrySeconds(retry)}
+	}
+	if noRetry {
+		// Tells OpenAI's SDKs not to retry what only a person can fix.
+		h["X-Should-Retry"] = []string{"false"}
+	}
+	c.status, c.reason = e.status, e.code
+	c.w.WriteHeader(e.status)
+	_, _ = c.w.Write(e.body())
+}
+
+// bearer is the presented key: "Authorization: Bearer <key>", or the
+// "api-key" header of Azure-style clients.
+func bearer(r *http.Request) string {
+	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+		return strings.TrimSpace(a[7:])
+	}
+	return strings.TrimSpace(r.Header.Get("Api-Key"))
+}
+
+// authenticate verifies the key and answers when it is not usable.
+func (c *call) authenticate() bool {
+	secret := bearer(c.r)
+	if secret == "" {
+		c.fail(apiError{http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in the 'api-key' header)."})
+		return false
+	}
+	key, err := c.s.cfg.Verifier.Verify(c.ctx, secret)
+	switch {
+	case errors.Is(err, c.s.cfg.ErrInvalidKey):
+		c.fail(invalidKey())
+		return false
+	case err != nil:
+		c.s.log.Warn("edge: key verification unavailable", "request_id", c.id, "err", err)
+		c.fail(apiError{http.StatusServiceUnavailable, "server_error", "keystore_unavailable",
+			"The key service is unavailable; please retry shortly."})
+		return false
+	}
+	// The verifier checks these; checking again is cheap and guards against
+	// a cache that missed an expiry.
+	if st := key.GetState(); st == keystorev1.KeyState_KEY_STATE_DISABLED || st == keystorev1.KeyState_KEY_STATE_EXPIRED ||
+		(key.GetExpireTime() != nil && !c.s.clock.Now().Before(key.GetExpireTime().AsTime())) {
+		c.fail(invalidKey())
+		return false
+	}
+	if key.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN {
+		c.fail(apiError{http.StatusForbidden, "permission_error", "permission_denied",
+			"Admin keys manage keygate and cannot be used for inference; use a standard key."})
+		return false
+	}
+	c.key = key
+	return true
+}
+
+func invalidKey() apiError {
+	return apiError{http.StatusUnauthorized, "invalid_request_error", "invalid_api_key",
+		"Incorrect API key provided, or the key is disabled, expired or deleted. Check the key in the keygate console."}
+}
+
+// request is what the edge reads of an inference body; everything else
+// passes through untouched.
+type request struct {
+	Model               string          `json:"model"`
+	Stream              bool            `json:"stream"`
+	StreamOptions       json.RawMessage `json:"stream_options"`
+	MaxTokens           *int64          `json:"max_tokens"`
+	MaxCompletionTokens *int64          `json:"max_completion_tokens"`
+	N                   *int64          `json:"n"`
+	Messages            json.RawMessage `json:"messages"`
+	Prompt              json.RawMessage `json:"prompt"`
+	Input               json.RawMessage `json:"input"`
+}
+
+// readBody reads the body under the size cap.
+func (c *call) readBody() ([]byte, bool) {
+	limit := c.s.cfg.MaxBodyBytes
+	if c.r.ContentLength > limit {
+		c.fail(tooLarge(limit))
+		return nil, false
+	}
+	var buf bytes.Buffer
+	if c.r.ContentLength > 0 {
+		buf.Grow(int(c.r.ContentLength) + 1)
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(c.w, c.r.Body, limit))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			c.fail(tooLarge(limit))
+		} else {
+			c.fail(badRequest("Could not read the request body."))
+		}
+		return nil, false
+	}
+	return buf.Bytes(), true
+}
+
+func tooLarge(limit int64) apiError {
+	return apiError{http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large",
+		"The request body is larger than the limit of " + strconv.FormatInt(limit, 10) + " bytes."}
+}
+
+// parse decodes and validates the body for ep.
+func parse(body []byte, ep *endpoint) (*request, *apiError) {
+	var req request
+	if err := json.Unmarshal(body, &req); err != nil {
+		msg := "We could not parse the JSON body of your request: it must be a JSON object."
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok && te.Field != "" {
+			msg = "Invalid type for '" + te.Field + "': got a JSON " + te.Value + "."
+		}
+		e := badRequest(msg)
+		return nil, &e
+	}
+	fail := func(msg string) (*request, *apiError) {
+		e := badRequest(msg)
+		return nil, &e
+	}
+	switch {
+	case req.Model == "":
+		return fail("You must provide a model parameter.")
+	case ep.chat && !nonEmptyArray(req.Messages):
+		return fail("'messages' must be a non-empty array.")
+	case !ep.chat && !ep.embed && absent(req.Prompt):
+		return fail("You must provide a 'prompt' parameter.")
+	case ep.embed && absent(req.Input):
+		return fail("You must provide an 'input' parameter.")
+	case req.MaxTokens != nil && *req.MaxTokens < 0, req.MaxCompletionTokens != nil && *req.MaxCompletionTokens < 0:
+		return fail("'max_tokens' must not be negative.")
+	case req.N != nil && (*req.N < 1 || *req.N > 128):
+		return fail("'n' must be between 1 and 128.")
+	}
+	if !absent(req.StreamOptions) && bytes.TrimSpace(req.StreamOptions)[0] != '{' {
+		return fail("'stream_options' must be an object.")
+	}
+	return &req, nil
+}
+
+func absent(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+func nonEmptyArray(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) >= 2 && t[0] == '[' && len(bytes.TrimSpace(t[1:len(t)-1])) > 0
+}
+
+// wantsUsage says whether the client asked for the final usage chunk.
+func (r *request) wantsUsage() bool {
+	var so struct {
+		IncludeUsage bool `json:"include_usage"`
+	}
+	return !absent(r.StreamOptions) && json.Unmarshal(r.StreamOptions, &so) == nil && so.IncludeUsage
+}
+
+// upstreamBody is the body sent to the provider: the client's own, unless
+// the model is renamed or a stream needs stream_options.include_usage.
+func upstreamBody(body []byte, req *request, rt *route, ep *endpoint) ([]byte, error) {
+	stream := req.Stream && !ep.embed
+	if rt.upstreamModel == req.Model && (!stream || req.wantsUsage()) {
+		return body, nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, err
+	}
+	m["model"], _ = json.Marshal(rt.upstreamModel)
+	if stream {
+		so := map[string]json.RawMessage{}
+		if !absent(req.StreamOptions) {
+			if err := json.Unmarshal(req.StreamOptions, &so); err != nil {
+				return nil, err
+			}
+		}
+		so["include_usage"] = json.RawMessage("true")
+		m["stream_options"], _ = json.Marshal(so)
+	}
+	return json.Marshal(m)
+}
+
+// estimate is what Check reserves.
+type estimate struct {
+	prompt     int64
+	completion int64 // the most the answer may use
+}
+
+func (s *Server) estimate(req *request, ep *endpoint) estimate {
+	raw := req.Messages
+	switch {
+	case ep.embed:
+		raw = req.Input
+	case !ep.chat:
+		raw = req.Prompt
+	}
+	// A cheap estimate (4 bytes a token); Settle corrects it.
+	e := estimate{prompt: int64(len(raw))/4 + 1}
+	if ep.embed {
+		return e
+	}
+	e.completion = s.cfg.DefaultMaxTokens
+	if req.MaxCompletionTokens != nil && *req.MaxCompletionTokens > 0 {
+		e.completion = *req.MaxCompletionTokens
+	} else if req.MaxTokens != nil && *req.MaxTokens > 0 {
+		e.completion = *req.MaxTokens
+	}
+	if req.N != nil && *req.N > 1 {
+		e.completion *= *req.N
+	}
+	return e
+}
+
+func cost(rt *route, prompt, completion int64) int64 {
+	return (money.Cost(prompt, rt.inPrice) + money.Cost(completion, rt.outPrice)).Micros()
+}
+
+func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endpoint) {
+	c := s.begin(w, r, ep.name)
+	defer c.end()
+	if r.Method != http.MethodPost {
+		c.fail(apiError{http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "Use POST for " + r.URL.Path + "."})
+		return
+	}
+	if !c.authenticate() {
+		return
+	}
+	body, ok := c.readBody()
+	if !ok {
+		return
+	}
+	req, perr := parse(body, ep)
+	if perr != nil {
+		c.fail(*perr)
+		return
+	}
+	cat := s.models.get()
+	if cat == nil {
+		c.fail(apiError{http.StatusServiceUnavailable, "server_error", "registry_unavailable",
+			"The model registry has not loaded yet; please retry shortly."})
+		return
+	}
+	rt := cat.byID[req.Model]
+	if rt == nil {
+		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "model_not_found",
+			"The model '" + req.Model + "' does not exist. GET /v1/models lists the models this key may use."})
+		return
+	}
+	if allowed := c.key.GetAllowedModels(); len(allowed) > 0 && !slices.Contains(allowed, rt.id) {
+		c.fail(apiError{http.StatusForbidden, "permission_error", "model_not_allowed",
+			"This key may not use the model '" + rt.id + "'. GET /v1/models lists the models it may use."})
+		return
+	}
+	ubody, err := upstreamBody(body, req, rt, ep)
+	if err != nil {
+		c.fail(badRequest("We could not parse the JSON body of your request."))
+		return
+	}
+	est := s.estimate(req, ep)
+	reserved, ok := c.check(rt, est)
+	if !ok {
+		return
+	}
+	c.forward(rt, req, ep, ubody, est, reserved)
+}
+
+// check runs the one limiter Check of the request. It reports whether a
+// reservation was made and whether to go on.
+func (c *call) check(rt *route, est estimate) (reserved, ok bool) {
+	key := c.key
+	pol := &typev1.Policy{GlobalLimits: key.GetGlobalLimits(), TokenCap: key.GetTokenCap(), Budget: key.GetBudget()}
+	for _, ml := range key.GetModelLimits() {
+		if ml.GetModel() == rt.id {
+			pol.ModelLimits = []*typev1.ModelLimits{ml}
+			break
+		}
+	}
+	item := &limiterv1.CheckItem{
+		ReservationId:       c.id,
+		Key:                 key.GetId(),
+		Model:               rt.id,
+		Policy:              pol,
+		EstimatedTokens:     est.prompt + est.completion,
+		EstimatedCostMicros: cost(rt, est.prompt, est.completion),
+	}
+	results, err := c.s.cfg.Limiter.Check(c.ctx, []*limiterv1.CheckItem{item})
+	if err == nil && len(results) != 1 {
+		err = errors.New("limiter answered " + strconv.Itoa(len(results)) + " results for 1 item")
+	}
+	if err != nil {
+		if c.s.limDown.CompareAndSwap(false, true) {
+			c.s.log.Error("edge: limiter unavailable", "fail_open", c.s.cfg.FailOpen, "err", err)
+		}
+		if !c.s.cfg.FailOpen {
+			c.fail(apiError{http.StatusServiceUnavailable, "server_error", "limiter_unavailable",
+				"The rate limiter is unavailable, so the request was not admitted; please retry shortly."})
+			return false, false
+		}
+		c.s.m.failOpen.Add(c.ctx, 1)
+		return false, true
+	}
+	if c.s.limDown.CompareAndSwap(true, false) {
+		c.s.log.Info("edge: limiter available again")
+	}
+	c.res = results[0]
+	if !c.res.GetAllowed() {
+		e, retry := denial(c.res)
+		c.failRetry(e, retry, e.code == "insufficient_quota")
+		return false, false
+	}
+	return true, true
+}
+
+type usageJSON struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+}
+
+// outcome is what a forwarded request used.
+type outcome struct {
+	prompt, completion int64
+	status             usagev1.RequestStatus
+	release            bool // nothing was produced: free the reservation
+}
+
+func (c *call) forward(rt *route, req *request, ep *endpoint, body []byte, est estimate, reserved bool) {
+	out := c.proxy(rt, req, ep, body, est)
+	key := c.key
+	if reserved {
+		if out.release {
+			c.s.settle.add(c.ctx, settleOp{release: &limiterv1.Release{ReservationId: c.id, Key: key.GetId()}})
+		} else {
+			c.s.settle.add(c.ctx, settleOp{settle: &limiterv1.Settlement{
+				ReservationId:    c.id,
+				Key:              key.GetId(),
+				Model:            rt.id,
+				ActualTokens:     out.prompt + out.completion,
+				ActualCostMicros: cost(rt, out.prompt, out.completion),
+			}})
+		}
+	}
+	now := c.s.clock.Now()
+	c.s.usage.add(&usagev1.UsageRecord{
+		RequestId:           c.id,
+		Key:                 key.GetId(),
+		Workspace:           key.GetWorkspace(),
+		Owner:               key.GetOwner(),
+		Model:               rt.id,
+		PromptTokens:        out.prompt,
+		CompletionTokens:    out.completion,
+		Status:              out.status,
+		Latency:             durationpb.New(now.Sub(c.start)),
+		Time:                timestamppb.New(now),
+		BudgetResetPeriod:   int32(key.GetBudget().GetResetPeriod()),
+		TokenCapResetPeriod: int32(key.GetTokenCap().GetResetPeriod()),
+	})
+}
+
+// proxy sends the request upstream and answers the client.
+func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est estimate) outcome {
+	failed := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR, release: true}
+	if rt.up.credErr != nil {
+		c.s.log.Error("edge: provider credential missing", "provider", rt.provider, "err", rt.up.credErr)
+		c.fail(upstreamError(http.StatusBadGateway, "The provider of model '"+rt.id+"' is not configured with a credential."))
+		return failed
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.RequestTimeout)
+	defer cancel()
+	ureq, err := http.NewRequestWithContext(ctx, http.MethodPost, rt.up.base+ep.suffix, bytes.NewReader(body))
+	if err != nil {
+		c.fail(upstreamError(http.StatusBadGateway, "The provider of model '"+rt.id+"' has an invalid base URL."))
+		return failed
+	}
+	// A fresh header: nothing of the client's (its key, hop-by-hop headers)
+	// goes upstream.
+	ureq.Header = http.Header{"Content-Type": {"application/json"}}
+	if req.Stream && !ep.embed {
+		ureq.Header["Accept"] = []string{"text/event-stream"}
+	} else {
+		ureq.Header["Accept"] = []string{"application/json"}
+	}
+	if rt.up.apiKey != "" {
+		ureq.Header["Authorization"] = []string{"Bearer " + rt.up.apiKey}
+	}
+	resp, err := rt.up.client.Do(ureq)
+	if err != nil {
+		return c.upstreamFailed(ctx, rt, err, failed)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return c.upstreamStatus(resp, rt, failed)
+	}
+	if req.Stream && !ep.embed && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		return c.stream(resp, req, est)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody))
+	if err != nil {
+		return c.upstreamFailed(ctx, rt, err, failed)
+	}
+	out := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK}
+	var env struct {
+		Usage *usageJSON `json:"usage"`
+	}
+	if json.Unmarshal(data, &env) == nil && env.Usage != nil {
+		out.prompt, out.completion = env.Usage.PromptTokens, env.Usage.CompletionTokens
+	} else {
+		out.prompt, out.completion = est.prompt, min(int64(len(data))/4, est.completion)
+	}
+	h := c.w.Header()
+	setRateHeaders(h, c.res)
+	h["Content-Type"] = []string{cmpOr(resp.Header.Get("Content-Type"), "application/json")}
+	h["Content-Length"] = []string{strconv.Itoa(len(data))}
+	c.status, c.reason = resp.StatusCode, "ok"
+	c.w.WriteHeader(resp.StatusCode)
+	_, _ = c.w.Write(data)
+	return out
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// upstreamFailed answers a transport failure: the client left, the
+// deadline passed (504) or the provider could not be reached (502).
+func (c *call) upstreamFailed(ctx context.Context, rt *route, err error, failed outcome) outcome {
+	switch {
+	case c.r.Context().Err() != nil:
+		c.status, c.reason = 499, "client_cancelled"
+		failed.status = usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		c.fail(upstreamError(http.StatusGatewayTimeout,
+			"The provider of model '"+rt.id+"' did not answer within "+c.s.cfg.RequestTimeout.String()+"."))
+	default:
+		c.s.log.Warn("edge: provider unreachable", "request_id", c.id, "provider", rt.provider, "err", err)
+		c.fail(upstreamError(http.StatusBadGateway, "The provider of model '"+rt.id+"' could not be reached."))
+	}
+	return failed
+}
+
+// upstreamStatus answers a provider's error status. Its 4xx answers (bad
+// parameters, its own rate limits) pass through; 5xx and credential
+// failures become 502, since they are not the client's to fix.
+func (c *call) upstreamStatus(resp *http.Response, rt *route, failed outcome) outcome {
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode < 400 {
+		c.s.log.Warn("edge: provider error", "request_id", c.id, "provider", rt.provider, "status", resp.StatusCode)
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		c.fail(upstreamError(http.StatusBadGateway,
+			"The provider of model '"+rt.id+"' answered with status "+strconv.Itoa(resp.StatusCode)+"."))
+		return failed
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	h := c.w.Header()
+	setRateHeaders(h, c.res)
+	h["Content-Type"] = []string{cmpOr(resp.Header.Get("Content-Type"), "application/json")}
+	c.status, c.reason = resp.StatusCode, "upstream_client_error"
+	c.w.WriteHeader(resp.StatusCode)
+	_, _ = c.w.Write(data)
+	return failed
+}
+
+var (
+	dataPrefix = []byte("data:")
+	doneMarker = []byte("[DONE]")
+	usageField = []byte(`"usage"`)
+)
+
+// stream passes an SSE answer through event by event, flushing each. It
+// takes usage from the final usage chunk (dropped when the client did not
+// ask for it) and, when the answer ends early, estimates the completion
+// from the chunks sent, capped by the reservation.
+func (c *call) stream(resp *http.Response, req *request, est estimate) outcome {
+	h := c.w.Header()
+	setRateHeaders(h, c.res)
+	h["Content-Type"] = []string{resp.Header.Get("Content-Type")}
+	h["Cache-Control"] = []string{"no-cache"}
+	h["X-Accel-Buffering"] = []string{"no"}
+	c.status, c.reason = http.StatusOK, "ok"
+	c.w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(c.w)
+	// A client that stops reading must not hold the stream forever.
+	_ = rc.SetWriteDeadline(c.start.Add(c.s.cfg.RequestTimeout))
+	clientUsage := req.wantsUsage()
+
+	var (
+		usage     *usageJSON
+		chunks    int64
+		skip      bool
+		clientErr error
+		long      []byte
+	)
+	br := bufio.NewReaderSize(resp.Body, 16<<10)
+	var readErr error
+	for clientErr == nil {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			long = append(long[:0], line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		if len(line) > 0 {
+			clientErr = c.streamLine(rc, line, clientUsage, &skip, &chunks, &usage)
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	out := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK}
+	switch {
+	case clientErr != nil || c.r.Context().Err() != nil:
+		out.status = usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED
+		c.status, c.reason = 499, "client_cancelled"
+	case readErr != io.EOF:
+		c.s.log.Warn("edge: provider stream broke off", "request_id", c.id, "err", readErr)
+		out.status = usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR
+		c.reason = "upstream_error"
+	}
+	if usage != nil {
+		out.prompt, out.completion = usage.PromptTokens, usage.CompletionTokens
+	} else {
+		out.prompt, out.completion = est.prompt, min(chunks, est.completion)
+	}
+	return out
+}
+
+// streamLine handles one line of an SSE answer; it returns the client's
+// write error.
+func (c *call) streamLine(rc *http.ResponseController, line []byte, clientUsage bool, skip *bool, chunks *int64, usage **usageJSON) error {
+	content := bytes.TrimRight(line, "\r\n")
+	if len(content) == 0 { // the end of an event
+		if *skip {
+			*skip = false
+			return nil
+		}
+		if _, err := c.w.Write(line); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	if *skip {
+		return nil
+	}
+	if data, ok := bytes.CutPrefix(content, dataPrefix); ok {
+		data = bytes.TrimLeft(data, " ")
+		usageOnly := false
+		if bytes.Contains(data, usageField) {
+			var env struct {
+				Choices []json.RawMessage `json:"choices"`
+				Usage   *usageJSON        `json:"usage"`
+			}
+			if json.Unmarshal(data, &env) == nil && env.Usage != nil {
+				*usage = env.Usage
+				usageOnly = len(env.Choices) == 0
+			}
+		}
+		if usageOnly && !clientUsage {
+			*skip = true
+			return nil
+		}
+		if !usageOnly && !bytes.Equal(data, doneMarker) {
+			*chunks++
+		}
+	}
+	_, err := c.w.Write(line)
+	return err
+}
+
+// serveModels lists the models the key may use.
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+	c := s.begin(w, r, "GET /v1/models")
+	defer c.end()
+	if r.Method != http.MethodGet {
+		c.fail(apiError{http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "Use GET for /v1/models."})
+		return
+	}
+	if !c.authenticate() {
+		return
+	}
+	cat := s.models.get()
+	if cat == nil {
+		c.fail(apiError{http.StatusServiceUnavailable, "server_error", "registry_unavailable",
+			"The model registry has not loaded yet; please retry shortly."})
+		return
+	}
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	allowed := c.key.GetAllowedModels()
+	for _, rt := range cat.list {
+		if len(allowed) == 0 || slices.Contains(allowed, rt.id) {
+			list.Data = append(list.Data, model{ID: rt.id, Object: "model", Created: rt.created, OwnedBy: rt.provider})
+		}
+	}
+	b, _ := json.Marshal(list)
+	h := w.Header()
+	setRateHeaders(h, nil)
+	h["Content-Type"] = []string{"application/json"}
+	c.status, c.reason = http.StatusOK, "ok"
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(b, '\n'))
+}

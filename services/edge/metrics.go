@@ -1,0 +1,87 @@
+package edge
+
+import (
+	"context"
+	"errors"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+type metrics struct {
+	requests     metric.Int64Counter
+	duration     metric.Float64Histogram
+	failOpen     metric.Int64Counter
+	usageDropped metric.Int64Counter
+	attrs        map[string]metric.MeasurementOption
+	other        metric.MeasurementOption
+}
+
+func newMetrics(mp metric.MeterProvider, s *sender) (*metrics, error) {
+	meter := mp.Meter("github.com/keygate/keygate/services/edge")
+	var m metrics
+	var err error
+	var errs []error
+	m.requests, err = meter.Int64Counter("keygate.edge.requests",
+		metric.WithUnit("{request}"), metric.WithDescription("Answers of the edge, by status class and reason."))
+	errs = append(errs, err)
+	m.duration, err = meter.Float64Histogram("keygate.edge.request.duration",
+		metric.WithUnit("s"), metric.WithDescription("Time from request to the end of the answer, by status class and reason."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+	errs = append(errs, err)
+	m.failOpen, err = meter.Int64Counter("keygate.edge.limiter.fail_open",
+		metric.WithUnit("{request}"), metric.WithDescription("Requests admitted unchecked because the limiter was unreachable and FailOpen is set."))
+	errs = append(errs, err)
+	m.usageDropped, err = meter.Int64Counter("keygate.edge.usage.dropped",
+		metric.WithUnit("{record}"), metric.WithDescription("Usage records dropped because the buffer was full during a usage outage."))
+	errs = append(errs, err)
+	_, err = meter.Int64ObservableGauge("keygate.edge.usage.pending",
+		metric.WithUnit("{record}"), metric.WithDescription("Usage records waiting for the ledger."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(s.pending()))
+			return nil
+		}))
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, errors.Join(errors.New("edge: metrics"), err)
+	}
+	// reasons label every answer in keygate.edge.requests; each has one status
+	// class. Attribute sets are built once here so that the request path does
+	// not allocate them.
+	reasonClasses := []struct{ reason, class string }{
+		{"ok", "2xx"},
+		{"invalid_api_key", "4xx"},
+		{"permission_denied", "4xx"},
+		{"model_not_allowed", "4xx"},
+		{"model_not_found", "4xx"},
+		{"invalid_request_error", "4xx"},
+		{"request_too_large", "4xx"},
+		{"rate_limit_exceeded", "4xx"},
+		{"insufficient_quota", "4xx"},
+		{"not_found", "4xx"},
+		{"method_not_allowed", "4xx"},
+		{"upstream_client_error", "4xx"},
+		{"client_cancelled", "4xx"},
+		{"limiter_unavailable", "5xx"},
+		{"keystore_unavailable", "5xx"},
+		{"registry_unavailable", "5xx"},
+		{"upstream_error", "5xx"},
+	}
+	m.attrs = make(map[string]metric.MeasurementOption, len(reasonClasses))
+	for _, rc := range reasonClasses {
+		m.attrs[rc.reason] = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("status_class", rc.class), attribute.String("reason", rc.reason)))
+	}
+	m.other = metric.WithAttributeSet(attribute.NewSet(
+		attribute.String("status_class", "other"), attribute.String("reason", "other")))
+	return &m, nil
+}
+
+func (m *metrics) record(ctx context.Context, reason string, seconds float64) {
+	opt, ok := m.attrs[reason]
+	if !ok {
+		opt = m.other
+	}
+	m.requests.Add(ctx, 1, opt)
+	m.duration.Record(ctx, seconds, opt)
+}

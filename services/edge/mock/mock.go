@@ -1,0 +1,317 @@
+// Package mock is a deterministic OpenAI-compatible model provider. The edge
+// uses it in-process (Transport) for providers whose base URL is "mock", so
+// the whole request path runs with no model provider; benchmarks serve it on
+// a loopback listener as an ordinary upstream.
+//
+// Answers depend only on the request: the completion is the first Tokens
+// words of a fixed text (fewer when max_tokens is smaller), usage counts
+// the prompt as one token per 4 bytes of its JSON and the completion as one
+// token per word, and streams send one chunk per word.
+package mock
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"hash/fnv"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Options shape the answers. The zero value answers at once with 16 tokens.
+type Options struct {
+	// Latency is waited before the answer (before the first chunk when
+	// streaming).
+	Latency time.Duration
+	// ChunkDelay is waited between streamed chunks.
+	ChunkDelay time.Duration
+	// Tokens is the completion length when max_tokens allows; default 16.
+	Tokens int
+}
+
+// Server is the mock provider, an http.Handler serving /chat/completions,
+// /completions, /embeddings and /models under any prefix (so base URLs
+// "http://host" and "http://host/v1" both work).
+type Server struct {
+	opts Options
+}
+
+var _ http.Handler = (*Server)(nil)
+
+// New returns a mock provider.
+func New(opts Options) *Server {
+	if opts.Tokens <= 0 {
+		opts.Tokens = 16
+	}
+	return &Server{opts: opts}
+}
+
+// words is the answer text, cycled when Tokens exceeds it.
+var words = strings.Fields("This is a deterministic answer from the keygate mock provider: " +
+	"it costs nothing, needs no network and counts its tokens exactly as it reports them.")
+
+type request struct {
+	Model               string          `json:"model"`
+	Stream              bool            `json:"stream"`
+	MaxTokens           int             `json:"max_tokens"`
+	MaxCompletionTokens int             `json:"max_completion_tokens"`
+	Messages            json.RawMessage `json:"messages"`
+	Prompt              json.RawMessage `json:"prompt"`
+	Input               json.RawMessage `json:"input"`
+	StreamOptions       *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// Usage is the OpenAI usage object.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// ServeHTTP answers one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+	if r.Method == http.MethodGet && strings.HasSuffix(path, "/models") {
+		writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": []any{}})
+		return
+	}
+	var kind string
+	switch {
+	case strings.HasSuffix(path, "/chat/completions"):
+		kind = "chat"
+	case strings.HasSuffix(path, "/completions"):
+		kind = "completion"
+	case strings.HasSuffix(path, "/embeddings"):
+		kind = "embedding"
+	default:
+		writeError(w, http.StatusNotFound, "unknown route "+path)
+		return
+	}
+	if r.Method != http.MethodPost {
+		writeError(w, http.StatusMethodNotAllowed, "use POST")
+		return
+	}
+	var req request
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid JSON body")
+		return
+	}
+	if req.Model == "" {
+		writeError(w, http.StatusBadRequest, "model is required")
+		return
+	}
+	if !wait(r.Context(), s.opts.Latency) {
+		return
+	}
+	if kind == "embedding" {
+		s.embed(w, &req)
+		return
+	}
+	n := s.opts.Tokens
+	limit := req.MaxTokens
+	if req.MaxCompletionTokens > 0 {
+		limit = req.MaxCompletionTokens
+	}
+	finish := "stop"
+	if limit > 0 && limit < n {
+		n, finish = limit, "length"
+	}
+	prompt := req.Messages
+	if kind == "completion" {
+		prompt = req.Prompt
+	}
+	usage := Usage{PromptTokens: PromptTokens(prompt), CompletionTokens: n}
+	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
+	if req.Stream {
+		s.stream(r.Context(), w, kind, &req, n, finish, usage)
+		return
+	}
+	text := answer(n)
+	var body any
+	if kind == "chat" {
+		body = chatCompletion{
+			ID: "chatcmpl-mock", Object: "chat.completion", Model: req.Model,
+			Choices: []chatChoice{{Message: &message{Role: "assistant", Content: text}, FinishReason: &finish}},
+			Usage:   &usage,
+		}
+	} else {
+		body = textCompletion{
+			ID: "cmpl-mock", Object: "text_completion", Model: req.Model,
+			Choices: []textChoice{{Text: text, FinishReason: &finish}},
+			Usage:   &usage,
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// PromptTokens is the mock's prompt count: one token per 4 bytes of the
+// prompt's JSON, at least 1.
+func PromptTokens(raw json.RawMessage) int { return len(raw)/4 + 1 }
+
+func answer(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(words[i%len(words)])
+	}
+	return b.String()
+}
+
+type message struct {
+	Role    string `json:"role,omitempty"`
+	Content string `json:"content"`
+}
+
+type chatChoice struct {
+	Index        int      `json:"index"`
+	Message      *message `json:"message,omitempty"`
+	Delta        *message `json:"delta,omitempty"`
+	FinishReason *string  `json:"finish_reason"`
+}
+
+type chatCompletion struct {
+	ID      string       `json:"id"`
+	Object  string       `json:"object"`
+	Created int64        `json:"created"`
+	Model   string       `json:"model"`
+	Choices []chatChoice `json:"choices"`
+	Usage   *Usage       `json:"usage,omitempty"`
+}
+
+type textChoice struct {
+	Index        int     `json:"index"`
+	Text         string  `json:"text"`
+	FinishReason *string `json:"finish_reason"`
+}
+
+type textCompletion struct {
+	ID      string       `json:"id"`
+	Object  string       `json:"object"`
+	Created int64        `json:"created"`
+	Model   string       `json:"model"`
+	Choices []textChoice `json:"choices"`
+	Usage   *Usage       `json:"usage,omitempty"`
+}
+
+func (s *Server) stream(ctx context.Context, w http.ResponseWriter, kind string, req *request, n int, finish string, usage Usage) {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	send := func(v any) bool {
+		b, _ := json.Marshal(v)
+		if _, err := w.Write(append(append([]byte("data: "), b...), '\n', '\n')); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	chunk := func(delta *message, text string, fin *string) any {
+		if kind == "chat" {
+			return chatCompletion{ID: "chatcmpl-mock", Object: "chat.completion.chunk", Model: req.Model,
+				Choices: []chatChoice{{Delta: delta, FinishReason: fin}}}
+		}
+		return textCompletion{ID: "cmpl-mock", Object: "text_completion", Model: req.Model,
+			Choices: []textChoice{{Text: text, FinishReason: fin}}}
+	}
+	if kind == "chat" && !send(chunk(&message{Role: "assistant"}, "", nil)) {
+		return
+	}
+	for i := range n {
+		if i > 0 && !wait(ctx, s.opts.ChunkDelay) {
+			return
+		}
+		word := words[i%len(words)]
+		if i > 0 {
+			word = " " + word
+		}
+		if !send(chunk(&message{Content: word}, word, nil)) {
+			return
+		}
+	}
+	if !send(chunk(&message{}, "", &finish)) {
+		return
+	}
+	if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
+		var final any
+		if kind == "chat" {
+			final = chatCompletion{ID: "chatcmpl-mock", Object: "chat.completion.chunk", Model: req.Model, Choices: []chatChoice{}, Usage: &usage}
+		} else {
+			final = textCompletion{ID: "cmpl-mock", Object: "text_completion", Model: req.Model, Choices: []textChoice{}, Usage: &usage}
+		}
+		if !send(final) {
+			return
+		}
+	}
+	if _, err := w.Write([]byte("data: [DONE]\n\n")); err == nil {
+		_ = rc.Flush()
+	}
+}
+
+func (s *Server) embed(w http.ResponseWriter, req *request) {
+	var inputs []string
+	var one string
+	if err := json.Unmarshal(req.Input, &one); err == nil {
+		inputs = []string{one}
+	} else if err := json.Unmarshal(req.Input, &inputs); err != nil || len(inputs) == 0 {
+		writeError(w, http.StatusBadRequest, "input must be a string or an array of strings")
+		return
+	}
+	type embedding struct {
+		Object    string    `json:"object"`
+		Index     int       `json:"index"`
+		Embedding []float64 `json:"embedding"`
+	}
+	data := make([]embedding, len(inputs))
+	for i, in := range inputs {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(in))
+		seed := h.Sum64()
+		vec := make([]float64, 8)
+		for j := range vec {
+			seed = seed*6364136223846793005 + 1442695040888963407
+			vec[j] = float64(int64(seed>>11)%2000-1000) / 1000
+		}
+		data[i] = embedding{Object: "embedding", Index: i, Embedding: vec}
+	}
+	p := PromptTokens(req.Input)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object": "list", "model": req.Model, "data": data,
+		"usage": map[string]int{"prompt_tokens": p, "total_tokens": p},
+	})
+}
+
+func wait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"message":"mock: encoding failed","type":"server_error","code":null}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(bytes.TrimSpace(b))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]any{
+		"message": msg, "type": "invalid_request_error", "param": nil, "code": nil,
+	}})
+}

@@ -1,0 +1,116 @@
+package keystore_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/services/keystore"
+)
+
+const rootToken = "test-root-token-0123456789"
+
+var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// env is a keystore on embedded etcd, served over loopback gRPC.
+type env struct {
+	etcd   *etcdtest.Cluster
+	clock  *clock.Fake
+	client keystorev1.KeystoreServiceClient
+	conn   *grpc.ClientConn
+	addr   string
+	stop   func()
+}
+
+func newEnv(tb testing.TB) *env {
+	tb.Helper()
+	e := &env{etcd: etcdtest.Start(tb), clock: clock.NewFake(epoch)}
+	e.serve(tb, "127.0.0.1:0")
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = conn.Close() })
+	e.conn = conn
+	e.client = keystorev1.NewKeystoreServiceClient(conn)
+	return e
+}
+
+// serve starts a keystore gRPC server on addr (":0" picks a port).
+func (e *env) serve(tb testing.TB, addr string) {
+	tb.Helper()
+	srv, err := keystore.New(tb.Context(), keystore.Config{Etcd: e.etcd.Client, Clock: e.clock, RootToken: rootToken})
+	require.NoError(tb, err)
+	lis, err := net.Listen("tcp", addr)
+	require.NoError(tb, err)
+	e.addr = lis.Addr().String()
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	e.stop = func() { gs.Stop(); <-done; _ = srv.Close() }
+	tb.Cleanup(func() { e.stop() })
+}
+
+func as(ctx context.Context, token string) context.Context { return auth.WithBearer(ctx, token) }
+
+func (e *env) root(tb testing.TB) context.Context { return as(tb.Context(), rootToken) }
+
+// seedRegistry registers the mock provider and two priced models.
+func (e *env) seedRegistry(tb testing.TB) {
+	tb.Helper()
+	ctx := e.root(tb)
+	_, err := e.client.CreateProvider(ctx, &keystorev1.CreateProviderRequest{Provider: &keystorev1.Provider{Id: "mock", BaseUrl: "mock"}})
+	require.NoError(tb, err)
+	for _, m := range []string{"mock-small", "mock-large"} {
+		_, err := e.client.CreateModel(ctx, &keystorev1.CreateModelRequest{Model: &keystorev1.Model{
+			Id: m, Provider: "mock", InputPricePerMillionUsd: "0.15", OutputPricePerMillionUsd: "0.60",
+		}})
+		require.NoError(tb, err)
+	}
+}
+
+// workspace creates a workspace with members by role and returns an admin
+// key secret for each member.
+func (e *env) workspace(tb testing.TB, id string, maxKeys int32, members map[string]keystorev1.Role) map[string]string {
+	tb.Helper()
+	ctx := e.root(tb)
+	_, err := e.client.CreateWorkspace(ctx, &keystorev1.CreateWorkspaceRequest{Workspace: &keystorev1.Workspace{Id: id, MaxKeys: maxKeys}})
+	require.NoError(tb, err)
+	secrets := map[string]string{}
+	for m, r := range members {
+		_, err := e.client.SetMember(ctx, &keystorev1.SetMemberRequest{Workspace: id, Member: m, Role: r})
+		require.NoError(tb, err)
+		resp, err := e.client.CreateKey(ctx, &keystorev1.CreateKeyRequest{
+			Workspace: id, Name: "admin-" + m, Kind: keystorev1.KeyKind_KEY_KIND_ADMIN, Owner: m,
+		})
+		require.NoError(tb, err)
+		secrets[m] = resp.GetSecret()
+	}
+	return secrets
+}
+
+func (e *env) createKey(tb testing.TB, ctx context.Context, req *keystorev1.CreateKeyRequest) (*keystorev1.Key, string) {
+	tb.Helper()
+	resp, err := e.client.CreateKey(ctx, req)
+	require.NoError(tb, err)
+	return resp.GetKey(), resp.GetSecret()
+}
+
+func (e *env) verify(ctx context.Context, secret string) (*keystorev1.VerifyKeyResponse, error) {
+	return e.client.VerifyKey(ctx, &keystorev1.VerifyKeyRequest{Secret: secret})
+}
+
+func requireCode(tb testing.TB, want codes.Code, err error) {
+	tb.Helper()
+	require.Equal(tb, want.String(), status.Code(err).String(), "error: %v", err)
+}

@@ -1,0 +1,484 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	"github.com/keygate/keygate/pkg/keyformat"
+)
+
+// ErrKeyCap means the workspace holds its maximum number of keys.
+var ErrKeyCap = fmt.Errorf("%w: the workspace holds its maximum number of keys; delete a key or raise max_keys", ErrPrecondition)
+
+func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.CreateKeyRequest) (*keystorev1.CreateKeyResponse, error) {
+	ws := req.GetWorkspace()
+	if err := p.inWorkspace(ws); err != nil {
+		return nil, err
+	}
+	if err := validName("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	kind := req.GetKind()
+	switch kind {
+	case keystorev1.KeyKind_KEY_KIND_UNSPECIFIED:
+		kind = keystorev1.KeyKind_KEY_KIND_STANDARD
+	case keystorev1.KeyKind_KEY_KIND_STANDARD, keystorev1.KeyKind_KEY_KIND_ADMIN:
+	default:
+		return nil, invalid("kind", "must be KEY_KIND_STANDARD or KEY_KIND_ADMIN")
+	}
+	owner := req.GetOwner()
+	if owner == "" {
+		owner = p.subject
+	}
+	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && !p.manager() {
+		return nil, fmt.Errorf("%w: only owners and admins create admin keys", ErrPermissionDenied)
+	}
+	if owner != p.subject && !p.manager() {
+		return nil, fmt.Errorf("%w: members create keys for themselves only", ErrPermissionDenied)
+	}
+	ks := keySettings{
+		expire: req.GetExpireTime(), allowedModels: req.GetAllowedModels(), labels: req.GetLabels(),
+		global: req.GetGlobalLimits(), modelLimits: req.GetModelLimits(), tokenCap: req.GetTokenCap(), budget: req.GetBudget(),
+	}
+	if err := s.validateKeySettings(ctx, ks, nil); err != nil {
+		return nil, err
+	}
+	if owner != rootSubject || !p.root {
+		// A key belongs to a member; admin keys act with its role.
+		if _, err := s.memberRole(ctx, ws, owner); errors.Is(err, ErrNotFound) {
+			if _, _, werr := s.getWorkspace(ctx, ws); werr != nil {
+				return nil, werr
+			}
+			return nil, invalid("owner", "%q is not a member of workspace %q", owner, ws)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && owner == rootSubject {
+		return nil, invalid("owner", "an admin key acts for a member: name one")
+	}
+
+	fkind := keyformat.Standard
+	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN {
+		fkind = keyformat.Admin
+	}
+	id := keyformat.NewID()
+	text, fk := keyformat.New(fkind, id)
+	now := timestamppb.New(s.clock.Now())
+	k := &keystorev1.Key{
+		Id: id, Workspace: ws, Name: req.GetName(), Kind: kind, Owner: owner, Creator: p.subject,
+		CreateTime: now, UpdateTime: now, ExpireTime: req.GetExpireTime(), Enabled: !req.GetDisabled(),
+		PartialKey: keyformat.Partial(text), AllowedModels: req.GetAllowedModels(), Labels: req.GetLabels(),
+		GlobalLimits: req.GetGlobalLimits(), ModelLimits: req.GetModelLimits(),
+		TokenCap: normCap(req.GetTokenCap()), Budget: normBudget(req.GetBudget()),
+	}
+	sk := &storedKey{key: k, hash: fk.Hash()}
+	val, err := encodeKey(sk)
+	if err != nil {
+		return nil, err
+	}
+	audit, err := s.auditOps(p, ws, id, "key.create", nil, k)
+	if err != nil {
+		return nil, err
+	}
+	// The cap holds under concurrency: the counter is compared and swapped
+	// in the same transaction that writes the key.
+	for {
+		w, countRev, err := s.getWorkspace(ctx, ws)
+		if err != nil {
+			return nil, err
+		}
+		if w.GetKeyCount() >= w.GetMaxKeys() {
+			return nil, fmt.Errorf("workspace %q (max_keys=%d): %w", ws, w.GetMaxKeys(), ErrKeyCap)
+		}
+		wsRev, _ := strconv.ParseInt(w.GetEtag(), 10, 64)
+		ops := append([]clientv3.Op{
+			clientv3.OpPut(countKey(ws), strconv.Itoa(int(w.GetKeyCount())+1)),
+			clientv3.OpPut(keyKey(ws, id), val),
+			clientv3.OpPut(idKey(id), ws),
+			clientv3.OpPut(nameKey(ws, k.Name), id),
+		}, audit...)
+		resp, err := s.etcd.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(countKey(ws)), "=", countRev),
+			clientv3.Compare(clientv3.ModRevision(workspaceKey(ws)), "=", wsRev),
+			clientv3.Compare(clientv3.CreateRevision(nameKey(ws, k.Name)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(idKey(id)), "=", 0),
+		).Then(ops...).Else(
+			clientv3.OpGet(nameKey(ws, k.Name), clientv3.WithCountOnly()),
+		).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("create key: %w", err)
+		}
+		if resp.Succeeded {
+			k.Etag = strconv.FormatInt(resp.Header.Revision, 10)
+			k.State = keyState(k, s.clock.Now())
+			s.changes.Add(ctx, 1)
+			return &keystorev1.CreateKeyResponse{Key: k, Secret: text}, nil
+		}
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return nil, fmt.Errorf("key named %q in workspace %q: %w", k.Name, ws, ErrAlreadyExists)
+		}
+	}
+}
+
+// normCap and normBudget store an unspecified reset period as "never".
+func normCap(c *typev1.TokenCap) *typev1.TokenCap {
+	if c == nil || c.GetResetPeriod() != typev1.ResetPeriod_RESET_PERIOD_UNSPECIFIED {
+		return c
+	}
+	c = proto.Clone(c).(*typev1.TokenCap)
+	c.ResetPeriod = typev1.ResetPeriod_RESET_PERIOD_NEVER
+	return c
+}
+
+func normBudget(b *typev1.Budget) *typev1.Budget {
+	if b == nil || b.GetResetPeriod() != typev1.ResetPeriod_RESET_PERIOD_UNSPECIFIED {
+		return b
+	}
+	b = proto.Clone(b).(*typev1.Budget)
+	b.ResetPeriod = typev1.ResetPeriod_RESET_PERIOD_NEVER
+	return b
+}
+
+// readKey reads a key that p may manage.
+func (s *Server) readKey(ctx context.Context, p *principal, ws, id string) (*storedKey, error) {
+	if err := p.inWorkspace(ws); err != nil {
+		return nil, err
+	}
+	sk, err := s.getKey(ctx, ws, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.canManageKey(sk.key); err != nil {
+		return nil, err
+	}
+	return sk, nil
+}
+
+func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.ListKeysRequest) (*keystorev1.ListKeysResponse, error) {
+	ws := req.GetWorkspace()
+	if err := p.inWorkspace(ws); err != nil {
+		return nil, err
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := parsePageToken(req.GetPageToken(), keyformat.ValidID)
+	if err != nil {
+		return nil, err
+	}
+	owner := req.GetOwner()
+	if !p.manager() {
+		// Members see their own keys only.
+		if owner != "" && owner != p.subject {
+			return &keystorev1.ListKeysResponse{}, nil
+		}
+		owner = p.subject
+	}
+	if _, _, err := s.getWorkspace(ctx, ws); err != nil {
+		return nil, err
+	}
+	pfx := keysPrefix(ws)
+	end := clientv3.GetPrefixRangeEnd(pfx)
+	from := pfx
+	if after != "" {
+		from = pfx + after + "\x00"
+	}
+	now := s.clock.Now()
+	out := &keystorev1.ListKeysResponse{}
+	// Read in pages of the requested size; filters may need several.
+	for {
+		resp, err := s.etcd.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(int64(size)))
+		if err != nil {
+			return nil, fmt.Errorf("list keys: %w", err)
+		}
+		for i, kv := range resp.Kvs {
+			sk, err := decodeKey(kv, now)
+			if err != nil {
+				return nil, err
+			}
+			k := sk.key
+			if (req.GetState() != 0 && k.GetState() != req.GetState()) ||
+				(req.GetKind() != 0 && k.GetKind() != req.GetKind()) ||
+				(owner != "" && k.GetOwner() != owner) {
+				continue
+			}
+			out.Keys = append(out.Keys, k)
+			if len(out.Keys) == size {
+				if i < len(resp.Kvs)-1 || resp.More {
+					out.NextPageToken = pageToken(k.GetId())
+				}
+				return out, nil
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// updatableKeyFields are the mask paths UpdateKey accepts.
+var updatableKeyFields = []string{"name", "enabled", "expire_time", "allowed_models", "labels",
+	"global_limits", "model_limits", "token_cap", "budget"}
+
+func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.UpdateKeyRequest) (*keystorev1.Key, error) {
+	mask := map[string]bool{}
+	for _, f := range req.GetUpdateMask().GetPaths() {
+		if !slices.Contains(updatableKeyFields, f) {
+			return nil, invalid("update_mask", "cannot update %q; updatable: %v", f, updatableKeyFields)
+		}
+		mask[f] = true
+	}
+	if len(mask) == 0 {
+		return nil, invalid("update_mask", "name at least one field to update")
+	}
+	patch := req.GetPatch()
+	if mask["name"] {
+		if err := validName("patch.name", patch.GetName()); err != nil {
+			return nil, err
+		}
+	}
+	ks := keySettings{
+		expire: patch.GetExpireTime(), allowedModels: patch.GetAllowedModels(), labels: patch.GetLabels(),
+		global: patch.GetGlobalLimits(), modelLimits: patch.GetModelLimits(), tokenCap: patch.GetTokenCap(), budget: patch.GetBudget(),
+	}
+	if err := s.validateKeySettings(ctx, ks, mask); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Field = "patch." + fe.Field
+		}
+		return nil, err
+	}
+	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), req.GetEtag(), "key.update", func(k *keystorev1.Key) error {
+		for f := range mask {
+			switch f {
+			case "name":
+				k.Name = patch.GetName()
+			case "enabled":
+				k.Enabled = patch.GetEnabled()
+			case "expire_time":
+				k.ExpireTime = patch.GetExpireTime()
+			case "allowed_models":
+				k.AllowedModels = patch.GetAllowedModels()
+			case "labels":
+				k.Labels = maps.Clone(patch.GetLabels())
+			case "global_limits":
+				k.GlobalLimits = patch.GetGlobalLimits()
+			case "model_limits":
+				k.ModelLimits = patch.GetModelLimits()
+			case "token_cap":
+				k.TokenCap = normCap(patch.GetTokenCap())
+			case "budget":
+				k.Budget = normBudget(patch.GetBudget())
+			}
+		}
+		return nil
+	}, nil)
+}
+
+// modifyKey applies change to a key in a compare-and-swap loop. With an
+// etag, a key changed since the caller read it is a conflict; without one
+// the change is retried on the fresh value. rekey, if set, may replace the
+// stored hashes (rotation).
+func (s *Server) modifyKey(ctx context.Context, p *principal, ws, id, etag, action string,
+	change func(*keystorev1.Key) error, rekey func(*storedKey)) (*keystorev1.Key, error) {
+	for {
+		sk, err := s.readKey(ctx, p, ws, id)
+		if err != nil {
+			return nil, err
+		}
+		if etag != "" && etag != sk.key.GetEtag() {
+			return nil, fmt.Errorf("key %q: %w", id, ErrConflict)
+		}
+		old := sk.key
+		next := proto.Clone(old).(*keystorev1.Key)
+		if err := change(next); err != nil {
+			return nil, err
+		}
+		next.UpdateTime = timestamppb.New(s.clock.Now())
+		nsk := &storedKey{key: next, hash: sk.hash, prevHash: sk.prevHash}
+		if rekey != nil {
+			rekey(nsk)
+		}
+		val, err := encodeKey(nsk)
+		if err != nil {
+			return nil, err
+		}
+		audit, err := s.auditOps(p, ws, id, action, old, next)
+		if err != nil {
+			return nil, err
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(keyKey(ws, id)), "=", sk.rev)}
+		ops := append([]clientv3.Op{clientv3.OpPut(keyKey(ws, id), val)}, audit...)
+		renamed := next.GetName() != old.GetName()
+		if renamed {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nameKey(ws, next.GetName())), "=", 0))
+			ops = append(ops, clientv3.OpDelete(nameKey(ws, old.GetName())), clientv3.OpPut(nameKey(ws, next.GetName()), id))
+		}
+		resp, err := s.etcd.Txn(ctx).If(cmps...).Then(ops...).Else(
+			clientv3.OpGet(nameKey(ws, next.GetName()), clientv3.WithCountOnly()),
+		).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("update key: %w", err)
+		}
+		if resp.Succeeded {
+			next.Etag = strconv.FormatInt(resp.Header.Revision, 10)
+			next.State = keyState(next, s.clock.Now())
+			s.changes.Add(ctx, 1)
+			return next, nil
+		}
+		if renamed && resp.Responses[0].GetResponseRange().Count > 0 {
+			return nil, fmt.Errorf("key named %q in workspace %q: %w", next.GetName(), ws, ErrAlreadyExists)
+		}
+		if etag != "" {
+			return nil, fmt.Errorf("key %q: %w", id, ErrConflict)
+		}
+	}
+}
+
+func (s *Server) deleteKey(ctx context.Context, p *principal, req *keystorev1.DeleteKeyRequest) error {
+	ws, id := req.GetWorkspace(), req.GetKey()
+	for {
+		sk, err := s.readKey(ctx, p, ws, id)
+		if err != nil {
+			return err
+		}
+		if req.GetEtag() != "" && req.GetEtag() != sk.key.GetEtag() {
+			return fmt.Errorf("key %q: %w", id, ErrConflict)
+		}
+		w, countRev, err := s.getWorkspace(ctx, ws)
+		if err != nil {
+			return err
+		}
+		audit, err := s.auditOps(p, ws, id, "key.delete", sk.key, nil)
+		if err != nil {
+			return err
+		}
+		ops := append([]clientv3.Op{
+			clientv3.OpDelete(keyKey(ws, id)),
+			clientv3.OpDelete(idKey(id)),
+			clientv3.OpDelete(nameKey(ws, sk.key.GetName())),
+			clientv3.OpPut(countKey(ws), strconv.Itoa(max(int(w.GetKeyCount())-1, 0))),
+		}, audit...)
+		resp, err := s.etcd.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(keyKey(ws, id)), "=", sk.rev),
+			clientv3.Compare(clientv3.ModRevision(countKey(ws)), "=", countRev),
+		).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("delete key: %w", err)
+		}
+		if resp.Succeeded {
+			s.changes.Add(ctx, 1)
+			return nil
+		}
+	}
+}
+
+func (s *Server) rotateKey(ctx context.Context, p *principal, req *keystorev1.RotateKeyRequest) (*keystorev1.RotateKeyResponse, error) {
+	grace := req.GetGraceExpireTime()
+	if err := validExpiry("grace_expire_time", grace, s.clock.Now()); err != nil {
+		return nil, err
+	}
+	var text string
+	var hash keyformat.Hash
+	k, err := s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), "", "key.rotate", func(k *keystorev1.Key) error {
+		kind := keyformat.Standard
+		if k.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN {
+			kind = keyformat.Admin
+		}
+		var fk keyformat.Key
+		text, fk = keyformat.New(kind, k.GetId())
+		hash = fk.Hash()
+		k.PartialKey = keyformat.Partial(text)
+		k.PreviousSecretExpireTime = grace
+		return nil
+	}, func(sk *storedKey) {
+		sk.prevHash = keyformat.Hash{}
+		if grace != nil {
+			sk.prevHash = sk.hash
+		}
+		sk.hash = hash
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &keystorev1.RotateKeyResponse{Key: k, Secret: text}, nil
+}
+
+func (s *Server) expireKey(ctx context.Context, p *principal, req *keystorev1.ExpireKeyRequest) (*keystorev1.Key, error) {
+	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), "", "key.expire", func(k *keystorev1.Key) error {
+		k.ExpireTime = timestamppb.New(s.clock.Now())
+		return nil
+	}, nil)
+}
+
+// verify checks a parsed key against the store. Every failure is
+// ErrInvalidKey, so callers cannot tell unknown from disabled or expired.
+func (s *Server) verify(ctx context.Context, k keyformat.Key) (*storedKey, error) {
+	resp, err := s.etcd.Get(ctx, idKey(k.ID))
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrInvalidKey
+	}
+	sk, err := s.getKey(ctx, string(resp.Kvs[0].Value), k.ID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrInvalidKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	if wantAdmin := k.Kind == keyformat.Admin; wantAdmin != (sk.key.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN) {
+		return nil, ErrInvalidKey
+	}
+	if sk.key.GetState() != keystorev1.KeyState_KEY_STATE_ACTIVE {
+		return nil, ErrInvalidKey
+	}
+	h := k.Hash()
+	if keyformat.Equal(h, sk.hash) {
+		return sk, nil
+	}
+	if ge := sk.key.GetPreviousSecretExpireTime(); ge != nil && ge.AsTime().After(s.clock.Now()) &&
+		sk.prevHash != (keyformat.Hash{}) && keyformat.Equal(h, sk.prevHash) {
+		return sk, nil
+	}
+	return nil, ErrInvalidKey
+}
+
+func (s *Server) verifyKey(ctx context.Context, secret string) (*keystorev1.VerifyKeyResponse, error) {
+	// Malformed text is rejected before any lookup.
+	k, err := keyformat.Parse(secret)
+	if err != nil {
+		return nil, ErrInvalidKey
+	}
+	sk, err := s.verify(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	out := &keystorev1.VerifyKeyResponse{Key: sk.key}
+	if !keyformat.Equal(k.Hash(), sk.hash) {
+		out.SecretExpireTime = sk.key.GetPreviousSecretExpireTime()
+	}
+	return out, nil
+}
+
+func (s *Server) getKeyOp(ctx context.Context, p *principal, req *keystorev1.GetKeyRequest) (*keystorev1.Key, error) {
+	sk, err := s.readKey(ctx, p, req.GetWorkspace(), req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	return sk.key, nil
+}

@@ -1,0 +1,222 @@
+// Package keystore is the keystore service: workspaces, members and roles,
+// API keys, the model registry and the audit log, all kept in etcd.
+//
+// Files: keystore.go (config, errors, callers and their rights), store.go
+// (etcd layout and encoding), keys.go, workspaces.go, registry.go, audit.go,
+// watch.go (domain operations), validate.go, server.go (the gRPC adapter:
+// the only place that knows status codes).
+package keystore
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/pkg/keyformat"
+)
+
+// Config holds the dependencies of the keystore.
+type Config struct {
+	Etcd   *clientv3.Client
+	Clock  clock.Clock // nil = clock.Real{}
+	Logger *slog.Logger
+	Meter  metric.MeterProvider // nil = noop
+	// RootToken is the bootstrap root token; other keygate services use it
+	// as their service token.
+	RootToken string
+	// DefaultMaxKeys is the key cap of a workspace created without one; 0 = 10.
+	DefaultMaxKeys int
+}
+
+// Domain errors. server.go maps them to gRPC codes.
+var (
+	ErrUnauthenticated  = errors.New("missing or invalid credential: send authorization: Bearer <root token or admin key>")
+	ErrInvalidKey       = errors.New("invalid API key")
+	ErrPermissionDenied = errors.New("permission denied")
+	ErrNotFound         = errors.New("not found")
+	ErrAlreadyExists    = errors.New("already exists")
+	ErrConflict         = errors.New("etag mismatch: the object changed since it was read; read it again and retry")
+	ErrPrecondition     = errors.New("failed precondition")
+)
+
+// FieldError is invalid input, naming the field at fault.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Server implements keystorev1.KeystoreServiceServer.
+type Server struct {
+	keystorev1.UnimplementedKeystoreServiceServer
+
+	etcd      *clientv3.Client
+	clock     clock.Clock
+	log       *slog.Logger
+	rootToken []byte
+	maxKeys   int
+	auditSeq  atomic.Uint32
+
+	verifications metric.Int64Counter
+	changes       metric.Int64Counter
+}
+
+var _ keystorev1.KeystoreServiceServer = (*Server)(nil)
+
+// New checks cfg and returns a keystore server.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Etcd == nil {
+		return nil, errors.New("keystore: Config.Etcd is required")
+	}
+	if len(cfg.RootToken) < 16 {
+		return nil, errors.New("keystore: root token must be at least 16 characters")
+	}
+	if cfg.DefaultMaxKeys < 0 {
+		return nil, errors.New("keystore: DefaultMaxKeys must not be negative")
+	}
+	s := &Server{
+		etcd:      cfg.Etcd,
+		clock:     cfg.Clock,
+		log:       cfg.Logger,
+		rootToken: []byte(cfg.RootToken),
+		maxKeys:   cfg.DefaultMaxKeys,
+	}
+	if s.clock == nil {
+		s.clock = clock.Real{}
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.maxKeys == 0 {
+		s.maxKeys = 10
+	}
+	mp := cfg.Meter
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	m := mp.Meter("github.com/keygate/keygate/services/keystore")
+	var err error
+	if s.verifications, err = m.Int64Counter("keygate.keystore.verifications",
+		metric.WithUnit("{verification}"),
+		metric.WithDescription("VerifyKey calls by result (valid, invalid)")); err != nil {
+		return nil, fmt.Errorf("keystore: metric: %w", err)
+	}
+	if s.changes, err = m.Int64Counter("keygate.keystore.changes",
+		metric.WithUnit("{change}"),
+		metric.WithDescription("Committed changes by action")); err != nil {
+		return nil, fmt.Errorf("keystore: metric: %w", err)
+	}
+	return s, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, s) }
+
+// Close releases nothing today: the etcd client belongs to the caller, and
+// open change streams end with their RPCs.
+func (s *Server) Close() error { return nil }
+
+// principal is a verified caller.
+type principal struct {
+	root bool
+	// subject is "root" for the root token, else the member the admin key
+	// acts for.
+	subject    string
+	credential string
+	// workspace and role of an admin key; the root token has neither.
+	workspace string
+	role      keystorev1.Role
+	keyID     string
+}
+
+const (
+	rootSubject   = "root"
+	credRootToken = "root_token"
+	credAdminKey  = "admin_key"
+)
+
+// authenticate resolves the bearer credential of an incoming call.
+func (s *Server) authenticate(ctx context.Context) (*principal, error) {
+	tok := auth.BearerFromIncoming(ctx)
+	if tok == "" {
+		return nil, ErrUnauthenticated
+	}
+	if subtle.ConstantTimeCompare([]byte(tok), s.rootToken) == 1 {
+		return &principal{root: true, subject: rootSubject, credential: credRootToken}, nil
+	}
+	k, err := keyformat.Parse(tok)
+	if err != nil || k.Kind != keyformat.Admin {
+		return nil, ErrUnauthenticated
+	}
+	sk, err := s.verify(ctx, k)
+	if errors.Is(err, ErrInvalidKey) {
+		return nil, ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, err
+	}
+	role, err := s.memberRole(ctx, sk.key.GetWorkspace(), sk.key.GetOwner())
+	if errors.Is(err, ErrNotFound) {
+		// The owner left the workspace: the key acts for nobody.
+		return nil, ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &principal{
+		subject:    sk.key.GetOwner(),
+		credential: credAdminKey,
+		workspace:  sk.key.GetWorkspace(),
+		role:       role,
+		keyID:      sk.key.GetId(),
+	}, nil
+}
+
+// inWorkspace hides every other workspace from an admin key: the answer is
+// the one a missing workspace gets.
+func (p *principal) inWorkspace(ws string) error {
+	if p.root || p.workspace == ws {
+		return nil
+	}
+	return fmt.Errorf("workspace %q: %w", ws, ErrNotFound)
+}
+
+// manager reports whether p manages every key of its workspace.
+func (p *principal) manager() bool {
+	return p.root || p.role == keystorev1.Role_ROLE_OWNER || p.role == keystorev1.Role_ROLE_ADMIN
+}
+
+func (p *principal) requireRoot() error {
+	if !p.root {
+		return fmt.Errorf("%w: this call needs the root token", ErrPermissionDenied)
+	}
+	return nil
+}
+
+// canManageKey: owners and admins manage every key of the workspace, members
+// their own standard keys.
+func (p *principal) canManageKey(k *keystorev1.Key) error {
+	if p.manager() {
+		return nil
+	}
+	if k.GetOwner() == p.subject && k.GetKind() == keystorev1.KeyKind_KEY_KIND_STANDARD {
+		return nil
+	}
+	return fmt.Errorf("%w: members manage only their own standard keys", ErrPermissionDenied)
+}

@@ -1,0 +1,819 @@
+// Package window keeps the admission windows of the keys one limiter
+// replica owns and decides requests against them, atomically per key.
+//
+// Windows:
+//   - rpm and tpm: a rolling 60-second window of 1-second buckets. At time
+//     t the window holds the current second's bucket and the 59 before it,
+//     so an event charged in second s leaves the window at (s+60) seconds.
+//   - rpd and tpd: the UTC calendar day.
+//   - token cap and cost budget: the policy's reset period (never, daily,
+//     weekly from Monday, monthly), UTC.
+//
+// A request is admitted only if every applicable limit (global and the
+// model's) admits it; a denied request changes nothing. A limit L with used
+// u admits an estimate e when u + max(e, 1) <= L, so a spent window (u = L)
+// refuses even zero-token estimates.
+//
+// Reservations: an admitted Check charges 1 request and its estimated
+// tokens and cost to the buckets, day and periods current at that moment
+// and remembers where. Settle moves those same counters by (actual -
+// estimate) if they are still current; Release takes the request, tokens
+// and cost back. An unsettled reservation stays charged at its estimate and
+// is forgotten after the reservation timeout.
+//
+// Overshoot bound. Request limits are exact. Token and cost limits admit
+// against estimates, so a window's final total can exceed its limit only by
+// what settlements add above their estimates: for a window with limit L,
+//
+//	total <= L + Σ max(0, actual_i - estimate_i)
+//
+// over the reservations admitted in that window and settled in it. Callers
+// that bound actual usage by the estimate (max_tokens, priced up front)
+// never overshoot.
+package window
+
+import (
+	"sync"
+	"time"
+)
+
+// Kind names a limit; values match keygate.limiter.v1.LimitKind.
+type Kind uint8
+
+// The limits.
+const (
+	KindNone Kind = iota
+	KindRPM
+	KindRPD
+	KindTPM
+	KindTPD
+	KindTokenCap
+	KindBudget
+)
+
+// Period is a reset period; values match keygate.type.v1.ResetPeriod.
+// PeriodUnspecified behaves as PeriodNever.
+type Period uint8
+
+// The reset periods.
+const (
+	PeriodUnspecified Period = iota
+	PeriodNever
+	PeriodDaily
+	PeriodWeekly
+	PeriodMonthly
+)
+
+const (
+	// Buckets is the number of 1-second buckets of a rolling window.
+	Buckets = 60
+	// Span is the length of a rolling window.
+	Span = Buckets * time.Second
+
+	secNanos = int64(time.Second)
+	daySecs  = 86400
+)
+
+// Limits are one scope's request and token windows; zero means unlimited.
+type Limits struct {
+	RPM, RPD, TPM, TPD int64
+}
+
+// Any reports whether any limit is set.
+func (l Limits) Any() bool { return l.RPM > 0 || l.RPD > 0 || l.TPM > 0 || l.TPD > 0 }
+
+// Request is one item to decide. Strings are retained only for admitted
+// reservations.
+type Request struct {
+	Key   string
+	Model string
+	// ReservationID names the reservation; "" admits without one (nothing
+	// to settle or release).
+	ReservationID string
+	Global        Limits
+	// ModelLimits are the limits of Model; zero when it has none.
+	ModelLimits  Limits
+	TokenCap     int64
+	TokenPeriod  Period
+	BudgetMicros int64
+	BudgetPeriod Period
+	Tokens       int64
+	CostMicros   int64
+}
+
+// Quota is one window's state after a decision.
+type Quota struct {
+	Kind Kind
+	// Model reports a per-model window.
+	Model      bool
+	Limit      int64
+	Remaining  int64
+	ResetAfter time.Duration
+}
+
+// MaxQuotas is the most windows one request can have.
+const MaxQuotas = 10
+
+// Decision is the answer to one Request. It is a value the caller reuses.
+type Decision struct {
+	Allowed bool
+	// DeniedBy is the refusing limit that frees up last.
+	DeniedBy    Kind
+	DeniedModel bool
+	// RetryAfter is when a retry can succeed; 0 when no wait helps within
+	// the period (caps, budgets, estimates above a limit).
+	RetryAfter time.Duration
+	Quotas     [MaxQuotas]Quota
+	N          int
+	// Requests and Tokens index the tightest request and token windows in
+	// Quotas, or -1.
+	Requests, Tokens int
+}
+
+// PeriodID identifies one reset period.
+type PeriodID struct {
+	Period Period
+	N      int64
+}
+
+// Totals are usage totals from the ledger that seed a key's state.
+type Totals struct {
+	// Model is "" for the key's own totals.
+	Model            string
+	RequestsToday    int64
+	TokensToday      int64
+	PeriodTokens     int64
+	PeriodCostMicros int64
+}
+
+// Config configures a Table.
+type Config struct {
+	// ReservationTimeout after which an unsettled reservation is forgotten
+	// (and stays counted at its estimate). Default 10 minutes.
+	ReservationTimeout time.Duration
+	// Seeded makes every key refuse decisions (ErrNotSeeded) until Seed
+	// has supplied its day and period totals; it also lets Sweep drop idle
+	// keys whose day or period totals are still current, since they will
+	// be seeded again.
+	Seeded bool
+	// Retain is how long an idle key is kept; default 60 s (the longest
+	// rolling window). Seeded tables should retain longer than the ledger
+	// lags behind.
+	Retain time.Duration
+}
+
+// Table holds the state of many keys.
+type Table struct {
+	cfg    Config
+	shards [shardCount]shard
+}
+
+const shardCount = 64
+
+type shard struct {
+	mu   sync.RWMutex
+	keys map[string]*keyState
+	_    [40]byte // keep shards on separate cache lines
+}
+
+// New returns an empty table.
+func New(cfg Config) *Table {
+	if cfg.ReservationTimeout <= 0 {
+		cfg.ReservationTimeout = 10 * time.Minute
+	}
+	if cfg.Retain < Span {
+		cfg.Retain = Span
+	}
+	t := &Table{cfg: cfg}
+	for i := range t.shards {
+		t.shards[i].keys = make(map[string]*keyState)
+	}
+	return t
+}
+
+// ErrNotSeeded means the key (or the model's windows) must be seeded with
+// Seed before it can be decided.
+var ErrNotSeeded = notSeeded{}
+
+type notSeeded struct{}
+
+func (notSeeded) Error() string { return "limiter: key state not seeded yet" }
+
+func (t *Table) shard(key string) *shard {
+	// FNV-1a; inlined to keep the hot path free of hash.Hash allocations.
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return &t.shards[h%shardCount]
+}
+
+func (t *Table) lookup(key string, create bool) *keyState {
+	sh := t.shard(key)
+	sh.mu.RLock()
+	ks := sh.keys[key]
+	sh.mu.RUnlock()
+	if ks != nil || !create {
+		return ks
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if ks = sh.keys[key]; ks == nil {
+		ks = &keyState{seeded: !t.cfg.Seeded}
+		sh.keys[key] = ks
+	}
+	return ks
+}
+
+// keyState is everything about one key. Its own mutex makes each decision
+// atomic across all of the key's windows.
+type keyState struct {
+	mu        sync.Mutex
+	dead      bool // removed from the table; lookups must retry
+	seeded    bool
+	lastTouch int64
+	// What the latest policy limits; only those totals keep an idle key.
+	dayLimited, capLimited, budgetLimited bool
+	global                                scope
+	models                                []*modelScope
+	tokens                                periodCounter
+	cost                                  periodCounter
+	res                                   map[string]reservation
+}
+
+type modelScope struct {
+	name   string
+	seeded bool
+	scope
+}
+
+type scope struct {
+	roll rolling
+	day  dayCounter
+}
+
+type dayCounter struct {
+	day      int64
+	req, tok int64
+}
+
+type periodCounter struct {
+	id   PeriodID
+	used int64
+}
+
+type reservation struct {
+	model    string
+	sec      int64
+	day      int64
+	tokenPID PeriodID
+	costPID  PeriodID
+	tokens   int64
+	cost     int64
+	expires  int64
+	inModel  bool
+}
+
+// rolling is a ring of 1-second buckets; head is the unix second of the
+// newest bucket.
+type rolling struct {
+	head   int64
+	last   int64 // second of the newest charge
+	reqSum int64
+	tokSum int64
+	req    [Buckets]int64
+	tok    [Buckets]int64
+}
+
+func (r *rolling) advance(sec int64) {
+	if sec <= r.head {
+		return
+	}
+	if sec-r.head >= Buckets {
+		r.req = [Buckets]int64{}
+		r.tok = [Buckets]int64{}
+		r.reqSum, r.tokSum = 0, 0
+	} else {
+		for s := r.head + 1; s <= sec; s++ {
+			i := s % Buckets
+			r.reqSum -= r.req[i]
+			r.tokSum -= r.tok[i]
+			r.req[i], r.tok[i] = 0, 0
+		}
+	}
+	r.head = sec
+}
+
+// inWindow reports whether second s is still inside the window.
+func (r *rolling) inWindow(s int64) bool { return s <= r.head && s > r.head-Buckets }
+
+// waitFor returns how long until at least need units of the given buckets
+// have left the window, or -1 if they never will.
+func (r *rolling) waitFor(b *[Buckets]int64, need int64, now int64) time.Duration {
+	var freed int64
+	for s := r.head - Buckets + 1; s <= r.head; s++ {
+		freed += b[((s%Buckets)+Buckets)%Buckets]
+		if freed >= need {
+			return time.Duration((s+Buckets)*secNanos - now)
+		}
+	}
+	return -1
+}
+
+func (r *rolling) resetAfter(now int64) time.Duration {
+	if r.reqSum == 0 && r.tokSum == 0 || !r.inWindow(r.last) {
+		return 0
+	}
+	return time.Duration((r.last+Buckets)*secNanos - now)
+}
+
+// clock is the time of one decision in the units the windows use.
+type clock struct {
+	now      int64 // unix nanoseconds
+	sec      int64
+	day      int64
+	nextDay  int64 // unix nanoseconds of the next UTC midnight
+	dayReset time.Duration
+}
+
+func newClock(now time.Time) clock {
+	n := now.UnixNano()
+	sec := floorDiv(n, secNanos)
+	day := floorDiv(sec, daySecs)
+	next := (day + 1) * daySecs * secNanos
+	return clock{now: n, sec: sec, day: day, nextDay: next, dayReset: time.Duration(next - n)}
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// PeriodOf returns the period p containing t.
+func PeriodOf(t time.Time, p Period) PeriodID {
+	switch normPeriod(p) {
+	case PeriodDaily:
+		return PeriodID{p, floorDiv(t.Unix(), daySecs)}
+	case PeriodWeekly:
+		// 1970-01-01 was a Thursday; shift so weeks start on Monday.
+		return PeriodID{p, floorDiv(floorDiv(t.Unix(), daySecs)+3, 7)}
+	case PeriodMonthly:
+		y, m, _ := t.UTC().Date()
+		return PeriodID{p, int64(y)*12 + int64(m) - 1}
+	default:
+		return PeriodID{PeriodNever, 0}
+	}
+}
+
+// Start returns when the period begins; the zero time for never.
+func (id PeriodID) Start() time.Time {
+	switch id.Period {
+	case PeriodDaily:
+		return time.Unix(id.N*daySecs, 0).UTC()
+	case PeriodWeekly:
+		return time.Unix((id.N*7-3)*daySecs, 0).UTC()
+	case PeriodMonthly:
+		return time.Date(int(id.N/12), time.Month(id.N%12+1), 1, 0, 0, 0, 0, time.UTC)
+	default:
+		return time.Time{}
+	}
+}
+
+// end returns the unix nanoseconds at which the period ends, or 0 (never).
+func (id PeriodID) end() int64 {
+	switch id.Period {
+	case PeriodDaily:
+		return (id.N + 1) * daySecs * secNanos
+	case PeriodWeekly:
+		return ((id.N+1)*7 - 3) * daySecs * secNanos
+	case PeriodMonthly:
+		return time.Date(int(id.N/12), time.Month(id.N%12+2), 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	default:
+		return 0
+	}
+}
+
+func normPeriod(p Period) Period {
+	if p == PeriodUnspecified || p > PeriodMonthly {
+		return PeriodNever
+	}
+	return p
+}
+
+func (s *scope) advance(c *clock) {
+	s.roll.advance(c.sec)
+	if s.day.day != c.day {
+		s.day = dayCounter{day: c.day}
+	}
+}
+
+func (p *periodCounter) roll(id PeriodID) {
+	if p.id != id {
+		*p = periodCounter{id: id}
+	}
+}
+
+// admits reports whether used + max(est, 1) fits in limit.
+func admits(limit, used, est int64) bool {
+	return used+max(est, 1) <= limit
+}
+
+func (ks *keyState) model(name string) *modelScope {
+	for _, m := range ks.models {
+		if m.name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// Check decides r at now and writes the answer to d. It returns
+// ErrNotSeeded, changing nothing, when the key must be seeded first.
+func (t *Table) Check(now time.Time, r *Request, d *Decision) error {
+	c := newClock(now)
+	for {
+		ks := t.lookup(r.Key, true)
+		ks.mu.Lock()
+		if ks.dead {
+			ks.mu.Unlock()
+			continue
+		}
+		err := t.check(ks, &c, r, d)
+		ks.mu.Unlock()
+		return err
+	}
+}
+
+func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
+	var ms *modelScope
+	if r.ModelLimits.Any() {
+		ms = ks.model(r.Model)
+		if ms == nil {
+			ms = &modelScope{name: r.Model, seeded: !t.cfg.Seeded}
+			ks.models = append(ks.models, ms)
+		}
+		if !ms.seeded {
+			return ErrNotSeeded
+		}
+	}
+	if !ks.seeded {
+		return ErrNotSeeded
+	}
+	ks.lastTouch = c.now
+	ks.dayLimited = r.Global.RPD > 0 || r.Global.TPD > 0 || r.ModelLimits.RPD > 0 || r.ModelLimits.TPD > 0
+	ks.capLimited, ks.budgetLimited = r.TokenCap > 0, r.BudgetMicros > 0
+	ks.global.advance(c)
+	if ms != nil {
+		ms.advance(c)
+	}
+	at := time.Unix(0, c.now)
+	ks.tokens.roll(PeriodOf(at, r.TokenPeriod))
+	ks.cost.roll(PeriodOf(at, r.BudgetPeriod))
+
+	if r.ReservationID != "" {
+		if _, dup := ks.res[r.ReservationID]; dup {
+			// A retried Check of an admitted reservation: admit again
+			// without charging twice.
+			d.reset(true)
+			t.quotas(ks, ms, c, r, d)
+			return nil
+		}
+	}
+
+	d.reset(true)
+	deny := func(k Kind, model bool, wait time.Duration) {
+		// The refusal that lasts longest tells the caller when to retry;
+		// -1 (never within the period) outranks every wait; ties keep the
+		// first.
+		if d.Allowed || (d.RetryAfter >= 0 && (wait < 0 || wait > d.RetryAfter)) {
+			d.DeniedBy, d.DeniedModel, d.RetryAfter = k, model, wait
+		}
+		d.Allowed = false
+	}
+	checkScope := func(s *scope, l *Limits, model bool) {
+		if l.RPM > 0 && !admits(l.RPM, s.roll.reqSum, 1) {
+			deny(KindRPM, model, rollWait(&s.roll, &s.roll.req, l.RPM, 1, c.now))
+		}
+		if l.TPM > 0 && !admits(l.TPM, s.roll.tokSum, r.Tokens) {
+			deny(KindTPM, model, rollWait(&s.roll, &s.roll.tok, l.TPM, r.Tokens, c.now))
+		}
+		if l.RPD > 0 && !admits(l.RPD, s.day.req, 1) {
+			deny(KindRPD, model, dayWait(l.RPD, 1, c))
+		}
+		if l.TPD > 0 && !admits(l.TPD, s.day.tok, r.Tokens) {
+			deny(KindTPD, model, dayWait(l.TPD, r.Tokens, c))
+		}
+	}
+	checkScope(&ks.global, &r.Global, false)
+	if ms != nil {
+		checkScope(&ms.scope, &r.ModelLimits, true)
+	}
+	if r.TokenCap > 0 && !admits(r.TokenCap, ks.tokens.used, r.Tokens) {
+		deny(KindTokenCap, false, -1)
+	}
+	if r.BudgetMicros > 0 && !admits(r.BudgetMicros, ks.cost.used, r.CostMicros) {
+		deny(KindBudget, false, -1)
+	}
+	if !d.Allowed {
+		if d.RetryAfter < 0 {
+			d.RetryAfter = 0
+		}
+		t.quotas(ks, ms, c, r, d)
+		return nil
+	}
+
+	i := c.sec % Buckets
+	charge := func(s *scope) {
+		s.roll.req[i]++
+		s.roll.reqSum++
+		s.roll.tok[i] += r.Tokens
+		s.roll.tokSum += r.Tokens
+		s.roll.last = c.sec
+		s.day.req++
+		s.day.tok += r.Tokens
+	}
+	charge(&ks.global)
+	if ms != nil {
+		charge(&ms.scope)
+	}
+	// Charged even without a cap or budget, so that one added later
+	// counts the period so far.
+	ks.tokens.used += r.Tokens
+	ks.cost.used += r.CostMicros
+	if r.ReservationID != "" {
+		if ks.res == nil {
+			ks.res = make(map[string]reservation)
+		}
+		ks.res[r.ReservationID] = reservation{
+			model: r.Model, inModel: ms != nil, sec: c.sec, day: c.day,
+			tokenPID: ks.tokens.id, costPID: ks.cost.id,
+			tokens: r.Tokens, cost: r.CostMicros,
+			expires: c.now + int64(t.cfg.ReservationTimeout),
+		}
+	}
+	t.quotas(ks, ms, c, r, d)
+	return nil
+}
+
+// rollWait is how long until est more units fit in a rolling window with
+// limit, or -1 if est alone exceeds it.
+func rollWait(r *rolling, b *[Buckets]int64, limit, est int64, now int64) time.Duration {
+	est = max(est, 1)
+	if est > limit {
+		return -1
+	}
+	var used int64
+	if b == &r.req {
+		used = r.reqSum
+	} else {
+		used = r.tokSum
+	}
+	return r.waitFor(b, used+est-limit, now)
+}
+
+func dayWait(limit, est int64, c *clock) time.Duration {
+	if max(est, 1) > limit {
+		return -1
+	}
+	return c.dayReset
+}
+
+func (d *Decision) reset(allowed bool) {
+	d.Allowed = allowed
+	d.DeniedBy = KindNone
+	d.DeniedModel = false
+	d.RetryAfter = 0
+	d.N = 0
+	d.Requests, d.Tokens = -1, -1
+}
+
+func (t *Table) quotas(ks *keyState, ms *modelScope, c *clock, r *Request, d *Decision) {
+	add := func(k Kind, model bool, limit, used int64, reset time.Duration) {
+		q := &d.Quotas[d.N]
+		q.Kind, q.Model, q.Limit, q.Remaining, q.ResetAfter = k, model, limit, max(limit-used, 0), reset
+		switch k {
+		case KindRPM, KindRPD:
+			if d.Requests < 0 || q.Remaining < d.Quotas[d.Requests].Remaining {
+				d.Requests = d.N
+			}
+		case KindTPM, KindTPD, KindTokenCap:
+			if d.Tokens < 0 || q.Remaining < d.Quotas[d.Tokens].Remaining {
+				d.Tokens = d.N
+			}
+		}
+		d.N++
+	}
+	scopeQuotas := func(s *scope, l *Limits, model bool) {
+		rr := s.roll.resetAfter(c.now)
+		if l.RPM > 0 {
+			add(KindRPM, model, l.RPM, s.roll.reqSum, rr)
+		}
+		if l.RPD > 0 {
+			add(KindRPD, model, l.RPD, s.day.req, c.dayReset)
+		}
+		if l.TPM > 0 {
+			add(KindTPM, model, l.TPM, s.roll.tokSum, rr)
+		}
+		if l.TPD > 0 {
+			add(KindTPD, model, l.TPD, s.day.tok, c.dayReset)
+		}
+	}
+	scopeQuotas(&ks.global, &r.Global, false)
+	if ms != nil {
+		scopeQuotas(&ms.scope, &r.ModelLimits, true)
+	}
+	if r.TokenCap > 0 {
+		add(KindTokenCap, false, r.TokenCap, ks.tokens.used, periodReset(ks.tokens.id, c.now))
+	}
+	if r.BudgetMicros > 0 {
+		add(KindBudget, false, r.BudgetMicros, ks.cost.used, periodReset(ks.cost.id, c.now))
+	}
+}
+
+func periodReset(id PeriodID, now int64) time.Duration {
+	end := id.end()
+	if end == 0 {
+		return 0
+	}
+	return time.Duration(end - now)
+}
+
+// Settle replaces a reservation's estimate with the actual usage, in the
+// same buckets, day and periods it was charged to (where still current).
+// It reports false for an unknown reservation and changes nothing then.
+func (t *Table) Settle(key, id string, tokens, costMicros int64) bool {
+	return t.finish(key, id, false, tokens, costMicros)
+}
+
+// Release frees a reservation: its request, tokens and cost no longer
+// count. It reports false for an unknown reservation.
+func (t *Table) Release(key, id string) bool {
+	return t.finish(key, id, true, 0, 0)
+}
+
+// finish settles a reservation to (tokens, cost), or releases it.
+func (t *Table) finish(key, id string, release bool, tokens, cost int64) bool {
+	ks := t.lookup(key, false)
+	if ks == nil || id == "" {
+		return false
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	res, ok := ks.res[id]
+	if !ok || ks.dead {
+		return false
+	}
+	delete(ks.res, id)
+	dr, dt, dc := int64(0), tokens-res.tokens, cost-res.cost
+	if release {
+		dr, dt, dc = -1, -res.tokens, -res.cost
+	}
+	adjust := func(s *scope) {
+		if s.roll.inWindow(res.sec) {
+			i := res.sec % Buckets
+			s.roll.req[i] += dr
+			s.roll.reqSum += dr
+			s.roll.tok[i] += dt
+			s.roll.tokSum += dt
+		}
+		if s.day.day == res.day {
+			s.day.req += dr
+			s.day.tok += dt
+		}
+	}
+	adjust(&ks.global)
+	if res.inModel {
+		if ms := ks.model(res.model); ms != nil {
+			adjust(&ms.scope)
+		}
+	}
+	if ks.tokens.id == res.tokenPID {
+		ks.tokens.used += dt
+	}
+	if ks.cost.id == res.costPID {
+		ks.cost.used += dc
+	}
+	return true
+}
+
+// Seed sets a key's day and period totals from the ledger before its
+// first decision. Only parts not seeded yet are set: the key's own totals
+// (Model "") and each model's. day is the UTC day and tokens/cost the
+// periods the totals were taken for.
+func (t *Table) Seed(key string, day int64, tokens, cost PeriodID, totals []Totals) {
+	for {
+		ks := t.lookup(key, true)
+		ks.mu.Lock()
+		if ks.dead {
+			ks.mu.Unlock()
+			continue
+		}
+		for i := range totals {
+			tt := &totals[i]
+			if tt.Model == "" {
+				if ks.seeded {
+					continue
+				}
+				ks.seeded = true
+				ks.global.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
+				ks.tokens = periodCounter{id: tokens, used: tt.PeriodTokens}
+				ks.cost = periodCounter{id: cost, used: tt.PeriodCostMicros}
+				continue
+			}
+			ms := ks.model(tt.Model)
+			if ms == nil {
+				ms = &modelScope{name: tt.Model}
+				ks.models = append(ks.models, ms)
+			}
+			if !ms.seeded {
+				ms.seeded = true
+				ms.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
+			}
+		}
+		ks.mu.Unlock()
+		return
+	}
+}
+
+// Sweep forgets expired reservations (they stay counted at their
+// estimate) and drops keys idle for longer than Retain with nothing
+// outstanding. An unseeded table keeps a key while its day or period
+// totals still matter, since nothing could restore them.
+func (t *Table) Sweep(now time.Time) {
+	c := newClock(now)
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for k, ks := range sh.keys {
+			ks.mu.Lock()
+			for id, res := range ks.res {
+				if res.expires <= c.now {
+					delete(ks.res, id)
+				}
+			}
+			if len(ks.res) == 0 && c.now-ks.lastTouch >= int64(t.cfg.Retain) && (t.cfg.Seeded || ks.spent(&c)) {
+				ks.dead = true
+				delete(sh.keys, k)
+			}
+			ks.mu.Unlock()
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// spent reports whether none of the key's day or period totals is current.
+func (ks *keyState) spent(c *clock) bool {
+	current := func(day dayCounter) bool { return day.day == c.day && (day.req != 0 || day.tok != 0) }
+	if ks.dayLimited {
+		if current(ks.global.day) {
+			return false
+		}
+		for _, m := range ks.models {
+			if current(m.day) {
+				return false
+			}
+		}
+	}
+	alive := func(limited bool, p periodCounter) bool {
+		if !limited || p.used == 0 {
+			return false
+		}
+		end := p.id.end()
+		return end == 0 || end > c.now
+	}
+	return !alive(ks.capLimited, ks.tokens) && !alive(ks.budgetLimited, ks.cost)
+}
+
+// Retain drops every key for which keep returns false, e.g. keys this
+// replica no longer owns, so that owning them again starts from a seed.
+func (t *Table) Retain(keep func(key string) bool) {
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for k, ks := range sh.keys {
+			if !keep(k) {
+				ks.mu.Lock()
+				ks.dead = true
+				ks.mu.Unlock()
+				delete(sh.keys, k)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Len returns the number of keys held.
+func (t *Table) Len() int {
+	n := 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.RLock()
+		n += len(sh.keys)
+		sh.mu.RUnlock()
+	}
+	return n
+}

@@ -1,0 +1,131 @@
+package usage
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/money"
+)
+
+const (
+	// maxBatch bounds one RecordUsage call.
+	maxBatch = 5000
+	// maxIDLen bounds request ids, keys, workspaces, models and owners.
+	maxIDLen = 256
+	// maxTokens bounds one record's token counts, far above any model.
+	maxTokens = 1 << 40
+	// maxFutureSkew is how far ahead of this replica's clock a record's
+	// time may be (other hosts' clocks drift).
+	maxFutureSkew = 5 * time.Minute
+)
+
+// record validates, prices and stores a batch; it answers only once every
+// record is durable or a known duplicate. Any invalid record refuses the
+// whole batch before anything is written.
+func (s *Server) record(ctx context.Context, recs []*usagev1.UsageRecord) (outcome, error) {
+	if len(recs) > maxBatch {
+		return outcome{}, invalidf("batch of %d records is over the limit of %d: split it", len(recs), maxBatch)
+	}
+	now := s.clk.Now()
+	models := map[string]price{}
+	for i, r := range recs {
+		if err := s.validate(r, now); err != nil {
+			return outcome{}, invalidf("record %d (request id %q): %v", i, r.GetRequestId(), err)
+		}
+		models[r.GetModel()] = price{}
+	}
+	if len(recs) == 0 {
+		return outcome{}, nil
+	}
+	if err := s.prices.lookup(ctx, models); err != nil {
+		return outcome{}, err
+	}
+	entries := make([]*entry, len(recs))
+	for i, r := range recs {
+		e, err := newEntry(r, models[r.GetModel()], now)
+		if err != nil {
+			return outcome{}, err
+		}
+		entries[i] = e
+	}
+	return s.com.submit(ctx, entries)
+}
+
+func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
+	for _, f := range []struct{ name, v string }{
+		{"request_id", r.GetRequestId()}, {"key", r.GetKey()}, {"workspace", r.GetWorkspace()}, {"model", r.GetModel()},
+	} {
+		if f.v == "" {
+			return invalidf("%s is required", f.name)
+		}
+		if len(f.v) > maxIDLen {
+			return invalidf("%s is longer than %d bytes", f.name, maxIDLen)
+		}
+	}
+	if len(r.GetOwner()) > maxIDLen {
+		return invalidf("owner is longer than %d bytes", maxIDLen)
+	}
+	if strings.Contains(r.GetKey(), "/") || strings.Contains(r.GetWorkspace(), "/") {
+		return invalidf("key and workspace ids must not contain '/'")
+	}
+	if r.GetPromptTokens() < 0 || r.GetCompletionTokens() < 0 {
+		return invalidf("token counts must not be negative")
+	}
+	if r.GetPromptTokens() > maxTokens || r.GetCompletionTokens() > maxTokens {
+		return invalidf("token counts over %d", int64(maxTokens))
+	}
+	if _, ok := usagev1.RequestStatus_name[int32(r.GetStatus())]; !ok {
+		return invalidf("unknown status %d", r.GetStatus())
+	}
+	if l := r.GetLatency(); l != nil && (l.CheckValid() != nil || l.AsDuration() < 0) {
+		return invalidf("latency must be a valid non-negative duration")
+	}
+	if ts := r.GetTime(); ts != nil {
+		if err := ts.CheckValid(); err != nil {
+			return invalidf("time: %v", err)
+		}
+		t := ts.AsTime()
+		if t.After(now.Add(maxFutureSkew)) {
+			return invalidf("time %s is in the future", t.Format(time.RFC3339))
+		}
+		// Dedup markers live as long as the log entry, so an older
+		// record could not be told from one already counted.
+		if t.Before(now.Add(-s.retention)) {
+			return invalidf("time %s is older than the ledger's retention (%s)", t.Format(time.RFC3339), s.retention)
+		}
+	}
+	return nil
+}
+
+// newEntry prices a valid record: the stored copy keeps the prices it was
+// charged at and its exact cost.
+func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
+	rec := proto.CloneOf(r)
+	t := now
+	if rec.GetTime() != nil {
+		t = rec.GetTime().AsTime()
+	} else {
+		rec.Time = timestamppb.New(t)
+	}
+	cost := money.Cost(rec.GetPromptTokens(), p.in) + money.Cost(rec.GetCompletionTokens(), p.out)
+	rec.InputPricePerMillionUsd = p.inText
+	rec.OutputPricePerMillionUsd = p.outText
+	rec.CostUsd = cost.String()
+	val, err := proto.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	lk := logKey(rec.GetWorkspace(), t, rec.GetRequestId())
+	return &entry{
+		rid: rec.GetRequestId(), ws: rec.GetWorkspace(), key: rec.GetKey(), owner: rec.GetOwner(),
+		idKey: idKey(rec.GetRequestId()), logKey: lk,
+		aggKey: dayKey(rec.GetKey(), dayStart(t), rec.GetModel()),
+		val:    val,
+		delta:  tally{Requests: 1, Prompt: rec.GetPromptTokens(), Completion: rec.GetCompletionTokens(), Cost: cost},
+	}, nil
+}

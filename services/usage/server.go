@@ -1,0 +1,264 @@
+package usage
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+)
+
+// Config is what the usage service needs.
+type Config struct {
+	Etcd *clientv3.Client
+	// Clock tells the time; nil means the real clock.
+	Clock  clock.Clock
+	Logger *slog.Logger
+	// Meter provides instruments; nil means no metrics.
+	Meter metric.MeterProvider
+	// ServiceToken is required (authorization: Bearer) on RecordUsage and
+	// GetTotals, and sent to the keystore for model prices.
+	ServiceToken string
+	// Keystore gives model prices and authorizes management calls, which
+	// are forwarded with the caller's credential.
+	Keystore keystorev1.KeystoreServiceClient
+	// Retention of the request log and of idempotency; default 7 days.
+	Retention time.Duration
+}
+
+// DefaultRetention is how long request log entries (and the request ids
+// that deduplicate retries) are kept.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// keystore is what this service asks of the keystore.
+type keystore interface {
+	modelLister
+	GetKey(ctx context.Context, in *keystorev1.GetKeyRequest, opts ...grpc.CallOption) (*keystorev1.GetKeyResponse, error)
+	GetWorkspace(ctx context.Context, in *keystorev1.GetWorkspaceRequest, opts ...grpc.CallOption) (*keystorev1.GetWorkspaceResponse, error)
+}
+
+var _ keystore = keystorev1.KeystoreServiceClient(nil)
+
+// Server is the UsageService.
+type Server struct {
+	usagev1.UnimplementedUsageServiceServer
+
+	clk       clock.Clock
+	log       *slog.Logger
+	st        store
+	ks        keystore
+	prices    *priceBook
+	com       *committer
+	token     []byte
+	retention time.Duration
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ usagev1.UsageServiceServer = (*Server)(nil)
+
+// New starts the ledger's committer and janitor; Close stops them.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	switch {
+	case cfg.Etcd == nil:
+		return nil, errors.New("usage: Config.Etcd is required")
+	case cfg.Keystore == nil:
+		return nil, errors.New("usage: Config.Keystore is required")
+	case cfg.ServiceToken == "":
+		return nil, errors.New("usage: Config.ServiceToken is required")
+	case cfg.Retention < 0:
+		return nil, errors.New("usage: Config.Retention must not be negative")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider()
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	st := store{cli: cfg.Etcd}
+	com, err := newCommitter(st, cfg.Logger, cfg.Meter.Meter("github.com/keygate/keygate/services/usage"))
+	if err != nil {
+		return nil, fmt.Errorf("usage: metrics: %w", err)
+	}
+	s := &Server{
+		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
+		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
+		token:     []byte(cfg.ServiceToken),
+		retention: cfg.Retention,
+	}
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Add(1)
+	go s.runJanitor(jctx)
+	return s, nil
+}
+
+// Register adds the UsageService to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, s) }
+
+// Close stops the janitor, then the committer; RecordUsage calls still
+// waiting fail with UNAVAILABLE, and their client retries elsewhere.
+func (s *Server) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	s.com.close()
+	return nil
+}
+
+func (s *Server) checkService(ctx context.Context) error {
+	if subtle.ConstantTimeCompare([]byte(auth.BearerFromIncoming(ctx)), s.token) != 1 {
+		return ErrUnauthenticated
+	}
+	return nil
+}
+
+// RecordUsage implements usagev1.UsageServiceServer.
+func (s *Server) RecordUsage(ctx context.Context, req *usagev1.RecordUsageRequest) (*usagev1.RecordUsageResponse, error) {
+	if err := s.checkService(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	o, err := s.record(ctx, req.GetRecords())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &usagev1.RecordUsageResponse{Accepted: int32(o.accepted), Duplicates: int32(o.duplicates)}, nil
+}
+
+// GetUsage implements usagev1.UsageServiceServer.
+func (s *Server) GetUsage(ctx context.Context, req *usagev1.GetUsageRequest) (*usagev1.GetUsageResponse, error) {
+	k, err := s.authorizeKey(ctx, req.GetWorkspace(), req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.usage(ctx, k, req.GetModel())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// GetUsageSeries implements usagev1.UsageServiceServer.
+func (s *Server) GetUsageSeries(ctx context.Context, req *usagev1.GetUsageSeriesRequest) (*usagev1.GetUsageSeriesResponse, error) {
+	k, err := s.authorizeKey(ctx, req.GetWorkspace(), req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	pts, err := s.series(ctx, k.GetId(), req.GetModel(), req.GetStartDate(), req.GetEndDate())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &usagev1.GetUsageSeriesResponse{Points: pts}, nil
+}
+
+// ListUsage implements usagev1.UsageServiceServer.
+func (s *Server) ListUsage(ctx context.Context, req *usagev1.ListUsageRequest) (*usagev1.ListUsageResponse, error) {
+	if err := s.authorizeWorkspace(ctx, req.GetWorkspace()); err != nil {
+		return nil, err
+	}
+	rows, err := s.listUsage(ctx, req.GetWorkspace(), req.GetGroupBy(), req.GetStartDate(), req.GetEndDate())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &usagev1.ListUsageResponse{Rows: rows}, nil
+}
+
+// ListRequests implements usagev1.UsageServiceServer.
+func (s *Server) ListRequests(ctx context.Context, req *usagev1.ListRequestsRequest) (*usagev1.ListRequestsResponse, error) {
+	if err := s.authorizeWorkspace(ctx, req.GetWorkspace()); err != nil {
+		return nil, err
+	}
+	resp, err := s.listRequests(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// GetTotals implements usagev1.UsageServiceServer.
+func (s *Server) GetTotals(ctx context.Context, req *usagev1.GetTotalsRequest) (*usagev1.GetTotalsResponse, error) {
+	if err := s.checkService(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	t, err := s.totals(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &usagev1.GetTotalsResponse{Totals: t}, nil
+}
+
+// authorizeKey asks the keystore, with the caller's credential, for the
+// key: its answer decides access and gives the key's limits.
+func (s *Server) authorizeKey(ctx context.Context, ws, key string) (*keystorev1.Key, error) {
+	if ws == "" || key == "" {
+		return nil, status.Error(codes.InvalidArgument, "workspace and key are required")
+	}
+	resp, err := s.ks.GetKey(auth.ForwardIncoming(ctx), &keystorev1.GetKeyRequest{Workspace: ws, Key: key})
+	if err != nil {
+		return nil, keystoreStatus(err)
+	}
+	return resp.GetKey(), nil
+}
+
+// authorizeWorkspace asks the keystore, with the caller's credential,
+// whether the caller may read the workspace.
+func (s *Server) authorizeWorkspace(ctx context.Context, ws string) error {
+	if ws == "" {
+		return status.Error(codes.InvalidArgument, "workspace is required")
+	}
+	if _, err := s.ks.GetWorkspace(auth.ForwardIncoming(ctx), &keystorev1.GetWorkspaceRequest{Workspace: ws}); err != nil {
+		return keystoreStatus(err)
+	}
+	return nil
+}
+
+// keystoreStatus passes the keystore's verdict on the caller through;
+// anything else means the keystore could not answer.
+func keystoreStatus(err error) error {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.NotFound, codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument:
+		return status.Error(st.Code(), st.Message())
+	default:
+		return status.Error(codes.Unavailable, "keystore unavailable for authorization; retry")
+	}
+}
+
+// toStatus maps domain errors to gRPC status.
+func toStatus(err error) error {
+	var inv *InvalidError
+	switch {
+	case errors.As(err, &inv):
+		return status.Error(codes.InvalidArgument, inv.Msg)
+	case errors.Is(err, ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "request cancelled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded; a retry is safe")
+	case errors.Is(err, ErrUnavailable):
+		return status.Error(codes.Unavailable, "usage ledger unavailable; a retry is safe")
+	default:
+		return status.Error(codes.Internal, "internal error")
+	}
+}

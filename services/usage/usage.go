@@ -1,0 +1,125 @@
+// Package usage is the usage ledger: idempotent usage records, aggregates
+// per key, model and UTC day (rolled up into months), spend in exact decimal,
+// and a bounded request log, all in etcd.
+//
+// Layout under Prefix (every write is an etcd Txn; see store.go):
+//
+//	id/<request id>                          dedup marker, value = log key
+//	log/<workspace>/<time, 19 digits>/<rid>  request log entry (UsageRecord)
+//	agg/<key>/d/<YYYY-MM-DD>/<model>         day aggregate (tally)
+//	agg/<key>/m/<YYYY-MM>/<model>            month aggregate, rolled up from days
+//	wk/<workspace>/<key>                     key index of a workspace, value = owner
+//
+// Period totals (token cap, budget) are summed from day and month
+// aggregates at read time rather than kept per period: that saves a write
+// per record and stays right when a key's reset period changes.
+package usage
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	"github.com/keygate/keygate/pkg/money"
+)
+
+// Domain errors; server.go maps them to gRPC status codes.
+var (
+	// ErrUnauthenticated means the caller sent no valid service token.
+	ErrUnauthenticated = errors.New("missing or invalid service token: send authorization: Bearer <service token>")
+	// ErrUnavailable means a dependency (etcd, keystore) did not answer.
+	ErrUnavailable = errors.New("usage ledger unavailable")
+)
+
+// InvalidError is bad input; nothing was written.
+type InvalidError struct{ Msg string }
+
+func (e *InvalidError) Error() string { return e.Msg }
+
+func invalidf(format string, a ...any) error {
+	return &InvalidError{Msg: fmt.Sprintf(format, a...)}
+}
+
+// tally is the content of one aggregate: counts and exact spend.
+type tally struct {
+	Requests   int64
+	Prompt     int64
+	Completion int64
+	Cost       money.Nanos
+}
+
+func (t *tally) add(o tally) {
+	t.Requests += o.Requests
+	t.Prompt += o.Prompt
+	t.Completion += o.Completion
+	t.Cost += o.Cost
+}
+
+func (t tally) tokens() int64 { return t.Prompt + t.Completion }
+
+const dayLayout = "2006-01-02"
+const monthLayout = "2006-01"
+
+// dayStart is 00:00 UTC of t's day.
+func dayStart(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
+
+// periodBounds returns the start of the reset period containing now and the
+// start of the next one (zero for never). Unspecified counts as never.
+func periodBounds(p typev1.ResetPeriod, now time.Time) (start, end time.Time) {
+	day := dayStart(now)
+	switch p {
+	case typev1.ResetPeriod_RESET_PERIOD_DAILY:
+		return day, day.AddDate(0, 0, 1)
+	case typev1.ResetPeriod_RESET_PERIOD_WEEKLY:
+		// Weeks start on Monday: Go's Sunday is 0.
+		back := (int(day.Weekday()) + 6) % 7
+		s := day.AddDate(0, 0, -back)
+		return s, s.AddDate(0, 0, 7)
+	case typev1.ResetPeriod_RESET_PERIOD_MONTHLY:
+		s := time.Date(day.Year(), day.Month(), 1, 0, 0, 0, 0, time.UTC)
+		return s, s.AddDate(0, 1, 0)
+	default:
+		return time.Unix(0, 0).UTC(), time.Time{}
+	}
+}
+
+// parseDay reads a YYYY-MM-DD date.
+func parseDay(s string) (time.Time, error) {
+	t, err := time.Parse(dayLayout, s)
+	if err != nil {
+		return time.Time{}, invalidf("date %q: want YYYY-MM-DD", s)
+	}
+	return t, nil
+}
+
+// dateRange resolves an inclusive [start, end] range of days, by default
+// the last 30 days up to today, at most maxDays long.
+func dateRange(startS, endS string, now time.Time, maxDays int) (time.Time, time.Time, error) {
+	end := dayStart(now)
+	if endS != "" {
+		t, err := parseDay(endS)
+		if err != nil {
+			return time.Time{}, time.Time{}, err
+		}
+		end = t
+	}
+	start := end.AddDate(0, 0, -29)
+	if startS != "" {
+		t, err := parseDay(startS)
+		if err != nil {
+			return time.Time{}, time.Time{}, err
+		}
+		start = t
+	}
+	if start.After(end) {
+		return time.Time{}, time.Time{}, invalidf("start date %s is after end date %s", start.Format(dayLayout), end.Format(dayLayout))
+	}
+	if end.Sub(start) > time.Duration(maxDays)*24*time.Hour {
+		return time.Time{}, time.Time{}, invalidf("date range is longer than %d days", maxDays)
+	}
+	return start, end, nil
+}
