@@ -54,7 +54,9 @@ type envFlags struct {
 	errs   []error
 }
 
-func (e *envFlags) env(name string) string { return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) }
+func (e *envFlags) env(name string) string {
+	return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
 
 func (e *envFlags) str(p *string, name, def, usage string) {
 	if v := e.getenv(e.env(name)); v != "" {

@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -526,19 +527,12 @@ func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est est
 	}
 	h := c.w.Header()
 	setRateHeaders(h, c.res)
-	h["Content-Type"] = []string{cmpOr(resp.Header.Get("Content-Type"), "application/json")}
+	h["Content-Type"] = []string{cmp.Or(resp.Header.Get("Content-Type"), "application/json")}
 	h["Content-Length"] = []string{strconv.Itoa(len(data))}
 	c.status, c.reason = resp.StatusCode, "ok"
 	c.w.WriteHeader(resp.StatusCode)
 	_, _ = c.w.Write(data)
 	return out
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // upstreamFailed answers a transport failure: the client left, the
@@ -572,7 +566,7 @@ func (c *call) upstreamStatus(resp *http.Response, rt *route, failed outcome) ou
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	h := c.w.Header()
 	setRateHeaders(h, c.res)
-	h["Content-Type"] = []string{cmpOr(resp.Header.Get("Content-Type"), "application/json")}
+	h["Content-Type"] = []string{cmp.Or(resp.Header.Get("Content-Type"), "application/json")}
 	c.status, c.reason = resp.StatusCode, "upstream_client_error"
 	c.w.WriteHeader(resp.StatusCode)
 	_, _ = c.w.Write(data)

@@ -231,6 +231,7 @@ func (c *committer) write(ctx context.Context, pending []*entry) (map[*entry]boo
 				c.known[wkKey(e.ws, e.key)] = e.owner
 			}
 			pending = pending[n:]
+			conflicts = 0
 			continue
 		}
 		// A record exists already or another replica moved an aggregate:
@@ -309,7 +310,8 @@ func (c *committer) buildTxn(ctx context.Context, pending []*entry) (int, client
 			no++
 		}
 		size := len(e.idKey) + len(e.logKey) + 2*len(e.val) + len(e.aggKey) + 64
-		if n > 0 && (len(cmps)+nc > maxTxnOps || len(ops)+no > maxTxnOps || bytes+size > maxTxnBytes) {
+		// The aggregate puts are appended last: count them now.
+		if n > 0 && (len(cmps)+nc > maxTxnOps || len(ops)+len(news)+no > maxTxnOps || bytes+size > maxTxnBytes) {
 			break
 		}
 		bytes += size

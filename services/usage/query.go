@@ -220,7 +220,7 @@ func (s *Server) listRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 		if err != nil {
 			return nil, err
 		}
-		for _, kv := range kvs {
+		for i, kv := range kvs {
 			scanned++
 			before = string(kv.Key)
 			rec := &usagev1.UsageRecord{}
@@ -233,10 +233,11 @@ func (s *Server) listRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 			}
 			resp.Requests = append(resp.Requests, rec)
 			if len(resp.Requests) == size {
+				more = more || i < len(kvs)-1
 				break
 			}
 		}
-		if !more || len(kvs) == 0 {
+		if !more {
 			return resp, nil
 		}
 		if len(resp.Requests) == size {

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Renders every kustomize overlay under deploy/ and validates every object
+# against the Kubernetes JSON schemas, offline; checks the Prometheus rules
+# (PromQL included) and the Grafana dashboard JSON.
+#
+# Needs only Go: the tools come through the Go module proxy with `go install`,
+# and the Kubernetes schemas are generated from the OpenAPI document that the
+# k8s.io/kubernetes module ships (api/openapi-spec/swagger.json), because the
+# usual pre-built schema repositories are not reachable from CI. Everything
+# is pinned and cached under $KEYGATE_CI_CACHE, so a second run only renders
+# and validates (a few seconds); a first run on a fresh machine takes about a
+# minute.
+#
+# Exits non-zero on any invalid object, unknown kind, bad rule or bad JSON.
+set -euo pipefail
+
+KUSTOMIZE_VERSION=v5.8.2    # sigs.k8s.io/kustomize/kustomize/v5
+KUBECONFORM_VERSION=v0.8.0  # github.com/yannh/kubeconform
+KUBERNETES_VERSION=v1.35.4  # k8s.io/kubernetes: the API the schemas describe
+PROMETHEUS_VERSION=v0.316.0 # github.com/prometheus/prometheus: rule and PromQL parser
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${KEYGATE_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keygate-ci}
+bin=$cache/bin
+mkdir -p "$bin"
+
+# Tool builds must not see the project's workspace or inherited flags.
+export GOWORK=off GOFLAGS=-mod=mod
+started=$SECONDS
+
+log() { printf '== %s\n' "$*"; }
+
+# install NAME PACKAGE VERSION: go install once into $bin/NAME-VERSION.
+install() {
+	local name=$1 pkg=$2 version=$3
+	local dst=$bin/$name-$version
+	if [[ ! -x $dst ]]; then
+		log "installing $pkg@$version"
+		local tmp
+		tmp=$(mktemp -d)
+		(cd "$tmp" && GOBIN=$tmp go install "$pkg@$version")
+		mv "$tmp/$name" "$dst"
+		rm -rf "$tmp"
+	fi
+	printf '%s' "$dst"
+}
+
+kustomize=$(install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION")
+kubeconform=$(install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION")
+
+# Kubernetes schemas: one strict, self-contained JSON schema per kind.
+schemas=$cache/schemas/kubernetes-$KUBERNETES_VERSION
+if [[ ! -f $schemas/.complete ]]; then
+	log "generating Kubernetes $KUBERNETES_VERSION schemas"
+	moddir=$(cd "$cache" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	if [[ -z $moddir || ! -f $moddir/api/openapi-spec/swagger.json ]]; then
+		echo "k8s.io/kubernetes@$KUBERNETES_VERSION: no api/openapi-spec/swagger.json" >&2
+		exit 1
+	fi
+	rm -rf "$schemas"
+	(cd "$cache" && go run "$root/deploy/tools/openapi2jsonschema.go" \
+		-in "$moddir/api/openapi-spec/swagger.json" -out "$schemas")
+	touch "$schemas/.complete"
+fi
+
+# Rule checker: deploy/tools/promrules.go in a throw-away module pinned to
+# one prometheus version (promtool cannot be go-installed).
+promdir=$cache/promrules-$PROMETHEUS_VERSION
+mkdir -p "$promdir"
+sed '/^\/\/go:build ignore$/d' "$root/deploy/tools/promrules.go" >"$promdir/main.go"
+if [[ ! -f $promdir/go.sum ]]; then
+	log "resolving github.com/prometheus/prometheus@$PROMETHEUS_VERSION"
+	printf 'module promrules\n\ngo 1.26\n\nrequire github.com/prometheus/prometheus %s\n' "$PROMETHEUS_VERSION" >"$promdir/go.mod"
+	(cd "$promdir" && go mod tidy)
+fi
+(cd "$promdir" && go build -o promrules .)
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+log "rendering"
+targets=("$root/deploy/base")
+for dir in "$root"/deploy/overlays/*/; do
+	targets+=("${dir%/}")
+done
+for dir in "${targets[@]}"; do
+	name=${dir#"$root"/deploy/}
+	file=$out/${name//\//_}.yaml
+	"$kustomize" build "$dir" >"$file"
+	printf '%-28s %3d objects\n' "$name" "$(grep -c '^kind:' "$file")"
+	# Secret values never live in the repository: only the dev overlay may
+	# generate a (publicly known, throw-away) Secret.
+	if [[ $name != overlays/dev ]] && grep -q '^kind: Secret$' "$file"; then
+		echo "$name renders a Secret; create production secrets out of band (deploy/README.md)" >&2
+		exit 1
+	fi
+done
+
+log "validating against Kubernetes $KUBERNETES_VERSION schemas (strict)"
+"$kubeconform" -strict -summary -output text \
+	-schema-location "$schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+	-schema-location "$root/deploy/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+	"$out"
+
+log "checking Prometheus rules"
+"$promdir/promrules" "$root"/deploy/prometheus/rules*.yaml
+
+log "checking dashboards"
+(cd "$cache" && go run "$root/deploy/tools/openapi2jsonschema.go" -check-json "$root"/deploy/grafana/*.json)
+
+log "manifests OK in $((SECONDS - started)) s"

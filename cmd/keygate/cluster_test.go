@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keygate/keygate/pkg/etcdtest"
+)
+
+// proc is one keygate process of the cluster test.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+}
+
+type cluster struct {
+	t      *testing.T
+	bin    string
+	root   string
+	env    []string
+	procs  []*proc
+	mu     sync.Mutex
+	outDir string
+}
+
+func (c *cluster) start(name string, args ...string) {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = append(os.Environ(), c.env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(c.t, cmd.Start(), name)
+	c.mu.Lock()
+	c.procs = append(c.procs, &proc{name: name, cmd: cmd, out: &out})
+	c.mu.Unlock()
+}
+
+// stop sends SIGTERM to every process (newest first) and waits.
+func (c *cluster) stop() {
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		p := c.procs[i]
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- p.cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+		}
+		if c.t.Failed() {
+			c.t.Logf("--- %s output:\n%s", p.name, tail(p.out.String(), 4000))
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func waitHealthy(t *testing.T, url string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 60*time.Second, 100*time.Millisecond, url)
+}
+
+// TestCluster runs keygate as separate processes, as on Kubernetes: three
+// `keygate etcd` members, one keystore, one usage, two limiters, two edges
+// and the gateway, all on loopback ports. It drives the core path through
+// both edges at once and checks that the key's rpm limit holds across them.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	bin := filepath.Join(t.TempDir(), "keygate")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build keygate: %v\n%s", err, out)
+	}
+	c := &cluster{t: t, bin: bin, root: "kgr_cluster-test-root-token"}
+	t.Cleanup(c.stop)
+
+	// Three etcd members.
+	type member struct{ name, client, peer string }
+	var members []member
+	var initial []string
+	for i := range 3 {
+		m := member{fmt.Sprintf("m%d", i), "http://" + etcdtest.FreeAddr(t), "http://" + etcdtest.FreeAddr(t)}
+		members = append(members, m)
+		initial = append(initial, m.name+"="+m.peer)
+	}
+	var endpoints []string
+	for _, m := range members {
+		endpoints = append(endpoints, m.client)
+		c.start("etcd-"+m.name, "etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(t.TempDir(), m.name),
+			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ","))
+	}
+	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=warn"}
+	cli := etcdtest.NewClient(t, endpoints)
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := cli.Put(ctx, "/keygate/cluster-test", "up")
+		return err == nil
+	}, 60*time.Second, 200*time.Millisecond, "etcd cluster")
+
+	free := func() string { return etcdtest.FreeAddr(t) }
+	ks, us := free(), free()
+	var health []string
+	serve := func(name string, args ...string) {
+		m := free()
+		c.start(name, append([]string{"serve"}, append(args, "--metrics-addr", m)...)...)
+		health = append(health, "http://"+m+"/healthz")
+	}
+	serve("keystore", "keystore", "--grpc-addr", ks)
+	serve("usage", "usage", "--grpc-addr", us, "--keystore-addr", ks)
+	for i := range 2 {
+		serve(fmt.Sprintf("limiter-%d", i), "limiter", "--grpc-addr", free(), "--usage-addr", us)
+	}
+	var edges []string
+	for i := range 2 {
+		e := free()
+		edges = append(edges, "http://"+e)
+		c.start(fmt.Sprintf("edge-%d", i), "serve", "edge", "--edge-addr", e, "--keystore-addr", ks, "--usage-addr", us)
+		health = append(health, "http://"+e+"/healthz")
+	}
+	gw := free()
+	c.start("gateway", "serve", "gateway", "--http-addr", gw, "--keystore-addr", ks, "--usage-addr", us)
+	health = append(health, "http://"+gw+"/healthz")
+	for _, h := range health {
+		waitHealthy(t, h)
+	}
+
+	api := "http://" + gw
+	for _, step := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
+		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
+		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
+	} {
+		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
+		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
+	}
+	const rpm = 10
+	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root, map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm}})
+	require.Equal(t, http.StatusOK, code, body)
+	secret := body["secret"].(string)
+	keyID := body["key"].(map[string]any)["id"].(string)
+
+	// The edges learn the model registry and the limiter members
+	// asynchronously: wait until each edge has answered once. That answer
+	// counts against the key's limit.
+	for _, e := range edges {
+		require.Eventually(t, func() bool {
+			code, _, _ := chatOnce(t, e, secret)
+			return code == http.StatusOK
+		}, 30*time.Second, 200*time.Millisecond, e)
+	}
+
+	// 30 requests through both edges at once: exactly rpm-2 more admitted.
+	var ok, limited atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _, _ := chatOnce(t, edges[i%2], secret)
+			switch code {
+			case http.StatusOK:
+				ok.Add(1)
+			case http.StatusTooManyRequests:
+				limited.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int64(rpm-2), ok.Load(), "admitted across both edges")
+	require.Equal(t, int64(30-(rpm-2)), limited.Load())
+
+	require.Eventually(t, func() bool {
+		code, _, u := rest(t, "GET", api+"/v1/workspaces/acme/keys/"+keyID+"/usage", c.root, nil)
+		return code == http.StatusOK && num(t, u["requestsToday"]) == rpm
+	}, 30*time.Second, 200*time.Millisecond, "usage counted once per admitted request")
+}
+
+func chatOnce(t *testing.T, edge, secret string) (int, http.Header, map[string]any) {
+	return restQuiet(edge+"/v1/chat/completions", secret, `{"model":"mock-small","messages":[{"role":"user","content":"hi"}]}`)
+}
+
+// restQuiet is rest without require, safe in goroutines.
+func restQuiet(url, token, body string) (int, http.Header, map[string]any) {
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, nil
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, nil
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	return resp.StatusCode, resp.Header, nil
+}

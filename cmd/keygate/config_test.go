@@ -1,0 +1,71 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseConfig(t *testing.T) {
+	t.Parallel()
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+
+	c, _, err := parseConfig("up", nil, env(nil))
+	require.NoError(t, err)
+	require.Equal(t, ":8080", c.HTTPAddr)
+	require.Equal(t, ":8081", c.EdgeAddr)
+	require.Equal(t, ":9090", c.GRPCAddr)
+	require.Empty(t, c.EtcdEndpoints)
+	require.False(t, c.FailOpen)
+
+	c, _, err = parseConfig("serve", []string{"--grpc-addr", ":7000"}, env(map[string]string{
+		"KEYGATE_GRPC_ADDR":       ":6000",
+		"KEYGATE_HTTP_ADDR":       ":6001",
+		"KEYGATE_ETCD_ENDPOINTS":  "http://a:2379, http://b:2379,",
+		"KEYGATE_FAIL_OPEN":       "true",
+		"KEYGATE_LOG_LEVEL":       "debug",
+		"KEYGATE_REQUEST_TIMEOUT": "5s",
+	}))
+	require.NoError(t, err)
+	require.Equal(t, ":7000", c.GRPCAddr, "a flag wins over the environment")
+	require.Equal(t, ":6001", c.HTTPAddr)
+	require.Equal(t, []string{"http://a:2379", "http://b:2379"}, c.EtcdEndpoints)
+	require.True(t, c.FailOpen)
+	require.Equal(t, slog.LevelDebug, c.LogLevel)
+	require.Equal(t, 5*time.Second, c.RequestTimeout)
+
+	for name, tc := range map[string]struct {
+		args []string
+		env  map[string]string
+	}{
+		"bad bool env":      {env: map[string]string{"KEYGATE_FAIL_OPEN": "maybe"}},
+		"bad duration env":  {env: map[string]string{"KEYGATE_REQUEST_TIMEOUT": "soon"}},
+		"bad int env":       {env: map[string]string{"KEYGATE_MAX_BODY_BYTES": "lots"}},
+		"bad level":         {args: []string{"--log-level", "loud"}},
+		"zero body":         {args: []string{"--max-body-bytes", "0"}},
+		"negative max toks": {args: []string{"--default-max-tokens", "-1"}},
+		"unknown flag":      {args: []string{"--nope"}},
+		"negative timeout":  {args: []string{"--request-timeout", "-1s"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := parseConfig("up", tc.args, env(tc.env))
+			require.Error(t, err)
+		})
+	}
+}
+
+func TestRootTokenCreatedOnceAndKept(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var out1, out2 strings.Builder
+	tok, err := loadOrCreateRootToken(dir, &out1)
+	require.NoError(t, err)
+	require.Contains(t, out1.String(), tok, "printed when created")
+	again, err := loadOrCreateRootToken(dir, &out2)
+	require.NoError(t, err)
+	require.Equal(t, tok, again)
+	require.Empty(t, out2.String(), "never printed again")
+}

@@ -1,0 +1,221 @@
+package ring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Registration keeps one member registered under a lease until Close.
+type Registration struct {
+	cli    *clientv3.Client
+	key    string
+	addr   string
+	ttl    int64
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+	lease  atomic.Int64
+}
+
+// Register puts prefix+id -> addr under a lease of ttl (default 5 s) and
+// keeps the lease alive; if the lease is lost (etcd unreachable for longer
+// than ttl) it registers again under a new one.
+func Register(ctx context.Context, cli *clientv3.Client, prefix string, m Member, ttl time.Duration, logger *slog.Logger) (*Registration, error) {
+	if m.ID == "" || m.Addr == "" {
+		return nil, errors.New("ring: member needs an id and an address")
+	}
+	if ttl < time.Second {
+		ttl = 5 * time.Second
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Registration{cli: cli, key: prefix + m.ID, addr: m.Addr, ttl: int64(ttl / time.Second), log: logger, done: make(chan struct{})}
+	ka, err := r.register(ctx)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancel = cancel
+	go r.keep(runCtx, ka)
+	return r, nil
+}
+
+func (r *Registration) register(ctx context.Context) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	lease, err := r.cli.Grant(ctx, r.ttl)
+	if err != nil {
+		return nil, fmt.Errorf("ring: grant lease: %w", err)
+	}
+	if _, err := r.cli.Put(ctx, r.key, r.addr, clientv3.WithLease(lease.ID)); err != nil {
+		return nil, fmt.Errorf("ring: register %s: %w", r.key, err)
+	}
+	r.lease.Store(int64(lease.ID))
+	// The keep-alive outlives the call that registered.
+	ka, err := r.cli.KeepAlive(context.WithoutCancel(ctx), lease.ID)
+	if err != nil {
+		return nil, fmt.Errorf("ring: keep lease alive: %w", err)
+	}
+	return ka, nil
+}
+
+func (r *Registration) keep(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	defer close(r.done)
+	for {
+		for range ka {
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("limiter membership lease lost; registering again", slog.String("member", r.key))
+		for {
+			var err error
+			if ka, err = r.register(ctx); err == nil {
+				break
+			}
+			r.log.Warn("limiter membership registration failed", slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// Close deregisters the member by revoking its lease.
+func (r *Registration) Close() error {
+	r.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := r.cli.Revoke(ctx, clientv3.LeaseID(r.lease.Load()))
+	<-r.done
+	if err != nil {
+		return fmt.Errorf("ring: revoke lease: %w", err)
+	}
+	return nil
+}
+
+// WatchConfig configures a Watcher.
+type WatchConfig struct {
+	Etcd   *clientv3.Client
+	Prefix string // default DefaultPrefix
+	Logger *slog.Logger
+	// OnChange, if set, is called with each new ring, one call at a time.
+	OnChange func(*Ring)
+}
+
+// Watcher follows the members under a prefix.
+type Watcher struct {
+	cfg    WatchConfig
+	ring   atomic.Pointer[Ring]
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Watch lists the members, then follows changes until Close. It returns
+// once the first list is known.
+func Watch(ctx context.Context, cfg WatchConfig) (*Watcher, error) {
+	if cfg.Etcd == nil {
+		return nil, errors.New("ring: watch needs an etcd client")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	w := &Watcher{cfg: cfg}
+	members, rev, err := w.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w.publish(members)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.cancel = cancel
+	w.wg.Go(func() { w.run(runCtx, members, rev) })
+	return w, nil
+}
+
+// Ring returns the current members.
+func (w *Watcher) Ring() *Ring { return w.ring.Load() }
+
+// Close stops watching.
+func (w *Watcher) Close() error {
+	w.cancel()
+	w.wg.Wait()
+	return nil
+}
+
+func (w *Watcher) list(ctx context.Context) (map[string]string, int64, error) {
+	resp, err := w.cfg.Etcd.Get(ctx, w.cfg.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("ring: list members: %w", err)
+	}
+	members := make(map[string]string, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		members[strings.TrimPrefix(string(kv.Key), w.cfg.Prefix)] = string(kv.Value)
+	}
+	return members, resp.Header.Revision, nil
+}
+
+func (w *Watcher) publish(members map[string]string) {
+	ms := make([]Member, 0, len(members))
+	for id, addr := range members {
+		ms = append(ms, Member{ID: id, Addr: addr})
+	}
+	r := New(ms)
+	w.ring.Store(r)
+	if w.cfg.OnChange != nil {
+		w.cfg.OnChange(r)
+	}
+}
+
+// run follows the prefix from rev. On a compaction, a lost leader or a
+// closed channel it lists again and resumes from the listed revision, so
+// that no departure is ever skipped.
+func (w *Watcher) run(ctx context.Context, members map[string]string, rev int64) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		ch := w.cfg.Etcd.Watch(wctx, w.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		for resp := range ch {
+			if err := resp.Err(); err != nil {
+				w.cfg.Logger.Warn("limiter membership watch failed; listing again", slog.Any("error", err))
+				break
+			}
+			for _, ev := range resp.Events {
+				id := strings.TrimPrefix(string(ev.Kv.Key), w.cfg.Prefix)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(members, id)
+				} else {
+					members[id] = string(ev.Kv.Value)
+				}
+			}
+			rev = resp.Header.Revision
+			if len(resp.Events) > 0 {
+				w.publish(members)
+			}
+		}
+		cancel()
+		for ctx.Err() == nil {
+			m, r, err := w.list(ctx)
+			if err == nil {
+				members, rev = m, r
+				w.publish(members)
+				break
+			}
+			w.cfg.Logger.Warn("limiter membership list failed", slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package usage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/pkg/etcdtest"
+)
+
+const (
+	serviceToken = "svc-token"
+	// memberToken may read workspace "acme"; otherToken reads nothing.
+	memberToken = "member-token"
+	otherToken  = "other-token"
+)
+
+// testKeystore is a small keystore over real gRPC: workspace "acme" with
+// the keys in keys, models with prices, and a caller check by token.
+type testKeystore struct {
+	keystorev1.UnimplementedKeystoreServiceServer
+	mu     sync.Mutex
+	keys   map[string]*keystorev1.Key
+	models []*keystorev1.Model
+}
+
+func (k *testKeystore) caller(ctx context.Context, ws string) error {
+	switch auth.BearerFromIncoming(ctx) {
+	case "":
+		return status.Error(codes.Unauthenticated, "no credential")
+	case memberToken:
+		if ws == "acme" {
+			return nil
+		}
+	}
+	// Another workspace answers as if it did not exist.
+	return status.Errorf(codes.NotFound, "workspace %q not found", ws)
+}
+
+func (k *testKeystore) GetKey(ctx context.Context, req *keystorev1.GetKeyRequest) (*keystorev1.GetKeyResponse, error) {
+	if err := k.caller(ctx, req.GetWorkspace()); err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	key, ok := k.keys[req.GetKey()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "key %q not found", req.GetKey())
+	}
+	return &keystorev1.GetKeyResponse{Key: proto.CloneOf(key)}, nil
+}
+
+func (k *testKeystore) GetWorkspace(ctx context.Context, req *keystorev1.GetWorkspaceRequest) (*keystorev1.GetWorkspaceResponse, error) {
+	if err := k.caller(ctx, req.GetWorkspace()); err != nil {
+		return nil, err
+	}
+	return &keystorev1.GetWorkspaceResponse{Workspace: &keystorev1.Workspace{Id: req.GetWorkspace()}}, nil
+}
+
+func (k *testKeystore) ListModels(ctx context.Context, _ *keystorev1.ListModelsRequest) (*keystorev1.ListModelsResponse, error) {
+	if auth.BearerFromIncoming(ctx) != serviceToken {
+		return nil, status.Error(codes.Unauthenticated, "service token required")
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return &keystorev1.ListModelsResponse{Models: k.models}, nil
+}
+
+func (k *testKeystore) setKey(key *keystorev1.Key) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keys[key.GetId()] = key
+}
+
+func defaultModels() []*keystorev1.Model {
+	return []*keystorev1.Model{
+		{Id: "mock-small", InputPricePerMillionUsd: "0.15", OutputPricePerMillionUsd: "0.60"},
+		{Id: "mock-large", InputPricePerMillionUsd: "2.50", OutputPricePerMillionUsd: "10.00"},
+		// No price: records for it are refused.
+		{Id: "unpriced"},
+	}
+}
+
+// startKeystore serves a testKeystore on loopback and returns a client.
+func startKeystore(tb testing.TB) (*testKeystore, keystorev1.KeystoreServiceClient, string) {
+	tb.Helper()
+	ks := &testKeystore{keys: map[string]*keystorev1.Key{}, models: defaultModels()}
+	addr := serve(tb, func(g *grpc.Server) { keystorev1.RegisterKeystoreServiceServer(g, ks) })
+	return ks, keystorev1.NewKeystoreServiceClient(dial(tb, addr)), addr
+}
+
+func serve(tb testing.TB, register func(*grpc.Server)) string {
+	tb.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	g := grpc.NewServer()
+	register(g)
+	go func() { _ = g.Serve(lis) }()
+	tb.Cleanup(g.Stop)
+	return lis.Addr().String()
+}
+
+func dial(tb testing.TB, addr string) *grpc.ClientConn {
+	tb.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// tbWriter sends the server's logs to the test log.
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// env is one usage server over real etcd and real gRPC.
+type env struct {
+	etcd *clientv3.Client
+	clk  *clock.Fake
+	ks   *testKeystore
+	srv  *Server
+	cli  usagev1.UsageServiceClient // no credential
+}
+
+// t0 is a Wednesday.
+var t0 = time.Date(2026, 3, 11, 12, 0, 0, 0, time.UTC)
+
+func newEnv(tb testing.TB, retention time.Duration) *env {
+	tb.Helper()
+	cluster := etcdtest.Start(tb)
+	ks, ksc, _ := startKeystore(tb)
+	clk := clock.NewFake(t0)
+	srv, err := New(tb.Context(), Config{
+		Etcd: cluster.Client, Clock: clk, Logger: slog.New(slog.NewTextHandler(tbWriter{tb}, nil)), ServiceToken: serviceToken, Keystore: ksc, Retention: retention,
+	})
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = srv.Close() })
+	addr := serve(tb, func(g *grpc.Server) { srv.Register(g) })
+	return &env{etcd: cluster.Client, clk: clk, ks: ks, srv: srv, cli: usagev1.NewUsageServiceClient(dial(tb, addr))}
+}
+
+func svc(ctx context.Context) context.Context    { return auth.WithBearer(ctx, serviceToken) }
+func member(ctx context.Context) context.Context { return auth.WithBearer(ctx, memberToken) }
+
+// rec builds a record for workspace acme at time t.
+func rec(id, key, model string, prompt, completion int64, t time.Time) *usagev1.UsageRecord {
+	return &usagev1.UsageRecord{
+		RequestId: id, Key: key, Workspace: "acme", Owner: "owner-" + key, Model: model,
+		PromptTokens: prompt, CompletionTokens: completion, Status: usagev1.RequestStatus_REQUEST_STATUS_OK,
+		Time: timestamppb.New(t),
+	}
+}
+
+func recs(prefix string, n int, key, model string, t time.Time) []*usagev1.UsageRecord {
+	out := make([]*usagev1.UsageRecord, n)
+	for i := range out {
+		out[i] = rec(fmt.Sprintf("%s-%d", prefix, i), key, model, 10, 5, t)
+	}
+	return out
+}
+
+func (e *env) record(tb testing.TB, rs ...*usagev1.UsageRecord) *usagev1.RecordUsageResponse {
+	tb.Helper()
+	resp, err := e.cli.RecordUsage(svc(tb.Context()), &usagev1.RecordUsageRequest{Records: rs})
+	require.NoError(tb, err)
+	return resp
+}
+
+// totals returns GetTotals for one key with both periods since epoch.
+func (e *env) totals(tb testing.TB, key string, models ...string) []*usagev1.Totals {
+	tb.Helper()
+	resp, err := e.cli.GetTotals(svc(tb.Context()), &usagev1.GetTotalsRequest{Queries: []*usagev1.TotalsQuery{{
+		Key: key, Models: models, TokenPeriodStart: timestamppb.New(time.Unix(0, 0)), BudgetPeriodStart: timestamppb.New(time.Unix(0, 0)),
+	}}})
+	require.NoError(tb, err)
+	return resp.GetTotals()
+}
+
+// count is the number of etcd keys under a ledger prefix.
+func count(tb testing.TB, cli *clientv3.Client, sub string) int64 {
+	tb.Helper()
+	resp, err := cli.Get(tb.Context(), Prefix+sub, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(tb, err)
+	return resp.Count
+}
+
+func requireCode(tb testing.TB, err error, want codes.Code) {
+	tb.Helper()
+	require.Error(tb, err)
+	require.Equal(tb, want, status.Code(err), "error: %v", err)
+}

@@ -1,0 +1,532 @@
+package usage
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/auth"
+)
+
+func TestRecordUsageIdempotent(t *testing.T) {
+	e := newEnv(t, 0)
+	batch := recs("a", 10, "k1", "mock-small", t0)
+
+	r := e.record(t, batch...)
+	require.EqualValues(t, 10, r.GetAccepted())
+	require.EqualValues(t, 0, r.GetDuplicates())
+
+	t.Run("same batch again counts once", func(t *testing.T) {
+		r := e.record(t, batch...)
+		require.EqualValues(t, 0, r.GetAccepted())
+		require.EqualValues(t, 10, r.GetDuplicates())
+	})
+	t.Run("duplicates within a batch and with the ledger", func(t *testing.T) {
+		b := []*usagev1.UsageRecord{rec("b-1", "k1", "mock-small", 10, 5, t0), rec("b-1", "k1", "mock-small", 10, 5, t0), batch[0]}
+		r := e.record(t, b...)
+		require.EqualValues(t, 1, r.GetAccepted())
+		require.EqualValues(t, 2, r.GetDuplicates())
+	})
+	tot := e.totals(t, "k1")
+	require.EqualValues(t, 11, tot[0].GetRequestsToday())
+	require.EqualValues(t, 11*15, tot[0].GetTokensToday())
+	require.EqualValues(t, 11, count(t, e.etcd, "id/"))
+	require.EqualValues(t, 11, count(t, e.etcd, "log/"))
+}
+
+func TestRecordUsageConcurrentOverlapping(t *testing.T) {
+	e := newEnv(t, 0)
+	// 8 writers; writer w sends records w*50 .. w*50+99, so each record
+	// but the first and last 50 is sent by two writers, in batches of 25.
+	const writers, span = 8, 100
+	var mu sync.Mutex
+	accepted := 0
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			var all []*usagev1.UsageRecord
+			for i := w * 50; i < w*50+span; i++ {
+				key := fmt.Sprintf("k%d", i%5)
+				all = append(all, rec(fmt.Sprintf("r-%d", i), key, "mock-small", 10, 5, t0))
+			}
+			for i := 0; i < len(all); i += 25 {
+				resp, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: all[i : i+25]})
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				accepted += int(resp.GetAccepted())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	distinct := (writers-1)*50 + span
+	require.Equal(t, distinct, accepted)
+	var total int64
+	for k := range 5 {
+		total += e.totals(t, fmt.Sprintf("k%d", k))[0].GetRequestsToday()
+	}
+	require.EqualValues(t, distinct, total)
+}
+
+func TestCost(t *testing.T) {
+	e := newEnv(t, 0)
+	e.ks.models = append(e.ks.models,
+		&keystorev1.Model{Id: "odd", InputPricePerMillionUsd: "0.000001", OutputPricePerMillionUsd: "3.333333"},
+		&keystorev1.Model{Id: "free", InputPricePerMillionUsd: "0", OutputPricePerMillionUsd: "0"})
+	tests := []struct {
+		name, model              string
+		prompt, completion       int64
+		wantCost, wantIn, wantOut string
+	}{
+		{"small model", "mock-small", 1000, 500, "0.00045", "0.15", "0.60"},
+		{"large model", "mock-large", 1_000_000, 1_000_000, "12.50", "2.50", "10.00"},
+		{"zero tokens", "mock-small", 0, 0, "0.00", "0.15", "0.60"},
+		// 1 token at $0.000001/M is 1e-12 USD: rounded up to a nano-dollar.
+		{"rounded up, never free", "odd", 1, 0, "0.000000001", "0.000001", "3.333333"},
+		{"fractional price", "odd", 0, 3, "0.00001", "0.000001", "3.333333"},
+		{"explicitly free model", "free", 100, 100, "0.00", "0.00", "0.00"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			key := fmt.Sprintf("cost-%d", i)
+			e.record(t, rec("c-"+key, key, tc.model, tc.prompt, tc.completion, t0))
+			l, err := e.cli.ListRequests(member(t.Context()), &usagev1.ListRequestsRequest{Workspace: "acme", Key: key})
+			require.NoError(t, err)
+			require.Len(t, l.GetRequests(), 1)
+			got := l.GetRequests()[0]
+			require.Equal(t, tc.wantCost, got.GetCostUsd())
+			require.Equal(t, tc.wantIn, got.GetInputPricePerMillionUsd())
+			require.Equal(t, tc.wantOut, got.GetOutputPricePerMillionUsd())
+		})
+	}
+	t.Run("spend adds exactly", func(t *testing.T) {
+		// 7 records of 1 prompt token at $0.15/M: 7 x 0.00000015.
+		e.ks.setKey(&keystorev1.Key{Id: "sum", Workspace: "acme"})
+		for i := range 7 {
+			e.record(t, rec(fmt.Sprintf("s-%d", i), "sum", "mock-small", 1, 0, t0))
+		}
+		u, err := e.cli.GetUsage(member(t.Context()), &usagev1.GetUsageRequest{Workspace: "acme", Key: "sum"})
+		require.NoError(t, err)
+		require.Equal(t, "0.00000105", u.GetSpendTodayUsd())
+		require.Equal(t, "0.00000105", u.GetSpendUsd())
+		require.EqualValues(t, 2, e.totals(t, "sum")[0].GetPeriodCostMicros(), "micros round up")
+	})
+}
+
+func TestGetUsageResets(t *testing.T) {
+	e := newEnv(t, 0)
+	e.ks.setKey(&keystorev1.Key{
+		Id: "k1", Workspace: "acme",
+		GlobalLimits: &typev1.Limits{Rpd: 100, Tpd: 1000},
+		ModelLimits:  []*typev1.ModelLimits{{Model: "mock-large", Limits: &typev1.Limits{Rpd: 5, Tpd: 50}}},
+		TokenCap:     &typev1.TokenCap{Tokens: 5000, ResetPeriod: typev1.ResetPeriod_RESET_PERIOD_WEEKLY},
+		Budget:       &typev1.Budget{AmountUsd: "5", ResetPeriod: typev1.ResetPeriod_RESET_PERIOD_MONTHLY},
+	})
+	get := func(t *testing.T, model string) *usagev1.GetUsageResponse {
+		u, err := e.cli.GetUsage(member(t.Context()), &usagev1.GetUsageRequest{Workspace: "acme", Key: "k1", Model: model})
+		require.NoError(t, err)
+		return u
+	}
+	e.record(t, rec("r1", "k1", "mock-small", 100, 50, t0), rec("r2", "k1", "mock-large", 10, 10, t0))
+
+	t.Run("today", func(t *testing.T) {
+		u := get(t, "")
+		require.Equal(t, "2026-03-11", u.GetDay())
+		require.EqualValues(t, 2, u.GetRequestsToday())
+		require.EqualValues(t, 100, u.GetRequestLimitToday())
+		require.EqualValues(t, 170, u.GetTokensToday())
+		require.EqualValues(t, 110, u.GetPromptTokensToday())
+		require.EqualValues(t, 1000, u.GetTokenLimitToday())
+		require.EqualValues(t, 170, u.GetPeriodTokens())
+		require.EqualValues(t, 5000, u.GetTokenCap())
+		require.Equal(t, "5.00", u.GetBudgetUsd())
+		require.Equal(t, time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC), u.GetTokenPeriodStart().AsTime(), "weeks start on Monday")
+		require.Equal(t, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), u.GetBudgetPeriodStart().AsTime())
+		require.Equal(t, time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), u.GetBudgetPeriodEnd().AsTime())
+		// 100*0.15/M + 50*0.60/M + 10*2.5/M + 10*10/M
+		require.Equal(t, "0.00017", u.GetSpendUsd())
+		require.Len(t, u.GetModels(), 2)
+		require.Equal(t, "mock-large", u.GetModels()[0].GetModel())
+		require.EqualValues(t, 5, u.GetModels()[0].GetRequestLimitToday())
+		require.EqualValues(t, 100, u.GetModels()[1].GetRequestLimitToday(), "no model limits: the global ones")
+	})
+	t.Run("one model", func(t *testing.T) {
+		u := get(t, "mock-large")
+		require.EqualValues(t, 1, u.GetRequestsToday())
+		require.EqualValues(t, 5, u.GetRequestLimitToday())
+		require.EqualValues(t, 20, u.GetTokensToday())
+		require.Len(t, u.GetModels(), 1)
+	})
+	t.Run("next day resets today, not the periods", func(t *testing.T) {
+		e.clk.Set(time.Date(2026, 3, 12, 0, 0, 0, 0, time.UTC))
+		u := get(t, "")
+		require.EqualValues(t, 0, u.GetRequestsToday())
+		require.EqualValues(t, 0, u.GetTokensToday())
+		require.EqualValues(t, 170, u.GetPeriodTokens())
+		require.Equal(t, "0.00017", u.GetSpendUsd())
+	})
+	t.Run("monday resets the weekly token cap", func(t *testing.T) {
+		e.clk.Set(time.Date(2026, 3, 16, 0, 0, 0, 0, time.UTC))
+		u := get(t, "")
+		require.EqualValues(t, 0, u.GetPeriodTokens())
+		require.Equal(t, "0.00017", u.GetSpendUsd())
+	})
+	t.Run("first of the month resets the monthly budget", func(t *testing.T) {
+		e.clk.Set(time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC))
+		u := get(t, "")
+		require.Equal(t, "0.00", u.GetSpendUsd())
+	})
+}
+
+func TestPeriodBounds(t *testing.T) {
+	now := time.Date(2026, 3, 15, 23, 59, 0, 0, time.UTC) // a Sunday
+	tests := []struct {
+		p          typev1.ResetPeriod
+		start, end time.Time
+	}{
+		{typev1.ResetPeriod_RESET_PERIOD_DAILY, time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 16, 0, 0, 0, 0, time.UTC)},
+		{typev1.ResetPeriod_RESET_PERIOD_WEEKLY, time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 16, 0, 0, 0, 0, time.UTC)},
+		{typev1.ResetPeriod_RESET_PERIOD_MONTHLY, time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)},
+		{typev1.ResetPeriod_RESET_PERIOD_NEVER, time.Unix(0, 0).UTC(), time.Time{}},
+		{typev1.ResetPeriod_RESET_PERIOD_UNSPECIFIED, time.Unix(0, 0).UTC(), time.Time{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.p.String(), func(t *testing.T) {
+			s, e := periodBounds(tc.p, now)
+			require.Equal(t, tc.start, s)
+			require.Equal(t, tc.end, e)
+		})
+	}
+}
+
+func TestRollup(t *testing.T) {
+	e := newEnv(t, 0)
+	jan := time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)
+	e.clk.Set(jan)
+	e.record(t, recs("jan-a", 3, "k1", "mock-small", jan)...)
+	e.clk.Set(jan.AddDate(0, 0, 1))
+	e.record(t, recs("jan-b", 2, "k1", "mock-small", jan.AddDate(0, 0, 1))...)
+	e.record(t, recs("jan-c", 1, "k1", "mock-large", jan.AddDate(0, 0, 1))...)
+	feb := time.Date(2026, 2, 3, 0, 0, 0, 0, time.UTC)
+	e.clk.Set(feb)
+	e.record(t, recs("feb", 4, "k1", "mock-small", feb)...)
+	before := e.totals(t, "k1", "mock-small")
+
+	t.Run("previous month stays as days", func(t *testing.T) {
+		require.NoError(t, e.srv.maintain(t.Context()))
+		require.EqualValues(t, 3, count(t, e.etcd, "agg/k1/d/2026-01-"))
+		require.EqualValues(t, 0, count(t, e.etcd, "agg/k1/m/"))
+	})
+	t.Run("two months on, days become a month", func(t *testing.T) {
+		e.clk.Set(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))
+		require.NoError(t, e.srv.maintain(t.Context()))
+		require.EqualValues(t, 0, count(t, e.etcd, "agg/k1/d/2026-01-"))
+		require.EqualValues(t, 2, count(t, e.etcd, "agg/k1/m/2026-01/"))
+		require.EqualValues(t, 1, count(t, e.etcd, "agg/k1/d/2026-02-"))
+		after := e.totals(t, "k1", "mock-small")
+		for i := range before {
+			require.Equal(t, before[i].GetPeriodTokens(), after[i].GetPeriodTokens())
+			require.Equal(t, before[i].GetPeriodCostMicros(), after[i].GetPeriodCostMicros())
+		}
+		require.EqualValues(t, 10*15, after[0].GetPeriodTokens())
+		// Idempotent.
+		require.NoError(t, e.srv.maintain(t.Context()))
+		require.EqualValues(t, 2, count(t, e.etcd, "agg/k1/m/2026-01/"))
+		again := e.totals(t, "k1", "mock-small")
+		for i := range after {
+			require.True(t, proto.Equal(after[i], again[i]))
+		}
+	})
+	t.Run("listing covers rolled up months", func(t *testing.T) {
+		l, err := e.cli.ListUsage(member(t.Context()), &usagev1.ListUsageRequest{Workspace: "acme", GroupBy: usagev1.GroupBy_GROUP_BY_MODEL, StartDate: "2026-01-01", EndDate: "2026-02-28"})
+		require.NoError(t, err)
+		require.Len(t, l.GetRows(), 2)
+		require.EqualValues(t, 1, l.GetRows()[0].GetRequests())
+		require.EqualValues(t, 9, l.GetRows()[1].GetRequests())
+	})
+}
+
+func TestRetention(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	e.record(t, recs("old", 3, "k1", "mock-small", t0)...)
+	e.clk.Advance(30 * time.Minute)
+	e.record(t, recs("new", 2, "k1", "mock-small", e.clk.Now())...)
+
+	e.clk.Advance(45 * time.Minute)
+	require.NoError(t, e.srv.maintain(t.Context()))
+	require.EqualValues(t, 2, count(t, e.etcd, "log/"))
+	require.EqualValues(t, 2, count(t, e.etcd, "id/"))
+	require.EqualValues(t, 5, e.totals(t, "k1")[0].GetRequestsToday(), "aggregates outlive the log")
+
+	t.Run("a record older than the retention is refused", func(t *testing.T) {
+		_, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: recs("old", 1, "k1", "mock-small", t0)})
+		requireCode(t, err, codes.InvalidArgument)
+		require.EqualValues(t, 5, e.totals(t, "k1")[0].GetRequestsToday())
+	})
+}
+
+func TestRecordUsageBadInput(t *testing.T) {
+	e := newEnv(t, 0)
+	good := rec("ok", "k1", "mock-small", 1, 1, t0)
+	mod := func(f func(r *usagev1.UsageRecord)) *usagev1.UsageRecord {
+		r := rec("bad", "k1", "mock-small", 1, 1, t0)
+		f(r)
+		return r
+	}
+	tests := []struct {
+		name string
+		r    *usagev1.UsageRecord
+	}{
+		{"missing request id", mod(func(r *usagev1.UsageRecord) { r.RequestId = "" })},
+		{"missing key", mod(func(r *usagev1.UsageRecord) { r.Key = "" })},
+		{"missing workspace", mod(func(r *usagev1.UsageRecord) { r.Workspace = "" })},
+		{"slash in key", mod(func(r *usagev1.UsageRecord) { r.Key = "a/b" })},
+		{"unknown model", mod(func(r *usagev1.UsageRecord) { r.Model = "nope" })},
+		{"model without price", mod(func(r *usagev1.UsageRecord) { r.Model = "unpriced" })},
+		{"negative prompt tokens", mod(func(r *usagev1.UsageRecord) { r.PromptTokens = -1 })},
+		{"negative completion tokens", mod(func(r *usagev1.UsageRecord) { r.CompletionTokens = -1 })},
+		{"unknown status", mod(func(r *usagev1.UsageRecord) { r.Status = 42 })},
+		{"negative latency", mod(func(r *usagev1.UsageRecord) { r.Latency = durationpb.New(-time.Second) })},
+		{"time in the future", mod(func(r *usagev1.UsageRecord) { r.Time = timestamppb.New(t0.Add(time.Hour)) })},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// The good record in the same batch is not written either.
+			_, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: []*usagev1.UsageRecord{good, tc.r}})
+			requireCode(t, err, codes.InvalidArgument)
+			require.EqualValues(t, 0, count(t, e.etcd, ""))
+		})
+	}
+}
+
+func TestAuth(t *testing.T) {
+	e := newEnv(t, 0)
+	e.ks.setKey(&keystorev1.Key{Id: "k1", Workspace: "acme"})
+	ctx := t.Context()
+	t.Run("RecordUsage without service token", func(t *testing.T) {
+		for _, c := range []struct {
+			name string
+			ctx  func() error
+		}{
+			{"none", func() error {
+				_, err := e.cli.RecordUsage(ctx, &usagev1.RecordUsageRequest{Records: recs("x", 1, "k1", "mock-small", t0)})
+				return err
+			}},
+			{"member token", func() error {
+				_, err := e.cli.RecordUsage(member(ctx), &usagev1.RecordUsageRequest{Records: recs("x", 1, "k1", "mock-small", t0)})
+				return err
+			}},
+			{"GetTotals none", func() error {
+				_, err := e.cli.GetTotals(ctx, &usagev1.GetTotalsRequest{})
+				return err
+			}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				requireCode(t, c.ctx(), codes.Unauthenticated)
+				require.EqualValues(t, 0, count(t, e.etcd, ""))
+			})
+		}
+	})
+	t.Run("management calls follow the keystore", func(t *testing.T) {
+		tests := []struct {
+			name  string
+			token string
+			want  codes.Code
+		}{
+			{"GetUsage no credential", "", codes.Unauthenticated},
+			{"GetUsage other workspace member", otherToken, codes.NotFound},
+			{"GetUsage member", memberToken, codes.OK},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				c := ctx
+				if tc.token != "" {
+					c = auth.WithBearer(ctx, tc.token)
+				}
+				_, err := e.cli.GetUsage(c, &usagev1.GetUsageRequest{Workspace: "acme", Key: "k1"})
+				if tc.want == codes.OK {
+					require.NoError(t, err)
+					return
+				}
+				requireCode(t, err, tc.want)
+			})
+		}
+		_, err := e.cli.GetUsage(member(ctx), &usagev1.GetUsageRequest{Workspace: "acme", Key: "missing"})
+		requireCode(t, err, codes.NotFound)
+		_, err = e.cli.ListRequests(auth.WithBearer(ctx, otherToken), &usagev1.ListRequestsRequest{Workspace: "acme"})
+		requireCode(t, err, codes.NotFound)
+		_, err = e.cli.ListUsage(ctx, &usagev1.ListUsageRequest{Workspace: "acme"})
+		requireCode(t, err, codes.Unauthenticated)
+	})
+}
+
+func TestListRequests(t *testing.T) {
+	e := newEnv(t, 0)
+	var all []*usagev1.UsageRecord
+	for i := range 30 {
+		r := rec(fmt.Sprintf("r%02d", i), fmt.Sprintf("k%d", i%3), []string{"mock-small", "mock-large"}[i%2], 1, 1, t0.Add(time.Duration(i)*time.Second))
+		if i%5 == 0 {
+			r.Status = usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR
+		}
+		all = append(all, r)
+	}
+	e.record(t, all...)
+	list := func(t *testing.T, req *usagev1.ListRequestsRequest) []string {
+		var ids []string
+		for range 100 {
+			resp, err := e.cli.ListRequests(member(t.Context()), req)
+			require.NoError(t, err)
+			for _, r := range resp.GetRequests() {
+				ids = append(ids, r.GetRequestId())
+			}
+			if resp.GetNextPageToken() == "" {
+				return ids
+			}
+			req.PageToken = resp.GetNextPageToken()
+		}
+		t.Fatal("pagination did not end")
+		return nil
+	}
+	tests := []struct {
+		name string
+		req  *usagev1.ListRequestsRequest
+		want []string
+	}{
+		{"newest first, pages of 7", &usagev1.ListRequestsRequest{PageSize: 7}, nil},
+		{"by key", &usagev1.ListRequestsRequest{Key: "k1", PageSize: 4}, []string{"r28", "r25", "r22", "r19", "r16", "r13", "r10", "r07", "r04", "r01"}},
+		{"by owner", &usagev1.ListRequestsRequest{Owner: "owner-k2"}, []string{"r29", "r26", "r23", "r20", "r17", "r14", "r11", "r08", "r05", "r02"}},
+		{"by model and status", &usagev1.ListRequestsRequest{Model: "mock-small", Status: usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR}, []string{"r20", "r10", "r00"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.req.Workspace = "acme"
+			want := tc.want
+			if want == nil {
+				for i := 29; i >= 0; i-- {
+					want = append(want, fmt.Sprintf("r%02d", i))
+				}
+			}
+			require.Equal(t, want, list(t, tc.req))
+		})
+	}
+	t.Run("foreign page token", func(t *testing.T) {
+		_, err := e.cli.ListRequests(member(t.Context()), &usagev1.ListRequestsRequest{Workspace: "acme", PageToken: "bm9wZQ"})
+		requireCode(t, err, codes.InvalidArgument)
+	})
+}
+
+func TestSeriesAndListUsage(t *testing.T) {
+	e := newEnv(t, 0)
+	e.ks.setKey(&keystorev1.Key{Id: "k1", Workspace: "acme"})
+	e.record(t, recs("d0", 2, "k1", "mock-small", t0.AddDate(0, 0, -2))...)
+	e.record(t, recs("d1", 3, "k1", "mock-large", t0)...)
+	e.record(t, recs("d2", 1, "k2", "mock-small", t0)...)
+
+	t.Run("series", func(t *testing.T) {
+		s, err := e.cli.GetUsageSeries(member(t.Context()), &usagev1.GetUsageSeriesRequest{Workspace: "acme", Key: "k1", StartDate: "2026-03-08", EndDate: "2026-03-11"})
+		require.NoError(t, err)
+		var got []int64
+		for _, p := range s.GetPoints() {
+			got = append(got, p.GetRequests())
+		}
+		require.Equal(t, []int64{0, 2, 0, 3}, got)
+		require.Equal(t, "2026-03-09", s.GetPoints()[1].GetDay())
+	})
+	t.Run("series default is the last 30 days", func(t *testing.T) {
+		s, err := e.cli.GetUsageSeries(member(t.Context()), &usagev1.GetUsageSeriesRequest{Workspace: "acme", Key: "k1", Model: "mock-large"})
+		require.NoError(t, err)
+		require.Len(t, s.GetPoints(), 30)
+		require.EqualValues(t, 3, s.GetPoints()[29].GetRequests())
+	})
+	t.Run("bad range", func(t *testing.T) {
+		_, err := e.cli.GetUsageSeries(member(t.Context()), &usagev1.GetUsageSeriesRequest{Workspace: "acme", Key: "k1", StartDate: "2026-03-12", EndDate: "2026-03-11"})
+		requireCode(t, err, codes.InvalidArgument)
+		_, err = e.cli.GetUsageSeries(member(t.Context()), &usagev1.GetUsageSeriesRequest{Workspace: "acme", Key: "k1", StartDate: "03/12/2026"})
+		requireCode(t, err, codes.InvalidArgument)
+	})
+	tests := []struct {
+		by   usagev1.GroupBy
+		want map[string]int64
+	}{
+		{usagev1.GroupBy_GROUP_BY_KEY, map[string]int64{"k1": 5, "k2": 1}},
+		{usagev1.GroupBy_GROUP_BY_MODEL, map[string]int64{"mock-small": 3, "mock-large": 3}},
+		{usagev1.GroupBy_GROUP_BY_OWNER, map[string]int64{"owner-k1": 5, "owner-k2": 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.by.String(), func(t *testing.T) {
+			l, err := e.cli.ListUsage(member(t.Context()), &usagev1.ListUsageRequest{Workspace: "acme", GroupBy: tc.by})
+			require.NoError(t, err)
+			got := map[string]int64{}
+			for _, r := range l.GetRows() {
+				got[r.GetGroup()] = r.GetRequests()
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestGetTotals(t *testing.T) {
+	e := newEnv(t, 0)
+	e.record(t, recs("y", 2, "k1", "mock-small", t0.AddDate(0, 0, -1))...)
+	e.record(t, recs("t", 3, "k1", "mock-large", t0)...)
+	e.record(t, recs("u", 1, "k2", "mock-small", t0)...)
+	resp, err := e.cli.GetTotals(svc(t.Context()), &usagev1.GetTotalsRequest{Queries: []*usagev1.TotalsQuery{
+		{Key: "k1", Models: []string{"mock-small", "mock-large"}, TokenPeriodStart: timestamppb.New(t0.AddDate(0, 0, -1)), BudgetPeriodStart: timestamppb.New(dayStart(t0))},
+		{Key: "k2"},
+		{Key: "never-used"},
+	}})
+	require.NoError(t, err)
+	type row struct{ req, tok, ptok, micros int64 }
+	got := map[string]row{}
+	for _, x := range resp.GetTotals() {
+		got[x.GetKey()+"/"+x.GetModel()] = row{x.GetRequestsToday(), x.GetTokensToday(), x.GetPeriodTokens(), x.GetPeriodCostMicros()}
+	}
+	// mock-large: 3 x (10 x 2.50 + 5 x 10.00)/M = 225 micros.
+	require.Equal(t, map[string]row{
+		"k1/":           {3, 45, 75, 225},
+		"k1/mock-small": {0, 0, 30, 0},
+		"k1/mock-large": {3, 45, 45, 225},
+		"k2/":           {1, 15, 15, 5},
+		"never-used/":   {},
+	}, got)
+	_, err = e.cli.GetTotals(svc(t.Context()), &usagev1.GetTotalsRequest{Day: "yesterday"})
+	requireCode(t, err, codes.InvalidArgument)
+}
+
+func TestRecordUsageLargeBatchSplitsTxns(t *testing.T) {
+	e := newEnv(t, 0)
+	// 2,000 records over 300 aggregates: many Txns, each within etcd's
+	// 128-op limit.
+	var b []*usagev1.UsageRecord
+	for i := range 2000 {
+		b = append(b, rec(fmt.Sprintf("big-%d", i), fmt.Sprintf("k%d", i%150), []string{"mock-small", "mock-large"}[i%2], 1, 2, t0))
+	}
+	r := e.record(t, b...)
+	require.EqualValues(t, 2000, r.GetAccepted())
+	r = e.record(t, b[:1000]...)
+	require.EqualValues(t, 1000, r.GetDuplicates())
+	require.EqualValues(t, 300, count(t, e.etcd, "agg/"))
+	var total int64
+	for k := range 150 {
+		total += e.totals(t, fmt.Sprintf("k%d", k))[0].GetTokensToday()
+	}
+	require.EqualValues(t, 2000*3, total)
+}
