@@ -28,7 +28,7 @@ mkdir -p "$bin"
 export GOWORK=off GOFLAGS=-mod=mod
 started=$SECONDS
 
-log() { printf '== %s\n' "$*"; }
+log() { printf '== %s\n' "$*" >&2; }
 
 # install NAME PACKAGE VERSION: go install once into $bin/NAME-VERSION.
 install() {
@@ -71,8 +71,11 @@ mkdir -p "$promdir"
 sed '/^\/\/go:build ignore$/d' "$root/deploy/tools/promrules.go" >"$promdir/main.go"
 if [[ ! -f $promdir/go.sum ]]; then
 	log "resolving github.com/prometheus/prometheus@$PROMETHEUS_VERSION"
-	printf 'module promrules\n\ngo 1.26\n\nrequire github.com/prometheus/prometheus %s\n' "$PROMETHEUS_VERSION" >"$promdir/go.mod"
-	(cd "$promdir" && go mod tidy)
+	printf 'module promrules\n\ngo 1.26\n' >"$promdir/go.mod"
+	# go get of the two packages, not go mod tidy: tidy would fetch every
+	# module prometheus's tests need (cloud SDKs, client-go...).
+	(cd "$promdir" && go get "github.com/prometheus/prometheus/model/rulefmt@$PROMETHEUS_VERSION" \
+		"github.com/prometheus/prometheus/promql/parser@$PROMETHEUS_VERSION")
 fi
 (cd "$promdir" && go build -o promrules .)
 

@@ -69,7 +69,7 @@ func allowed(fromKind, fromName, toKind, toName string) bool {
 func check() ([]string, error) {
 	var out []string
 	for _, pattern := range []string{mod + "/...", mod + "/pkg/...", mod + "/gen/..."} {
-		cmd := exec.Command("go", "list", "-deps", "-test", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, pattern)
+		cmd := exec.Command("go", "list", "-deps", "-test", "-f", `{{.ImportPath}}|{{join .Imports " "}}`, pattern)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		b, err := cmd.Output()
@@ -79,18 +79,14 @@ func check() ([]string, error) {
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		sc.Buffer(make([]byte, 1<<20), 1<<24)
 		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) == 0 {
-				continue
-			}
-			from := strings.TrimSuffix(strings.Fields(strings.ReplaceAll(f[0], "[", " "))[0], ".test")
-			from = strings.TrimSuffix(from, "_test")
+			from, imports, _ := strings.Cut(sc.Text(), "|")
+			from = normalize(from)
 			fk, fn := layer(from)
 			if fk == "external" {
 				continue
 			}
-			for _, to := range f[1:] {
-				tk, tn := layer(to)
+			for _, to := range strings.Fields(imports) {
+				tk, tn := layer(normalize(to))
 				if !allowed(fk, fn, tk, tn) {
 					out = append(out, fmt.Sprintf("%s imports %s: dependencies point cmd -> services -> pkg -> gen, and a service never imports another", from, to))
 				}
@@ -98,6 +94,13 @@ func check() ([]string, error) {
 		}
 	}
 	return dedupe(out), nil
+}
+
+// normalize maps test variants ("p [p.test]", "p_test", "p.test") to p.
+func normalize(p string) string {
+	p, _, _ = strings.Cut(p, " ")
+	p = strings.TrimSuffix(p, ".test")
+	return strings.TrimSuffix(p, "_test")
 }
 
 func dedupe(in []string) []string {

@@ -18,7 +18,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -32,8 +31,10 @@ import (
 	"github.com/keygate/keygate/pkg/etcdembed"
 	"github.com/keygate/keygate/pkg/keycache"
 	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/pkg/oidc"
 	"github.com/keygate/keygate/pkg/telemetry"
 	"github.com/keygate/keygate/services/edge"
+	"github.com/keygate/keygate/services/edge/mock"
 	"github.com/keygate/keygate/services/gateway"
 	"github.com/keygate/keygate/services/keystore"
 	"github.com/keygate/keygate/services/limiter"
@@ -79,6 +80,7 @@ type App struct {
 
 	ctx     context.Context
 	cancel  context.CancelFunc
+	tls     transport
 	tel     *telemetry.Telemetry
 	etcdSrv *etcdembed.Server
 	etcd    *clientv3.Client
@@ -131,6 +133,10 @@ func (a *App) Start(ctx context.Context) error {
 	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	log := a.Logger
 
+	var err error
+	if a.tls, err = loadTransport(*c); err != nil {
+		return err
+	}
 	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure})
 	if err != nil {
 		return err
@@ -147,7 +153,8 @@ func (a *App) Start(ctx context.Context) error {
 			}
 		}
 	}
-	if c.RootToken == "" {
+	// The gateway alone holds no token: it forwards each caller's.
+	if c.RootToken == "" && !(len(a.Roles) == 1 && a.has(RoleGateway)) {
 		return errors.New("no root token: set KEYGATE_ROOT_TOKEN (the services use it to call each other)")
 	}
 	needEtcd := a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage) || a.has(RoleEdge)
@@ -168,7 +175,11 @@ func (a *App) Start(ctx context.Context) error {
 			return fmt.Errorf("grpc listen %s: %w", c.GRPCAddr, err)
 		}
 		a.GRPCAddr = grpcLis.Addr().String()
-		a.grpcSrv = grpc.NewServer(tel.ServerOptions(log)...)
+		opts := tel.ServerOptions(log)
+		if a.tls.server != nil {
+			opts = append(opts, grpc.Creds(a.tls.server))
+		}
+		a.grpcSrv = grpc.NewServer(opts...)
 		a.health = health.NewServer()
 		healthpb.RegisterHealthServer(a.grpcSrv, a.health)
 		reflection.Register(a.grpcSrv)
@@ -183,9 +194,17 @@ func (a *App) Start(ctx context.Context) error {
 	if a.has(RoleUsage) {
 		usageAddr = self
 	}
-	var keystoreConn, usageConn *grpc.ClientConn
-	if a.has(RoleUsage) || a.has(RoleEdge) {
-		if keystoreConn, err = a.dial(keystoreAddr, true); err != nil {
+	// The usage service calls the keystore with the caller's credential
+	// (or, for prices, its own token, explicitly), so its connection adds
+	// none; the edge's calls are all the service's own.
+	var keystoreConn, edgeKeystoreConn, usageConn *grpc.ClientConn
+	if a.has(RoleUsage) {
+		if keystoreConn, err = a.dial(keystoreAddr, false); err != nil {
+			return err
+		}
+	}
+	if a.has(RoleEdge) || a.EmbedEtcd {
+		if edgeKeystoreConn, err = a.dial(keystoreAddr, true); err != nil {
 			return err
 		}
 	}
@@ -197,7 +216,15 @@ func (a *App) Start(ctx context.Context) error {
 
 	meter := tel.MeterProvider()
 	if a.has(RoleKeystore) {
-		ks, err := keystore.New(ctx, keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken})
+		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken}
+		if c.OIDCIssuer != "" {
+			v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
+			if err != nil {
+				return err
+			}
+			kc.IDTokens = v
+		}
+		ks, err := keystore.New(ctx, kc)
 		if err != nil {
 			return fmt.Errorf("keystore: %w", err)
 		}
@@ -222,7 +249,8 @@ func (a *App) Start(ctx context.Context) error {
 		lim, err := limiter.New(ctx, limiter.Config{
 			Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "limiter"), Meter: meter,
 			Usage: usagev1.NewUsageServiceClient(usageConn), AdvertiseAddr: adv,
-			DialOptions: a.dialOptions(true), ServiceToken: c.RootToken,
+			// The limiter adds the service token to forwarded calls itself.
+			DialOptions: a.dialOptions(false), ServiceToken: c.RootToken,
 		})
 		if err != nil {
 			return fmt.Errorf("limiter: %w", err)
@@ -236,13 +264,13 @@ func (a *App) Start(ctx context.Context) error {
 		a.goServe("grpc", func() error { return a.grpcSrv.Serve(grpcLis) })
 	}
 	if a.EmbedEtcd {
-		if err := a.registerMockModels(ctx, keystoreConn); err != nil {
+		if err := a.registerMockModels(ctx, edgeKeystoreConn); err != nil {
 			return err
 		}
 	}
 
 	if a.has(RoleEdge) {
-		if err := a.startEdge(ctx, keystoreConn, usageConn); err != nil {
+		if err := a.startEdge(ctx, edgeKeystoreConn, usageConn); err != nil {
 			return err
 		}
 	}
@@ -290,7 +318,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
-		RequestTimeout: c.RequestTimeout, MockLatency: c.MockLatency,
+		RequestTimeout: c.RequestTimeout, Mock: mock.Options{Latency: c.MockLatency},
 	})
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
@@ -366,6 +394,7 @@ func (a *App) startEmbeddedEtcd(ctx context.Context) error {
 	}
 	srv, err := etcdembed.Start(ctx, etcdembed.Config{
 		Name: c.EtcdName, DataDir: dir, ClientURL: c.EtcdClientURL, PeerURL: c.EtcdPeerURL,
+		ListenClientURL: c.EtcdListenClient, ListenPeerURL: c.EtcdListenPeer,
 		InitialCluster: c.EtcdInitialCluster, Existing: c.EtcdExisting,
 	})
 	if err != nil {
@@ -407,9 +436,14 @@ func (a *App) registerMockModels(ctx context.Context, conn *grpc.ClientConn) err
 }
 
 func (a *App) dialOptions(withToken bool) []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	// Round-robin over every address a name resolves to, so that a
+	// headless Service spreads calls over all replicas.
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(a.tls.client),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+	}
 	if withToken {
-		opts = append(opts, grpc.WithPerRPCCredentials(auth.Token{Value: a.Config.RootToken}))
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.Token{Value: a.Config.RootToken, Secure: a.tls.secure}))
 	}
 	return append(opts, a.tel.DialOptions()...)
 }

@@ -43,6 +43,19 @@ type Config struct {
 	EtcdPeerURL        string
 	EtcdInitialCluster string
 	EtcdExisting       bool
+	EtcdListenClient   string
+	EtcdListenPeer     string
+
+	// SSO: OIDC ID tokens from one issuer authenticate console users.
+	OIDCIssuer   string
+	OIDCAudience string
+	OIDCJWKSFile string
+	OIDCJWKSURL  string
+
+	// TLS between services (PEM files); empty = plaintext.
+	TLSCert string
+	TLSKey  string
+	TLSCA   string
 
 	ShutdownTimeout time.Duration
 }
@@ -127,6 +140,15 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&c.EtcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd member")
 	e.str(&c.EtcdInitialCluster, "etcd-initial-cluster", "", "name=peerURL,… of every member; default this member alone")
 	e.boolean(&c.EtcdExisting, "etcd-existing", false, "join a running cluster instead of forming a new one")
+	e.str(&c.EtcdListenClient, "etcd-listen-client-url", "", "client URL to bind when it differs from --etcd-client-url, e.g. http://0.0.0.0:2379")
+	e.str(&c.EtcdListenPeer, "etcd-listen-peer-url", "", "peer URL to bind when it differs from --etcd-peer-url")
+	e.str(&c.OIDCIssuer, "oidc-issuer", "", "issuer (iss) of trusted OIDC ID tokens; empty disables SSO sign-in")
+	e.str(&c.OIDCAudience, "oidc-audience", "", "audience (aud) the ID tokens must carry: the console's client id")
+	e.str(&c.OIDCJWKSFile, "oidc-jwks-file", "", "the issuer's JSON Web Key Set, as a file")
+	e.str(&c.OIDCJWKSURL, "oidc-jwks-url", "", "the issuer's JSON Web Key Set, as a URL")
+	e.str(&c.TLSCert, "tls-cert", "", "PEM certificate this process serves gRPC with")
+	e.str(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	e.str(&c.TLSCA, "tls-ca", "", "PEM CA bundle that signs the other services' certificates (and clients', for mutual TLS)")
 	e.duration(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests may finish on SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
@@ -150,6 +172,12 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	}
 	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
 		return c, nil, errors.New("--request-timeout and --shutdown-timeout must be positive")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return c, nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSFile == "") == (c.OIDCJWKSURL == "")) {
+		return c, nil, errors.New("--oidc-issuer needs --oidc-audience and one of --oidc-jwks-file, --oidc-jwks-url")
 	}
 	return c, fs.Args(), nil
 }

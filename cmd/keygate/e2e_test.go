@@ -140,9 +140,9 @@ func TestCorePath(t *testing.T) {
 
 func TestServerSurface(t *testing.T) {
 	app := MustRunApp(t, "", nil)
+	// The edge is ready once it has read the model registry.
 	for _, url := range []string{"http://" + app.HTTPAddr + "/healthz", "http://" + app.EdgeAddr + "/healthz"} {
-		code, _, _ := rest(t, "GET", url, "", nil)
-		require.Equal(t, http.StatusOK, code, url)
+		waitHealthy(t, url)
 	}
 	code, _, doc := rest(t, "GET", "http://"+app.HTTPAddr+"/openapi.json", "", nil)
 	require.Equal(t, http.StatusOK, code)

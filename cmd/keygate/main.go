@@ -99,7 +99,8 @@ func runEtcd(ctx context.Context, cfg Config, stderr io.Writer) error {
 	log := telemetry.NewLogger(stderr, cfg.LogLevel)
 	srv, err := etcdembed.Start(ctx, etcdembed.Config{
 		Name: cfg.EtcdName, DataDir: filepath.Join(cfg.DataDir, "etcd"), ClientURL: cfg.EtcdClientURL,
-		PeerURL: cfg.EtcdPeerURL, InitialCluster: cfg.EtcdInitialCluster, Existing: cfg.EtcdExisting,
+		PeerURL: cfg.EtcdPeerURL, ListenClientURL: cfg.EtcdListenClient, ListenPeerURL: cfg.EtcdListenPeer,
+		InitialCluster: cfg.EtcdInitialCluster, Existing: cfg.EtcdExisting,
 	})
 	if err != nil {
 		return err

@@ -17,9 +17,15 @@ type Config struct {
 	// Name of this member; default "default".
 	Name    string
 	DataDir string
-	// ClientURL and PeerURL, e.g. http://127.0.0.1:2379.
+	// ClientURL and PeerURL are advertised to clients and peers, e.g.
+	// http://etcd-0.etcd:2379.
 	ClientURL string
 	PeerURL   string
+	// ListenClientURL and ListenPeerURL are bound; default the advertised
+	// URLs. Set them (e.g. http://0.0.0.0:2379) when the advertised URL
+	// names a host, which etcd cannot bind.
+	ListenClientURL string
+	ListenPeerURL   string
 	// InitialCluster lists every member as name=peerURL,…; default this one.
 	InitialCluster string
 	// Existing joins a cluster that already runs ("existing" state).
@@ -50,9 +56,20 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd peer url: %w", err)
 	}
-	cfg.ListenClientUrls = []url.URL{*cu}
+	lcu, lpu := cu, pu
+	if c.ListenClientURL != "" {
+		if lcu, err = url.Parse(c.ListenClientURL); err != nil {
+			return nil, fmt.Errorf("etcd listen client url: %w", err)
+		}
+	}
+	if c.ListenPeerURL != "" {
+		if lpu, err = url.Parse(c.ListenPeerURL); err != nil {
+			return nil, fmt.Errorf("etcd listen peer url: %w", err)
+		}
+	}
+	cfg.ListenClientUrls = []url.URL{*lcu}
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
-	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.ListenPeerUrls = []url.URL{*lpu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = c.InitialCluster
 	if cfg.InitialCluster == "" {

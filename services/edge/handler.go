@@ -592,8 +592,9 @@ func (c *call) stream(resp *http.Response, req *request, est estimate) outcome {
 	c.status, c.reason = http.StatusOK, "ok"
 	c.w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(c.w)
-	// A client that stops reading must not hold the stream forever.
-	_ = rc.SetWriteDeadline(c.start.Add(c.s.cfg.RequestTimeout))
+	// A client that stops reading must not hold the stream forever. A
+	// deadline is wall-clock time, not the injected clock's.
+	_ = rc.SetWriteDeadline(time.Now().Add(c.s.cfg.RequestTimeout))
 	clientUsage := req.wantsUsage()
 
 	var (

@@ -63,6 +63,12 @@ func (v *fakeVerifier) set(secret string, k *keystorev1.Key) {
 	v.keys[secret] = k
 }
 
+func (v *fakeVerifier) setDown() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.down = true
+}
+
 // fakeLimiter is an in-memory Limiter whose decisions the test chooses.
 type fakeLimiter struct {
 	mu       sync.Mutex
@@ -107,6 +113,12 @@ func (l *fakeLimiter) Release(_ context.Context, r []*limiterv1.Release) error {
 	defer l.mu.Unlock()
 	l.releases = append(l.releases, r...)
 	return nil
+}
+
+func (l *fakeLimiter) setDecide(f func(*limiterv1.CheckItem) (*limiterv1.CheckResult, error)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.decide = f
 }
 
 func (l *fakeLimiter) checks() int {

@@ -31,11 +31,12 @@ type env struct {
 	conn   *grpc.ClientConn
 	addr   string
 	stop   func()
+	opts   []func(*keystore.Config)
 }
 
-func newEnv(tb testing.TB) *env {
+func newEnv(tb testing.TB, opts ...func(*keystore.Config)) *env {
 	tb.Helper()
-	e := &env{etcd: etcdtest.Start(tb), clock: clock.NewFake(epoch)}
+	e := &env{etcd: etcdtest.Start(tb), clock: clock.NewFake(epoch), opts: opts}
 	e.serve(tb, "127.0.0.1:0")
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(tb, err)
@@ -48,7 +49,11 @@ func newEnv(tb testing.TB) *env {
 // serve starts a keystore gRPC server on addr (":0" picks a port).
 func (e *env) serve(tb testing.TB, addr string) {
 	tb.Helper()
-	srv, err := keystore.New(tb.Context(), keystore.Config{Etcd: e.etcd.Client, Clock: e.clock, RootToken: rootToken})
+	cfg := keystore.Config{Etcd: e.etcd.Client, Clock: e.clock, RootToken: rootToken}
+	for _, o := range e.opts {
+		o(&cfg)
+	}
+	srv, err := keystore.New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	lis, err := net.Listen("tcp", addr)
 	require.NoError(tb, err)

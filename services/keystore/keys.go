@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -186,7 +187,8 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 		}
 		owner = p.subject
 	}
-	if _, _, err := s.getWorkspace(ctx, ws); err != nil {
+	w, _, err := s.getWorkspace(ctx, ws)
+	if err != nil {
 		return nil, err
 	}
 	pfx := keysPrefix(ws)
@@ -195,11 +197,14 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 	if after != "" {
 		from = pfx + after + "\x00"
 	}
+	depth := bucketDepth(int(w.GetKeyCount()), size)
 	now := s.clock.Now()
 	out := &keystorev1.ListKeysResponse{}
-	// Read in pages of the requested size; filters may need several.
+	// Read in pages of the requested size, bucket by bucket; filters may
+	// need several reads.
 	for {
-		resp, err := s.etcd.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(int64(size)))
+		stop := bucketEnd(pfx, from, depth, end)
+		resp, err := s.etcd.Get(ctx, from, clientv3.WithRange(stop), clientv3.WithLimit(int64(size)))
 		if err != nil {
 			return nil, fmt.Errorf("list keys: %w", err)
 		}
@@ -216,18 +221,59 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 			}
 			out.Keys = append(out.Keys, k)
 			if len(out.Keys) == size {
-				if i < len(resp.Kvs)-1 || resp.More {
+				if i < len(resp.Kvs)-1 || resp.More || stop != end {
 					out.NextPageToken = pageToken(k.GetId())
 				}
 				return out, nil
 			}
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
+		switch {
+		case resp.More:
+			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		case stop == end:
 			return out, nil
+		default:
+			from = stop
 		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
+
+// A range read with a limit still walks etcd's in-memory index to the end
+// of the range to count it, so a page of a large workspace is read within
+// buckets of key ids sharing their first depth characters: about
+// count/36^depth keys each, at least a few pages' worth.
+func bucketDepth(count, size int) int {
+	d := 0
+	for n := count / 36; d < 3 && n >= 4*size; n /= 36 {
+		d++
+	}
+	return d
+}
+
+// bucketEnd is the end of the id bucket holding from, capped at end.
+func bucketEnd(pfx, from string, depth int, end string) string {
+	if depth == 0 {
+		return end
+	}
+	b := []byte(from[len(pfx):])
+	for len(b) < depth {
+		b = append(b, base36[0])
+	}
+	b = b[:depth]
+	for i := depth - 1; i >= 0; i-- {
+		j := strings.IndexByte(base36, b[i])
+		if j < 0 {
+			return end
+		}
+		if j < len(base36)-1 {
+			b[i] = base36[j+1]
+			return pfx + string(b[:i+1])
+		}
+	}
+	return end
+}
+
+const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 // updatableKeyFields are the mask paths UpdateKey accepts.
 var updatableKeyFields = []string{"name", "enabled", "expire_time", "allowed_models", "labels",
@@ -419,7 +465,10 @@ func (s *Server) rotateKey(ctx context.Context, p *principal, req *keystorev1.Ro
 
 func (s *Server) expireKey(ctx context.Context, p *principal, req *keystorev1.ExpireKeyRequest) (*keystorev1.Key, error) {
 	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), "", "key.expire", func(k *keystorev1.Key) error {
-		k.ExpireTime = timestamppb.New(s.clock.Now())
+		// An already expired key keeps the instant it ended.
+		if now := s.clock.Now(); keyState(k, now) != keystorev1.KeyState_KEY_STATE_EXPIRED {
+			k.ExpireTime = timestamppb.New(now)
+		}
 		return nil
 	}, nil)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/pkg/keyformat"
+	"github.com/keygate/keygate/pkg/oidc"
 )
 
 // Config holds the dependencies of the keystore.
@@ -37,6 +38,15 @@ type Config struct {
 	RootToken string
 	// DefaultMaxKeys is the key cap of a workspace created without one; 0 = 10.
 	DefaultMaxKeys int
+	// IDTokens verifies OIDC ID tokens from the configured SSO issuer; nil
+	// accepts none. The token's subject acts as that member, with the
+	// member's role in whichever workspace a call names.
+	IDTokens IDTokenVerifier
+}
+
+// IDTokenVerifier checks an OIDC ID token and returns its subject.
+type IDTokenVerifier interface {
+	Verify(ctx context.Context, token string) (subject string, err error)
 }
 
 // Domain errors. server.go maps them to gRPC codes.
@@ -70,6 +80,7 @@ type Server struct {
 	clock     clock.Clock
 	log       *slog.Logger
 	rootToken []byte
+	idTokens  IDTokenVerifier
 	maxKeys   int
 	auditSeq  atomic.Uint32
 
@@ -95,6 +106,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
 		rootToken: []byte(cfg.RootToken),
+		idTokens:  cfg.IDTokens,
 		maxKeys:   cfg.DefaultMaxKeys,
 	}
 	if s.clock == nil {
@@ -143,12 +155,16 @@ type principal struct {
 	workspace string
 	role      keystorev1.Role
 	keyID     string
+	// roleIn resolves an ID token's subject's role in the workspace a call
+	// names (the subject may belong to several); nil for other credentials.
+	roleIn func(ws string) (keystorev1.Role, error)
 }
 
 const (
 	rootSubject   = "root"
 	credRootToken = "root_token"
 	credAdminKey  = "admin_key"
+	credOIDC      = "oidc"
 )
 
 // authenticate resolves the bearer credential of an incoming call.
@@ -159,6 +175,18 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	}
 	if subtle.ConstantTimeCompare([]byte(tok), s.rootToken) == 1 {
 		return &principal{root: true, subject: rootSubject, credential: credRootToken}, nil
+	}
+	if s.idTokens != nil && oidc.LooksLikeJWT(tok) {
+		sub, err := s.idTokens.Verify(ctx, tok)
+		if err != nil {
+			if errors.Is(err, oidc.ErrInvalidToken) {
+				return nil, ErrUnauthenticated
+			}
+			return nil, err
+		}
+		return &principal{subject: sub, credential: credOIDC, roleIn: func(ws string) (keystorev1.Role, error) {
+			return s.memberRole(ctx, ws, sub)
+		}}, nil
 	}
 	k, err := keyformat.Parse(tok)
 	if err != nil || k.Kind != keyformat.Admin {
@@ -193,6 +221,16 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 func (p *principal) inWorkspace(ws string) error {
 	if p.root || p.workspace == ws {
 		return nil
+	}
+	if p.roleIn != nil && p.workspace == "" && ws != "" {
+		role, err := p.roleIn(ws)
+		if err == nil {
+			p.workspace, p.role = ws, role
+			return nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
 	}
 	return fmt.Errorf("workspace %q: %w", ws, ErrNotFound)
 }

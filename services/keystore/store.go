@@ -3,7 +3,6 @@ package keystore
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -36,16 +35,16 @@ const (
 	keyRecordFixed = 1 + 2*hashLen
 )
 
-func workspaceKey(ws string) string    { return workspacesDir + ws }
-func countKey(ws string) string        { return countsDir + ws }
-func memberKey(ws, m string) string    { return membersDir + ws + "/" + m }
-func membersPrefix(ws string) string   { return membersDir + ws + "/" }
-func keyKey(ws, id string) string      { return keysDir + ws + "/" + id }
-func keysPrefix(ws string) string      { return keysDir + ws + "/" }
-func idKey(id string) string           { return idsDir + id }
-func nameKey(ws, name string) string   { return namesDir + ws + "/" + name }
-func providerKey(id string) string     { return providersDir + id }
-func modelKey(id string) string        { return modelsDir + id }
+func workspaceKey(ws string) string  { return workspacesDir + ws }
+func countKey(ws string) string      { return countsDir + ws }
+func memberKey(ws, m string) string  { return membersDir + ws + "/" + m }
+func membersPrefix(ws string) string { return membersDir + ws + "/" }
+func keyKey(ws, id string) string    { return keysDir + ws + "/" + id }
+func keysPrefix(ws string) string    { return keysDir + ws + "/" }
+func idKey(id string) string         { return idsDir + id }
+func nameKey(ws, name string) string { return namesDir + ws + "/" + name }
+func providerKey(id string) string   { return providersDir + id }
+func modelKey(id string) string      { return modelsDir + id }
 func auditPrefix(ws, key string) string {
 	if key != "" {
 		return auditByKeyDir + ws + "/" + key + "/"
@@ -243,5 +242,3 @@ func pageSize(n int32) (int, error) {
 	}
 	return int(n), nil
 }
-
-var errTxnFailed = errors.New("transaction compare failed")

@@ -213,6 +213,11 @@ func (s *Server) authorizeKey(ctx context.Context, ws, key string) (*keystorev1.
 	if ws == "" || key == "" {
 		return nil, status.Error(codes.InvalidArgument, "workspace and key are required")
 	}
+	// Without a credential there is nothing to forward; never let the
+	// connection's own identity stand in for the caller's.
+	if auth.BearerFromIncoming(ctx) == "" {
+		return nil, status.Error(codes.Unauthenticated, "missing credential: send authorization: Bearer <token>")
+	}
 	resp, err := s.ks.GetKey(auth.ForwardIncoming(ctx), &keystorev1.GetKeyRequest{Workspace: ws, Key: key})
 	if err != nil {
 		return nil, keystoreStatus(err)
@@ -225,6 +230,9 @@ func (s *Server) authorizeKey(ctx context.Context, ws, key string) (*keystorev1.
 func (s *Server) authorizeWorkspace(ctx context.Context, ws string) error {
 	if ws == "" {
 		return status.Error(codes.InvalidArgument, "workspace is required")
+	}
+	if auth.BearerFromIncoming(ctx) == "" {
+		return status.Error(codes.Unauthenticated, "missing credential: send authorization: Bearer <token>")
 	}
 	if _, err := s.ks.GetWorkspace(auth.ForwardIncoming(ctx), &keystorev1.GetWorkspaceRequest{Workspace: ws}); err != nil {
 		return keystoreStatus(err)

@@ -92,8 +92,8 @@ func TestCost(t *testing.T) {
 		&keystorev1.Model{Id: "odd", InputPricePerMillionUsd: "0.000001", OutputPricePerMillionUsd: "3.333333"},
 		&keystorev1.Model{Id: "free", InputPricePerMillionUsd: "0", OutputPricePerMillionUsd: "0"})
 	tests := []struct {
-		name, model              string
-		prompt, completion       int64
+		name, model               string
+		prompt, completion        int64
 		wantCost, wantIn, wantOut string
 	}{
 		{"small model", "mock-small", 1000, 500, "0.00045", "0.15", "0.60"},
@@ -517,7 +517,7 @@ func TestRecordUsageLargeBatchSplitsTxns(t *testing.T) {
 	// 128-op limit.
 	var b []*usagev1.UsageRecord
 	for i := range 2000 {
-		b = append(b, rec(fmt.Sprintf("big-%d", i), fmt.Sprintf("k%d", i%150), []string{"mock-small", "mock-large"}[i%2], 1, 2, t0))
+		b = append(b, rec(fmt.Sprintf("big-%d", i), fmt.Sprintf("k%d", i%150), []string{"mock-small", "mock-large"}[(i/150)%2], 1, 2, t0))
 	}
 	r := e.record(t, b...)
 	require.EqualValues(t, 2000, r.GetAccepted())

@@ -353,6 +353,9 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
+// DayOf returns the UTC day number of t (days since 1970-01-01).
+func DayOf(t time.Time) int64 { return floorDiv(t.Unix(), daySecs) }
+
 // PeriodOf returns the period p containing t.
 func PeriodOf(t time.Time, p Period) PeriodID {
 	switch normPeriod(p) {

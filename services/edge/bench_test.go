@@ -1,0 +1,155 @@
+package edge_test
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/services/edge/mock"
+)
+
+// benchPair is the edge and a bare httputil.ReverseProxy in front of the
+// same mock upstream on a loopback listener.
+type benchPair struct {
+	edge, bare string
+	client     *http.Client
+}
+
+func newBenchPair(b *testing.B) benchPair {
+	b.Helper()
+	up := httptest.NewServer(mock.New(mock.Options{}))
+	b.Cleanup(up.Close)
+	h := startEdge(b, options{
+		providers: []*keystorev1.Provider{{Id: "up", BaseUrl: up.URL + "/v1"}},
+		models:    []*keystorev1.Model{{Id: "bench", Provider: "up", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "2"}},
+	})
+	target, err := url.Parse(up.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bare := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
+		Transport:     &http.Transport{ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 256},
+		FlushInterval: -1,
+	})
+	b.Cleanup(bare.Close)
+	return benchPair{
+		edge:   h.url,
+		bare:   bare.URL,
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}},
+	}
+}
+
+const benchBody = `{"model":"bench","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`
+const benchStreamBody = `{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`
+
+// call sends one request and returns its latency, or the time to the first
+// body line when ttfb is set.
+func (p benchPair) call(b *testing.B, base, body string, ttfb bool) time.Duration {
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+goodKey)
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := p.client.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var d time.Duration
+	if ttfb {
+		if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+			b.Fatal(err)
+		}
+		d = time.Since(start)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("%s: status %d", base, resp.StatusCode)
+	}
+	if !ttfb {
+		d = time.Since(start)
+	}
+	return d
+}
+
+func pct(d []time.Duration, p float64) float64 {
+	slices.Sort(d)
+	return float64(d[min(len(d)-1, int(float64(len(d))*p))].Nanoseconds()) / 1e3
+}
+
+// latencyVsBare alternates one bare and one edge request per iteration, so
+// both see the same machine load, and reports percentiles in µs.
+func latencyVsBare(b *testing.B, body string, ttfb bool) {
+	p := newBenchPair(b)
+	for range 50 { // warm the connection pools
+		p.call(b, p.bare, body, ttfb)
+		p.call(b, p.edge, body, ttfb)
+	}
+	bare := make([]time.Duration, 0, b.N)
+	edge := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		bare = append(bare, p.call(b, p.bare, body, ttfb))
+		edge = append(edge, p.call(b, p.edge, body, ttfb))
+	}
+	b.StopTimer()
+	bp50, bp99 := pct(bare, 0.50), pct(bare, 0.99)
+	ep50, ep99 := pct(edge, 0.50), pct(edge, 0.99)
+	b.ReportMetric(bp50, "bare-p50-µs")
+	b.ReportMetric(bp99, "bare-p99-µs")
+	b.ReportMetric(ep50, "edge-p50-µs")
+	b.ReportMetric(ep99, "edge-p99-µs")
+	b.ReportMetric(ep50-bp50, "added-p50-µs")
+	b.ReportMetric(ep99-bp99, "added-p99-µs")
+	b.ReportMetric(ep50/bp50, "p50-ratio")
+}
+
+// BenchmarkLatencyVsBareProxy: added latency of a non-streamed chat
+// completion.
+func BenchmarkLatencyVsBareProxy(b *testing.B) { latencyVsBare(b, benchBody, false) }
+
+// BenchmarkStreamTTFBVsBareProxy: added time to the first streamed byte.
+func BenchmarkStreamTTFBVsBareProxy(b *testing.B) { latencyVsBare(b, benchStreamBody, true) }
+
+// BenchmarkThroughputVsBareProxy: b.N requests through each from 32
+// concurrent clients; reports each one's requests per second and the ratio.
+func BenchmarkThroughputVsBareProxy(b *testing.B) {
+	p := newBenchPair(b)
+	run := func(base string, n int) float64 {
+		var left atomic.Int64
+		left.Store(int64(n))
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range 32 {
+			wg.Go(func() {
+				for left.Add(-1) >= 0 {
+					p.call(b, base, benchBody, false)
+				}
+			})
+		}
+		wg.Wait()
+		return float64(n) / time.Since(start).Seconds()
+	}
+	run(p.bare, 200)
+	run(p.edge, 200)
+	b.ResetTimer()
+	bare := run(p.bare, b.N)
+	edge := run(p.edge, b.N)
+	b.StopTimer()
+	b.ReportMetric(bare, "bare-req/s")
+	b.ReportMetric(edge, "edge-req/s")
+	b.ReportMetric(edge/bare, "rps-ratio")
+}

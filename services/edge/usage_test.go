@@ -1,0 +1,75 @@
+package edge_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keygate/keygate/services/edge"
+)
+
+// TestUsageOutage: while the ledger is down, answers are unaffected and
+// records wait; after it recovers every record arrives exactly once.
+func TestUsageOutage(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, options{})
+	h.usage.setDown(true)
+	var ids []string
+	for range 5 {
+		a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+		require.Equal(t, http.StatusOK, a.status)
+		ids = append(ids, a.header.Get("X-Request-Id"))
+	}
+	require.Empty(t, h.usage.ids())
+	h.usage.setDown(false)
+	require.Eventually(t, func() bool { return len(h.usage.ids()) == 5 }, 10*time.Second, 10*time.Millisecond)
+	require.ElementsMatch(t, ids, h.usage.ids())
+	require.Zero(t, h.counter(t, "keygate.edge.usage.dropped"))
+}
+
+// TestUsageBufferFull: a full buffer drops the oldest records, counts them
+// in keygate.edge.usage.dropped, and logs it; the newest arrive.
+func TestUsageBufferFull(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, options{config: func(c *edge.Config) { c.UsageBuffer = 3 }})
+	h.usage.setDown(true)
+	var ids []string
+	for range 5 {
+		a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+		require.Equal(t, http.StatusOK, a.status)
+		ids = append(ids, a.header.Get("X-Request-Id"))
+	}
+	require.EqualValues(t, 2, h.counter(t, "keygate.edge.usage.dropped"))
+	require.Contains(t, h.logs.String(), "usage buffer full")
+	h.usage.setDown(false)
+	require.Eventually(t, func() bool { return len(h.usage.ids()) == 3 }, 10*time.Second, 10*time.Millisecond)
+	require.ElementsMatch(t, ids[2:], h.usage.ids())
+}
+
+// TestCloseFlushesUsage: Close delivers what is pending, or says how much
+// it could not deliver.
+func TestCloseFlushesUsage(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, options{})
+	h.usage.setDown(true)
+	a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+	require.Equal(t, http.StatusOK, a.status)
+	h.stop() // Run ends: only Close can deliver now
+
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	require.ErrorContains(t, h.srv.Close(ctx), "1 usage records not delivered")
+
+	h.usage.setDown(false)
+	// h.stop closed the gRPC server; a fresh edge shows Close succeeding.
+	h2 := startEdge(t, options{})
+	h2.usage.setDown(true)
+	a = h2.post(t, "/v1/chat/completions", goodKey, chatBody)
+	require.Equal(t, http.StatusOK, a.status)
+	h2.usage.setDown(false)
+	require.NoError(t, h2.srv.Close(t.Context()))
+	require.NotNil(t, h2.usage.record(a.header.Get("X-Request-Id")))
+}

@@ -1,0 +1,288 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/clock"
+)
+
+// loadRun is how long each measured load runs; each benchmark iteration
+// runs the echo ceiling and the limiter once each.
+const loadRun = 400 * time.Millisecond
+
+func benchPolicy() *typev1.Policy {
+	const big = 1 << 40
+	return &typev1.Policy{
+		GlobalLimits: &typev1.Limits{Rpm: big, Rpd: big, Tpm: big, Tpd: big},
+		ModelLimits:  []*typev1.ModelLimits{{Model: "mock-small", Limits: &typev1.Limits{Rpm: big, Tpm: big}}},
+		Budget:       &typev1.Budget{AmountUsd: "1000000.00", ResetPeriod: typev1.ResetPeriod_RESET_PERIOD_MONTHLY},
+	}
+}
+
+func benchItems(batch, worker int) [][]*limiterv1.CheckItem {
+	p := benchPolicy()
+	sets := make([][]*limiterv1.CheckItem, 64)
+	for s := range sets {
+		for i := range batch {
+			k := "key-" + strconv.Itoa((worker*64+s*batch+i)%1000)
+			sets[s] = append(sets[s], &limiterv1.CheckItem{Key: k, Model: "mock-small", Policy: p, EstimatedTokens: 100, EstimatedCostMicros: 20})
+		}
+	}
+	return sets
+}
+
+// BenchmarkInProcessCheck is one decision through the service layer
+// (validation, window, result messages) without gRPC.
+func BenchmarkInProcessCheck(b *testing.B) {
+	s, err := New(context.Background(), Config{Clock: clock.Real{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	items := benchItems(1, 0)[0]
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.check(ctx, items, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// echo is the ceiling: a plain gRPC service with the limiter's message
+// shape that answers canned results without deciding anything.
+type echo struct{ results []*limiterv1.CheckResult }
+
+func (e *echo) respond(n int) []*limiterv1.CheckResult { return e.results[:n] }
+
+func newEcho() *echo {
+	s, _ := New(context.Background(), Config{})
+	defer s.Close()
+	res, _ := s.check(context.Background(), benchItems(10, 0)[0], false)
+	return &echo{results: res}
+}
+
+func (e *echo) desc() *grpc.ServiceDesc {
+	return &grpc.ServiceDesc{
+		ServiceName: "keygate.bench.Echo",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "Check",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				req := &limiterv1.CheckRequest{}
+				if err := dec(req); err != nil {
+					return nil, err
+				}
+				return &limiterv1.CheckResponse{Results: e.respond(len(req.Items))}, nil
+			},
+		}},
+		Streams: []grpc.StreamDesc{{
+			StreamName: "CheckStream", ServerStreams: true, ClientStreams: true,
+			Handler: func(_ any, stream grpc.ServerStream) error {
+				for {
+					req := &limiterv1.CheckStreamRequest{}
+					if err := stream.RecvMsg(req); err != nil {
+						if errors.Is(err, io.EOF) {
+							return nil
+						}
+						return err
+					}
+					if err := stream.SendMsg(&limiterv1.CheckStreamResponse{Sequence: req.Sequence, Results: e.respond(len(req.Items))}); err != nil {
+						return err
+					}
+				}
+			},
+		}},
+	}
+}
+
+type target struct {
+	cc     *grpc.ClientConn
+	method string
+	stream string
+}
+
+func (tg target) unary(ctx context.Context, items []*limiterv1.CheckItem) error {
+	return tg.cc.Invoke(ctx, tg.method, &limiterv1.CheckRequest{Items: items}, &limiterv1.CheckResponse{})
+}
+
+type result struct {
+	decisions float64 // per second
+	p50, p99  time.Duration
+}
+
+// load runs inflight workers for loadRun, each with one call outstanding
+// at a time (unary, or a request/response on its own stream).
+func load(b *testing.B, tg target, inflight, batch int, useStream bool) result {
+	ctx := context.Background()
+	lat := make([][]time.Duration, inflight)
+	deadline := time.Now().Add(loadRun)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range inflight {
+		wg.Go(func() {
+			sets := benchItems(batch, w)
+			var st grpc.ClientStream
+			if useStream {
+				var err error
+				st, err = tg.cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, tg.stream)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer func() { _ = st.CloseSend() }()
+			}
+			l := make([]time.Duration, 0, 1<<14)
+			for i := 0; ; i++ {
+				t0 := time.Now()
+				if t0.After(deadline) {
+					break
+				}
+				items := sets[i%len(sets)]
+				if useStream {
+					if err := st.SendMsg(&limiterv1.CheckStreamRequest{Sequence: uint64(i), Items: items}); err != nil {
+						b.Error(err)
+						return
+					}
+					if err := st.RecvMsg(&limiterv1.CheckStreamResponse{}); err != nil {
+						b.Error(err)
+						return
+					}
+				} else if err := tg.unary(ctx, items); err != nil {
+					b.Error(err)
+					return
+				}
+				l = append(l, time.Since(t0))
+			}
+			lat[w] = l
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return result{}
+	}
+	return result{
+		decisions: float64(len(all)*batch) / elapsed.Seconds(),
+		p50:       all[len(all)/2],
+		p99:       all[len(all)*99/100],
+	}
+}
+
+// BenchmarkGRPC measures decisions/s and latency over loopback against a
+// plain echo server with the same messages, in the same run.
+func BenchmarkGRPC(b *testing.B) {
+	e := newEcho()
+	echoAddr, _ := serveGRPC(b, func(r grpc.ServiceRegistrar) { r.RegisterService(e.desc(), e) })
+	s, err := New(context.Background(), Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	limAddr, _ := serveGRPC(b, s.Register)
+	conn := func(addr string) *grpc.ClientConn {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = cc.Close() })
+		return cc
+	}
+	echoT := target{cc: conn(echoAddr), method: "/keygate.bench.Echo/Check", stream: "/keygate.bench.Echo/CheckStream"}
+	limT := target{cc: conn(limAddr), method: "/keygate.limiter.v1.LimiterService/Check", stream: "/keygate.limiter.v1.LimiterService/CheckStream"}
+	cases := []struct {
+		name      string
+		inflight  int
+		batch     int
+		useStream bool
+	}{
+		{"unary/batch=1/inflight=1", 1, 1, false},
+		{"unary/batch=1/inflight=10", 10, 1, false},
+		{"unary/batch=1/inflight=50", 50, 1, false},
+		{"unary/batch=10/inflight=1", 1, 10, false},
+		{"unary/batch=10/inflight=10", 10, 10, false},
+		{"unary/batch=10/inflight=50", 50, 10, false},
+		{"stream/batch=1/streams=50", 50, 1, true},
+		{"stream/batch=10/streams=10", 10, 10, true},
+		{"stream/batch=10/streams=50", 50, 10, true},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			var ceil, lim result
+			for range b.N {
+				ce := load(b, echoT, c.inflight, c.batch, c.useStream)
+				li := load(b, limT, c.inflight, c.batch, c.useStream)
+				ceil.decisions += ce.decisions / float64(b.N)
+				lim.decisions += li.decisions / float64(b.N)
+				ceil.p99, lim.p50, lim.p99 = max(ceil.p99, ce.p99), max(lim.p50, li.p50), max(lim.p99, li.p99)
+			}
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(lim.decisions, "decisions/s")
+			b.ReportMetric(ceil.decisions, "echo-decisions/s")
+			b.ReportMetric(lim.decisions/ceil.decisions, "ratio-of-echo")
+			b.ReportMetric(float64(lim.p50.Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lim.p99.Microseconds()), "p99-µs")
+			b.ReportMetric(float64(ceil.p99.Microseconds()), "echo-p99-µs")
+		})
+	}
+}
+
+// BenchmarkTakeover is the time a new owner needs to take over 10,000
+// keys: the first decision for each, seeded from a usage service over
+// gRPC in batched GetTotals calls, 500 items per Check.
+func BenchmarkTakeover(b *testing.B) {
+	l := &ledger{totals: map[string]*usagev1.Totals{}}
+	for i := range 10_000 {
+		l.totals["key-"+strconv.Itoa(i)] = &usagev1.Totals{Key: "key-" + strconv.Itoa(i), RequestsToday: 3}
+	}
+	usageAddr, _ := serveGRPC(b, func(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, l) })
+	cc, err := grpc.NewClient(usageAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	p := benchPolicy()
+	var batches [][]*limiterv1.CheckItem
+	for i := 0; i < 10_000; i += 500 {
+		var items []*limiterv1.CheckItem
+		for j := i; j < i+500; j++ {
+			items = append(items, &limiterv1.CheckItem{Key: "key-" + strconv.Itoa(j), Model: "mock-small", Policy: p, EstimatedTokens: 10})
+		}
+		batches = append(batches, items)
+	}
+	var total time.Duration
+	for b.Loop() {
+		s, err := New(context.Background(), Config{Usage: usagev1.NewUsageServiceClient(cc)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, items := range batches {
+			wg.Go(func() {
+				if _, err := s.check(context.Background(), items, false); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		total += time.Since(start)
+		_ = s.Close()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/10k-keys")
+}

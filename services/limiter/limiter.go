@@ -1,0 +1,707 @@
+// Package limiter is the admission service: it decides requests against
+// the windows of the keys this replica owns, forwards items for other keys
+// to their owners, and seeds day and period totals from the usage ledger.
+//
+// Handoff. When a key's owner changes (a replica joins, leaves or
+// restarts), the new owner seeds the key's day and period totals (rpd, tpd,
+// token cap, budget) from the usage ledger before its first decision, so
+// no handoff grants a fresh day or budget; those totals miss only usage
+// the old owner admitted that has not reached the ledger yet (requests in
+// flight and the edge's unflushed batch). Rolling windows (rpm, tpm) are
+// not seeded: the new owner starts them empty, so within the 60 s after a
+// move a key can be admitted up to its rpm/tpm limit at the new owner on
+// top of what the old owner admitted: at most 2x the limit over any 60 s
+// spanning one move. Reservations held by the old owner are lost; their
+// Settle answers "unknown" and their estimate stays counted in the ledger
+// totals only once settled usage is recorded.
+package limiter
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/pkg/ring"
+	"github.com/keygate/keygate/services/limiter/internal/window"
+)
+
+// Config configures a limiter replica.
+type Config struct {
+	// Etcd holds the membership; nil runs a stand-alone replica that owns
+	// every key.
+	Etcd   *clientv3.Client
+	Clock  clock.Clock // nil = real
+	Logger *slog.Logger
+	Meter  metric.MeterProvider // nil = noop
+	// Usage seeds day/period totals for keys this replica comes to own
+	// (GetTotals); nil = no seeding.
+	Usage usagev1.UsageServiceClient
+	// AdvertiseAddr is this replica's gRPC address, registered in etcd
+	// under a lease; required with Etcd.
+	AdvertiseAddr string
+	// DialOptions for forwarding to peers; default plaintext.
+	DialOptions []grpc.DialOption
+	// ServiceToken callers must present (authorization: Bearer); "" = no
+	// check. Forwarded calls carry it.
+	ServiceToken string
+	// ReservationTimeout after which an unsettled reservation counts as its
+	// estimate; default 10m.
+	ReservationTimeout time.Duration
+}
+
+// Server is one limiter replica.
+type Server struct {
+	limiterv1.UnimplementedLimiterServiceServer
+
+	cfg     Config
+	clock   clock.Clock
+	log     *slog.Logger
+	table   *window.Table
+	id      string
+	reg     *ring.Registration
+	watcher *ring.Watcher
+	peers   *limitclient.Client
+
+	seedMu  sync.Mutex
+	seeding map[string]*seedCall
+
+	decisions metric.Int64Counter
+	allowOpts []metric.AddOption
+	denyOpts  []metric.AddOption
+	forwarded metric.Int64Counter
+	seeds     metric.Int64Counter
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// hopHeader marks a forwarded call: its receiver decides every item
+// itself, so an item travels at most one hop even while replicas disagree
+// about membership.
+const hopHeader = "x-keygate-limiter-hop"
+
+// Errors the gRPC layer maps to status codes.
+var (
+	// ErrInvalid wraps every malformed item, settlement or release.
+	ErrInvalid = errors.New("invalid request")
+	// ErrSeed means a key's totals could not be read from the usage ledger,
+	// so it cannot be decided safely.
+	ErrSeed = errors.New("cannot seed key totals from the usage service")
+	// ErrUnauthenticated means the caller did not present the service token.
+	ErrUnauthenticated = errors.New("missing or wrong limiter service token")
+)
+
+// New starts a replica: it registers in etcd (if configured), follows the
+// membership and sweeps idle state in the background until Close.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noop.NewMeterProvider()
+	}
+	if cfg.ReservationTimeout <= 0 {
+		cfg.ReservationTimeout = 10 * time.Minute
+	}
+	if cfg.Etcd != nil && cfg.AdvertiseAddr == "" {
+		return nil, errors.New("limiter: an advertise address is required to join the membership")
+	}
+	s := &Server{
+		cfg: cfg, clock: cfg.Clock, log: cfg.Logger, id: cfg.AdvertiseAddr,
+		seeding: make(map[string]*seedCall),
+		table: window.New(window.Config{
+			ReservationTimeout: cfg.ReservationTimeout,
+			Seeded:             cfg.Usage != nil,
+			// The ledger lags the limiter by unsettled reservations and the
+			// edge's flush interval: keep idle keys until both have passed.
+			Retain: 2 * cfg.ReservationTimeout,
+		}),
+	}
+	if err := s.initMetrics(); err != nil {
+		return nil, err
+	}
+	if cfg.Etcd != nil {
+		var err error
+		if s.peers, err = limitclient.New(ctx, limitclient.Config{Etcd: cfg.Etcd, DialOptions: cfg.DialOptions, Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("limiter: %w", err)
+		}
+		if s.watcher, err = ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: s.membershipChanged}); err != nil {
+			_ = s.peers.Close()
+			return nil, fmt.Errorf("limiter: %w", err)
+		}
+		if s.reg, err = ring.Register(ctx, cfg.Etcd, ring.DefaultPrefix, ring.Member{ID: s.id, Addr: cfg.AdvertiseAddr}, 0, cfg.Logger); err != nil {
+			_ = s.watcher.Close()
+			_ = s.peers.Close()
+			return nil, fmt.Errorf("limiter: %w", err)
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Go(func() { s.sweep(runCtx) })
+	return s, nil
+}
+
+func (s *Server) initMetrics() error {
+	m := s.cfg.Meter.Meter("github.com/keygate/keygate/services/limiter")
+	var err error
+	if s.decisions, err = m.Int64Counter("keygate.limiter.decisions", metric.WithUnit("{decision}"),
+		metric.WithDescription("Admission decisions made by this replica.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
+	if s.forwarded, err = m.Int64Counter("keygate.limiter.forwarded", metric.WithUnit("{item}"),
+		metric.WithDescription("Items forwarded to the replica that owns their key.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
+	if s.seeds, err = m.Int64Counter("keygate.limiter.seeds", metric.WithUnit("{key}"),
+		metric.WithDescription("Keys whose day and period totals were seeded from the usage ledger.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
+	s.allowOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "allow")))}
+	s.denyOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "deny")))}
+	return nil
+}
+
+// Register adds the limiter service to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) { limiterv1.RegisterLimiterServiceServer(r, s) }
+
+// Close deregisters the replica (revoking its lease, so its keys move at
+// once) and stops its background work.
+func (s *Server) Close() error {
+	var err error
+	if s.reg != nil {
+		err = s.reg.Close()
+	}
+	s.cancel()
+	s.wg.Wait()
+	if s.watcher != nil {
+		err = errors.Join(err, s.watcher.Close())
+	}
+	if s.peers != nil {
+		err = errors.Join(err, s.peers.Close())
+	}
+	return err
+}
+
+func (s *Server) sweep(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.table.Sweep(s.clock.Now())
+		}
+	}
+}
+
+// membershipChanged drops the state of keys this replica no longer owns,
+// so that owning one again starts from a fresh seed, not stale counters.
+func (s *Server) membershipChanged(r *ring.Ring) {
+	if s.table == nil || r.Len() == 0 {
+		return
+	}
+	s.table.Retain(func(key string) bool {
+		m, _ := r.Owner(key)
+		return m.ID == s.id
+	})
+}
+
+// local reports whether this replica decides key.
+func (s *Server) local(key string, hop bool) bool {
+	if hop || s.watcher == nil {
+		return true
+	}
+	r := s.watcher.Ring()
+	if r.Len() == 0 {
+		return true
+	}
+	m, _ := r.Owner(key)
+	return m.ID == s.id
+}
+
+func (s *Server) authorize(ctx context.Context) error {
+	if s.cfg.ServiceToken == "" {
+		return nil
+	}
+	got := auth.BearerFromIncoming(ctx)
+	if subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.ServiceToken)) != 1 {
+		return ErrUnauthenticated
+	}
+	return nil
+}
+
+func isHop(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(hopHeader)) > 0
+}
+
+func (s *Server) hopContext(ctx context.Context) context.Context {
+	ctx = metadata.AppendToOutgoingContext(ctx, hopHeader, "1")
+	if s.cfg.ServiceToken != "" {
+		ctx = auth.WithBearer(ctx, s.cfg.ServiceToken)
+	}
+	return ctx
+}
+
+// check decides items, forwarding those this replica does not own.
+func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bool) ([]*limiterv1.CheckResult, error) {
+	var req window.Request
+	for i, it := range items {
+		if err := toRequest(it, &req); err != nil {
+			return nil, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
+		}
+	}
+	out := make([]*limiterv1.CheckResult, len(items))
+	var localIdx, remoteIdx []int
+	for i, it := range items {
+		if s.local(it.GetKey(), hop) {
+			localIdx = append(localIdx, i)
+		} else {
+			remoteIdx = append(remoteIdx, i)
+		}
+	}
+	var (
+		wg        sync.WaitGroup
+		remoteErr error
+	)
+	if len(remoteIdx) > 0 {
+		wg.Go(func() {
+			sub := make([]*limiterv1.CheckItem, len(remoteIdx))
+			for j, i := range remoteIdx {
+				sub[j] = items[i]
+			}
+			s.forwarded.Add(ctx, int64(len(sub)))
+			res, err := s.peers.Check(s.hopContext(ctx), sub)
+			if err != nil {
+				remoteErr = err
+				return
+			}
+			for j, i := range remoteIdx {
+				out[i] = res[j]
+			}
+		})
+	}
+	err := s.decideLocal(ctx, items, localIdx, out)
+	wg.Wait()
+	return out, errors.Join(err, remoteErr)
+}
+
+func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, idx []int, out []*limiterv1.CheckResult) error {
+	if len(idx) == 0 {
+		return nil
+	}
+	var (
+		req   window.Request
+		d     window.Decision
+		slab  resultSlab
+		allow int64
+		deny  int64
+	)
+	pending := idx
+	for attempt := 0; len(pending) > 0; attempt++ {
+		if attempt > 0 {
+			if attempt > 3 {
+				return fmt.Errorf("%w: key kept changing owner", ErrSeed)
+			}
+			if err := s.seed(ctx, items, pending); err != nil {
+				return err
+			}
+		}
+		now := s.clock.Now()
+		var unseeded []int
+		for _, i := range pending {
+			_ = toRequest(items[i], &req) // validated by check
+			if err := s.table.Check(now, &req, &d); err != nil {
+				unseeded = append(unseeded, i)
+				continue
+			}
+			if d.Allowed {
+				allow++
+			} else {
+				deny++
+			}
+			out[i] = slab.result(items[i].GetModel(), &d, len(idx))
+		}
+		pending = unseeded
+	}
+	if allow > 0 {
+		s.decisions.Add(ctx, allow, s.allowOpts...)
+	}
+	if deny > 0 {
+		s.decisions.Add(ctx, deny, s.denyOpts...)
+	}
+	return nil
+}
+
+// resultSlab allocates the messages of a batch's results in a few blocks
+// rather than one allocation per message.
+type resultSlab struct {
+	results []limiterv1.CheckResult
+	quotas  []limiterv1.Quota
+	durs    []durationpb.Duration
+	ptrs    []*limiterv1.Quota
+}
+
+func (sl *resultSlab) result(model string, d *window.Decision, batch int) *limiterv1.CheckResult {
+	if len(sl.results) == 0 {
+		sl.results = make([]limiterv1.CheckResult, batch)
+	}
+	if len(sl.quotas) < d.N {
+		sl.quotas = make([]limiterv1.Quota, max(d.N, batch*4))
+		sl.ptrs = make([]*limiterv1.Quota, max(d.N, batch*4))
+	}
+	if len(sl.durs) < d.N+1 {
+		sl.durs = make([]durationpb.Duration, max(d.N+1, batch*5))
+	}
+	r := &sl.results[0]
+	sl.results = sl.results[1:]
+	r.Allowed = d.Allowed
+	if !d.Allowed {
+		r.DeniedBy = limiterv1.LimitKind(d.DeniedBy)
+		if d.DeniedModel {
+			r.DeniedModel = model
+		}
+		if d.RetryAfter > 0 {
+			r.RetryAfter = sl.duration(d.RetryAfter)
+		}
+	}
+	qs := sl.quotas[:d.N:d.N]
+	sl.quotas = sl.quotas[d.N:]
+	r.Quotas = sl.ptrs[:d.N:d.N]
+	sl.ptrs = sl.ptrs[d.N:]
+	for i := range d.N {
+		w := &d.Quotas[i]
+		q := &qs[i]
+		q.Kind = limiterv1.LimitKind(w.Kind)
+		if w.Model {
+			q.Model = model
+		}
+		q.Limit, q.Remaining = w.Limit, w.Remaining
+		q.ResetAfter = sl.duration(w.ResetAfter)
+		r.Quotas[i] = q
+	}
+	if d.Requests >= 0 {
+		r.Requests = r.Quotas[d.Requests]
+	}
+	if d.Tokens >= 0 {
+		r.Tokens = r.Quotas[d.Tokens]
+	}
+	return r
+}
+
+func (sl *resultSlab) duration(d time.Duration) *durationpb.Duration {
+	if len(sl.durs) == 0 {
+		sl.durs = make([]durationpb.Duration, 8)
+	}
+	p := &sl.durs[0]
+	sl.durs = sl.durs[1:]
+	p.Seconds = int64(d / time.Second)
+	p.Nanos = int32(d % time.Second)
+	return p
+}
+
+// toRequest validates an item and fills r from it without allocating.
+func toRequest(it *limiterv1.CheckItem, r *window.Request) error {
+	switch {
+	case it.GetKey() == "":
+		return errors.New("key is required")
+	case it.GetEstimatedTokens() < 0:
+		return errors.New("estimated_tokens must not be negative")
+	case it.GetEstimatedCostMicros() < 0:
+		return errors.New("estimated_cost_micros must not be negative")
+	}
+	p := it.GetPolicy()
+	*r = window.Request{
+		Key: it.GetKey(), Model: it.GetModel(), ReservationID: it.GetReservationId(),
+		Tokens: it.GetEstimatedTokens(), CostMicros: it.GetEstimatedCostMicros(),
+		TokenCap: p.GetTokenCap().GetTokens(), TokenPeriod: window.Period(p.GetTokenCap().GetResetPeriod()),
+		BudgetPeriod: window.Period(p.GetBudget().GetResetPeriod()),
+	}
+	var err error
+	if r.Global, err = limits(p.GetGlobalLimits()); err != nil {
+		return err
+	}
+	for _, ml := range p.GetModelLimits() {
+		if ml.GetModel() == r.Model {
+			if r.ModelLimits, err = limits(ml.GetLimits()); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	if r.TokenCap < 0 {
+		return errors.New("token cap must not be negative")
+	}
+	if amt := p.GetBudget().GetAmountUsd(); amt != "" {
+		var ok bool
+		if r.BudgetMicros, ok = parseMicros(amt); !ok {
+			return errors.New("budget amount_usd must be a decimal such as \"5.00\" with at most 6 decimal places")
+		}
+	}
+	return nil
+}
+
+func limits(l *typev1.Limits) (window.Limits, error) {
+	w := window.Limits{RPM: l.GetRpm(), RPD: l.GetRpd(), TPM: l.GetTpm(), TPD: l.GetTpd()}
+	if w.RPM < 0 || w.RPD < 0 || w.TPM < 0 || w.TPD < 0 {
+		return w, errors.New("limits must not be negative")
+	}
+	return w, nil
+}
+
+// parseMicros reads a non-negative decimal dollar amount with at most 6
+// decimal places as micro-dollars, without allocating.
+func parseMicros(s string) (int64, bool) {
+	var whole, frac int64
+	digits, fracDigits, dot := 0, 0, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.' && !dot:
+			dot = true
+		case c >= '0' && c <= '9':
+			if dot {
+				if fracDigits == 6 {
+					return 0, false
+				}
+				frac = frac*10 + int64(c-'0')
+				fracDigits++
+			} else {
+				if whole > (1<<62)/10_000_000 {
+					return 0, false
+				}
+				whole = whole*10 + int64(c-'0')
+				digits++
+			}
+		default:
+			return 0, false
+		}
+	}
+	if digits == 0 || (dot && fracDigits == 0) {
+		return 0, false
+	}
+	for ; fracDigits < 6; fracDigits++ {
+		frac *= 10
+	}
+	return whole*1_000_000 + frac, true
+}
+
+// seedCall is one key's seed in flight; concurrent first requests wait on
+// it.
+type seedCall struct {
+	done chan struct{}
+	err  error
+}
+
+// seed fetches the ledger totals of the keys of items[idx] in one batched
+// GetTotals call (per 256 keys) and seeds the table; keys already being
+// seeded by another call are waited for.
+func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []int) error {
+	if s.cfg.Usage == nil {
+		return fmt.Errorf("%w: no usage service", ErrSeed)
+	}
+	now := s.clock.Now()
+	type want struct {
+		key       string
+		tok, cost window.PeriodID
+		models    []string
+	}
+	var mine []want
+	var wait []*seedCall
+	calls := map[string]*seedCall{}
+	s.seedMu.Lock()
+	for _, i := range idx {
+		it := items[i]
+		key := it.GetKey()
+		if _, seen := calls[key]; seen {
+			continue
+		}
+		if c := s.seeding[key]; c != nil {
+			calls[key] = c
+			wait = append(wait, c)
+			continue
+		}
+		c := &seedCall{done: make(chan struct{})}
+		s.seeding[key], calls[key] = c, c
+		p := it.GetPolicy()
+		w := want{
+			key:  key,
+			tok:  window.PeriodOf(now, window.Period(p.GetTokenCap().GetResetPeriod())),
+			cost: window.PeriodOf(now, window.Period(p.GetBudget().GetResetPeriod())),
+		}
+		for _, ml := range p.GetModelLimits() {
+			w.models = append(w.models, ml.GetModel())
+		}
+		if it.GetModel() != "" {
+			w.models = append(w.models, it.GetModel())
+		}
+		mine = append(mine, w)
+	}
+	s.seedMu.Unlock()
+
+	if len(mine) > 0 {
+		// One caller fetches for all waiters: its cancellation must not fail
+		// them.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		var err error
+		day := now.UTC().Format(time.DateOnly)
+		dayID := window.DayOf(now)
+		for start := 0; start < len(mine) && err == nil; start += 256 {
+			chunk := mine[start:min(start+256, len(mine))]
+			req := &usagev1.GetTotalsRequest{Day: day}
+			for _, w := range chunk {
+				q := &usagev1.TotalsQuery{Key: w.key, Models: w.models}
+				if st := w.tok.Start(); !st.IsZero() {
+					q.TokenPeriodStart = timestamppb.New(st)
+				}
+				if st := w.cost.Start(); !st.IsZero() {
+					q.BudgetPeriodStart = timestamppb.New(st)
+				}
+				req.Queries = append(req.Queries, q)
+			}
+			var resp *usagev1.GetTotalsResponse
+			if resp, err = s.cfg.Usage.GetTotals(fctx, req); err != nil {
+				err = fmt.Errorf("%w: %w", ErrSeed, err)
+				break
+			}
+			byKey := map[string][]window.Totals{}
+			for _, t := range resp.GetTotals() {
+				byKey[t.GetKey()] = append(byKey[t.GetKey()], window.Totals{
+					Model: t.GetModel(), RequestsToday: t.GetRequestsToday(), TokensToday: t.GetTokensToday(),
+					PeriodTokens: t.GetPeriodTokens(), PeriodCostMicros: t.GetPeriodCostMicros(),
+				})
+			}
+			for _, w := range chunk {
+				// Zero rows after the ledger's: whatever the ledger does not
+				// know is seeded as unused.
+				tt := append(byKey[w.key], window.Totals{})
+				for _, m := range w.models {
+					tt = append(tt, window.Totals{Model: m})
+				}
+				s.table.Seed(w.key, dayID, w.tok, w.cost, tt)
+			}
+			s.seeds.Add(ctx, int64(len(chunk)))
+		}
+		cancel()
+		s.seedMu.Lock()
+		for _, w := range mine {
+			c := calls[w.key]
+			c.err = err
+			delete(s.seeding, w.key)
+			close(c.done)
+		}
+		s.seedMu.Unlock()
+		if err != nil {
+			s.log.Warn("limiter seeding failed", slog.Int("keys", len(mine)), slog.Any("error", err))
+			return err
+		}
+	}
+	for _, c := range wait {
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return c.err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// finish applies settlements or releases, forwarding those for keys this
+// replica does not own. It returns how many local ones were unknown.
+func (s *Server) finish(ctx context.Context, n int, key func(int) string, valid func(int) error,
+	local func(int) bool, forward func(ctx context.Context, idx []int) error, hop bool,
+) (int32, error) {
+	for i := range n {
+		if key(i) == "" {
+			return 0, fmt.Errorf("%w: item %d: key is required", ErrInvalid, i)
+		}
+		if err := valid(i); err != nil {
+			return 0, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
+		}
+	}
+	var unknown int32
+	var remote []int
+	for i := range n {
+		if !s.local(key(i), hop) {
+			remote = append(remote, i)
+			continue
+		}
+		if !local(i) {
+			unknown++
+		}
+	}
+	if len(remote) > 0 {
+		s.forwarded.Add(ctx, int64(len(remote)))
+		if err := forward(s.hopContext(ctx), remote); err != nil {
+			return unknown, err
+		}
+	}
+	return unknown, nil
+}
+
+func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop bool) (int32, error) {
+	return s.finish(ctx, len(st), func(i int) string { return st[i].GetKey() },
+		func(i int) error {
+			switch {
+			case st[i].GetReservationId() == "":
+				return errors.New("reservation_id is required")
+			case st[i].GetActualTokens() < 0 || st[i].GetActualCostMicros() < 0:
+				return errors.New("actual tokens and cost must not be negative")
+			}
+			return nil
+		},
+		func(i int) bool {
+			return s.table.Settle(st[i].GetKey(), st[i].GetReservationId(), st[i].GetActualTokens(), st[i].GetActualCostMicros())
+		},
+		func(ctx context.Context, idx []int) error {
+			sub := make([]*limiterv1.Settlement, len(idx))
+			for j, i := range idx {
+				sub[j] = st[i]
+			}
+			return s.peers.Settle(ctx, sub)
+		}, hop)
+}
+
+func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool) (int32, error) {
+	return s.finish(ctx, len(rs), func(i int) string { return rs[i].GetKey() },
+		func(i int) error {
+			if rs[i].GetReservationId() == "" {
+				return errors.New("reservation_id is required")
+			}
+			return nil
+		},
+		func(i int) bool { return s.table.Release(rs[i].GetKey(), rs[i].GetReservationId()) },
+		func(ctx context.Context, idx []int) error {
+			sub := make([]*limiterv1.Release, len(idx))
+			for j, i := range idx {
+				sub[j] = rs[i]
+			}
+			return s.peers.Release(ctx, sub)
+		}, hop)
+}

@@ -1,0 +1,104 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/pkg/limitclient"
+)
+
+var _ limiterv1.LimiterServiceServer = (*Server)(nil)
+
+// Check implements LimiterService.Check.
+func (s *Server) Check(ctx context.Context, req *limiterv1.CheckRequest) (*limiterv1.CheckResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	res, err := s.check(ctx, req.GetItems(), isHop(ctx))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &limiterv1.CheckResponse{Results: res}, nil
+}
+
+// CheckStream implements LimiterService.CheckStream: one response per
+// request, in order. A batch that cannot be decided gets its error in the
+// response and the stream goes on.
+func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStreamRequest, limiterv1.CheckStreamResponse]) error {
+	ctx := stream.Context()
+	if err := s.authorize(ctx); err != nil {
+		return toStatus(err)
+	}
+	hop := isHop(ctx)
+	req := &limiterv1.CheckStreamRequest{}
+	resp := &limiterv1.CheckStreamResponse{}
+	for {
+		req.Reset()
+		if err := stream.RecvMsg(req); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		resp.Reset()
+		resp.Sequence = req.GetSequence()
+		res, err := s.check(ctx, req.GetItems(), hop)
+		if err != nil {
+			resp.Error = status.Convert(toStatus(err)).Message()
+		} else {
+			resp.Results = res
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// Settle implements LimiterService.Settle.
+func (s *Server) Settle(ctx context.Context, req *limiterv1.SettleRequest) (*limiterv1.SettleResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	unknown, err := s.settle(ctx, req.GetSettlements(), isHop(ctx))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &limiterv1.SettleResponse{Unknown: unknown}, nil
+}
+
+// Release implements LimiterService.Release.
+func (s *Server) Release(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	unknown, err := s.release(ctx, req.GetReleases(), isHop(ctx))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &limiterv1.ReleaseResponse{Unknown: unknown}, nil
+}
+
+func toStatus(err error) error {
+	if _, ok := status.FromError(err); ok && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrSeed) &&
+		!errors.Is(err, ErrUnauthenticated) && !errors.Is(err, limitclient.ErrUnavailable) {
+		return err // already a status from a peer
+	}
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrSeed), errors.Is(err, limitclient.ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return status.FromContextError(err).Err()
+	default:
+		return status.Error(codes.Internal, "limiter: internal error")
+	}
+}
