@@ -16,6 +16,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -74,6 +75,8 @@ type App struct {
 	Logger    *slog.Logger
 	// Out receives the generated root token, printed once.
 	Out io.Writer
+	// SpanProcessors see every span (tests); OTLP export is configured apart.
+	SpanProcessors []sdktrace.SpanProcessor
 
 	// Bound addresses, set by Start.
 	GRPCAddr, HTTPAddr, EdgeAddr, MetricsAddr string
@@ -137,7 +140,7 @@ func (a *App) Start(ctx context.Context) error {
 	if a.tls, err = loadTransport(*c); err != nil {
 		return err
 	}
-	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure})
+	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SpanProcessors: a.SpanProcessors})
 	if err != nil {
 		return err
 	}
@@ -318,7 +321,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
-		RequestTimeout: c.RequestTimeout, Mock: mock.Options{Latency: c.MockLatency},
+		RequestTimeout: c.RequestTimeout, Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},
 	})
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)

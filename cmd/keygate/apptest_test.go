@@ -13,7 +13,7 @@ import (
 
 // MustRunApp runs `keygate up` in-process on free loopback ports with its data
 // in dir (a new temp dir when empty), and closes it at the end of the test.
-func MustRunApp(tb testing.TB, dir string, clk clock.Clock) *App {
+func MustRunApp(tb testing.TB, dir string, clk clock.Clock, opts ...func(*App)) *App {
 	tb.Helper()
 	if dir == "" {
 		dir = tb.TempDir()
@@ -28,6 +28,9 @@ func MustRunApp(tb testing.TB, dir string, clk clock.Clock) *App {
 	cfg.EtcdPeerURL = "http://" + etcdtest.FreeAddr(tb)
 	cfg.ShutdownTimeout = 10 * time.Second
 	app := &App{Config: cfg, Roles: AllRoles, EmbedEtcd: true, Clock: clk, Logger: slog.New(slog.DiscardHandler), Out: io.Discard}
+	for _, o := range opts {
+		o(app)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := app.Start(ctx); err != nil {

@@ -36,6 +36,7 @@ type Config struct {
 	DefaultMaxTokens int64
 	RequestTimeout   time.Duration
 	MockLatency      time.Duration
+	MockChunkDelay   time.Duration
 
 	// Embedded etcd member (keygate etcd, keygate up).
 	EtcdName           string
@@ -135,6 +136,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")
 	e.duration(&c.RequestTimeout, "request-timeout", 120*time.Second, "deadline of one inference request")
 	e.duration(&c.MockLatency, "mock-latency", 0, "latency the built-in mock provider adds to each answer")
+	e.duration(&c.MockChunkDelay, "mock-chunk-delay", 0, "delay between the built-in mock provider's streamed chunks")
 	e.str(&c.EtcdName, "etcd-name", "default", "name of the embedded etcd member")
 	e.str(&c.EtcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "client URL of the embedded etcd member")
 	e.str(&c.EtcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd member")

@@ -172,3 +172,5 @@ func TestServerSurface(t *testing.T) {
 	code, _, _ = rest(t, "POST", "http://"+app.HTTPAddr+"/v1/workspaces", app.Config.RootToken, big)
 	require.Equal(t, http.StatusRequestEntityTooLarge, code)
 }
+
+func stringsReader(s string) io.Reader { return bytes.NewReader([]byte(s)) }

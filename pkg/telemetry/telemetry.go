@@ -40,6 +40,9 @@ type Options struct {
 	OTLPInsecure bool
 	// SampleRatio of root traces kept; 0 means 1 (keep all).
 	SampleRatio float64
+	// SpanProcessors receive every span besides the OTLP exporter (tests
+	// record spans with sdktrace/tracetest).
+	SpanProcessors []sdktrace.SpanProcessor
 }
 
 // Telemetry holds the providers of one process.
@@ -80,6 +83,9 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
 		topts = append(topts, sdktrace.WithBatcher(te))
+	}
+	for _, sp := range o.SpanProcessors {
+		topts = append(topts, sdktrace.WithSpanProcessor(sp))
 	}
 	return &Telemetry{
 		Meter:      mp,
