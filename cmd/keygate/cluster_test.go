@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -24,7 +25,49 @@ import (
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *syncBuffer
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// addrs waits for the process's "keygate serving" log line and returns the
+// addresses it bound (every role listens on :0, so ports never collide).
+func (p *proc) addrs(t *testing.T) map[string]string {
+	t.Helper()
+	var out map[string]string
+	require.Eventually(t, func() bool {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "keygate serving" {
+				out = map[string]string{}
+				for _, k := range []string{"grpc", "http", "edge", "metrics"} {
+					if v, _ := rec[k].(string); v != "" {
+						out[k] = v
+					}
+				}
+				return true
+			}
+		}
+		return p.cmd.ProcessState != nil
+	}, 60*time.Second, 50*time.Millisecond, "%s did not start:\n%s", p.name, p.out.String())
+	require.NotNil(t, out, "%s exited:\n%s", p.name, p.out.String())
+	return out
 }
 
 type cluster struct {
@@ -37,16 +80,18 @@ type cluster struct {
 	outDir string
 }
 
-func (c *cluster) start(name string, args ...string) {
+func (c *cluster) start(name string, args ...string) *proc {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, args...)
 	cmd.Env = append(os.Environ(), c.env...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(c.t, cmd.Start(), name)
+	p := &proc{name: name, cmd: cmd, out: out}
 	c.mu.Lock()
-	c.procs = append(c.procs, &proc{name: name, cmd: cmd, out: &out})
+	c.procs = append(c.procs, p)
 	c.mu.Unlock()
+	return p
 }
 
 // stop sends SIGTERM to every process (newest first) and waits.
@@ -118,7 +163,7 @@ func TestCluster(t *testing.T) {
 		c.start("etcd-"+m.name, "etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(t.TempDir(), m.name),
 			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ","))
 	}
-	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=warn"}
+	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=info"}
 	cli := etcdtest.NewClient(t, endpoints)
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
@@ -127,29 +172,30 @@ func TestCluster(t *testing.T) {
 		return err == nil
 	}, 60*time.Second, 200*time.Millisecond, "etcd cluster")
 
-	free := func() string { return etcdtest.FreeAddr(t) }
-	ks, us := free(), free()
+	// Every role binds :0 and logs what it bound; later roles are pointed
+	// at earlier ones.
+	anyPort := "127.0.0.1:0"
 	var health []string
-	serve := func(name string, args ...string) {
-		m := free()
-		c.start(name, append([]string{"serve"}, append(args, "--metrics-addr", m)...)...)
-		health = append(health, "http://"+m+"/healthz")
+	serve := func(name string, args ...string) map[string]string {
+		a := c.start(name, append([]string{"serve"}, append(args, "--metrics-addr", anyPort)...)...).addrs(t)
+		for _, k := range []string{"metrics", "edge", "http"} {
+			if a[k] != "" {
+				health = append(health, "http://"+a[k]+"/healthz")
+			}
+		}
+		return a
 	}
-	serve("keystore", "keystore", "--grpc-addr", ks)
-	serve("usage", "usage", "--grpc-addr", us, "--keystore-addr", ks)
+	ks := serve("keystore", "keystore", "--grpc-addr", anyPort)["grpc"]
+	us := serve("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)["grpc"]
 	for i := range 2 {
-		serve(fmt.Sprintf("limiter-%d", i), "limiter", "--grpc-addr", free(), "--usage-addr", us)
+		serve(fmt.Sprintf("limiter-%d", i), "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
 	}
 	var edges []string
 	for i := range 2 {
-		e := free()
+		e := serve(fmt.Sprintf("edge-%d", i), "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["edge"]
 		edges = append(edges, "http://"+e)
-		c.start(fmt.Sprintf("edge-%d", i), "serve", "edge", "--edge-addr", e, "--keystore-addr", ks, "--usage-addr", us)
-		health = append(health, "http://"+e+"/healthz")
 	}
-	gw := free()
-	c.start("gateway", "serve", "gateway", "--http-addr", gw, "--keystore-addr", ks, "--usage-addr", us)
-	health = append(health, "http://"+gw+"/healthz")
+	gw := serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
 	for _, h := range health {
 		waitHealthy(t, h)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -132,28 +133,48 @@ func (c *Client) Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*li
 
 // Settle replaces reservations' estimates with actual usage.
 func (c *Client) Settle(ctx context.Context, s []*limiterv1.Settlement) error {
-	return route(ctx, c, len(s), func(i int) string { return s[i].GetKey() },
+	_, err := c.SettleUnknown(ctx, s)
+	return err
+}
+
+// SettleUnknown is Settle that also returns how many settlements no owner
+// knew (expired, or lost in a handoff).
+func (c *Client) SettleUnknown(ctx context.Context, s []*limiterv1.Settlement) (int32, error) {
+	var unknown atomic.Int32
+	err := route(ctx, c, len(s), func(i int) string { return s[i].GetKey() },
 		func(ctx context.Context, cl limiterv1.LimiterServiceClient, idx []int) error {
 			req := &limiterv1.SettleRequest{Settlements: make([]*limiterv1.Settlement, len(idx))}
 			for j, i := range idx {
 				req.Settlements[j] = s[i]
 			}
-			_, err := cl.Settle(ctx, req)
+			resp, err := cl.Settle(ctx, req)
+			unknown.Add(resp.GetUnknown())
 			return err
 		})
+	return unknown.Load(), err
 }
 
 // Release frees reservations whose upstream call failed.
 func (c *Client) Release(ctx context.Context, r []*limiterv1.Release) error {
-	return route(ctx, c, len(r), func(i int) string { return r[i].GetKey() },
+	_, err := c.ReleaseUnknown(ctx, r)
+	return err
+}
+
+// ReleaseUnknown is Release that also returns how many releases no owner
+// knew.
+func (c *Client) ReleaseUnknown(ctx context.Context, r []*limiterv1.Release) (int32, error) {
+	var unknown atomic.Int32
+	err := route(ctx, c, len(r), func(i int) string { return r[i].GetKey() },
 		func(ctx context.Context, cl limiterv1.LimiterServiceClient, idx []int) error {
 			req := &limiterv1.ReleaseRequest{Releases: make([]*limiterv1.Release, len(idx))}
 			for j, i := range idx {
 				req.Releases[j] = r[i]
 			}
-			_, err := cl.Release(ctx, req)
+			resp, err := cl.Release(ctx, req)
+			unknown.Add(resp.GetUnknown())
 			return err
 		})
+	return unknown.Load(), err
 }
 
 // route sends n items, grouped by owner, with call; a group whose member

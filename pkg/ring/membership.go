@@ -110,12 +110,19 @@ type WatchConfig struct {
 	Logger *slog.Logger
 	// OnChange, if set, is called with each new ring, one call at a time.
 	OnChange func(*Ring)
+	// ProgressInterval is how often the watcher asks etcd to confirm the
+	// watch is current (a progress request); a watch that stays silent
+	// for three intervals is taken as broken and the members are listed
+	// again. So a ring is never staler than about 3x this interval, even
+	// when a watch stream stalls without an error. Default 5 s.
+	ProgressInterval time.Duration
 }
 
 // Watcher follows the members under a prefix.
 type Watcher struct {
 	cfg    WatchConfig
 	ring   atomic.Pointer[Ring]
+	synced atomic.Int64 // unix nanos of the last list or watch response
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -131,6 +138,9 @@ func Watch(ctx context.Context, cfg WatchConfig) (*Watcher, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = 5 * time.Second
 	}
 	w := &Watcher{cfg: cfg}
 	members, rev, err := w.list(ctx)
@@ -163,6 +173,7 @@ func (w *Watcher) list(ctx context.Context) (map[string]string, int64, error) {
 	for _, kv := range resp.Kvs {
 		members[strings.TrimPrefix(string(kv.Key), w.cfg.Prefix)] = string(kv.Value)
 	}
+	w.synced.Store(time.Now().UnixNano())
 	return members, resp.Header.Revision, nil
 }
 
@@ -178,31 +189,17 @@ func (w *Watcher) publish(members map[string]string) {
 	}
 }
 
-// run follows the prefix from rev. On a compaction, a lost leader or a
-// closed channel it lists again and resumes from the listed revision, so
-// that no departure is ever skipped.
+// run follows the prefix from rev. On a compaction, a lost leader, a
+// closed channel or a silent watch it lists again and resumes from the
+// listed revision, so that no departure is ever skipped.
 func (w *Watcher) run(ctx context.Context, members map[string]string, rev int64) {
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		ch := w.cfg.Etcd.Watch(wctx, w.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		for resp := range ch {
-			if err := resp.Err(); err != nil {
-				w.cfg.Logger.Warn("limiter membership watch failed; listing again", slog.Any("error", err))
-				break
-			}
-			for _, ev := range resp.Events {
-				id := strings.TrimPrefix(string(ev.Kv.Key), w.cfg.Prefix)
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(members, id)
-				} else {
-					members[id] = string(ev.Kv.Value)
-				}
-			}
-			rev = resp.Header.Revision
-			if len(resp.Events) > 0 {
-				w.publish(members)
-			}
-		}
+		// From rev, not rev+1: etcd answers progress requests only for
+		// watches that start at or below its current revision, and events
+		// at rev are already in members, so applying them again is a no-op.
+		ch := w.cfg.Etcd.Watch(wctx, w.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+		rev = w.follow(wctx, ch, members, rev)
 		cancel()
 		for ctx.Err() == nil {
 			m, r, err := w.list(ctx)
@@ -215,6 +212,53 @@ func (w *Watcher) run(ctx context.Context, members map[string]string, rev int64)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// follow applies the watch's events to members until the watch fails,
+// ends, or answers no progress request for three intervals; it returns
+// the last revision seen.
+func (w *Watcher) follow(ctx context.Context, ch clientv3.WatchChan, members map[string]string, rev int64) int64 {
+	tick := time.NewTicker(w.cfg.ProgressInterval)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return rev
+		case <-tick.C:
+			if time.Since(last) > 3*w.cfg.ProgressInterval {
+				w.cfg.Logger.Warn("limiter membership watch is silent; listing again")
+				return rev
+			}
+			// The context carries the watch's metadata, so the request
+			// goes on the watch's own stream.
+			if err := w.cfg.Etcd.RequestProgress(ctx); err != nil {
+				w.cfg.Logger.Debug("limiter membership progress request failed", slog.Any("error", err))
+			}
+		case resp, ok := <-ch:
+			if !ok {
+				return rev
+			}
+			if err := resp.Err(); err != nil {
+				w.cfg.Logger.Warn("limiter membership watch failed; listing again", slog.Any("error", err))
+				return rev
+			}
+			last = time.Now()
+			w.synced.Store(last.UnixNano())
+			for _, ev := range resp.Events {
+				id := strings.TrimPrefix(string(ev.Kv.Key), w.cfg.Prefix)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(members, id)
+				} else {
+					members[id] = string(ev.Kv.Value)
+				}
+			}
+			rev = resp.Header.Revision
+			if len(resp.Events) > 0 {
+				w.publish(members)
 			}
 		}
 	}

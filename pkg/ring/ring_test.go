@@ -2,6 +2,7 @@ package ring
 
 import (
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,4 +85,22 @@ func TestMembership(t *testing.T) {
 	require.NoError(t, b.Close())
 	require.Eventually(t, func() bool { return w.Ring().Len() == 0 }, 5*time.Second, 10*time.Millisecond)
 	require.NotEmpty(t, changes)
+}
+
+// TestWatchProgress checks that a quiet watch is kept confirmed by
+// progress requests: the watcher hears from etcd without any change.
+func TestWatchProgress(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.Start(t)
+	var publishes atomic.Int32
+	w, err := Watch(t.Context(), WatchConfig{
+		Etcd: etcd.Client, Prefix: "/test/progress/", ProgressInterval: 500 * time.Millisecond,
+		OnChange: func(*Ring) { publishes.Add(1) },
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = w.Close() })
+	listed := w.synced.Load()
+	require.Eventually(t, func() bool { return w.synced.Load() > listed }, 5*time.Second, 5*time.Millisecond,
+		"a progress notification arrives on a quiet watch")
+	require.Equal(t, int32(1), publishes.Load(), "the watch was confirmed, not listed again")
 }

@@ -236,6 +236,9 @@ func parse(body []byte, ep *endpoint) (*request, *apiError) {
 		e := badRequest(msg)
 		return nil, &e
 	}
+	if k, ok := caseVariant(body); ok {
+		return fail("Unrecognized request argument '" + k + "': JSON keys are case-sensitive.")
+	}
 	switch {
 	case req.Model == "":
 		return fail("You must provide a model parameter.")
@@ -254,6 +257,34 @@ func parse(body []byte, ep *endpoint) (*request, *apiError) {
 		return fail("'stream_options' must be an object.")
 	}
 	return &req, nil
+}
+
+// requestKeys are the JSON names of request's fields.
+var requestKeys = []string{"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "messages", "prompt", "input"}
+
+// skipJSON decodes nothing; it lets caseVariant list keys without copying
+// their values.
+type skipJSON struct{}
+
+func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
+
+// caseVariant finds a top-level key that encoding/json folds onto a field of
+// request without being its exact name. Providers read keys exactly, so
+// {"model":"a","Model":"b"} would be authorised and priced as b but served
+// as a.
+func caseVariant(body []byte) (string, bool) {
+	var keys map[string]skipJSON
+	if json.Unmarshal(body, &keys) != nil {
+		return "", false
+	}
+	for k := range keys {
+		for _, f := range requestKeys {
+			if k != f && strings.EqualFold(k, f) {
+				return k, true
+			}
+		}
+	}
+	return "", false
 }
 
 func absent(raw json.RawMessage) bool {
@@ -299,6 +330,11 @@ func upstreamBody(body []byte, req *request, rt *route, ep *endpoint) ([]byte, e
 	return json.Marshal(m)
 }
 
+// maxEstimate bounds a completion estimate: far above any model's output,
+// and small enough that the sum with the prompt estimate and its cost at any
+// price stay within int64.
+const maxEstimate = 1 << 40
+
 // estimate is what Check reserves.
 type estimate struct {
 	prompt     int64
@@ -324,8 +360,11 @@ func (s *Server) estimate(req *request, ep *endpoint) estimate {
 	} else if req.MaxTokens != nil && *req.MaxTokens > 0 {
 		e.completion = *req.MaxTokens
 	}
+	// max_tokens is the client's to choose: saturate rather than let a huge
+	// value (times n) overflow into a negative reservation.
+	e.completion = min(e.completion, maxEstimate)
 	if req.N != nil && *req.N > 1 {
-		e.completion *= *req.N
+		e.completion = min(e.completion*(*req.N), maxEstimate)
 	}
 	return e
 }

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
@@ -279,16 +280,67 @@ const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 var updatableKeyFields = []string{"name", "enabled", "expire_time", "allowed_models", "labels",
 	"global_limits", "model_limits", "token_cap", "budget"}
 
-func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.UpdateKeyRequest) (*keystorev1.Key, error) {
-	mask := map[string]bool{}
-	for _, f := range req.GetUpdateMask().GetPaths() {
-		if !slices.Contains(updatableKeyFields, f) {
-			return nil, invalid("update_mask", "cannot update %q; updatable: %v", f, updatableKeyFields)
+// nestableKeyFields may be named with a sub-field ("global_limits.rpm"),
+// which changes only that sub-field: what grpc-gateway sends for a PATCH
+// body without an explicit update mask.
+var nestableKeyFields = []string{"global_limits", "token_cap", "budget"}
+
+// parseKeyMask reads update mask paths, in snake_case or the lowerCamelCase
+// REST users write, into whole fields and sub-fields per field.
+func parseKeyMask(paths []string) (whole map[string]bool, sub map[string][]string, err error) {
+	whole, sub = map[string]bool{}, map[string][]string{}
+	for _, raw := range paths {
+		f := snakeCase(raw)
+		top, rest, nested := strings.Cut(f, ".")
+		switch {
+		case !slices.Contains(updatableKeyFields, top):
+			return nil, nil, invalid("update_mask", "cannot update %q; updatable: %v", raw, updatableKeyFields)
+		case !nested:
+			whole[top] = true
+		case !slices.Contains(nestableKeyFields, top) || strings.Contains(rest, "."):
+			return nil, nil, invalid("update_mask", "cannot update %q: only %v take a sub-field", raw, nestableKeyFields)
+		default:
+			sub[top] = append(sub[top], rest)
 		}
-		mask[f] = true
 	}
-	if len(mask) == 0 {
-		return nil, invalid("update_mask", "name at least one field to update")
+	if len(whole) == 0 && len(sub) == 0 {
+		return nil, nil, invalid("update_mask", "name at least one field to update")
+	}
+	return whole, sub, nil
+}
+
+// snakeCase turns "globalLimits.rpm" into "global_limits.rpm".
+func snakeCase(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' {
+			b.WriteByte('_')
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// mergeSubfields copies the named sub-fields of src over a copy of dst.
+func mergeSubfields[M proto.Message](dst, src M, fields []string, top string) (M, error) {
+	out := proto.Clone(dst).(M)
+	om, sm := out.ProtoReflect(), src.ProtoReflect()
+	for _, f := range fields {
+		fd := om.Descriptor().Fields().ByName(protoreflect.Name(f))
+		if fd == nil {
+			return out, invalid("update_mask", "%s has no field %q", top, f)
+		}
+		om.Set(fd, sm.Get(fd))
+	}
+	return out, nil
+}
+
+func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.UpdateKeyRequest) (*keystorev1.Key, error) {
+	mask, sub, err := parseKeyMask(req.GetUpdateMask().GetPaths())
+	if err != nil {
+		return nil, err
 	}
 	patch := req.GetPatch()
 	if mask["name"] {
@@ -296,15 +348,19 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 			return nil, err
 		}
 	}
-	ks := keySettings{
-		expire: patch.GetExpireTime(), allowedModels: patch.GetAllowedModels(), labels: patch.GetLabels(),
-		global: patch.GetGlobalLimits(), modelLimits: patch.GetModelLimits(), tokenCap: patch.GetTokenCap(), budget: patch.GetBudget(),
-	}
-	if err := s.validateKeySettings(ctx, ks, mask); err != nil {
+	validate := func(ks keySettings, mask map[string]bool) error {
+		err := s.validateKeySettings(ctx, ks, mask)
 		var fe *FieldError
 		if errors.As(err, &fe) {
 			fe.Field = "patch." + fe.Field
 		}
+		return err
+	}
+	ks := keySettings{
+		expire: patch.GetExpireTime(), allowedModels: patch.GetAllowedModels(), labels: patch.GetLabels(),
+		global: patch.GetGlobalLimits(), modelLimits: patch.GetModelLimits(), tokenCap: patch.GetTokenCap(), budget: patch.GetBudget(),
+	}
+	if err := validate(ks, mask); err != nil {
 		return nil, err
 	}
 	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), req.GetEtag(), "key.update", func(k *keystorev1.Key) error {
@@ -330,8 +386,44 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 				k.Budget = normBudget(patch.GetBudget())
 			}
 		}
+		// Sub-field updates merge into the key's current value, then the
+		// merged value is validated as a whole.
+		merged := keySettings{}
+		subMask := map[string]bool{}
+		for top, fields := range sub {
+			if mask[top] {
+				continue // the whole field was named too
+			}
+			var err error
+			switch top {
+			case "global_limits":
+				merged.global, err = mergeSubfields(orEmpty(k.GetGlobalLimits()), orEmpty(patch.GetGlobalLimits()), fields, top)
+				k.GlobalLimits = merged.global
+			case "token_cap":
+				merged.tokenCap, err = mergeSubfields(orEmpty(k.GetTokenCap()), orEmpty(patch.GetTokenCap()), fields, top)
+				k.TokenCap = normCap(merged.tokenCap)
+			case "budget":
+				merged.budget, err = mergeSubfields(orEmpty(k.GetBudget()), orEmpty(patch.GetBudget()), fields, top)
+				k.Budget = normBudget(merged.budget)
+			}
+			if err != nil {
+				return err
+			}
+			subMask[top] = true
+		}
+		if len(subMask) > 0 {
+			return validate(merged, subMask)
+		}
 		return nil
 	}, nil)
+}
+
+// orEmpty returns m, or a new empty message of its type when m is nil.
+func orEmpty[M proto.Message](m M) M {
+	if m.ProtoReflect().IsValid() {
+		return m
+	}
+	return m.ProtoReflect().New().Interface().(M)
 }
 
 // modifyKey applies change to a key in a compare-and-swap loop. With an

@@ -266,16 +266,27 @@ func (s *Server) hopContext(ctx context.Context) context.Context {
 	return ctx
 }
 
-// check decides items, forwarding those this replica does not own.
-func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bool) ([]*limiterv1.CheckResult, error) {
+// check decides items, forwarding those this replica does not own. The
+// results of local decisions live in sl, so they are valid until sl is
+// reused.
+func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bool, sl *slab) ([]*limiterv1.CheckResult, error) {
 	var req window.Request
+	remote := 0
 	for i, it := range items {
 		if err := toRequest(it, &req); err != nil {
 			return nil, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
 		}
+		if !s.local(it.GetKey(), hop) {
+			remote++
+		}
 	}
-	out := make([]*limiterv1.CheckResult, len(items))
-	var localIdx, remoteIdx []int
+	out := sl.reset(len(items))
+	if remote == 0 {
+		// The common case: no index lists, no goroutine.
+		return out, s.decideLocal(ctx, items, nil, out, sl)
+	}
+	localIdx := make([]int, 0, len(items)-remote)
+	remoteIdx := make([]int, 0, remote)
 	for i, it := range items {
 		if s.local(it.GetKey(), hop) {
 			localIdx = append(localIdx, i)
@@ -287,65 +298,74 @@ func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bo
 		wg        sync.WaitGroup
 		remoteErr error
 	)
-	if len(remoteIdx) > 0 {
-		wg.Go(func() {
-			sub := make([]*limiterv1.CheckItem, len(remoteIdx))
-			for j, i := range remoteIdx {
-				sub[j] = items[i]
-			}
-			s.forwarded.Add(ctx, int64(len(sub)))
-			res, err := s.peers.Check(s.hopContext(ctx), sub)
-			if err != nil {
-				remoteErr = err
-				return
-			}
-			for j, i := range remoteIdx {
-				out[i] = res[j]
-			}
-		})
+	wg.Go(func() {
+		sub := make([]*limiterv1.CheckItem, len(remoteIdx))
+		for j, i := range remoteIdx {
+			sub[j] = items[i]
+		}
+		s.forwarded.Add(ctx, int64(len(sub)))
+		res, err := s.peers.Check(s.hopContext(ctx), sub)
+		if err != nil {
+			remoteErr = err
+			return
+		}
+		for j, i := range remoteIdx {
+			out[i] = res[j]
+		}
+	})
+	var err error
+	if len(localIdx) > 0 {
+		err = s.decideLocal(ctx, items, localIdx, out, sl)
 	}
-	err := s.decideLocal(ctx, items, localIdx, out)
 	wg.Wait()
 	return out, errors.Join(err, remoteErr)
 }
 
-func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, idx []int, out []*limiterv1.CheckResult) error {
-	if len(idx) == 0 {
-		return nil
-	}
+// decideLocal decides items[idx] (every item when idx is nil) into out.
+func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, idx []int, out []*limiterv1.CheckResult, sl *slab) error {
 	var (
-		req   window.Request
-		d     window.Decision
-		slab  resultSlab
-		allow int64
-		deny  int64
+		req      window.Request
+		d        window.Decision
+		allow    int64
+		deny     int64
+		unseeded []int
 	)
-	pending := idx
-	for attempt := 0; len(pending) > 0; attempt++ {
-		if attempt > 0 {
-			if attempt > 3 {
-				return fmt.Errorf("%w: key kept changing owner", ErrSeed)
-			}
-			if err := s.seed(ctx, items, pending); err != nil {
-				return err
-			}
+	decide := func(now time.Time, i int) {
+		_ = toRequest(items[i], &req) // validated by check
+		if err := s.table.Check(now, &req, &d); err != nil {
+			unseeded = append(unseeded, i)
+			return
 		}
-		now := s.clock.Now()
-		var unseeded []int
+		if d.Allowed {
+			allow++
+		} else {
+			deny++
+		}
+		out[i] = sl.cells[i].fill(items[i].GetModel(), &d)
+	}
+	now := s.clock.Now()
+	if idx == nil {
+		for i := range items {
+			decide(now, i)
+		}
+	} else {
+		for _, i := range idx {
+			decide(now, i)
+		}
+	}
+	for attempt := 1; len(unseeded) > 0; attempt++ {
+		if attempt > 3 {
+			return fmt.Errorf("%w: key kept changing owner", ErrSeed)
+		}
+		if err := s.seed(ctx, items, unseeded); err != nil {
+			return err
+		}
+		pending := unseeded
+		unseeded = nil
+		now = s.clock.Now()
 		for _, i := range pending {
-			_ = toRequest(items[i], &req) // validated by check
-			if err := s.table.Check(now, &req, &d); err != nil {
-				unseeded = append(unseeded, i)
-				continue
-			}
-			if d.Allowed {
-				allow++
-			} else {
-				deny++
-			}
-			out[i] = slab.result(items[i].GetModel(), &d, len(idx))
+			decide(now, i)
 		}
-		pending = unseeded
 	}
 	if allow > 0 {
 		s.decisions.Add(ctx, allow, s.allowOpts...)
@@ -356,53 +376,66 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 	return nil
 }
 
-// resultSlab allocates the messages of a batch's results in a few blocks
-// rather than one allocation per message.
-type resultSlab struct {
-	results []limiterv1.CheckResult
-	quotas  []limiterv1.Quota
-	durs    []durationpb.Duration
-	ptrs    []*limiterv1.Quota
+// slab holds the result messages of a batch: one allocation for all of
+// them, reusable from one stream message to the next (a message is
+// marshalled before Send returns).
+type slab struct {
+	cells []cell
+	out   []*limiterv1.CheckResult
 }
 
-func (sl *resultSlab) result(model string, d *window.Decision, batch int) *limiterv1.CheckResult {
-	if len(sl.results) == 0 {
-		sl.results = make([]limiterv1.CheckResult, batch)
+// maxReuse bounds the batch whose results a stream keeps for reuse.
+const maxReuse = 256
+
+// cell is the storage of one item's result.
+type cell struct {
+	res    limiterv1.CheckResult
+	quotas [window.MaxQuotas]limiterv1.Quota
+	ptrs   [window.MaxQuotas]*limiterv1.Quota
+	resets [window.MaxQuotas]durationpb.Duration
+	retry  durationpb.Duration
+}
+
+// reset makes room for n results and returns the result slice, all nil.
+func (sl *slab) reset(n int) []*limiterv1.CheckResult {
+	if cap(sl.out) < n || (n <= maxReuse && cap(sl.out) > maxReuse) {
+		sl.cells = make([]cell, n)
+		sl.out = make([]*limiterv1.CheckResult, n)
 	}
-	if len(sl.quotas) < d.N {
-		sl.quotas = make([]limiterv1.Quota, max(d.N, batch*4))
-		sl.ptrs = make([]*limiterv1.Quota, max(d.N, batch*4))
-	}
-	if len(sl.durs) < d.N+1 {
-		sl.durs = make([]durationpb.Duration, max(d.N+1, batch*5))
-	}
-	r := &sl.results[0]
-	sl.results = sl.results[1:]
+	sl.out = sl.out[:n]
+	clear(sl.out)
+	return sl.out
+}
+
+// fill sets the cell's result from d; every field is written, so a reused
+// cell carries nothing from its previous result.
+func (c *cell) fill(model string, d *window.Decision) *limiterv1.CheckResult {
+	r := &c.res
 	r.Allowed = d.Allowed
+	r.DeniedBy, r.DeniedModel, r.RetryAfter = 0, "", nil
 	if !d.Allowed {
 		r.DeniedBy = limiterv1.LimitKind(d.DeniedBy)
 		if d.DeniedModel {
 			r.DeniedModel = model
 		}
 		if d.RetryAfter > 0 {
-			r.RetryAfter = sl.duration(d.RetryAfter)
+			r.RetryAfter = setDuration(&c.retry, d.RetryAfter)
 		}
 	}
-	qs := sl.quotas[:d.N:d.N]
-	sl.quotas = sl.quotas[d.N:]
-	r.Quotas = sl.ptrs[:d.N:d.N]
-	sl.ptrs = sl.ptrs[d.N:]
+	r.Quotas = c.ptrs[:d.N:d.N]
 	for i := range d.N {
 		w := &d.Quotas[i]
-		q := &qs[i]
+		q := &c.quotas[i]
 		q.Kind = limiterv1.LimitKind(w.Kind)
+		q.Model = ""
 		if w.Model {
 			q.Model = model
 		}
 		q.Limit, q.Remaining = w.Limit, w.Remaining
-		q.ResetAfter = sl.duration(w.ResetAfter)
+		q.ResetAfter = setDuration(&c.resets[i], w.ResetAfter)
 		r.Quotas[i] = q
 	}
+	r.Requests, r.Tokens = nil, nil
 	if d.Requests >= 0 {
 		r.Requests = r.Quotas[d.Requests]
 	}
@@ -412,12 +445,7 @@ func (sl *resultSlab) result(model string, d *window.Decision, batch int) *limit
 	return r
 }
 
-func (sl *resultSlab) duration(d time.Duration) *durationpb.Duration {
-	if len(sl.durs) == 0 {
-		sl.durs = make([]durationpb.Duration, 8)
-	}
-	p := &sl.durs[0]
-	sl.durs = sl.durs[1:]
+func setDuration(p *durationpb.Duration, d time.Duration) *durationpb.Duration {
 	p.Seconds = int64(d / time.Second)
 	p.Nanos = int32(d % time.Second)
 	return p
@@ -633,9 +661,10 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 }
 
 // finish applies settlements or releases, forwarding those for keys this
-// replica does not own. It returns how many local ones were unknown.
+// replica does not own. It returns how many were unknown, here or at the
+// owners.
 func (s *Server) finish(ctx context.Context, n int, key func(int) string, valid func(int) error,
-	local func(int) bool, forward func(ctx context.Context, idx []int) error, hop bool,
+	local func(int) bool, forward func(ctx context.Context, idx []int) (int32, error), hop bool,
 ) (int32, error) {
 	for i := range n {
 		if key(i) == "" {
@@ -658,7 +687,9 @@ func (s *Server) finish(ctx context.Context, n int, key func(int) string, valid 
 	}
 	if len(remote) > 0 {
 		s.forwarded.Add(ctx, int64(len(remote)))
-		if err := forward(s.hopContext(ctx), remote); err != nil {
+		n, err := forward(s.hopContext(ctx), remote)
+		unknown += n
+		if err != nil {
 			return unknown, err
 		}
 	}
@@ -679,12 +710,12 @@ func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop boo
 		func(i int) bool {
 			return s.table.Settle(st[i].GetKey(), st[i].GetReservationId(), st[i].GetActualTokens(), st[i].GetActualCostMicros())
 		},
-		func(ctx context.Context, idx []int) error {
+		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Settlement, len(idx))
 			for j, i := range idx {
 				sub[j] = st[i]
 			}
-			return s.peers.Settle(ctx, sub)
+			return s.peers.SettleUnknown(ctx, sub)
 		}, hop)
 }
 
@@ -697,11 +728,11 @@ func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool)
 			return nil
 		},
 		func(i int) bool { return s.table.Release(rs[i].GetKey(), rs[i].GetReservationId()) },
-		func(ctx context.Context, idx []int) error {
+		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Release, len(idx))
 			for j, i := range idx {
 				sub[j] = rs[i]
 			}
-			return s.peers.Release(ctx, sub)
+			return s.peers.ReleaseUnknown(ctx, sub)
 		}, hop)
 }

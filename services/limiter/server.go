@@ -20,7 +20,10 @@ func (s *Server) Check(ctx context.Context, req *limiterv1.CheckRequest) (*limit
 	if err := s.authorize(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	res, err := s.check(ctx, req.GetItems(), isHop(ctx))
+	// A unary response is marshalled after this returns, with no hook to
+	// learn when: its results cannot be pooled.
+	var sl slab
+	res, err := s.check(ctx, req.GetItems(), isHop(ctx), &sl)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -38,6 +41,9 @@ func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStre
 	hop := isHop(ctx)
 	req := &limiterv1.CheckStreamRequest{}
 	resp := &limiterv1.CheckStreamResponse{}
+	// Send marshals resp before it returns, so the stream reuses its
+	// messages and result storage from one batch to the next.
+	var sl slab
 	for {
 		req.Reset()
 		if err := stream.RecvMsg(req); err != nil {
@@ -48,7 +54,7 @@ func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStre
 		}
 		resp.Reset()
 		resp.Sequence = req.GetSequence()
-		res, err := s.check(ctx, req.GetItems(), hop)
+		res, err := s.check(ctx, req.GetItems(), hop, &sl)
 		if err != nil {
 			resp.Error = status.Convert(toStatus(err)).Message()
 		} else {

@@ -7,16 +7,21 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/keygate/keygate/pkg/money"
 )
 
 // entry is one validated, priced record ready to store.
 type entry struct {
 	rid, ws, key, owner string
+	model               string
+	at                  int64 // record time, Unix nanoseconds
 	idKey, logKey       string
 	aggKey              string
 	val                 []byte // the marshalled log entry
@@ -32,6 +37,55 @@ type submission struct {
 type outcome struct {
 	accepted, duplicates int
 	err                  error
+}
+
+// meters are the ledger's instruments, with attribute sets bound once.
+type meters struct {
+	txns    metric.Int64Counter
+	records metric.Int64Counter
+	spend   metric.Float64Counter
+	evicted metric.Int64Counter
+	latency metric.Float64Histogram
+
+	accepted, duplicate, rejected metric.AddOption
+	reason                        map[string]metric.AddOption // eviction reason
+}
+
+func newMeters(meter metric.Meter) (*meters, error) {
+	m := &meters{
+		accepted:  metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "accepted"))),
+		duplicate: metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "duplicate"))),
+		rejected:  metric.WithAttributeSet(attribute.NewSet(attribute.String("result", "rejected"))),
+		reason: map[string]metric.AddOption{
+			"cap":       metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "cap"))),
+			"retention": metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", "retention"))),
+		},
+	}
+	var err error
+	if m.txns, err = meter.Int64Counter("keygate.usage.etcd.txns", metric.WithUnit("{txn}"),
+		metric.WithDescription("etcd write transactions by the usage ledger")); err != nil {
+		return nil, err
+	}
+	if m.records, err = meter.Int64Counter("keygate.usage.records", metric.WithUnit("{record}"),
+		metric.WithDescription("usage records by result: accepted, duplicate, rejected")); err != nil {
+		return nil, err
+	}
+	// A float: the metric API has no exact decimal. Each Add is one
+	// group's exact per-model sum in nanodollars, converted once; float64
+	// holds whole nanodollars exactly up to about 9 million USD.
+	if m.spend, err = meter.Float64Counter("keygate.usage.spend", metric.WithUnit("USD"),
+		metric.WithDescription("cost of accepted usage records by model")); err != nil {
+		return nil, err
+	}
+	if m.evicted, err = meter.Int64Counter("keygate.usage.log.evicted", metric.WithUnit("{entry}"),
+		metric.WithDescription("request log entries deleted by reason: retention, cap")); err != nil {
+		return nil, err
+	}
+	if m.latency, err = meter.Float64Histogram("keygate.usage.commit.duration", metric.WithUnit("s"),
+		metric.WithDescription("time to make one group of usage records durable")); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // aggState is what the committer knows of an aggregate: its value and the
@@ -64,44 +118,52 @@ const (
 type committer struct {
 	st  store
 	log *slog.Logger
+	m   *meters
 	in  chan *submission
+	// trim wakes the janitor to enforce the log cap after trimEvery
+	// accepted records.
+	trim      chan struct{}
+	trimEvery int64
+	// evicted is the highest watermark this replica has seen; RecordUsage
+	// refuses older records up front with it.
+	evicted atomic.Int64
 
 	// Only the run goroutine touches these.
-	aggs  map[string]aggState
-	known map[string]string // wk key -> owner already indexed
-
-	txns    metric.Int64Counter
-	records metric.Int64Counter
-	latency metric.Float64Histogram
+	aggs       map[string]aggState
+	known      map[string]string // wk key -> owner already indexed
+	wm, wmRev  int64             // the watermark and its mod revision
+	wmLoaded   bool
+	sinceTrim  int64
+	spendAttrs map[string]metric.AddOption // by model
 
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
-func newCommitter(st store, log *slog.Logger, meter metric.Meter) (*committer, error) {
+func newCommitter(st store, log *slog.Logger, m *meters, trimEvery int) *committer {
 	c := &committer{
-		st: st, log: log,
-		in:    make(chan *submission, 1024),
-		aggs:  map[string]aggState{},
-		known: map[string]string{},
-		stop:  make(chan struct{}),
-	}
-	var err error
-	if c.txns, err = meter.Int64Counter("keygate.usage.etcd.txns", metric.WithUnit("{txn}"),
-		metric.WithDescription("etcd write transactions by the usage ledger")); err != nil {
-		return nil, err
-	}
-	if c.records, err = meter.Int64Counter("keygate.usage.records", metric.WithUnit("{record}"),
-		metric.WithDescription("usage records by result: accepted, duplicate")); err != nil {
-		return nil, err
-	}
-	if c.latency, err = meter.Float64Histogram("keygate.usage.commit.duration", metric.WithUnit("s"),
-		metric.WithDescription("time to make one group of usage records durable")); err != nil {
-		return nil, err
+		st: st, log: log, m: m,
+		in:         make(chan *submission, 1024),
+		trim:       make(chan struct{}, 1),
+		trimEvery:  int64(max(trimEvery, 1)),
+		aggs:       map[string]aggState{},
+		known:      map[string]string{},
+		spendAttrs: map[string]metric.AddOption{},
+		stop:       make(chan struct{}),
 	}
 	c.wg.Add(1)
 	go c.run()
-	return c, nil
+	return c
+}
+
+// seenWatermark raises evicted to wm unless it is higher.
+func (c *committer) seenWatermark(wm int64) {
+	for {
+		cur := c.evicted.Load()
+		if cur >= wm || c.evicted.CompareAndSwap(cur, wm) {
+			return
+		}
+	}
 }
 
 var errClosed = fmt.Errorf("%w: shutting down", ErrUnavailable)
@@ -181,52 +243,110 @@ func (c *committer) commitGroup(ctx context.Context, group []*submission) {
 			}
 		}
 	}
-	stored, err := c.write(ctx, pending)
+	stored, stale, err := c.write(ctx, pending)
 	if err != nil {
 		c.log.Error("usage group commit failed", "records", len(pending), "err", err)
 	}
-	var acc, dup int64
+	var acc, dup, rej int64
 	for _, s := range group {
 		o := outcome{err: err}
-		if err == nil {
-			for _, e := range s.entries {
-				// Only the first copy of a request id in the group counts.
-				if first[e.rid] == e && stored[e] {
-					o.accepted++
-				} else {
-					o.duplicates++
+		for _, e := range s.entries {
+			// Only the first copy of a request id in the group counts.
+			switch f := first[e.rid]; {
+			case f == e && stored[e]:
+				o.accepted++
+			case stale[f]:
+				rej++
+				if o.err == nil {
+					o.err = invalidf("record %q: its time %s is at or before the newest request id evicted from the ledger (%s), so it cannot be deduplicated and is refused; if it was sent before, it was counted then",
+						e.rid, time.Unix(0, e.at).UTC().Format(time.RFC3339Nano), time.Unix(0, c.wm).UTC().Format(time.RFC3339Nano))
 				}
+			case err == nil:
+				o.duplicates++
 			}
-			acc += int64(o.accepted)
-			dup += int64(o.duplicates)
+		}
+		// The metrics count what was stored even when the answer is an
+		// error.
+		acc += int64(o.accepted)
+		dup += int64(o.duplicates)
+		if o.err != nil {
+			o.accepted, o.duplicates = 0, 0
 		}
 		s.done <- o
 	}
-	c.records.Add(ctx, acc, metric.WithAttributes(attribute.String("result", "accepted")))
-	c.records.Add(ctx, dup, metric.WithAttributes(attribute.String("result", "duplicate")))
-	c.latency.Record(ctx, time.Since(start).Seconds())
+	c.m.records.Add(ctx, acc, c.m.accepted)
+	c.m.records.Add(ctx, dup, c.m.duplicate)
+	if rej > 0 {
+		c.m.records.Add(ctx, rej, c.m.rejected)
+	}
+	c.addSpend(ctx, pending, stored)
+	c.m.latency.Record(ctx, time.Since(start).Seconds())
 	if len(c.aggs) > maxAggCache {
 		clear(c.aggs)
 	}
+	if c.sinceTrim += acc; c.sinceTrim >= c.trimEvery {
+		c.sinceTrim = 0
+		select {
+		case c.trim <- struct{}{}:
+		default:
+		}
+	}
 }
 
-// write stores entries (distinct request ids) and reports which were new.
-func (c *committer) write(ctx context.Context, pending []*entry) (map[*entry]bool, error) {
-	stored := make(map[*entry]bool, len(pending))
+// addSpend adds the exact cost of the stored records, summed per model.
+func (c *committer) addSpend(ctx context.Context, pending []*entry, stored map[*entry]bool) {
+	byModel := map[string]money.Nanos{}
+	for _, e := range pending {
+		if stored[e] {
+			byModel[e.model] += e.delta.Cost
+		}
+	}
+	for model, cost := range byModel {
+		opt, ok := c.spendAttrs[model]
+		if !ok {
+			// Models are the keystore's priced catalogue: few values.
+			opt = metric.WithAttributeSet(attribute.NewSet(attribute.String("model", model)))
+			c.spendAttrs[model] = opt
+		}
+		c.m.spend.Add(ctx, float64(cost)/1e9, opt)
+	}
+}
+
+// write stores entries (distinct request ids) and reports which were new
+// and which are at or before the eviction watermark, so neither stored nor
+// known duplicates. stored is filled even on error.
+func (c *committer) write(ctx context.Context, pending []*entry) (stored, stale map[*entry]bool, err error) {
+	stored = make(map[*entry]bool, len(pending))
+	stale = map[*entry]bool{}
 	// Records of one aggregate side by side, so each Txn carries few
 	// aggregates.
 	slices.SortStableFunc(pending, func(a, b *entry) int { return cmp.Compare(a.aggKey, b.aggKey) })
 	conflicts := 0
-	for len(pending) > 0 {
+	for {
+		if !c.wmLoaded {
+			if err := c.loadWatermark(ctx); err != nil {
+				return stored, stale, err
+			}
+		}
+		pending = slices.DeleteFunc(pending, func(e *entry) bool {
+			if e.at <= c.wm {
+				stale[e] = true
+				return true
+			}
+			return false
+		})
+		if len(pending) == 0 {
+			return stored, stale, nil
+		}
 		if err := c.loadAggs(ctx, pending); err != nil {
-			return nil, err
+			return stored, stale, err
 		}
 		n, txn, news := c.buildTxn(ctx, pending)
 		resp, err := txn.Commit()
 		if err != nil {
-			return nil, fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
+			return stored, stale, fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
 		}
-		c.txns.Add(ctx, 1)
+		c.m.txns.Add(ctx, 1)
 		chunk := pending[:n]
 		if resp.Succeeded {
 			for _, e := range chunk {
@@ -242,19 +362,29 @@ func (c *committer) write(ctx context.Context, pending []*entry) (map[*entry]boo
 			conflicts = 0
 			continue
 		}
-		// A record exists already or another replica moved an aggregate:
-		// drop the duplicates, re-read the aggregates and try again.
+		// A record exists already, another replica moved an aggregate or
+		// the janitor raised the watermark: drop the duplicates, re-read
+		// and try again.
 		conflicts++
 		if conflicts > maxConflicts {
-			return nil, fmt.Errorf("%w: %d write conflicts in a row", ErrUnavailable, conflicts)
+			return stored, stale, fmt.Errorf("%w: %d write conflicts in a row", ErrUnavailable, conflicts)
 		}
 		dups, err := c.refresh(ctx, chunk)
 		if err != nil {
-			return nil, err
+			return stored, stale, err
 		}
 		pending = slices.DeleteFunc(pending, func(e *entry) bool { return dups[e] })
 	}
-	return stored, nil
+}
+
+func (c *committer) loadWatermark(ctx context.Context) error {
+	wm, rev, err := c.st.watermark(ctx)
+	if err != nil {
+		return err
+	}
+	c.wm, c.wmRev, c.wmLoaded = wm, rev, true
+	c.seenWatermark(wm)
+	return nil
 }
 
 // loadAggs reads the aggregates that the next Txn may touch and the cache
@@ -299,7 +429,10 @@ func (c *committer) readAggs(ctx context.Context, keys []string) error {
 // entry; for each aggregate, a compare on its mod revision and a put of the
 // new total. It returns how many entries it took and the new totals.
 func (c *committer) buildTxn(ctx context.Context, pending []*entry) (int, clientv3.Txn, map[string]tally) {
-	var cmps []clientv3.Cmp
+	// Every Txn is void if the janitor evicted anything since the
+	// watermark was read: a record it checked against the old watermark
+	// might have lost its marker.
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(watermarkKey), "=", c.wmRev)}
 	var ops []clientv3.Op
 	news := map[string]tally{}
 	wk := map[string]bool{}
@@ -324,7 +457,7 @@ func (c *committer) buildTxn(ctx context.Context, pending []*entry) (int, client
 		}
 		bytes += size
 		cmps = append(cmps, clientv3.Compare(clientv3.Version(e.idKey), "=", 0))
-		ops = append(ops, clientv3.OpPut(e.idKey, e.logKey), clientv3.OpPut(e.logKey, string(e.val)))
+		ops = append(ops, clientv3.OpPut(e.idKey, ""), clientv3.OpPut(e.logKey, string(e.val)))
 		if !aggIn {
 			st := c.aggs[e.aggKey]
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.aggKey), "=", st.rev))
@@ -370,6 +503,9 @@ func (c *committer) refresh(ctx context.Context, chunk []*entry) (map[*entry]boo
 		}
 	}
 	if err := c.readAggs(ctx, aggKeys); err != nil {
+		return nil, err
+	}
+	if err := c.loadWatermark(ctx); err != nil {
 		return nil, err
 	}
 	return dups, nil

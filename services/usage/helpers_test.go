@@ -139,6 +139,8 @@ type env struct {
 	etcd *clientv3.Client
 	clk  *clock.Fake
 	ks   *testKeystore
+	ksc  keystorev1.KeystoreServiceClient
+	set  func(*Config)
 	srv  *Server
 	cli  usagev1.UsageServiceClient // no credential
 }
@@ -148,16 +150,35 @@ var t0 = time.Date(2026, 3, 11, 12, 0, 0, 0, time.UTC)
 
 func newEnv(tb testing.TB, retention time.Duration) *env {
 	tb.Helper()
+	return newEnvWith(tb, func(c *Config) { c.Retention = retention })
+}
+
+// newEnvWith is newEnv with a Config edited by set.
+func newEnvWith(tb testing.TB, set func(*Config)) *env {
+	tb.Helper()
 	cluster := etcdtest.Start(tb)
 	ks, ksc, _ := startKeystore(tb)
 	clk := clock.NewFake(t0)
-	srv, err := New(tb.Context(), Config{
-		Etcd: cluster.Client, Clock: clk, Logger: slog.New(slog.NewTextHandler(tbWriter{tb}, nil)), ServiceToken: serviceToken, Keystore: ksc, Retention: retention,
-	})
+	e := &env{etcd: cluster.Client, clk: clk, ks: ks, ksc: ksc, set: set}
+	e.srv, e.cli = e.replica(tb)
+	return e
+}
+
+// replica starts another usage server on the same etcd, keystore and clock,
+// served over its own loopback gRPC listener.
+func (e *env) replica(tb testing.TB) (*Server, usagev1.UsageServiceClient) {
+	tb.Helper()
+	cfg := Config{
+		Etcd: e.etcd, Clock: e.clk, Logger: slog.New(slog.NewTextHandler(tbWriter{tb}, nil)), ServiceToken: serviceToken, Keystore: e.ksc,
+	}
+	if e.set != nil {
+		e.set(&cfg)
+	}
+	srv, err := New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { _ = srv.Close() })
 	addr := serve(tb, func(g *grpc.Server) { srv.Register(g) })
-	return &env{etcd: cluster.Client, clk: clk, ks: ks, srv: srv, cli: usagev1.NewUsageServiceClient(dial(tb, addr))}
+	return srv, usagev1.NewUsageServiceClient(dial(tb, addr))
 }
 
 func svc(ctx context.Context) context.Context    { return auth.WithBearer(ctx, serviceToken) }

@@ -1,22 +1,37 @@
 package usage
 
 import (
+	"cmp"
+	"container/heap"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// janitorInterval is how often each replica expires old log entries and
-// rolls up old days. Both jobs are idempotent Txns, safe on every replica.
-const janitorInterval = 10 * time.Minute
+const (
+	// janitorInterval is how often each replica expires old log entries,
+	// enforces the log cap and rolls up old days. Every job is idempotent,
+	// safe on every replica.
+	janitorInterval = 10 * time.Minute
+	// evictPass bounds the victims one eviction pass holds in memory and
+	// covers with one watermark raise.
+	evictPass = 1 << 16
+	// evictTxn is how many entries one delete Txn removes: an entry and its
+	// marker are two ops.
+	evictTxn = maxTxnOps / 2
+)
 
-// maintain runs both jobs for the injected clock's now.
+// maintain runs every job for the injected clock's now.
 func (s *Server) maintain(ctx context.Context) error {
 	now := s.clk.Now()
-	if _, err := s.st.expire(ctx, now.Add(-s.retention)); err != nil {
+	if _, err := s.expire(ctx, now.Add(-s.retention)); err != nil {
+		return err
+	}
+	if _, err := s.trim(ctx); err != nil {
 		return err
 	}
 	// Keep the current and previous month as days: every reset period
@@ -26,20 +41,123 @@ func (s *Server) maintain(ctx context.Context) error {
 	return err
 }
 
+// runJanitor runs every job at start and each janitorInterval, and the cap
+// alone whenever the committer has added a slice of the cap since the last
+// trim: at 1,000 records/s a 10-minute tick alone would overshoot the cap
+// by 600,000 entries.
 func (s *Server) runJanitor(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(janitorInterval)
 	defer t.Stop()
+	job := s.maintain
 	for {
-		if err := s.maintain(ctx); err != nil && ctx.Err() == nil {
+		if err := job(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("usage janitor", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			job = s.maintain
+		case <-s.com.trim:
+			job = func(ctx context.Context) error { _, err := s.trim(ctx); return err }
 		}
 	}
+}
+
+// expire evicts log entries recorded before cutoff, and their markers.
+func (s *Server) expire(ctx context.Context, cutoff time.Time) (int, error) {
+	wss, err := s.st.workspaces(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ws := range wss {
+		end := logPrefix(ws) + logTime(cutoff)
+		for {
+			resp, err := s.st.cli.Get(ctx, logPrefix(ws), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(evictPass))
+			if err != nil {
+				return n, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
+			}
+			victims := make([]string, len(resp.Kvs))
+			for i, kv := range resp.Kvs {
+				victims[i] = string(kv.Key)
+			}
+			if err := s.evict(ctx, victims, "retention"); err != nil {
+				return n, err
+			}
+			n += len(victims)
+			if !resp.More {
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
+// trim evicts the oldest log entries, across all workspaces, beyond
+// maxLog.
+func (s *Server) trim(ctx context.Context) (int, error) {
+	resp, err := s.st.cli.Get(ctx, Prefix+"log/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
+	}
+	// Victims are read at the revision they were counted at: replicas
+	// trimming at once then pick the same oldest entries rather than each
+	// evicting the excess again.
+	rev := resp.Header.Revision
+	excess := int(resp.Count) - s.maxLog
+	n := 0
+	for excess > 0 {
+		victims, err := s.st.oldest(ctx, min(excess, evictPass), rev)
+		if err != nil {
+			return n, err
+		}
+		if len(victims) == 0 {
+			break
+		}
+		if err := s.evict(ctx, victims, "cap"); err != nil {
+			return n, err
+		}
+		n += len(victims)
+		excess -= len(victims)
+	}
+	return n, nil
+}
+
+// evict deletes log entries and their markers. It first raises the
+// watermark to the newest victim, so a marker is never gone while a retry
+// of its record could still be accepted: a crash in between leaves entries
+// under the watermark, which the next pass deletes.
+func (s *Server) evict(ctx context.Context, victims []string, reason string) error {
+	if len(victims) == 0 {
+		return nil
+	}
+	top := ""
+	for _, k := range victims {
+		if _, at, _, ok := parseLogKey(k); ok && at > top {
+			top = at
+		}
+	}
+	wm, err := s.st.raiseWatermark(ctx, top)
+	if err != nil {
+		return err
+	}
+	s.com.evicted.Store(wm)
+	for chunk := range slices.Chunk(victims, evictTxn) {
+		ops := make([]clientv3.Op, 0, 2*len(chunk))
+		for _, k := range chunk {
+			if _, _, rid, ok := parseLogKey(k); ok {
+				ops = append(ops, clientv3.OpDelete(idKey(rid)))
+			}
+			ops = append(ops, clientv3.OpDelete(k))
+		}
+		if _, err := s.st.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
+		}
+		s.com.m.evicted.Add(ctx, int64(len(chunk)), s.com.m.reason[reason])
+	}
+	return nil
 }
 
 // workspaces lists the workspaces with any usage.
@@ -65,44 +183,6 @@ func (s *store) workspaces(ctx context.Context) ([]string, error) {
 		last := out[len(out)-1]
 		from = clientv3.GetPrefixRangeEnd(p + last + "/")
 	}
-}
-
-// expire deletes log entries recorded before cutoff, and their dedup
-// markers, a Txn of up to 64 records at a time. Records older than the
-// retention are refused at RecordUsage, so a deleted marker is never needed.
-func (s *store) expire(ctx context.Context, cutoff time.Time) (int, error) {
-	wss, err := s.workspaces(ctx)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, ws := range wss {
-		end := logPrefix(ws) + logTime(cutoff)
-		for {
-			resp, err := s.cli.Get(ctx, logPrefix(ws), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(maxTxnOps/2))
-			if err != nil {
-				return n, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
-			}
-			if len(resp.Kvs) == 0 {
-				break
-			}
-			ops := make([]clientv3.Op, 0, 2*len(resp.Kvs))
-			for _, kv := range resp.Kvs {
-				if rid, ok := ridOfLogKey(string(kv.Key)); ok {
-					ops = append(ops, clientv3.OpDelete(idKey(rid)))
-				}
-				ops = append(ops, clientv3.OpDelete(string(kv.Key)))
-			}
-			if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-				return n, fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
-			}
-			n += len(resp.Kvs)
-			if !resp.More {
-				break
-			}
-		}
-	}
-	return n, nil
 }
 
 // rollup folds day aggregates of days before cutoff into month aggregates,
@@ -191,4 +271,88 @@ func (s *store) rollupOne(ctx context.Context, key, model string, month time.Tim
 		}
 	}
 	return fmt.Errorf("%w: rollup of %s kept conflicting", ErrUnavailable, mk)
+}
+
+// logCursor walks one workspace's log, oldest first.
+type logCursor struct {
+	keys     []string
+	from, to string
+	more     bool
+}
+
+func (c *logCursor) fill(ctx context.Context, cli *clientv3.Client, limit int, rev int64) error {
+	resp, err := cli.Get(ctx, c.from, clientv3.WithRange(c.to), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(limit)), clientv3.WithRev(rev))
+	if err != nil {
+		return fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
+	}
+	c.keys = c.keys[:0]
+	for _, kv := range resp.Kvs {
+		c.keys = append(c.keys, string(kv.Key))
+	}
+	c.more = resp.More && len(resp.Kvs) > 0
+	if len(resp.Kvs) > 0 {
+		c.from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	return nil
+}
+
+// headTime is the log time of the cursor's next key.
+func (c *logCursor) headTime() string {
+	_, at, _, _ := parseLogKey(c.keys[0])
+	return at
+}
+
+// logHeap orders cursors by their next key's time.
+type logHeap []*logCursor
+
+func (h logHeap) Len() int { return len(h) }
+func (h logHeap) Less(i, j int) bool {
+	return cmp.Or(cmp.Compare(h[i].headTime(), h[j].headTime()), cmp.Compare(h[i].keys[0], h[j].keys[0])) < 0
+}
+func (h logHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *logHeap) Push(x any)   { *h = append(*h, x.(*logCursor)) }
+func (h *logHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
+}
+
+// oldest returns the n oldest log keys at revision rev over every
+// workspace, oldest first: a merge of the workspaces' logs, each already in
+// time order.
+func (s *store) oldest(ctx context.Context, n int, rev int64) ([]string, error) {
+	wss, err := s.workspaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	page := min(n, 256)
+	h := make(logHeap, 0, len(wss))
+	for _, ws := range wss {
+		c := &logCursor{from: logPrefix(ws), to: clientv3.GetPrefixRangeEnd(logPrefix(ws))}
+		if err := c.fill(ctx, s.cli, page, rev); err != nil {
+			return nil, err
+		}
+		if len(c.keys) > 0 {
+			h = append(h, c)
+		}
+	}
+	heap.Init(&h)
+	out := make([]string, 0, n)
+	for len(out) < n && h.Len() > 0 {
+		c := h[0]
+		out = append(out, c.keys[0])
+		c.keys = c.keys[1:]
+		if len(c.keys) == 0 && c.more {
+			if err := c.fill(ctx, s.cli, page, rev); err != nil {
+				return nil, err
+			}
+		}
+		if len(c.keys) == 0 {
+			heap.Pop(&h)
+		} else {
+			heap.Fix(&h, 0)
+		}
+	}
+	return out, nil
 }

@@ -29,12 +29,14 @@ const (
 // whole batch before anything is written.
 func (s *Server) record(ctx context.Context, recs []*usagev1.UsageRecord) (outcome, error) {
 	if len(recs) > maxBatch {
+		s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
 		return outcome{}, invalidf("batch of %d records is over the limit of %d: split it", len(recs), maxBatch)
 	}
 	now := s.clk.Now()
 	models := map[string]price{}
 	for i, r := range recs {
 		if err := s.validate(r, now); err != nil {
+			s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
 			return outcome{}, invalidf("record %d (request id %q): %v", i, r.GetRequestId(), err)
 		}
 		models[r.GetModel()] = price{}
@@ -85,11 +87,12 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 	if l := r.GetLatency(); l != nil && (l.CheckValid() != nil || l.AsDuration() < 0) {
 		return invalidf("latency must be a valid non-negative duration")
 	}
+	t := now
 	if ts := r.GetTime(); ts != nil {
 		if err := ts.CheckValid(); err != nil {
 			return invalidf("time: %v", err)
 		}
-		t := ts.AsTime()
+		t = ts.AsTime()
 		if t.After(now.Add(maxFutureSkew)) {
 			return invalidf("time %s is in the future", t.Format(time.RFC3339))
 		}
@@ -98,6 +101,11 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 		if t.Before(now.Add(-s.retention)) {
 			return invalidf("time %s is older than the ledger's retention (%s)", t.Format(time.RFC3339), s.retention)
 		}
+	}
+	// The same holds for records older than what the log cap evicted.
+	if wm := s.com.evicted.Load(); t.UnixNano() <= wm {
+		return invalidf("time %s is at or before the newest request evicted from the ledger (%s, log capped at %d entries), so it cannot be deduplicated; if it was sent before, it was counted then",
+			t.Format(time.RFC3339Nano), time.Unix(0, wm).UTC().Format(time.RFC3339Nano), s.maxLog)
 	}
 	return nil
 }
@@ -123,6 +131,7 @@ func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
 	lk := logKey(rec.GetWorkspace(), t, rec.GetRequestId())
 	return &entry{
 		rid: rec.GetRequestId(), ws: rec.GetWorkspace(), key: rec.GetKey(), owner: rec.GetOwner(),
+		model: rec.GetModel(), at: t.UnixNano(),
 		idKey: idKey(rec.GetRequestId()), logKey: lk,
 		aggKey: dayKey(rec.GetKey(), dayStart(t), rec.GetModel()),
 		val:    val,

@@ -38,11 +38,24 @@ type Config struct {
 	Keystore keystorev1.KeystoreServiceClient
 	// Retention of the request log and of idempotency; default 7 days.
 	Retention time.Duration
+	// MaxLogEntries caps the request log (and the request ids kept for
+	// idempotency) over all workspaces; default DefaultMaxLogEntries. The
+	// oldest entries beyond it are evicted before their retention.
+	MaxLogEntries int
 }
 
 // DefaultRetention is how long request log entries (and the request ids
 // that deduplicate retries) are kept.
 const DefaultRetention = 7 * 24 * time.Hour
+
+// DefaultMaxLogEntries bounds the request log and its markers to about
+// 230 MB of etcd keys and values (see the package doc).
+const DefaultMaxLogEntries = 1_000_000
+
+// trimFraction: the janitor enforces the cap after each 1/trimFraction of
+// it accepted by a replica, so the log stays under about
+// (1 + replicas/trimFraction) x the cap.
+const trimFraction = 16
 
 // keystore is what this service asks of the keystore.
 type keystore interface {
@@ -65,6 +78,7 @@ type Server struct {
 	com       *committer
 	token     []byte
 	retention time.Duration
+	maxLog    int
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -83,6 +97,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("usage: Config.ServiceToken is required")
 	case cfg.Retention < 0:
 		return nil, errors.New("usage: Config.Retention must not be negative")
+	case cfg.MaxLogEntries < 0:
+		return nil, errors.New("usage: Config.MaxLogEntries must not be negative")
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -96,16 +112,21 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
-	st := store{cli: cfg.Etcd}
-	com, err := newCommitter(st, cfg.Logger, cfg.Meter.Meter("github.com/keygate/keygate/services/usage"))
+	if cfg.MaxLogEntries == 0 {
+		cfg.MaxLogEntries = DefaultMaxLogEntries
+	}
+	m, err := newMeters(cfg.Meter.Meter("github.com/keygate/keygate/services/usage"))
 	if err != nil {
 		return nil, fmt.Errorf("usage: metrics: %w", err)
 	}
+	st := store{cli: cfg.Etcd}
+	com := newCommitter(st, cfg.Logger, m, cfg.MaxLogEntries/trimFraction)
 	s := &Server{
 		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
 		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
 		token:     []byte(cfg.ServiceToken),
 		retention: cfg.Retention,
+		maxLog:    cfg.MaxLogEntries,
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel

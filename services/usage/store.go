@@ -46,17 +46,68 @@ func logTime(t time.Time) string {
 	return strings.Repeat("0", 19-len(s)) + s
 }
 
-// ridOfLogKey returns the request id at the end of a log key.
-func ridOfLogKey(k string) (string, bool) {
+// parseLogKey splits a log key into workspace, time (19 digits) and
+// request id.
+func parseLogKey(k string) (ws, at, rid string, ok bool) {
 	rest, ok := strings.CutPrefix(k, Prefix+"log/")
 	if !ok {
-		return "", false
+		return "", "", "", false
 	}
 	parts := strings.SplitN(rest, "/", 3)
 	if len(parts) != 3 {
-		return "", false
+		return "", "", "", false
 	}
-	return parts[2], true
+	return parts[0], parts[1], parts[2], true
+}
+
+// watermarkKey holds the log time (19 digits) of the newest log entry ever
+// evicted; a record at or before it could have lost its marker and is
+// refused.
+const watermarkKey = Prefix + "evicted"
+
+// watermark reads the watermark in nanoseconds (0 = nothing evicted yet)
+// and its mod revision (0 = absent).
+func (s *store) watermark(ctx context.Context) (int64, int64, error) {
+	resp, err := s.cli.Get(ctx, watermarkKey)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, 0, nil
+	}
+	kv := resp.Kvs[0]
+	wm, err := strconv.ParseInt(string(kv.Value), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("watermark %q: %w", kv.Value, err)
+	}
+	return wm, kv.ModRevision, nil
+}
+
+// raiseWatermark raises the watermark to at (a 19-digit log time) unless it
+// is higher already, and returns it in nanoseconds.
+func (s *store) raiseWatermark(ctx context.Context, at string) (int64, error) {
+	want, err := strconv.ParseInt(at, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("log time %q: %w", at, err)
+	}
+	for range maxConflicts {
+		cur, rev, err := s.watermark(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if cur >= want {
+			return cur, nil
+		}
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(watermarkKey), "=", rev)).
+			Then(clientv3.OpPut(watermarkKey, at)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
+		}
+		if resp.Succeeded {
+			return want, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: raising the eviction watermark kept conflicting", ErrUnavailable)
 }
 
 func aggPrefix(key string) string { return Prefix + "agg/" + key + "/" }

@@ -1,0 +1,62 @@
+package edge
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/keygate/keygate/pkg/money"
+)
+
+// FuzzParseBody feeds inference bodies to parse for each endpoint. An
+// accepted body names a model, the model is the one a provider reading the
+// body will see, its estimate is a non-negative token count with a
+// non-negative cost, and the body sent upstream is a JSON object naming the
+// upstream model. Seeds live in testdata/fuzz/FuzzParseBody.
+func FuzzParseBody(f *testing.F) {
+	s := &Server{cfg: Config{DefaultMaxTokens: 1024}}
+	price, err := money.Parse("60")
+	require.NoError(f, err)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, ep := range []*endpoint{chatEndpoint, completionEndpoint, embeddingEndpoint} {
+			req, perr := parse(body, ep)
+			if perr != nil {
+				require.Nil(t, req)
+				require.Equal(t, 400, perr.status)
+				require.NotEmpty(t, perr.msg)
+				continue
+			}
+			require.NotEmpty(t, req.Model, ep.name)
+
+			// A provider reads keys case-sensitively; the edge must authorise
+			// and price the model the provider will serve.
+			var top map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal(body, &top), ep.name)
+			var upModel string
+			require.NoError(t, json.Unmarshal(top["model"], &upModel), "%s: the provider reads no model", ep.name)
+			require.Equal(t, req.Model, upModel, "%s: the edge and the provider read different models", ep.name)
+
+			est := s.estimate(req, ep)
+			require.GreaterOrEqual(t, est.prompt, int64(0), ep.name)
+			require.GreaterOrEqual(t, est.completion, int64(0), ep.name)
+			require.GreaterOrEqual(t, est.prompt+est.completion, int64(0), "%s: estimate overflows", ep.name)
+			rt := &route{id: req.Model, upstreamModel: "upstream-model", inPrice: price, outPrice: price}
+			require.GreaterOrEqual(t, cost(rt, est.prompt, est.completion), int64(0), "%s: cost overflows", ep.name)
+
+			out, err := upstreamBody(body, req, rt, ep)
+			require.NoError(t, err, ep.name)
+			var sent struct {
+				Model         string `json:"model"`
+				StreamOptions struct {
+					IncludeUsage bool `json:"include_usage"`
+				} `json:"stream_options"`
+			}
+			require.NoError(t, json.Unmarshal(out, &sent), ep.name)
+			require.Equal(t, "upstream-model", sent.Model, ep.name)
+			if req.Stream && !ep.embed {
+				require.True(t, sent.StreamOptions.IncludeUsage, "%s: a stream must ask for usage", ep.name)
+			}
+		}
+	})
+}
