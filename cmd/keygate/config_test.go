@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -68,4 +71,11 @@ func TestRootTokenCreatedOnceAndKept(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, tok, again)
 	require.Empty(t, out2.String(), "never printed again")
+}
+
+func TestDescribe(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "NOT_FOUND: key \"x\": not found", describe(status.Error(codes.NotFound, `key "x": not found`)))
+	require.Equal(t, "INVALID_ARGUMENT: name: too long", describe(status.Error(codes.InvalidArgument, "name: too long")))
+	require.Equal(t, "plain", describe(errors.New("plain")))
 }

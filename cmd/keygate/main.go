@@ -16,7 +16,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"unicode"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/keygate/keygate/pkg/etcdembed"
 	"github.com/keygate/keygate/pkg/telemetry"
@@ -41,7 +46,7 @@ func main() {
 	stop()
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "keygate:", err)
+			fmt.Fprintln(os.Stderr, "keygate:", describe(err))
 		}
 		os.Exit(1)
 	}
@@ -113,6 +118,26 @@ func runEtcd(ctx context.Context, cfg Config, stderr io.Writer) error {
 	case err := <-srv.Err():
 		return err
 	}
+}
+
+// describe shows a server's answer as "NOT_FOUND: key … not found" rather
+// than gRPC's "rpc error: code = NotFound desc = …".
+func describe(err error) string {
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return canonicalCode(st.Code()) + ": " + st.Message()
+	}
+	return err.Error()
+}
+
+func canonicalCode(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
 }
 
 func validRole(r Role) bool {

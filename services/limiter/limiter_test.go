@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
@@ -501,4 +502,107 @@ func TestClientFailsOver(t *testing.T) {
 	require.NoError(t, reg.Close())
 	_, err = lc.Check(ctx, items)
 	require.ErrorIs(t, err, limitclient.ErrUnavailable)
+}
+
+// TestForwardedUnknown checks that settlements and releases a replica
+// forwards report the owner's unknown count back to the caller.
+func TestForwardedUnknown(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	rs := []*replica{c.start(t), c.start(t)}
+	waitMembers(t, 2, rs...)
+	lc, err := limitclient.New(t.Context(), limitclient.Config{Etcd: c.etcd.Client})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = lc.Close() })
+
+	// Enough keys that both replicas own some; each gets one reservation.
+	const keys = 16
+	var items []*limiterv1.CheckItem
+	for k := range keys {
+		items = append(items, item("key"+strconv.Itoa(k), "r", rpd(100)))
+	}
+	_, err = rs[0].client.Check(t.Context(), &limiterv1.CheckRequest{Items: items})
+	require.NoError(t, err)
+
+	settle := func(id string) []*limiterv1.Settlement {
+		var out []*limiterv1.Settlement
+		for k := range keys {
+			out = append(out, &limiterv1.Settlement{ReservationId: id, Key: "key" + strconv.Itoa(k), ActualTokens: 3})
+		}
+		return out
+	}
+	release := func(id string) []*limiterv1.Release {
+		var out []*limiterv1.Release
+		for k := range keys {
+			out = append(out, &limiterv1.Release{ReservationId: id, Key: "key" + strconv.Itoa(k)})
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		run     func() (int32, error)
+		unknown int32
+	}{
+		{"settle through a replica, unknown ids", func() (int32, error) {
+			resp, err := rs[0].client.Settle(t.Context(), &limiterv1.SettleRequest{Settlements: settle("nope")})
+			return resp.GetUnknown(), err
+		}, keys},
+		{"settle through the client, unknown ids", func() (int32, error) { return lc.SettleUnknown(t.Context(), settle("nope")) }, keys},
+		{"settle through the client, known ids", func() (int32, error) { return lc.SettleUnknown(t.Context(), settle("r")) }, 0},
+		{"release through a replica, settled ids", func() (int32, error) {
+			resp, err := rs[1].client.Release(t.Context(), &limiterv1.ReleaseRequest{Releases: release("r")})
+			return resp.GetUnknown(), err
+		}, keys},
+		{"release through the client, unknown ids", func() (int32, error) { return lc.ReleaseUnknown(t.Context(), release("nope")) }, keys},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := tt.run()
+			require.NoError(t, err)
+			require.Equal(t, tt.unknown, n)
+		})
+	}
+}
+
+// TestCheckStreamReuse checks that a stream, which reuses its result
+// storage from one message to the next, answers exactly what unary calls
+// to an identical replica answer, whatever the previous message held.
+func TestCheckStreamReuse(t *testing.T) {
+	t.Parallel()
+	_, streamAddr := standalone(t, Config{})
+	_, unaryAddr := standalone(t, Config{})
+	stream, err := dial(t, streamAddr).CheckStream(t.Context())
+	require.NoError(t, err)
+	unary := dial(t, unaryAddr)
+
+	rpm1 := &typev1.Policy{GlobalLimits: &typev1.Limits{Rpm: 1, Tpm: 1000}}
+	model1 := &typev1.Policy{ModelLimits: []*typev1.ModelLimits{{Model: "mock-small", Limits: &typev1.Limits{Rpm: 1}}}}
+	var many []*limiterv1.CheckItem
+	for i := range 300 {
+		many = append(many, item("m"+strconv.Itoa(i%7), "", rpd(100)))
+	}
+	batches := []struct {
+		name  string
+		items []*limiterv1.CheckItem
+	}{
+		{"allowed", []*limiterv1.CheckItem{item("a", "", rpm1), item("b", "", model1)}},
+		{"denied with retry", []*limiterv1.CheckItem{item("a", "", rpm1), item("b", "", model1)}},
+		{"no limits", []*limiterv1.CheckItem{item("c", "", nil), item("d", "", nil)}},
+		{"larger than reused", many},
+		{"denied after large", []*limiterv1.CheckItem{item("a", "", rpm1)}},
+		{"allowed after denied", []*limiterv1.CheckItem{item("e", "", rpd(5))}},
+	}
+	for i, b := range batches {
+		t.Run(b.name, func(t *testing.T) {
+			require.NoError(t, stream.Send(&limiterv1.CheckStreamRequest{Sequence: uint64(i), Items: b.items}))
+			got, err := stream.Recv()
+			require.NoError(t, err)
+			want, err := unary.Check(t.Context(), &limiterv1.CheckRequest{Items: b.items})
+			require.NoError(t, err)
+			require.Len(t, got.Results, len(want.Results))
+			for j := range want.Results {
+				require.True(t, proto.Equal(want.Results[j], got.Results[j]), "item %d: want %v, got %v", j, want.Results[j], got.Results[j])
+			}
+		})
+	}
 }
