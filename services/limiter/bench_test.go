@@ -48,7 +48,8 @@ func benchItems(batch, worker int) [][]*limiterv1.CheckItem {
 }
 
 // BenchmarkInProcessCheck is one decision through the service layer
-// (validation, window, result messages) without gRPC.
+// (validation, window, result messages) without gRPC: "fresh" allocates
+// the results as a unary call does, "reused" reuses them as a stream does.
 func BenchmarkInProcessCheck(b *testing.B) {
 	s, err := New(context.Background(), Config{Clock: clock.Real{}})
 	if err != nil {
@@ -57,11 +58,23 @@ func BenchmarkInProcessCheck(b *testing.B) {
 	defer s.Close()
 	items := benchItems(1, 0)[0]
 	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := s.check(ctx, items, false, &slab{}); err != nil {
-			b.Fatal(err)
+	for _, reuse := range []bool{false, true} {
+		name := "fresh"
+		if reuse {
+			name = "reused"
 		}
+		b.Run(name, func(b *testing.B) {
+			var sl slab
+			b.ReportAllocs()
+			for b.Loop() {
+				if !reuse {
+					sl = slab{}
+				}
+				if _, err := s.check(ctx, items, false, &sl); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -74,7 +87,7 @@ func (e *echo) respond(n int) []*limiterv1.CheckResult { return e.results[:n] }
 func newEcho() *echo {
 	s, _ := New(context.Background(), Config{})
 	defer s.Close()
-	res, _ := s.check(context.Background(), benchItems(10, 0)[0], false, &slab{})
+	res, _ := s.check(context.Background(), benchItems(100, 0)[0], false, &slab{})
 	return &echo{results: res}
 }
 
@@ -293,6 +306,7 @@ func BenchmarkGRPC(b *testing.B) {
 		{"stream/batch=1/streams=50", 50, 1, true},
 		{"stream/batch=10/streams=10", 10, 10, true},
 		{"stream/batch=10/streams=50", 50, 10, true},
+		{"stream/batch=100/streams=10", 10, 100, true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {

@@ -246,7 +246,12 @@ func (s *Server) authorize(ctx context.Context) error {
 	if s.cfg.ServiceToken == "" {
 		return nil
 	}
-	got := auth.BearerFromIncoming(ctx)
+	// Not auth.BearerFromIncoming: ValueFromIncomingContext reads the one
+	// header without copying all the metadata on every call.
+	var got string
+	if v := metadata.ValueFromIncomingContext(ctx, auth.Header); len(v) > 0 {
+		got = auth.ParseBearer(v[0])
+	}
 	if subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.ServiceToken)) != 1 {
 		return ErrUnauthenticated
 	}
@@ -254,8 +259,7 @@ func (s *Server) authorize(ctx context.Context) error {
 }
 
 func isHop(ctx context.Context) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	return ok && len(md.Get(hopHeader)) > 0
+	return len(metadata.ValueFromIncomingContext(ctx, hopHeader)) > 0
 }
 
 func (s *Server) hopContext(ctx context.Context) context.Context {
@@ -341,7 +345,7 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		} else {
 			deny++
 		}
-		out[i] = sl.cells[i].fill(items[i].GetModel(), &d)
+		out[i] = sl.fill(i, items[i].GetModel(), &d)
 	}
 	now := s.clock.Now()
 	if idx == nil {
@@ -376,24 +380,29 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 	return nil
 }
 
-// slab holds the result messages of a batch: one allocation for all of
-// them, reusable from one stream message to the next (a message is
-// marshalled before Send returns).
+// slab holds the result messages of a batch in a few blocks rather than
+// several allocations per result, and is reusable from one stream message
+// to the next (a message is marshalled before Send returns).
 type slab struct {
 	cells []cell
 	out   []*limiterv1.CheckResult
+	// quotas and ptrs are handed out in order, d.N per result.
+	quotas []quotaCell
+	ptrs   []*limiterv1.Quota
+	used   int
 }
 
 // maxReuse bounds the batch whose results a stream keeps for reuse.
 const maxReuse = 256
 
-// cell is the storage of one item's result.
 type cell struct {
-	res    limiterv1.CheckResult
-	quotas [window.MaxQuotas]limiterv1.Quota
-	ptrs   [window.MaxQuotas]*limiterv1.Quota
-	resets [window.MaxQuotas]durationpb.Duration
-	retry  durationpb.Duration
+	res   limiterv1.CheckResult
+	retry durationpb.Duration
+}
+
+type quotaCell struct {
+	q     limiterv1.Quota
+	reset durationpb.Duration
 }
 
 // reset makes room for n results and returns the result slice, all nil.
@@ -401,15 +410,26 @@ func (sl *slab) reset(n int) []*limiterv1.CheckResult {
 	if cap(sl.out) < n || (n <= maxReuse && cap(sl.out) > maxReuse) {
 		sl.cells = make([]cell, n)
 		sl.out = make([]*limiterv1.CheckResult, n)
+		sl.quotas, sl.ptrs = nil, nil
 	}
+	sl.used = 0
 	sl.out = sl.out[:n]
 	clear(sl.out)
 	return sl.out
 }
 
-// fill sets the cell's result from d; every field is written, so a reused
+// fill sets item i's result from d. Every field is written, so a reused
 // cell carries nothing from its previous result.
-func (c *cell) fill(model string, d *window.Decision) *limiterv1.CheckResult {
+func (sl *slab) fill(i int, model string, d *window.Decision) *limiterv1.CheckResult {
+	if sl.used+d.N > len(sl.quotas) {
+		// Sized as if the rest of the batch had as many windows as this
+		// item: batches of one policy shape take one block.
+		k := d.N * (len(sl.out) - i)
+		sl.quotas = make([]quotaCell, k)
+		sl.ptrs = make([]*limiterv1.Quota, k)
+		sl.used = 0
+	}
+	c := &sl.cells[i]
 	r := &c.res
 	r.Allowed = d.Allowed
 	r.DeniedBy, r.DeniedModel, r.RetryAfter = 0, "", nil
@@ -422,18 +442,20 @@ func (c *cell) fill(model string, d *window.Decision) *limiterv1.CheckResult {
 			r.RetryAfter = setDuration(&c.retry, d.RetryAfter)
 		}
 	}
-	r.Quotas = c.ptrs[:d.N:d.N]
-	for i := range d.N {
-		w := &d.Quotas[i]
-		q := &c.quotas[i]
+	qs := sl.quotas[sl.used : sl.used+d.N]
+	r.Quotas = sl.ptrs[sl.used : sl.used+d.N : sl.used+d.N]
+	sl.used += d.N
+	for j := range d.N {
+		w := &d.Quotas[j]
+		q := &qs[j].q
 		q.Kind = limiterv1.LimitKind(w.Kind)
 		q.Model = ""
 		if w.Model {
 			q.Model = model
 		}
 		q.Limit, q.Remaining = w.Limit, w.Remaining
-		q.ResetAfter = setDuration(&c.resets[i], w.ResetAfter)
-		r.Quotas[i] = q
+		q.ResetAfter = setDuration(&qs[j].reset, w.ResetAfter)
+		r.Quotas[j] = q
 	}
 	r.Requests, r.Tokens = nil, nil
 	if d.Requests >= 0 {
