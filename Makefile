@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build run test vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage fmt tidy
+.PHONY: all tools generate check-generated build image manifests run test vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage fmt tidy
 
 all: lint check-imports build test
 
@@ -36,6 +36,15 @@ check-generated: generate
 
 build:
 	go build -o bin/keygate ./cmd/keygate
+
+# The container image (multi-stage, static, non-root); needs a Docker engine.
+IMAGE ?= keygate:dev
+image:
+	docker build -t $(IMAGE) .
+
+# Renders every kustomize overlay and validates it offline.
+manifests:
+	.ci/validate-manifests.sh
 
 run: build
 	./bin/keygate up

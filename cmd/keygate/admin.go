@@ -525,6 +525,10 @@ func (a *admin) audit(ctx context.Context, verb string, args []string) error {
 func (a *admin) usage(ctx context.Context, verb string, args []string) error {
 	model := a.fs.String("model", "", "only this model")
 	groupBy := a.fs.String("group-by", "key", "list: key, model or owner")
+	from := a.fs.String("from", "", "series/list: first UTC day, YYYY-MM-DD (default 30 days ago)")
+	to := a.fs.String("to", "", "series/list: last UTC day, YYYY-MM-DD (default today)")
+	key := a.fs.String("key", "", "requests: only this key")
+	limit := a.fs.Int("limit", 50, "requests: most to show")
 	pos, err := a.parse(args)
 	if err != nil {
 		return err
@@ -554,7 +558,7 @@ func (a *admin) usage(ctx context.Context, verb string, args []string) error {
 		if !ok || g == 0 {
 			return fmt.Errorf("--group-by: want key, model or owner, got %q", *groupBy)
 		}
-		r, err := a.c.Usage.ListUsage(ctx, &usagev1.ListUsageRequest{Workspace: a.workspace, GroupBy: usagev1.GroupBy(g)})
+		r, err := a.c.Usage.ListUsage(ctx, &usagev1.ListUsageRequest{Workspace: a.workspace, GroupBy: usagev1.GroupBy(g), StartDate: *from, EndDate: *to})
 		if err != nil {
 			return err
 		}
@@ -566,8 +570,39 @@ func (a *admin) usage(ctx context.Context, verb string, args []string) error {
 			rows = append(rows, []string{x.GetGroup(), strconv.FormatInt(x.GetRequests(), 10), strconv.FormatInt(x.GetPromptTokens(), 10), strconv.FormatInt(x.GetCompletionTokens(), 10), x.GetSpendUsd()})
 		}
 		return a.table("GROUP\tREQUESTS\tPROMPT\tCOMPLETION\tSPEND", rows)
+	case "series":
+		if len(pos) != 1 {
+			return errors.New("usage: keygate usage series <key-id> --workspace W [--model M --from YYYY-MM-DD --to YYYY-MM-DD]")
+		}
+		r, err := a.c.Usage.GetUsageSeries(ctx, &usagev1.GetUsageSeriesRequest{Workspace: a.workspace, Key: pos[0], Model: *model, StartDate: *from, EndDate: *to})
+		if err != nil {
+			return err
+		}
+		if a.output == "json" {
+			return a.json(r)
+		}
+		rows := make([][]string, 0, len(r.GetPoints()))
+		for _, p := range r.GetPoints() {
+			rows = append(rows, []string{p.GetDay(), strconv.FormatInt(p.GetRequests(), 10), strconv.FormatInt(p.GetPromptTokens(), 10), strconv.FormatInt(p.GetCompletionTokens(), 10), p.GetSpendUsd()})
+		}
+		return a.table("DAY\tREQUESTS\tPROMPT\tCOMPLETION\tSPEND", rows)
+	case "requests":
+		r, err := a.c.Usage.ListRequests(ctx, &usagev1.ListRequestsRequest{Workspace: a.workspace, Key: *key, Model: *model, PageSize: int32(*limit)})
+		if err != nil {
+			return err
+		}
+		if a.output == "json" {
+			return a.json(r)
+		}
+		rows := make([][]string, 0, len(r.GetRequests()))
+		for _, x := range r.GetRequests() {
+			rows = append(rows, []string{x.GetTime().AsTime().UTC().Format(time.RFC3339), x.GetKey(), x.GetOwner(), x.GetModel(),
+				strconv.FormatInt(x.GetPromptTokens()+x.GetCompletionTokens(), 10), x.GetCostUsd(),
+				strings.TrimPrefix(x.GetStatus().String(), "REQUEST_STATUS_"), x.GetLatency().AsDuration().String()})
+		}
+		return a.table("TIME\tKEY\tOWNER\tMODEL\tTOKENS\tCOST\tSTATUS\tLATENCY", rows)
 	}
-	return fmt.Errorf("unknown command: usage %s (get, list)", verb)
+	return fmt.Errorf("unknown command: usage %s (get, list, series, requests)", verb)
 }
 
 func (a *admin) models(ctx context.Context, verb string, args []string) error {

@@ -147,6 +147,9 @@ func TestAdminCLI(t *testing.T) {
 		require.Contains(t, cli.ok(t, append([]string{"usage", "get", keyID}, ws...)...), "REQUESTS")
 		u := cli.jsonOut(t, append([]string{"usage", "get", keyID}, ws...)...)
 		require.NotEmpty(t, u["day"])
+		require.Contains(t, cli.ok(t, append([]string{"usage", "series", keyID}, ws...)...), "DAY")
+		require.Contains(t, cli.ok(t, append([]string{"usage", "list", "--group-by", "model"}, ws...)...), "GROUP")
+		require.Contains(t, cli.ok(t, append([]string{"usage", "requests", "--key", keyID}, ws...)...), "LATENCY")
 		events := cli.jsonOut(t, append([]string{"audit", "list"}, ws...)...)["events"].([]any)
 		actions := map[string]bool{}
 		for _, e := range events {

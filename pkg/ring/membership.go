@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
 
 // Registration keeps one member registered under a lease until Close.
@@ -194,7 +196,11 @@ func (w *Watcher) publish(members map[string]string) {
 // listed revision, so that no departure is ever skipped.
 func (w *Watcher) run(ctx context.Context, members map[string]string, rev int64) {
 	for ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		// Its own metadata gives this watch its own gRPC stream: etcd
+		// answers a progress request only when every watch on the stream
+		// is current, so another package's lagging watch cannot mute ours.
+		wctx := metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(ctx), "x-keygate-ring-watch", w.cfg.Prefix)
+		wctx, cancel := context.WithCancel(wctx)
 		// From rev, not rev+1: etcd answers progress requests only for
 		// watches that start at or below its current revision, and events
 		// at rev are already in members, so applying them again is a no-op.
@@ -204,8 +210,12 @@ func (w *Watcher) run(ctx context.Context, members map[string]string, rev int64)
 		for ctx.Err() == nil {
 			m, r, err := w.list(ctx)
 			if err == nil {
+				// A silent watch in a quiet cluster lists the same members:
+				// do not make OnChange rescan for nothing.
+				if !maps.Equal(members, m) {
+					w.publish(m)
+				}
 				members, rev = m, r
-				w.publish(members)
 				break
 			}
 			w.cfg.Logger.Warn("limiter membership list failed", slog.Any("error", err))
