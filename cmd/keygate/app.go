@@ -397,7 +397,7 @@ func (a *App) startEmbeddedEtcd(ctx context.Context) error {
 	}
 	srv, err := etcdembed.Start(ctx, etcdembed.Config{
 		Name: c.EtcdName, DataDir: dir, ClientURL: c.EtcdClientURL, PeerURL: c.EtcdPeerURL,
-		ListenClientURL: c.EtcdListenClient, ListenPeerURL: c.EtcdListenPeer,
+		ListenClientURL: c.EtcdListenClient, ListenPeerURL: c.EtcdListenPeer, LogLevel: c.EtcdLogLevel,
 		InitialCluster: c.EtcdInitialCluster, Existing: c.EtcdExisting,
 	})
 	if err != nil {

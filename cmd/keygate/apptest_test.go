@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"testing"
@@ -27,6 +28,8 @@ func MustRunApp(tb testing.TB, dir string, clk clock.Clock, opts ...func(*App)) 
 	cfg.EtcdClientURL = "http://127.0.0.1:0"
 	cfg.EtcdPeerURL = "http://" + etcdtest.FreeAddr(tb)
 	cfg.ShutdownTimeout = 10 * time.Second
+	// etcd logs its listeners closing as errors; tests need not see that.
+	cfg.EtcdLogLevel = "fatal"
 	app := &App{Config: cfg, Roles: AllRoles, EmbedEtcd: true, Clock: clk, Logger: slog.New(slog.DiscardHandler), Out: io.Discard}
 	for _, o := range opts {
 		o(app)
@@ -40,3 +43,5 @@ func MustRunApp(tb testing.TB, dir string, clk clock.Clock, opts ...func(*App)) 
 	tb.Cleanup(func() { _ = app.Close() })
 	return app
 }
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }

@@ -46,6 +46,7 @@ type Config struct {
 	EtcdExisting       bool
 	EtcdListenClient   string
 	EtcdListenPeer     string
+	EtcdLogLevel       string
 
 	// SSO: OIDC ID tokens from one issuer authenticate console users.
 	OIDCIssuer   string
@@ -144,6 +145,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.boolean(&c.EtcdExisting, "etcd-existing", false, "join a running cluster instead of forming a new one")
 	e.str(&c.EtcdListenClient, "etcd-listen-client-url", "", "client URL to bind when it differs from --etcd-client-url, e.g. http://0.0.0.0:2379")
 	e.str(&c.EtcdListenPeer, "etcd-listen-peer-url", "", "peer URL to bind when it differs from --etcd-peer-url")
+	e.str(&c.EtcdLogLevel, "etcd-log-level", "error", "level of the embedded etcd member's own logs: debug, info, warn, error, panic or fatal")
 	e.str(&c.OIDCIssuer, "oidc-issuer", "", "issuer (iss) of trusted OIDC ID tokens; empty disables SSO sign-in")
 	e.str(&c.OIDCAudience, "oidc-audience", "", "audience (aud) the ID tokens must carry: the console's client id")
 	e.str(&c.OIDCJWKSFile, "oidc-jwks-file", "", "the issuer's JSON Web Key Set, as a file")

@@ -104,7 +104,7 @@ func runEtcd(ctx context.Context, cfg Config, stderr io.Writer) error {
 	log := telemetry.NewLogger(stderr, cfg.LogLevel)
 	srv, err := etcdembed.Start(ctx, etcdembed.Config{
 		Name: cfg.EtcdName, DataDir: filepath.Join(cfg.DataDir, "etcd"), ClientURL: cfg.EtcdClientURL,
-		PeerURL: cfg.EtcdPeerURL, ListenClientURL: cfg.EtcdListenClient, ListenPeerURL: cfg.EtcdListenPeer,
+		PeerURL: cfg.EtcdPeerURL, ListenClientURL: cfg.EtcdListenClient, ListenPeerURL: cfg.EtcdListenPeer, LogLevel: cfg.EtcdLogLevel,
 		InitialCluster: cfg.EtcdInitialCluster, Existing: cfg.EtcdExisting,
 	})
 	if err != nil {

@@ -30,6 +30,7 @@ func Start(tb testing.TB) *Cluster {
 		DataDir:   tb.TempDir(),
 		ClientURL: "http://127.0.0.1:0",
 		PeerURL:   "http://" + FreeAddr(tb),
+		LogLevel:  "fatal", // closing listeners log as errors
 	})
 	if err != nil {
 		tb.Fatalf("etcdtest: %v", err)
