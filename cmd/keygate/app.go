@@ -298,7 +298,7 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	if !a.has(RoleEdge) && !a.has(RoleGateway) {
 		// gRPC-only roles still answer /metrics and /healthz over HTTP.
-		if a.MetricsAddr, err = a.serveHTTP("metrics", c.MetricsAddr, healthz(), 10*time.Second); err != nil {
+		if a.MetricsAddr, err = a.serveHTTP("metrics", c.MetricsAddr, healthz(a.health), 10*time.Second); err != nil {
 			return err
 		}
 	}
@@ -506,10 +506,20 @@ func (a *App) goBackground(f func()) {
 	go func() { defer a.bg.Done(); f() }()
 }
 
-func healthz() http.Handler {
+// healthz answers what the gRPC health service says of the whole server,
+// so that an HTTP probe (e.g. when gRPC needs TLS) sees the same state.
+func healthz(h *health.Server) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		if h != nil {
+			resp, err := h.Check(r.Context(), &healthpb.HealthCheckRequest{})
+			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, `{"status":"NOT_SERVING"}`)
+				return
+			}
+		}
 		_, _ = io.WriteString(w, `{"status":"SERVING"}`)
 	})
 	return mux
