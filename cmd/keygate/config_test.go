@@ -3,12 +3,15 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 )
 
@@ -78,4 +81,20 @@ func TestDescribe(t *testing.T) {
 	require.Equal(t, "NOT_FOUND: key \"x\": not found", describe(status.Error(codes.NotFound, `key "x": not found`)))
 	require.Equal(t, "INVALID_ARGUMENT: name: too long", describe(status.Error(codes.InvalidArgument, "name: too long")))
 	require.Equal(t, "plain", describe(errors.New("plain")))
+}
+
+func TestHealthzFollowsGRPCHealth(t *testing.T) {
+	t.Parallel()
+	h := health.NewServer()
+	srv := httptest.NewServer(healthz(h))
+	defer srv.Close()
+	get := func() int {
+		resp, err := http.Get(srv.URL + "/healthz")
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, get())
+	h.Shutdown() // what Close does first
+	require.Equal(t, http.StatusServiceUnavailable, get())
 }
