@@ -282,7 +282,7 @@ func (x WatchKeyChangesResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchKeyChangesResponse_Type.Descriptor instead.
 func (WatchKeyChangesResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{37, 0}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40, 0}
 }
 
 type Workspace struct {
@@ -2587,6 +2587,146 @@ func (x *VerifyKeyResponse) GetSecretExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+type KeyUse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyUse) Reset() {
+	*x = KeyUse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyUse) ProtoMessage() {}
+
+func (x *KeyUse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyUse.ProtoReflect.Descriptor instead.
+func (*KeyUse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *KeyUse) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *KeyUse) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyUse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+type RecordKeyUseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uses          []*KeyUse              `protobuf:"bytes,1,rep,name=uses,proto3" json:"uses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordKeyUseRequest) Reset() {
+	*x = RecordKeyUseRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordKeyUseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordKeyUseRequest) ProtoMessage() {}
+
+func (x *RecordKeyUseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordKeyUseRequest.ProtoReflect.Descriptor instead.
+func (*RecordKeyUseRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RecordKeyUseRequest) GetUses() []*KeyUse {
+	if x != nil {
+		return x.Uses
+	}
+	return nil
+}
+
+type RecordKeyUseResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordKeyUseResponse) Reset() {
+	*x = RecordKeyUseResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordKeyUseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordKeyUseResponse) ProtoMessage() {}
+
+func (x *RecordKeyUseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordKeyUseResponse.ProtoReflect.Descriptor instead.
+func (*RecordKeyUseResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{38}
+}
+
 type WatchKeyChangesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2595,7 +2735,7 @@ type WatchKeyChangesRequest struct {
 
 func (x *WatchKeyChangesRequest) Reset() {
 	*x = WatchKeyChangesRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2747,7 @@ func (x *WatchKeyChangesRequest) String() string {
 func (*WatchKeyChangesRequest) ProtoMessage() {}
 
 func (x *WatchKeyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2760,7 @@ func (x *WatchKeyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchKeyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{36}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{39}
 }
 
 type WatchKeyChangesResponse struct {
@@ -2634,7 +2774,7 @@ type WatchKeyChangesResponse struct {
 
 func (x *WatchKeyChangesResponse) Reset() {
 	*x = WatchKeyChangesResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2786,7 @@ func (x *WatchKeyChangesResponse) String() string {
 func (*WatchKeyChangesResponse) ProtoMessage() {}
 
 func (x *WatchKeyChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2799,7 @@ func (x *WatchKeyChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyChangesResponse.ProtoReflect.Descriptor instead.
 func (*WatchKeyChangesResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{37}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchKeyChangesResponse) GetType() WatchKeyChangesResponse_Type {
@@ -2692,7 +2832,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2844,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2857,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{38}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateProviderRequest) GetProvider() *Provider {
@@ -2736,7 +2876,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2888,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2901,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{39}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -2779,7 +2919,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2791,7 +2931,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2804,7 +2944,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
 }
 
 type ListProvidersResponse struct {
@@ -2816,7 +2956,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +2968,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +2981,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{41}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -2860,7 +3000,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2872,7 +3012,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2885,7 +3025,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{42}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteProviderRequest) GetProvider() string {
@@ -2903,7 +3043,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +3055,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +3068,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
 }
 
 type CreateModelRequest struct {
@@ -2940,7 +3080,7 @@ type CreateModelRequest struct {
 
 func (x *CreateModelRequest) Reset() {
 	*x = CreateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2952,7 +3092,7 @@ func (x *CreateModelRequest) String() string {
 func (*CreateModelRequest) ProtoMessage() {}
 
 func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2965,7 +3105,7 @@ func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelRequest.ProtoReflect.Descriptor instead.
 func (*CreateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CreateModelRequest) GetModel() *Model {
@@ -2984,7 +3124,7 @@ type CreateModelResponse struct {
 
 func (x *CreateModelResponse) Reset() {
 	*x = CreateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3136,7 @@ func (x *CreateModelResponse) String() string {
 func (*CreateModelResponse) ProtoMessage() {}
 
 func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3149,7 @@ func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelResponse.ProtoReflect.Descriptor instead.
 func (*CreateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateModelResponse) GetModel() *Model {
@@ -3028,7 +3168,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3040,7 +3180,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3053,7 +3193,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetModelRequest) GetModel() string {
@@ -3072,7 +3212,7 @@ type GetModelResponse struct {
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3084,7 +3224,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3097,7 +3237,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetModelResponse) GetModel() *Model {
@@ -3115,7 +3255,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3267,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3280,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
 }
 
 type ListModelsResponse struct {
@@ -3152,7 +3292,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3164,7 +3304,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3317,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -3198,7 +3338,7 @@ type UpdateModelRequest struct {
 
 func (x *UpdateModelRequest) Reset() {
 	*x = UpdateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +3350,7 @@ func (x *UpdateModelRequest) String() string {
 func (*UpdateModelRequest) ProtoMessage() {}
 
 func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +3363,7 @@ func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelRequest.ProtoReflect.Descriptor instead.
 func (*UpdateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UpdateModelRequest) GetModel() string {
@@ -3256,7 +3396,7 @@ type UpdateModelResponse struct {
 
 func (x *UpdateModelResponse) Reset() {
 	*x = UpdateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3408,7 @@ func (x *UpdateModelResponse) String() string {
 func (*UpdateModelResponse) ProtoMessage() {}
 
 func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3421,7 @@ func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelResponse.ProtoReflect.Descriptor instead.
 func (*UpdateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UpdateModelResponse) GetModel() *Model {
@@ -3300,7 +3440,7 @@ type DeleteModelRequest struct {
 
 func (x *DeleteModelRequest) Reset() {
 	*x = DeleteModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3452,7 @@ func (x *DeleteModelRequest) String() string {
 func (*DeleteModelRequest) ProtoMessage() {}
 
 func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3465,7 @@ func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelRequest.ProtoReflect.Descriptor instead.
 func (*DeleteModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeleteModelRequest) GetModel() string {
@@ -3343,7 +3483,7 @@ type DeleteModelResponse struct {
 
 func (x *DeleteModelResponse) Reset() {
 	*x = DeleteModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3355,7 +3495,7 @@ func (x *DeleteModelResponse) String() string {
 func (*DeleteModelResponse) ProtoMessage() {}
 
 func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3508,7 @@ func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelResponse.ProtoReflect.Descriptor instead.
 func (*DeleteModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{56}
 }
 
 type ListAuditEventsRequest struct {
@@ -3384,7 +3524,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3396,7 +3536,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3409,7 +3549,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListAuditEventsRequest) GetWorkspace() string {
@@ -3450,7 +3590,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3462,7 +3602,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3475,7 +3615,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -3682,7 +3822,14 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x06secret\x18\x01 \x01(\tR\x06secret\"\x89\x01\n" +
 	"\x11VerifyKeyResponse\x12*\n" +
 	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\x12H\n" +
-	"\x12secret_expire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTime\"\x18\n" +
+	"\x12secret_expire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTime\"h\n" +
+	"\x06KeyUse\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"F\n" +
+	"\x13RecordKeyUseRequest\x12/\n" +
+	"\x04uses\x18\x01 \x03(\v2\x1b.keygate.keystore.v1.KeyUseR\x04uses\"\x16\n" +
+	"\x14RecordKeyUseResponse\"\x18\n" +
 	"\x16WatchKeyChangesRequest\"\xf3\x01\n" +
 	"\x17WatchKeyChangesResponse\x12E\n" +
 	"\x04type\x18\x01 \x01(\x0e21.keygate.keystore.v1.WatchKeyChangesResponse.TypeR\x04type\x12\x10\n" +
@@ -3754,7 +3901,7 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_DISABLED\x10\x02\x12\x15\n" +
-	"\x11KEY_STATE_EXPIRED\x10\x032\xae\x13\n" +
+	"\x11KEY_STATE_EXPIRED\x10\x032\x93\x14\n" +
 	"\x0fKeystoreService\x12l\n" +
 	"\x0fCreateWorkspace\x12+.keygate.keystore.v1.CreateWorkspaceRequest\x1a,.keygate.keystore.v1.CreateWorkspaceResponse\x12c\n" +
 	"\fGetWorkspace\x12(.keygate.keystore.v1.GetWorkspaceRequest\x1a).keygate.keystore.v1.GetWorkspaceResponse\x12i\n" +
@@ -3771,7 +3918,8 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\tRotateKey\x12%.keygate.keystore.v1.RotateKeyRequest\x1a&.keygate.keystore.v1.RotateKeyResponse\x12Z\n" +
 	"\tExpireKey\x12%.keygate.keystore.v1.ExpireKeyRequest\x1a&.keygate.keystore.v1.ExpireKeyResponse\x12Z\n" +
 	"\tVerifyKey\x12%.keygate.keystore.v1.VerifyKeyRequest\x1a&.keygate.keystore.v1.VerifyKeyResponse\x12n\n" +
-	"\x0fWatchKeyChanges\x12+.keygate.keystore.v1.WatchKeyChangesRequest\x1a,.keygate.keystore.v1.WatchKeyChangesResponse0\x01\x12i\n" +
+	"\x0fWatchKeyChanges\x12+.keygate.keystore.v1.WatchKeyChangesRequest\x1a,.keygate.keystore.v1.WatchKeyChangesResponse0\x01\x12c\n" +
+	"\fRecordKeyUse\x12(.keygate.keystore.v1.RecordKeyUseRequest\x1a).keygate.keystore.v1.RecordKeyUseResponse\x12i\n" +
 	"\x0eCreateProvider\x12*.keygate.keystore.v1.CreateProviderRequest\x1a+.keygate.keystore.v1.CreateProviderResponse\x12f\n" +
 	"\rListProviders\x12).keygate.keystore.v1.ListProvidersRequest\x1a*.keygate.keystore.v1.ListProvidersResponse\x12i\n" +
 	"\x0eDeleteProvider\x12*.keygate.keystore.v1.DeleteProviderRequest\x1a+.keygate.keystore.v1.DeleteProviderResponse\x12`\n" +
@@ -3797,7 +3945,7 @@ func file_keygate_keystore_v1_keystore_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_keygate_keystore_v1_keystore_proto_goTypes = []any{
 	(Role)(0),                         // 0: keygate.keystore.v1.Role
 	(WorkspaceKind)(0),                // 1: keygate.keystore.v1.WorkspaceKind
@@ -3840,154 +3988,161 @@ var file_keygate_keystore_v1_keystore_proto_goTypes = []any{
 	(*ExpireKeyResponse)(nil),         // 38: keygate.keystore.v1.ExpireKeyResponse
 	(*VerifyKeyRequest)(nil),          // 39: keygate.keystore.v1.VerifyKeyRequest
 	(*VerifyKeyResponse)(nil),         // 40: keygate.keystore.v1.VerifyKeyResponse
-	(*WatchKeyChangesRequest)(nil),    // 41: keygate.keystore.v1.WatchKeyChangesRequest
-	(*WatchKeyChangesResponse)(nil),   // 42: keygate.keystore.v1.WatchKeyChangesResponse
-	(*CreateProviderRequest)(nil),     // 43: keygate.keystore.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil),    // 44: keygate.keystore.v1.CreateProviderResponse
-	(*ListProvidersRequest)(nil),      // 45: keygate.keystore.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),     // 46: keygate.keystore.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),     // 47: keygate.keystore.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),    // 48: keygate.keystore.v1.DeleteProviderResponse
-	(*CreateModelRequest)(nil),        // 49: keygate.keystore.v1.CreateModelRequest
-	(*CreateModelResponse)(nil),       // 50: keygate.keystore.v1.CreateModelResponse
-	(*GetModelRequest)(nil),           // 51: keygate.keystore.v1.GetModelRequest
-	(*GetModelResponse)(nil),          // 52: keygate.keystore.v1.GetModelResponse
-	(*ListModelsRequest)(nil),         // 53: keygate.keystore.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),        // 54: keygate.keystore.v1.ListModelsResponse
-	(*UpdateModelRequest)(nil),        // 55: keygate.keystore.v1.UpdateModelRequest
-	(*UpdateModelResponse)(nil),       // 56: keygate.keystore.v1.UpdateModelResponse
-	(*DeleteModelRequest)(nil),        // 57: keygate.keystore.v1.DeleteModelRequest
-	(*DeleteModelResponse)(nil),       // 58: keygate.keystore.v1.DeleteModelResponse
-	(*ListAuditEventsRequest)(nil),    // 59: keygate.keystore.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),   // 60: keygate.keystore.v1.ListAuditEventsResponse
-	nil,                               // 61: keygate.keystore.v1.Key.LabelsEntry
-	nil,                               // 62: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 63: google.protobuf.Timestamp
-	(*v1.Limits)(nil),                 // 64: keygate.type.v1.Limits
-	(*v1.ModelLimits)(nil),            // 65: keygate.type.v1.ModelLimits
-	(*v1.TokenCap)(nil),               // 66: keygate.type.v1.TokenCap
-	(*v1.Budget)(nil),                 // 67: keygate.type.v1.Budget
-	(*fieldmaskpb.FieldMask)(nil),     // 68: google.protobuf.FieldMask
+	(*KeyUse)(nil),                    // 41: keygate.keystore.v1.KeyUse
+	(*RecordKeyUseRequest)(nil),       // 42: keygate.keystore.v1.RecordKeyUseRequest
+	(*RecordKeyUseResponse)(nil),      // 43: keygate.keystore.v1.RecordKeyUseResponse
+	(*WatchKeyChangesRequest)(nil),    // 44: keygate.keystore.v1.WatchKeyChangesRequest
+	(*WatchKeyChangesResponse)(nil),   // 45: keygate.keystore.v1.WatchKeyChangesResponse
+	(*CreateProviderRequest)(nil),     // 46: keygate.keystore.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),    // 47: keygate.keystore.v1.CreateProviderResponse
+	(*ListProvidersRequest)(nil),      // 48: keygate.keystore.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),     // 49: keygate.keystore.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),     // 50: keygate.keystore.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),    // 51: keygate.keystore.v1.DeleteProviderResponse
+	(*CreateModelRequest)(nil),        // 52: keygate.keystore.v1.CreateModelRequest
+	(*CreateModelResponse)(nil),       // 53: keygate.keystore.v1.CreateModelResponse
+	(*GetModelRequest)(nil),           // 54: keygate.keystore.v1.GetModelRequest
+	(*GetModelResponse)(nil),          // 55: keygate.keystore.v1.GetModelResponse
+	(*ListModelsRequest)(nil),         // 56: keygate.keystore.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),        // 57: keygate.keystore.v1.ListModelsResponse
+	(*UpdateModelRequest)(nil),        // 58: keygate.keystore.v1.UpdateModelRequest
+	(*UpdateModelResponse)(nil),       // 59: keygate.keystore.v1.UpdateModelResponse
+	(*DeleteModelRequest)(nil),        // 60: keygate.keystore.v1.DeleteModelRequest
+	(*DeleteModelResponse)(nil),       // 61: keygate.keystore.v1.DeleteModelResponse
+	(*ListAuditEventsRequest)(nil),    // 62: keygate.keystore.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),   // 63: keygate.keystore.v1.ListAuditEventsResponse
+	nil,                               // 64: keygate.keystore.v1.Key.LabelsEntry
+	nil,                               // 65: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 66: google.protobuf.Timestamp
+	(*v1.Limits)(nil),                 // 67: keygate.type.v1.Limits
+	(*v1.ModelLimits)(nil),            // 68: keygate.type.v1.ModelLimits
+	(*v1.TokenCap)(nil),               // 69: keygate.type.v1.TokenCap
+	(*v1.Budget)(nil),                 // 70: keygate.type.v1.Budget
+	(*fieldmaskpb.FieldMask)(nil),     // 71: google.protobuf.FieldMask
 }
 var file_keygate_keystore_v1_keystore_proto_depIdxs = []int32{
 	1,  // 0: keygate.keystore.v1.Workspace.kind:type_name -> keygate.keystore.v1.WorkspaceKind
-	63, // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	63, // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	66, // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	66, // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: keygate.keystore.v1.Member.role:type_name -> keygate.keystore.v1.Role
-	63, // 4: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
+	66, // 4: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: keygate.keystore.v1.Key.kind:type_name -> keygate.keystore.v1.KeyKind
-	63, // 6: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	63, // 7: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
-	63, // 8: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
-	63, // 9: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	66, // 6: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	66, // 7: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
+	66, // 8: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
+	66, // 9: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 10: keygate.keystore.v1.Key.state:type_name -> keygate.keystore.v1.KeyState
-	61, // 11: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
-	64, // 12: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
-	65, // 13: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
-	66, // 14: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
-	67, // 15: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
-	63, // 16: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
-	63, // 17: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	63, // 18: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
-	63, // 19: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
-	63, // 20: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	64, // 11: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
+	67, // 12: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
+	68, // 13: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
+	69, // 14: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
+	70, // 15: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
+	66, // 16: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
+	66, // 17: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	66, // 18: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
+	66, // 19: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
+	66, // 20: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
 	5,  // 21: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
 	5,  // 22: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
 	5,  // 23: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
 	5,  // 24: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
 	5,  // 25: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
-	68, // 26: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	71, // 26: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
 	5,  // 27: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
 	0,  // 28: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
 	6,  // 29: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
 	6,  // 30: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
 	2,  // 31: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	63, // 32: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
-	62, // 33: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	64, // 34: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
-	65, // 35: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
-	66, // 36: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
-	67, // 37: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
+	66, // 32: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	65, // 33: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	67, // 34: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
+	68, // 35: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
+	69, // 36: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
+	70, // 37: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
 	7,  // 38: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
 	7,  // 39: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
 	3,  // 40: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
 	2,  // 41: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
 	7,  // 42: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
 	7,  // 43: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
-	68, // 44: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	71, // 44: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
 	7,  // 45: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	63, // 46: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
+	66, // 46: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
 	7,  // 47: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
 	7,  // 48: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
 	7,  // 49: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	63, // 50: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
-	4,  // 51: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
-	8,  // 52: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 53: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 54: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
-	9,  // 55: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
-	9,  // 56: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 57: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 58: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
-	9,  // 59: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
-	68, // 60: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
-	9,  // 61: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	10, // 62: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
-	11, // 63: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
-	13, // 64: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
-	15, // 65: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
-	17, // 66: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
-	19, // 67: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
-	21, // 68: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
-	23, // 69: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
-	25, // 70: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
-	27, // 71: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
-	29, // 72: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
-	31, // 73: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
-	33, // 74: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
-	35, // 75: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
-	37, // 76: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
-	39, // 77: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
-	41, // 78: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
-	43, // 79: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
-	45, // 80: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
-	47, // 81: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
-	49, // 82: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
-	51, // 83: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
-	53, // 84: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
-	55, // 85: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
-	57, // 86: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
-	59, // 87: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
-	12, // 88: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
-	14, // 89: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
-	16, // 90: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
-	18, // 91: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
-	20, // 92: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
-	22, // 93: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
-	24, // 94: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
-	26, // 95: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
-	28, // 96: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
-	30, // 97: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
-	32, // 98: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
-	34, // 99: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
-	36, // 100: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
-	38, // 101: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
-	40, // 102: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
-	42, // 103: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
-	44, // 104: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
-	46, // 105: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
-	48, // 106: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
-	50, // 107: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
-	52, // 108: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
-	54, // 109: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
-	56, // 110: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
-	58, // 111: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
-	60, // 112: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
-	88, // [88:113] is the sub-list for method output_type
-	63, // [63:88] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	66, // 50: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
+	66, // 51: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
+	41, // 52: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
+	4,  // 53: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
+	8,  // 54: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
+	8,  // 55: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	8,  // 56: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
+	9,  // 57: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
+	9,  // 58: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	9,  // 59: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
+	9,  // 60: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
+	9,  // 61: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
+	71, // 62: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,  // 63: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	10, // 64: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
+	11, // 65: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
+	13, // 66: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
+	15, // 67: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
+	17, // 68: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
+	19, // 69: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
+	21, // 70: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
+	23, // 71: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
+	25, // 72: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
+	27, // 73: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
+	29, // 74: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
+	31, // 75: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
+	33, // 76: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
+	35, // 77: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
+	37, // 78: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
+	39, // 79: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
+	44, // 80: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
+	42, // 81: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
+	46, // 82: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
+	48, // 83: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
+	50, // 84: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
+	52, // 85: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
+	54, // 86: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
+	56, // 87: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
+	58, // 88: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
+	60, // 89: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
+	62, // 90: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
+	12, // 91: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
+	14, // 92: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
+	16, // 93: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
+	18, // 94: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
+	20, // 95: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
+	22, // 96: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
+	24, // 97: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
+	26, // 98: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
+	28, // 99: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
+	30, // 100: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
+	32, // 101: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
+	34, // 102: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
+	36, // 103: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
+	38, // 104: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
+	40, // 105: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
+	45, // 106: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
+	43, // 107: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
+	47, // 108: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
+	49, // 109: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
+	51, // 110: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
+	53, // 111: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
+	55, // 112: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
+	57, // 113: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
+	59, // 114: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
+	61, // 115: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
+	63, // 116: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
+	91, // [91:117] is the sub-list for method output_type
+	65, // [65:91] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_keygate_keystore_v1_keystore_proto_init() }
@@ -4001,7 +4156,7 @@ func file_keygate_keystore_v1_keystore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_keystore_v1_keystore_proto_rawDesc), len(file_keygate_keystore_v1_keystore_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   58,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

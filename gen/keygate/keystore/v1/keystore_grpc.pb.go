@@ -35,6 +35,7 @@ const (
 	KeystoreService_ExpireKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/ExpireKey"
 	KeystoreService_VerifyKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/VerifyKey"
 	KeystoreService_WatchKeyChanges_FullMethodName = "/keygate.keystore.v1.KeystoreService/WatchKeyChanges"
+	KeystoreService_RecordKeyUse_FullMethodName    = "/keygate.keystore.v1.KeystoreService/RecordKeyUse"
 	KeystoreService_CreateProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/CreateProvider"
 	KeystoreService_ListProviders_FullMethodName   = "/keygate.keystore.v1.KeystoreService/ListProviders"
 	KeystoreService_DeleteProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/DeleteProvider"
@@ -79,6 +80,10 @@ type KeystoreServiceClient interface {
 	// message is a RESET: drop everything cached. A stream that ends for any
 	// reason must be reopened and the cache dropped again.
 	WatchKeyChanges(ctx context.Context, in *WatchKeyChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchKeyChangesResponse], error)
+	// RecordKeyUse sets keys' last-used times. Edges send it in batches, at
+	// most once per key per interval, with the service token; it never
+	// changes a key's etag or wakes the change stream.
+	RecordKeyUse(ctx context.Context, in *RecordKeyUseRequest, opts ...grpc.CallOption) (*RecordKeyUseResponse, error)
 	// Model registry. Writes need the root token.
 	CreateProvider(ctx context.Context, in *CreateProviderRequest, opts ...grpc.CallOption) (*CreateProviderResponse, error)
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
@@ -269,6 +274,16 @@ func (c *keystoreServiceClient) WatchKeyChanges(ctx context.Context, in *WatchKe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeystoreService_WatchKeyChangesClient = grpc.ServerStreamingClient[WatchKeyChangesResponse]
 
+func (c *keystoreServiceClient) RecordKeyUse(ctx context.Context, in *RecordKeyUseRequest, opts ...grpc.CallOption) (*RecordKeyUseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordKeyUseResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_RecordKeyUse_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keystoreServiceClient) CreateProvider(ctx context.Context, in *CreateProviderRequest, opts ...grpc.CallOption) (*CreateProviderResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateProviderResponse)
@@ -392,6 +407,10 @@ type KeystoreServiceServer interface {
 	// message is a RESET: drop everything cached. A stream that ends for any
 	// reason must be reopened and the cache dropped again.
 	WatchKeyChanges(*WatchKeyChangesRequest, grpc.ServerStreamingServer[WatchKeyChangesResponse]) error
+	// RecordKeyUse sets keys' last-used times. Edges send it in batches, at
+	// most once per key per interval, with the service token; it never
+	// changes a key's etag or wakes the change stream.
+	RecordKeyUse(context.Context, *RecordKeyUseRequest) (*RecordKeyUseResponse, error)
 	// Model registry. Writes need the root token.
 	CreateProvider(context.Context, *CreateProviderRequest) (*CreateProviderResponse, error)
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
@@ -460,6 +479,9 @@ func (UnimplementedKeystoreServiceServer) VerifyKey(context.Context, *VerifyKeyR
 }
 func (UnimplementedKeystoreServiceServer) WatchKeyChanges(*WatchKeyChangesRequest, grpc.ServerStreamingServer[WatchKeyChangesResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchKeyChanges not implemented")
+}
+func (UnimplementedKeystoreServiceServer) RecordKeyUse(context.Context, *RecordKeyUseRequest) (*RecordKeyUseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordKeyUse not implemented")
 }
 func (UnimplementedKeystoreServiceServer) CreateProvider(context.Context, *CreateProviderRequest) (*CreateProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateProvider not implemented")
@@ -790,6 +812,24 @@ func _KeystoreService_WatchKeyChanges_Handler(srv interface{}, stream grpc.Serve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeystoreService_WatchKeyChangesServer = grpc.ServerStreamingServer[WatchKeyChangesResponse]
 
+func _KeystoreService_RecordKeyUse_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordKeyUseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).RecordKeyUse(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_RecordKeyUse_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).RecordKeyUse(ctx, req.(*RecordKeyUseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeystoreService_CreateProvider_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateProviderRequest)
 	if err := dec(in); err != nil {
@@ -1018,6 +1058,10 @@ var KeystoreService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyKey",
 			Handler:    _KeystoreService_VerifyKey_Handler,
+		},
+		{
+			MethodName: "RecordKeyUse",
+			Handler:    _KeystoreService_RecordKeyUse_Handler,
 		},
 		{
 			MethodName: "CreateProvider",
