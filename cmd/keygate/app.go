@@ -140,7 +140,7 @@ func (a *App) Start(ctx context.Context) error {
 	if a.tls, err = loadTransport(*c); err != nil {
 		return err
 	}
-	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SpanProcessors: a.SpanProcessors})
+	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SampleRatio: c.SampleRatio, SpanProcessors: a.SpanProcessors})
 	if err != nil {
 		return err
 	}
@@ -318,7 +318,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 	a.closers = append(a.closers, lc.Close)
 	es, err := edge.New(edge.Config{
 		Verifier: verifier, ErrInvalidKey: keycache.ErrInvalidKey, Limiter: lc,
-		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient,
+		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient, KeyUse: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
 		RequestTimeout: c.RequestTimeout, Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},

@@ -24,6 +24,7 @@ type Config struct {
 	LogLevel      slog.Level
 	OTLPEndpoint  string
 	OTLPInsecure  bool
+	SampleRatio   float64
 
 	// Where a single-role process finds the others.
 	KeystoreAddr  string
@@ -102,6 +103,17 @@ func (e *envFlags) int64(p *int64, name string, def int64, usage string) {
 	e.fs.Int64Var(p, name, def, usage+" ($"+e.env(name)+")")
 }
 
+func (e *envFlags) float(p *float64, name string, def float64, usage string) {
+	if v := e.getenv(e.env(name)); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("$%s: want a number, got %q", e.env(name), v))
+		}
+		def = f
+	}
+	e.fs.Float64Var(p, name, def, usage+" ($"+e.env(name)+")")
+}
+
 func (e *envFlags) duration(p *time.Duration, name string, def time.Duration, usage string) {
 	if v := e.getenv(e.env(name)); v != "" {
 		d, err := time.ParseDuration(v)
@@ -129,6 +141,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&level, "log-level", "info", "debug, info, warn or error")
 	e.str(&c.OTLPEndpoint, "otlp-endpoint", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/gRPC trace collector host:port; empty disables export")
 	e.boolean(&c.OTLPInsecure, "otlp-insecure", true, "send traces without TLS")
+	e.float(&c.SampleRatio, "trace-sample-ratio", 1, "share of requests traced when exporting (sampled requests check limits unary, with per-request limiter spans)")
 	e.str(&c.KeystoreAddr, "keystore-addr", "127.0.0.1:9090", "keystore gRPC address (serve edge|usage|gateway)")
 	e.str(&c.UsageAddr, "usage-addr", "127.0.0.1:9090", "usage gRPC address (serve edge|limiter|gateway)")
 	e.str(&c.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial to reach this limiter; default derived from --grpc-addr")
@@ -167,6 +180,9 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, nil, fmt.Errorf("--log-level: want debug, info, warn or error, got %q", level)
+	}
+	if c.SampleRatio <= 0 || c.SampleRatio > 1 {
+		return c, nil, errors.New("--trace-sample-ratio must be in (0, 1]")
 	}
 	if c.MaxBodyBytes <= 0 {
 		return c, nil, errors.New("--max-body-bytes must be positive")

@@ -127,6 +127,13 @@ func TestCorePath(t *testing.T) {
 	require.Equal(t, int64(100000), num(t, usage["tokenLimitToday"]))
 	require.Equal(t, "5.00", usage["budgetUsd"])
 
+	// The key's last use reaches the keystore in the edge's next batch.
+	require.Eventually(t, func() bool {
+		_, _, k := rest(t, "GET", api+"/v1/workspaces/acme/keys/"+keyID, root, nil)
+		used, _ := k["key"].(map[string]any)["lastUsedTime"].(string)
+		return used != ""
+	}, 30*time.Second, 100*time.Millisecond, "lastUsedTime")
+
 	// Restart: the workspace and key survive, and so does the day's count.
 	require.NoError(t, app.Close())
 	app = MustRunApp(t, dir, nil)

@@ -2,6 +2,10 @@
 // to the replica that owns its key (rendezvous hashing over the live
 // members in etcd) and, when that replica cannot answer, to the next owner
 // in rendezvous order, within the caller's deadline.
+//
+// Check coalesces concurrent callers: their items go to each owner
+// together, in one message of one long-lived CheckStream per owner, since
+// per-call gRPC overhead, not the decision, is what limits throughput.
 package limitclient
 
 import (
@@ -14,9 +18,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
@@ -40,7 +46,21 @@ type Client struct {
 	watcher *ring.Watcher
 
 	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // by address
+	peers map[string]*peer // by address
+}
+
+// peer is one replica's connection and its CheckStream lane.
+type peer struct {
+	cc     *grpc.ClientConn
+	client limiterv1.LimiterServiceClient
+	lane   *lane
+}
+
+func (p *peer) close() error {
+	// The connection first: that ends a stream Send or open blocked on it.
+	err := p.cc.Close()
+	p.lane.close()
+	return err
 }
 
 // New follows the limiter membership; it returns once the members are
@@ -52,7 +72,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.DialOptions) == 0 {
 		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn)}
+	c := &Client{cfg: cfg, peers: make(map[string]*peer)}
 	w, err := ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: c.prune})
 	if err != nil {
 		return nil, fmt.Errorf("limitclient: %w", err)
@@ -66,62 +86,87 @@ func (c *Client) Close() error {
 	err := c.watcher.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for addr, cc := range c.conns {
-		err = errors.Join(err, cc.Close())
-		delete(c.conns, addr)
+	for addr, p := range c.peers {
+		err = errors.Join(err, p.close())
+		delete(c.peers, addr)
 	}
 	return err
 }
 
-// prune closes connections to departed members.
+// prune closes connections and streams to departed members.
 func (c *Client) prune(r *ring.Ring) {
 	live := make(map[string]bool, r.Len())
 	for _, m := range r.Members() {
 		live[m.Addr] = true
 	}
+	var gone []*peer
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for addr, cc := range c.conns {
+	for addr, p := range c.peers {
 		if !live[addr] {
-			_ = cc.Close()
-			delete(c.conns, addr)
+			gone = append(gone, p)
+			delete(c.peers, addr)
 		}
+	}
+	c.mu.Unlock()
+	// Outside the lock: a lane's close waits for its sender.
+	for _, p := range gone {
+		_ = p.close()
 	}
 }
 
-func (c *Client) conn(addr string) (limiterv1.LimiterServiceClient, error) {
+func (c *Client) peer(addr string) (*peer, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cc := c.conns[addr]
-	if cc == nil {
-		var err error
-		if cc, err = grpc.NewClient(addr, c.cfg.DialOptions...); err != nil {
+	p := c.peers[addr]
+	if p == nil {
+		cc, err := grpc.NewClient(addr, c.cfg.DialOptions...)
+		if err != nil {
 			return nil, fmt.Errorf("limiter %s: %w", addr, err)
 		}
-		c.conns[addr] = cc
+		cl := limiterv1.NewLimiterServiceClient(cc)
+		p = &peer{cc: cc, client: cl, lane: newLane(addr, cl)}
+		c.peers[addr] = p
 	}
-	return limiterv1.NewLimiterServiceClient(cc), nil
+	return p, nil
 }
 
 // Check decides items; results are in item order. Items are grouped per
-// owner into one call each.
+// owner; each group joins the other callers' items in that owner's next
+// stream message. A context with outgoing metadata (a limiter's forwarded
+// call carries its hop header) goes in a unary call of its own, since a
+// stream carries only the metadata it was opened with.
 func (c *Client) Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*limiterv1.CheckResult, error) {
+	// Calls with their own metadata, and requests whose trace is sampled,
+	// go unary: a shared stream carries neither, and a sampled request's
+	// trace should show the limiter's work. Unsampled requests share the
+	// stream, which is what makes a busy edge cheap.
+	_, unary := metadata.FromOutgoingContext(ctx)
+	unary = unary || trace.SpanContextFromContext(ctx).IsSampled()
 	out := make([]*limiterv1.CheckResult, len(items))
 	err := route(ctx, c, len(items), func(i int) string { return items[i].GetKey() },
-		func(ctx context.Context, cl limiterv1.LimiterServiceClient, idx []int) error {
-			req := &limiterv1.CheckRequest{Items: make([]*limiterv1.CheckItem, len(idx))}
-			for j, i := range idx {
-				req.Items[j] = items[i]
+		func(ctx context.Context, p *peer, idx []int) error {
+			sub := items
+			if !identity(idx, len(items)) {
+				sub = make([]*limiterv1.CheckItem, len(idx))
+				for j, i := range idx {
+					sub[j] = items[i]
+				}
 			}
-			resp, err := cl.Check(ctx, req)
+			var (
+				res []*limiterv1.CheckResult
+				err error
+			)
+			if !unary {
+				res, err = p.lane.check(ctx, sub)
+			}
+			if unary || errors.Is(err, errBatch) {
+				res, err = checkUnary(ctx, p.client, sub)
+			}
 			if err != nil {
 				return err
 			}
-			if len(resp.GetResults()) != len(idx) {
-				return status.Errorf(codes.Internal, "limiter answered %d results for %d items", len(resp.GetResults()), len(idx))
-			}
 			for j, i := range idx {
-				out[i] = resp.Results[j]
+				out[i] = res[j]
 			}
 			return nil
 		})
@@ -129,6 +174,31 @@ func (c *Client) Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*li
 		return nil, err
 	}
 	return out, nil
+}
+
+// identity reports whether idx is 0..n-1 in order: the common single
+// owner case, which needs no copy of the items.
+func identity(idx []int, n int) bool {
+	if len(idx) != n {
+		return false
+	}
+	for j, i := range idx {
+		if i != j {
+			return false
+		}
+	}
+	return true
+}
+
+func checkUnary(ctx context.Context, cl limiterv1.LimiterServiceClient, items []*limiterv1.CheckItem) ([]*limiterv1.CheckResult, error) {
+	resp, err := cl.Check(ctx, &limiterv1.CheckRequest{Items: items})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetResults()) != len(items) {
+		return nil, status.Errorf(codes.Internal, "limiter answered %d results for %d items", len(resp.GetResults()), len(items))
+	}
+	return resp.Results, nil
 }
 
 // Settle replaces reservations' estimates with actual usage.
@@ -142,12 +212,12 @@ func (c *Client) Settle(ctx context.Context, s []*limiterv1.Settlement) error {
 func (c *Client) SettleUnknown(ctx context.Context, s []*limiterv1.Settlement) (int32, error) {
 	var unknown atomic.Int32
 	err := route(ctx, c, len(s), func(i int) string { return s[i].GetKey() },
-		func(ctx context.Context, cl limiterv1.LimiterServiceClient, idx []int) error {
+		func(ctx context.Context, p *peer, idx []int) error {
 			req := &limiterv1.SettleRequest{Settlements: make([]*limiterv1.Settlement, len(idx))}
 			for j, i := range idx {
 				req.Settlements[j] = s[i]
 			}
-			resp, err := cl.Settle(ctx, req)
+			resp, err := p.client.Settle(ctx, req)
 			unknown.Add(resp.GetUnknown())
 			return err
 		})
@@ -165,12 +235,12 @@ func (c *Client) Release(ctx context.Context, r []*limiterv1.Release) error {
 func (c *Client) ReleaseUnknown(ctx context.Context, r []*limiterv1.Release) (int32, error) {
 	var unknown atomic.Int32
 	err := route(ctx, c, len(r), func(i int) string { return r[i].GetKey() },
-		func(ctx context.Context, cl limiterv1.LimiterServiceClient, idx []int) error {
+		func(ctx context.Context, p *peer, idx []int) error {
 			req := &limiterv1.ReleaseRequest{Releases: make([]*limiterv1.Release, len(idx))}
 			for j, i := range idx {
 				req.Releases[j] = r[i]
 			}
-			resp, err := cl.Release(ctx, req)
+			resp, err := p.client.Release(ctx, req)
 			unknown.Add(resp.GetUnknown())
 			return err
 		})
@@ -181,7 +251,7 @@ func (c *Client) ReleaseUnknown(ctx context.Context, r []*limiterv1.Release) (in
 // cannot answer goes again, regrouped, to the next owners in rendezvous
 // order, until every item is answered, no member is left, or ctx ends.
 func route(ctx context.Context, c *Client, n int, key func(int) string,
-	call func(context.Context, limiterv1.LimiterServiceClient, []int) error,
+	call func(context.Context, *peer, []int) error,
 ) error {
 	if n == 0 {
 		return nil
@@ -243,9 +313,9 @@ func route(ctx context.Context, c *Client, n int, key func(int) string,
 // attempt calls one member. With a deadline, an attempt may use half of
 // what is left, so that a hung replica leaves time for the next owner.
 func (c *Client) attempt(ctx context.Context, m ring.Member, idx []int,
-	call func(context.Context, limiterv1.LimiterServiceClient, []int) error,
+	call func(context.Context, *peer, []int) error,
 ) error {
-	cl, err := c.conn(m.Addr)
+	p, err := c.peer(m.Addr)
 	if err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
@@ -254,7 +324,7 @@ func (c *Client) attempt(ctx context.Context, m ring.Member, idx []int,
 		ctx, cancel = context.WithTimeout(ctx, time.Until(dl)/2)
 		defer cancel()
 	}
-	return call(ctx, cl, idx)
+	return call(ctx, p, idx)
 }
 
 // retryable reports whether another replica might answer: the replica was

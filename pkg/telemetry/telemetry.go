@@ -69,9 +69,15 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if ratio == 0 {
 		ratio = 1
 	}
+	root := sdktrace.TraceIDRatioBased(ratio)
+	if o.OTLPEndpoint == "" && len(o.SpanProcessors) == 0 {
+		// Nobody would read the spans: record none of our own (trace ids
+		// still reach the logs), and keep a caller's sampling decision.
+		root = sdktrace.NeverSample()
+	}
 	topts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+		sdktrace.WithSampler(sdktrace.ParentBased(root)),
 	}
 	if o.OTLPEndpoint != "" {
 		eopts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(o.OTLPEndpoint)}

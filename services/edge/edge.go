@@ -68,6 +68,8 @@ type Config struct {
 	Limiter       Limiter
 	Usage         Recorder
 	Registry      Registry
+	// KeyUse records keys' last-used times in the keystore; nil = off.
+	KeyUse KeyUseRecorder
 
 	Clock  clock.Clock          // nil = the wall clock
 	Logger *slog.Logger         // nil = discard
@@ -91,6 +93,9 @@ type Config struct {
 	UsageBuffer int
 	// ModelRefresh is how often the model registry is re-read; default 5s.
 	ModelRefresh time.Duration
+	// KeyUseInterval is how often the last use of each key is sent to
+	// KeyUse, one call for every key used since; default 10s.
+	KeyUseInterval time.Duration
 	// Getenv reads provider credentials by variable name; nil = os.Getenv.
 	Getenv func(string) string
 	// Mock shapes the built-in mock provider (base URL "mock").
@@ -110,6 +115,7 @@ type Server struct {
 	models  *catalogHolder
 	usage   *sender
 	settle  *settler
+	keyUse  *keyUses // nil when Config.KeyUse is nil
 	idPfx   string
 	idSeq   atomic.Uint64
 	limDown atomic.Bool // for logging only the transitions
@@ -128,7 +134,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("edge: Config.Usage is required")
 	case cfg.Registry == nil:
 		return nil, errors.New("edge: Config.Registry is required")
-	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBuffer < 0, cfg.ModelRefresh < 0:
+	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBuffer < 0, cfg.ModelRefresh < 0, cfg.KeyUseInterval < 0:
 		return nil, errors.New("edge: sizes and durations in Config must not be negative")
 	}
 	if cfg.Clock == nil {
@@ -158,6 +164,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ModelRefresh == 0 {
 		cfg.ModelRefresh = 5 * time.Second
 	}
+	if cfg.KeyUseInterval == 0 {
+		cfg.KeyUseInterval = 10 * time.Second
+	}
 	if cfg.Getenv == nil {
 		cfg.Getenv = os.Getenv
 	}
@@ -182,6 +191,11 @@ func New(cfg Config) (*Server, error) {
 	s.usage.dropped = m.usageDropped
 	s.settle = newSettler(cfg.Limiter, cfg.Logger)
 	s.models = newCatalogHolder(cfg.Registry, cfg.Getenv, cfg.Mock, cfg.Logger)
+	if cfg.KeyUse != nil {
+		if s.keyUse, err = newKeyUses(cfg.KeyUse, keyUseLimit, cfg.Meter, cfg.Logger); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -190,23 +204,25 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
 // Run loads the model registry, then refreshes it every ModelRefresh, and
-// sends usage records and settlements, until ctx ends. It returns nil when
-// ctx ends.
+// sends usage records, settlements and (every KeyUseInterval) keys' last
+// uses, until ctx ends. It returns nil when ctx ends.
 func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.usage.run(ctx) })
 	wg.Go(func() { s.settle.run(ctx) })
 	wg.Go(func() { s.models.run(ctx, s.cfg.ModelRefresh) })
+	wg.Go(func() { s.keyUse.run(ctx, s.cfg.KeyUseInterval) })
 	wg.Wait()
 	return nil
 }
 
-// Close flushes pending settlements and usage records, giving up when ctx
-// ends; it then reports how many usage records were not delivered. Call it
+// Close flushes pending settlements, usage records and keys' last uses,
+// giving up when ctx ends; it then reports what was not delivered. Call it
 // after the HTTP server has stopped taking requests.
 func (s *Server) Close(ctx context.Context) error {
 	s.settle.flush(ctx)
-	return s.usage.flush(ctx)
+	err := s.usage.flush(ctx)
+	return errors.Join(err, s.keyUse.flush(ctx))
 }
 
 // Serve serves the edge on ln with hardened timeouts until ctx ends, then

@@ -419,6 +419,7 @@ func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endp
 	if !ok {
 		return
 	}
+	s.keyUse.note(c.key.GetWorkspace(), c.key.GetId(), c.start)
 	c.forward(rt, req, ep, ubody, est, reserved)
 }
 

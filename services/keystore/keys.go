@@ -225,14 +225,14 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 				if i < len(resp.Kvs)-1 || resp.More || stop != end {
 					out.NextPageToken = pageToken(k.GetId())
 				}
-				return out, nil
+				return out, s.fillLastUsed(ctx, ws, out.Keys)
 			}
 		}
 		switch {
 		case resp.More:
 			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		case stop == end:
-			return out, nil
+			return out, s.fillLastUsed(ctx, ws, out.Keys)
 		default:
 			from = stop
 		}
@@ -506,6 +506,7 @@ func (s *Server) deleteKey(ctx context.Context, p *principal, req *keystorev1.De
 		}
 		ops := append([]clientv3.Op{
 			clientv3.OpDelete(keyKey(ws, id)),
+			clientv3.OpDelete(usedKey(ws, id)),
 			clientv3.OpDelete(idKey(id)),
 			clientv3.OpDelete(nameKey(ws, sk.key.GetName())),
 			clientv3.OpPut(countKey(ws), strconv.Itoa(max(int(w.GetKeyCount())-1, 0))),

@@ -183,6 +183,14 @@ func (s *Server) WatchKeyChanges(_ *keystorev1.WatchKeyChangesRequest, stream gr
 	return s.toStatus(ctx, err)
 }
 
+// RecordKeyUse needs the root (service) token: the edge reports which keys
+// it admitted requests for.
+func (s *Server) RecordKeyUse(ctx context.Context, req *keystorev1.RecordKeyUseRequest) (*keystorev1.RecordKeyUseResponse, error) {
+	return call(s, ctx, func(p *principal) (*keystorev1.RecordKeyUseResponse, error) {
+		return &keystorev1.RecordKeyUseResponse{}, s.recordKeyUse(ctx, p, req)
+	})
+}
+
 func (s *Server) CreateProvider(ctx context.Context, req *keystorev1.CreateProviderRequest) (*keystorev1.CreateProviderResponse, error) {
 	return call(s, ctx, func(p *principal) (*keystorev1.CreateProviderResponse, error) {
 		pr, err := s.createProvider(ctx, p, req.GetProvider())

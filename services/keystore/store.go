@@ -19,17 +19,21 @@ import (
 // etcd layout. Keys live under their workspace so that a list is one range
 // read; id/ maps a key id to its workspace for VerifyKey.
 const (
-	prefix         = "/keygate/keystore/"
-	workspacesDir  = prefix + "ws/"
-	countsDir      = prefix + "count/"
-	membersDir     = prefix + "member/"
-	keysDir        = prefix + "key/"
-	idsDir         = prefix + "id/"
-	namesDir       = prefix + "name/"
-	auditDir       = prefix + "audit/"
-	auditByKeyDir  = prefix + "auditkey/"
-	providersDir   = prefix + "provider/"
-	modelsDir      = prefix + "model/"
+	prefix        = "/keygate/keystore/"
+	workspacesDir = prefix + "ws/"
+	countsDir     = prefix + "count/"
+	membersDir    = prefix + "member/"
+	keysDir       = prefix + "key/"
+	idsDir        = prefix + "id/"
+	namesDir      = prefix + "name/"
+	auditDir      = prefix + "audit/"
+	auditByKeyDir = prefix + "auditkey/"
+	providersDir  = prefix + "provider/"
+	modelsDir     = prefix + "model/"
+	// usedDir holds each key's last-used time apart from the key record, so
+	// that recording use changes neither the key's etag nor the key change
+	// stream, which watches keysDir only.
+	usedDir        = prefix + "used/"
 	recordVersion  = 1
 	hashLen        = len(keyformat.Hash{})
 	keyRecordFixed = 1 + 2*hashLen
@@ -41,6 +45,8 @@ func memberKey(ws, m string) string  { return membersDir + ws + "/" + m }
 func membersPrefix(ws string) string { return membersDir + ws + "/" }
 func keyKey(ws, id string) string    { return keysDir + ws + "/" + id }
 func keysPrefix(ws string) string    { return keysDir + ws + "/" }
+func usedKey(ws, id string) string   { return usedDir + ws + "/" + id }
+func usedPrefix(ws string) string    { return usedDir + ws + "/" }
 func idKey(id string) string         { return idsDir + id }
 func nameKey(ws, name string) string { return namesDir + ws + "/" + name }
 func providerKey(id string) string   { return providersDir + id }
@@ -67,6 +73,7 @@ func encodeKey(sk *storedKey) (string, error) {
 	k := proto.Clone(sk.key).(*keystorev1.Key)
 	k.State = keystorev1.KeyState_KEY_STATE_UNSPECIFIED
 	k.Etag = ""
+	k.LastUsedTime = nil // kept under usedDir
 	b, err := proto.Marshal(k)
 	if err != nil {
 		return "", fmt.Errorf("encode key: %w", err)
@@ -122,19 +129,33 @@ func unmarshal(kv *mvccpb.KeyValue, m proto.Message) error {
 	return nil
 }
 
-// getKey reads a key of a workspace.
+// getKey reads a key of a workspace with its last-used time, in one
+// round trip.
 func (s *Server) getKey(ctx context.Context, ws, id string) (*storedKey, error) {
 	if !keyformat.ValidID(id) {
 		return nil, fmt.Errorf("key %q: %w", id, ErrNotFound)
 	}
-	resp, err := s.etcd.Get(ctx, keyKey(ws, id))
+	resp, err := s.etcd.Txn(ctx).Then(
+		clientv3.OpGet(keyKey(ws, id)),
+		clientv3.OpGet(usedKey(ws, id)),
+	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("get key: %w", err)
 	}
-	if len(resp.Kvs) == 0 {
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
 		return nil, fmt.Errorf("key %q: %w", id, ErrNotFound)
 	}
-	return decodeKey(resp.Kvs[0], s.clock.Now())
+	sk, err := decodeKey(kvs[0], s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if used := resp.Responses[1].GetResponseRange().Kvs; len(used) > 0 {
+		if sk.key.LastUsedTime, err = decodeUsed(used[0]); err != nil {
+			return nil, err
+		}
+	}
+	return sk, nil
 }
 
 // getWorkspace reads a workspace with its key count.
