@@ -44,6 +44,15 @@ func TestOIDCSignIn(t *testing.T) {
 	_, err = e.client.GetKey(carol, &keystorev1.GetKeyRequest{Workspace: "acme", Key: k.GetId()})
 	require.NoError(t, err)
 
+	// GetWorkspace tells services acting for the caller who that is.
+	gw, err := e.client.GetWorkspace(carol, &keystorev1.GetWorkspaceRequest{Workspace: "acme"})
+	require.NoError(t, err)
+	require.Equal(t, "carol@example.com", gw.GetCaller())
+	require.Equal(t, keystorev1.Role_ROLE_MEMBER, gw.GetCallerRole())
+	gw, err = e.client.GetWorkspace(e.root(t), &keystorev1.GetWorkspaceRequest{Workspace: "acme"})
+	require.NoError(t, err)
+	require.Equal(t, keystorev1.Role_ROLE_OWNER, gw.GetCallerRole())
+
 	// Another workspace answers as if it did not exist.
 	_, err = e.client.GetWorkspace(alice, &keystorev1.GetWorkspaceRequest{Workspace: "other"})
 	requireCode(t, codes.NotFound, err)

@@ -71,7 +71,11 @@ func (s *Server) CreateWorkspace(ctx context.Context, req *keystorev1.CreateWork
 func (s *Server) GetWorkspace(ctx context.Context, req *keystorev1.GetWorkspaceRequest) (*keystorev1.GetWorkspaceResponse, error) {
 	return call(s, ctx, func(p *principal) (*keystorev1.GetWorkspaceResponse, error) {
 		w, _, err := s.readWorkspace(ctx, p, req.GetWorkspace())
-		return &keystorev1.GetWorkspaceResponse{Workspace: w}, err
+		role := p.role
+		if p.root {
+			role = keystorev1.Role_ROLE_OWNER
+		}
+		return &keystorev1.GetWorkspaceResponse{Workspace: w, Caller: p.subject, CallerRole: role}, err
 	})
 }
 

@@ -30,6 +30,8 @@ const (
 	serviceToken = "svc-token"
 	// memberToken may read workspace "acme"; otherToken reads nothing.
 	memberToken = "member-token"
+	// plainToken is a plain member, "owner-k2": sees only its own keys.
+	plainToken = "plain-member-token"
 	otherToken  = "other-token"
 )
 
@@ -46,7 +48,7 @@ func (k *testKeystore) caller(ctx context.Context, ws string) error {
 	switch auth.BearerFromIncoming(ctx) {
 	case "":
 		return status.Error(codes.Unauthenticated, "no credential")
-	case memberToken:
+	case memberToken, plainToken:
 		if ws == "acme" {
 			return nil
 		}
@@ -72,7 +74,10 @@ func (k *testKeystore) GetWorkspace(ctx context.Context, req *keystorev1.GetWork
 	if err := k.caller(ctx, req.GetWorkspace()); err != nil {
 		return nil, err
 	}
-	return &keystorev1.GetWorkspaceResponse{Workspace: &keystorev1.Workspace{Id: req.GetWorkspace()}}, nil
+	if auth.BearerFromIncoming(ctx) == plainToken {
+		return &keystorev1.GetWorkspaceResponse{Workspace: &keystorev1.Workspace{Id: req.GetWorkspace()}, Caller: "owner-k2", CallerRole: keystorev1.Role_ROLE_MEMBER}, nil
+	}
+	return &keystorev1.GetWorkspaceResponse{Workspace: &keystorev1.Workspace{Id: req.GetWorkspace()}, Caller: "alice", CallerRole: keystorev1.Role_ROLE_ADMIN}, nil
 }
 
 func (k *testKeystore) ListModels(ctx context.Context, _ *keystorev1.ListModelsRequest) (*keystorev1.ListModelsResponse, error) {

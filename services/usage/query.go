@@ -135,7 +135,9 @@ func (s *Server) series(ctx context.Context, key, model, startS, endS string) ([
 
 // listUsage totals a workspace over [start, end], grouped. Days already
 // rolled up into months count when the range covers the whole month.
-func (s *Server) listUsage(ctx context.Context, ws string, by usagev1.GroupBy, startS, endS string) ([]*usagev1.UsageRow, error) {
+// listUsage totals the workspace; with only set, just the keys that member
+// owns.
+func (s *Server) listUsage(ctx context.Context, ws string, by usagev1.GroupBy, startS, endS, only string) ([]*usagev1.UsageRow, error) {
 	if by == usagev1.GroupBy_GROUP_BY_UNSPECIFIED {
 		by = usagev1.GroupBy_GROUP_BY_KEY
 	}
@@ -149,6 +151,9 @@ func (s *Server) listUsage(ctx context.Context, ws string, by usagev1.GroupBy, s
 	owners, err := s.st.workspaceKeys(ctx, ws)
 	if err != nil {
 		return nil, err
+	}
+	if only != "" {
+		maps.DeleteFunc(owners, func(_, owner string) bool { return owner != only })
 	}
 	keys := slices.Sorted(maps.Keys(owners))
 	all, err := s.st.keyRows(ctx, keys, start)

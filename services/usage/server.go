@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
@@ -194,10 +195,11 @@ func (s *Server) GetUsageSeries(ctx context.Context, req *usagev1.GetUsageSeries
 
 // ListUsage implements usagev1.UsageServiceServer.
 func (s *Server) ListUsage(ctx context.Context, req *usagev1.ListUsageRequest) (*usagev1.ListUsageResponse, error) {
-	if err := s.authorizeWorkspace(ctx, req.GetWorkspace()); err != nil {
+	only, err := s.authorizeWorkspace(ctx, req.GetWorkspace())
+	if err != nil {
 		return nil, err
 	}
-	rows, err := s.listUsage(ctx, req.GetWorkspace(), req.GetGroupBy(), req.GetStartDate(), req.GetEndDate())
+	rows, err := s.listUsage(ctx, req.GetWorkspace(), req.GetGroupBy(), req.GetStartDate(), req.GetEndDate(), only)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -206,8 +208,17 @@ func (s *Server) ListUsage(ctx context.Context, req *usagev1.ListUsageRequest) (
 
 // ListRequests implements usagev1.UsageServiceServer.
 func (s *Server) ListRequests(ctx context.Context, req *usagev1.ListRequestsRequest) (*usagev1.ListRequestsResponse, error) {
-	if err := s.authorizeWorkspace(ctx, req.GetWorkspace()); err != nil {
+	only, err := s.authorizeWorkspace(ctx, req.GetWorkspace())
+	if err != nil {
 		return nil, err
+	}
+	if only != "" {
+		// A member reads only the requests of their own keys.
+		if req.GetOwner() != "" && req.GetOwner() != only {
+			return nil, status.Error(codes.PermissionDenied, "members read only their own requests")
+		}
+		req = proto.Clone(req).(*usagev1.ListRequestsRequest)
+		req.Owner = only
 	}
 	resp, err := s.listRequests(ctx, req)
 	if err != nil {
@@ -247,18 +258,28 @@ func (s *Server) authorizeKey(ctx context.Context, ws, key string) (*keystorev1.
 }
 
 // authorizeWorkspace asks the keystore, with the caller's credential,
-// whether the caller may read the workspace.
-func (s *Server) authorizeWorkspace(ctx context.Context, ws string) error {
+// whether the caller may read the workspace. For a plain member it returns
+// the member's subject: they see only their own keys' usage. Owners, admins
+// and the root token get "".
+func (s *Server) authorizeWorkspace(ctx context.Context, ws string) (only string, err error) {
 	if ws == "" {
-		return status.Error(codes.InvalidArgument, "workspace is required")
+		return "", status.Error(codes.InvalidArgument, "workspace is required")
 	}
 	if auth.BearerFromIncoming(ctx) == "" {
-		return status.Error(codes.Unauthenticated, "missing credential: send authorization: Bearer <token>")
+		return "", status.Error(codes.Unauthenticated, "missing credential: send authorization: Bearer <token>")
 	}
-	if _, err := s.ks.GetWorkspace(auth.ForwardIncoming(ctx), &keystorev1.GetWorkspaceRequest{Workspace: ws}); err != nil {
-		return keystoreStatus(err)
+	resp, err := s.ks.GetWorkspace(auth.ForwardIncoming(ctx), &keystorev1.GetWorkspaceRequest{Workspace: ws})
+	if err != nil {
+		return "", keystoreStatus(err)
 	}
-	return nil
+	switch resp.GetCallerRole() {
+	case keystorev1.Role_ROLE_OWNER, keystorev1.Role_ROLE_ADMIN:
+		return "", nil
+	}
+	if resp.GetCaller() == "" {
+		return "", status.Error(codes.PermissionDenied, "the keystore did not say who the caller is")
+	}
+	return resp.GetCaller(), nil
 }
 
 // keystoreStatus passes the keystore's verdict on the caller through;

@@ -1100,8 +1100,13 @@ func (x *GetWorkspaceRequest) GetWorkspace() string {
 }
 
 type GetWorkspaceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Workspace     *Workspace             `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace *Workspace             `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Who the call's credential acts as ("root" for the root token), and that
+	// caller's role here (ROLE_OWNER for the root token): services that act
+	// on a caller's behalf narrow what they show by it.
+	Caller        string `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	CallerRole    Role   `protobuf:"varint,3,opt,name=caller_role,json=callerRole,proto3,enum=keygate.keystore.v1.Role" json:"caller_role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1141,6 +1146,20 @@ func (x *GetWorkspaceResponse) GetWorkspace() *Workspace {
 		return x.Workspace
 	}
 	return nil
+}
+
+func (x *GetWorkspaceResponse) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *GetWorkspaceResponse) GetCallerRole() Role {
+	if x != nil {
+		return x.CallerRole
+	}
+	return Role_ROLE_UNSPECIFIED
 }
 
 type ListWorkspacesRequest struct {
@@ -3721,9 +3740,12 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x17CreateWorkspaceResponse\x12<\n" +
 	"\tworkspace\x18\x01 \x01(\v2\x1e.keygate.keystore.v1.WorkspaceR\tworkspace\"3\n" +
 	"\x13GetWorkspaceRequest\x12\x1c\n" +
-	"\tworkspace\x18\x01 \x01(\tR\tworkspace\"T\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\"\xa8\x01\n" +
 	"\x14GetWorkspaceResponse\x12<\n" +
-	"\tworkspace\x18\x01 \x01(\v2\x1e.keygate.keystore.v1.WorkspaceR\tworkspace\"S\n" +
+	"\tworkspace\x18\x01 \x01(\v2\x1e.keygate.keystore.v1.WorkspaceR\tworkspace\x12\x16\n" +
+	"\x06caller\x18\x02 \x01(\tR\x06caller\x12:\n" +
+	"\vcaller_role\x18\x03 \x01(\x0e2\x19.keygate.keystore.v1.RoleR\n" +
+	"callerRole\"S\n" +
 	"\x15ListWorkspacesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -4045,104 +4067,105 @@ var file_keygate_keystore_v1_keystore_proto_depIdxs = []int32{
 	5,  // 21: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
 	5,  // 22: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
 	5,  // 23: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	5,  // 24: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
-	5,  // 25: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
-	71, // 26: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 27: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	0,  // 28: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
-	6,  // 29: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
-	6,  // 30: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
-	2,  // 31: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	66, // 32: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
-	65, // 33: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	67, // 34: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
-	68, // 35: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
-	69, // 36: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
-	70, // 37: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
-	7,  // 38: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 39: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	3,  // 40: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
-	2,  // 41: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	7,  // 42: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
-	7,  // 43: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
-	71, // 44: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 45: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	66, // 46: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 47: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 48: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 49: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	66, // 50: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
-	66, // 51: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
-	41, // 52: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
-	4,  // 53: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
-	8,  // 54: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 55: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 56: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
-	9,  // 57: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
-	9,  // 58: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 59: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 60: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
-	9,  // 61: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
-	71, // 62: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
-	9,  // 63: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	10, // 64: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
-	11, // 65: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
-	13, // 66: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
-	15, // 67: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
-	17, // 68: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
-	19, // 69: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
-	21, // 70: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
-	23, // 71: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
-	25, // 72: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
-	27, // 73: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
-	29, // 74: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
-	31, // 75: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
-	33, // 76: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
-	35, // 77: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
-	37, // 78: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
-	39, // 79: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
-	44, // 80: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
-	42, // 81: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
-	46, // 82: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
-	48, // 83: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
-	50, // 84: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
-	52, // 85: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
-	54, // 86: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
-	56, // 87: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
-	58, // 88: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
-	60, // 89: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
-	62, // 90: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
-	12, // 91: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
-	14, // 92: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
-	16, // 93: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
-	18, // 94: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
-	20, // 95: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
-	22, // 96: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
-	24, // 97: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
-	26, // 98: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
-	28, // 99: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
-	30, // 100: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
-	32, // 101: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
-	34, // 102: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
-	36, // 103: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
-	38, // 104: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
-	40, // 105: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
-	45, // 106: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
-	43, // 107: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
-	47, // 108: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
-	49, // 109: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
-	51, // 110: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
-	53, // 111: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
-	55, // 112: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
-	57, // 113: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
-	59, // 114: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
-	61, // 115: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
-	63, // 116: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
-	91, // [91:117] is the sub-list for method output_type
-	65, // [65:91] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	0,  // 24: keygate.keystore.v1.GetWorkspaceResponse.caller_role:type_name -> keygate.keystore.v1.Role
+	5,  // 25: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
+	5,  // 26: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
+	71, // 27: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 28: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	0,  // 29: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
+	6,  // 30: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
+	6,  // 31: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
+	2,  // 32: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	66, // 33: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	65, // 34: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	67, // 35: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
+	68, // 36: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
+	69, // 37: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
+	70, // 38: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
+	7,  // 39: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	7,  // 40: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	3,  // 41: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
+	2,  // 42: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	7,  // 43: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
+	7,  // 44: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
+	71, // 45: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 46: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	66, // 47: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 48: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	7,  // 49: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	7,  // 50: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	66, // 51: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
+	66, // 52: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
+	41, // 53: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
+	4,  // 54: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
+	8,  // 55: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
+	8,  // 56: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	8,  // 57: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
+	9,  // 58: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
+	9,  // 59: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	9,  // 60: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
+	9,  // 61: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
+	9,  // 62: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
+	71, // 63: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,  // 64: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	10, // 65: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
+	11, // 66: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
+	13, // 67: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
+	15, // 68: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
+	17, // 69: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
+	19, // 70: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
+	21, // 71: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
+	23, // 72: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
+	25, // 73: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
+	27, // 74: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
+	29, // 75: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
+	31, // 76: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
+	33, // 77: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
+	35, // 78: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
+	37, // 79: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
+	39, // 80: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
+	44, // 81: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
+	42, // 82: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
+	46, // 83: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
+	48, // 84: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
+	50, // 85: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
+	52, // 86: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
+	54, // 87: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
+	56, // 88: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
+	58, // 89: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
+	60, // 90: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
+	62, // 91: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
+	12, // 92: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
+	14, // 93: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
+	16, // 94: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
+	18, // 95: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
+	20, // 96: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
+	22, // 97: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
+	24, // 98: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
+	26, // 99: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
+	28, // 100: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
+	30, // 101: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
+	32, // 102: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
+	34, // 103: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
+	36, // 104: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
+	38, // 105: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
+	40, // 106: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
+	45, // 107: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
+	43, // 108: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
+	47, // 109: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
+	49, // 110: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
+	51, // 111: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
+	53, // 112: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
+	55, // 113: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
+	57, // 114: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
+	59, // 115: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
+	61, // 116: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
+	63, // 117: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
+	92, // [92:118] is the sub-list for method output_type
+	66, // [66:92] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_keygate_keystore_v1_keystore_proto_init() }
