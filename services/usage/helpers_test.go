@@ -32,7 +32,7 @@ const (
 	memberToken = "member-token"
 	// plainToken is a plain member, "owner-k2": sees only its own keys.
 	plainToken = "plain-member-token"
-	otherToken  = "other-token"
+	otherToken = "other-token"
 )
 
 // testKeystore is a small keystore over real gRPC: workspace "acme" with
