@@ -219,7 +219,7 @@ func (a *App) Start(ctx context.Context) error {
 
 	meter := tel.MeterProvider()
 	if a.has(RoleKeystore) {
-		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken}
+		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens}
 		if c.OIDCIssuer != "" {
 			v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
 			if err != nil {
@@ -236,7 +236,7 @@ func (a *App) Start(ctx context.Context) error {
 		a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	if a.has(RoleUsage) {
-		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn)})
+		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn)})
 		if err != nil {
 			return fmt.Errorf("usage: %w", err)
 		}
@@ -253,7 +253,7 @@ func (a *App) Start(ctx context.Context) error {
 			Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "limiter"), Meter: meter,
 			Usage: usagev1.NewUsageServiceClient(usageConn), AdvertiseAddr: adv,
 			// The limiter adds the service token to forwarded calls itself.
-			DialOptions: a.dialOptions(false), ServiceToken: c.RootToken,
+			DialOptions: a.dialOptions(false), ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens,
 		})
 		if err != nil {
 			return fmt.Errorf("limiter: %w", err)

@@ -21,10 +21,12 @@ type Config struct {
 	MetricsAddr   string
 	EtcdEndpoints []string
 	RootToken     string
-	LogLevel      slog.Level
-	OTLPEndpoint  string
-	OTLPInsecure  bool
-	SampleRatio   float64
+	// PreviousRootTokens are still accepted during a root token rotation.
+	PreviousRootTokens []string
+	LogLevel           slog.Level
+	OTLPEndpoint       string
+	OTLPInsecure       bool
+	SampleRatio        float64
 
 	// Where a single-role process finds the others.
 	KeystoreAddr  string
@@ -138,6 +140,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&c.MetricsAddr, "metrics-addr", ":9464", "/metrics and /healthz for roles without an HTTP port")
 	e.str(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty in `keygate up` runs an embedded member")
 	e.str(&c.RootToken, "root-token", "", "bootstrap root token; `keygate up` generates one under the data dir when empty")
+	var previous string
+	e.str(&previous, "previous-root-tokens", "", "comma-separated root tokens still accepted while a new one rolls out to every process")
 	e.str(&level, "log-level", "info", "debug, info, warn or error")
 	e.str(&c.OTLPEndpoint, "otlp-endpoint", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/gRPC trace collector host:port; empty disables export")
 	e.boolean(&c.OTLPInsecure, "otlp-insecure", true, "send traces without TLS")
@@ -176,6 +180,11 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	for _, ep := range strings.Split(endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			c.EtcdEndpoints = append(c.EtcdEndpoints, ep)
+		}
+	}
+	for _, p := range strings.Split(previous, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			c.PreviousRootTokens = append(c.PreviousRootTokens, p)
 		}
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {

@@ -6,6 +6,7 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -76,4 +77,35 @@ func first(v []string) string {
 		return ""
 	}
 	return v[0]
+}
+
+// Tokens are the accepted values of a shared secret: the current one and,
+// during a rotation, previous ones still honoured until every process has
+// the new value.
+type Tokens [][]byte
+
+// NewTokens accepts current and every non-empty previous value.
+func NewTokens(current string, previous ...string) Tokens {
+	t := Tokens{[]byte(current)}
+	for _, p := range previous {
+		if p != "" {
+			t = append(t, []byte(p))
+		}
+	}
+	return t
+}
+
+// Match compares got with every accepted value in constant time, so the
+// answer's timing tells nothing about which value, or how much, matched.
+func (t Tokens) Match(got string) bool {
+	if got == "" {
+		return false
+	}
+	ok := 0
+	for _, want := range t {
+		if len(want) > 0 {
+			ok |= subtle.ConstantTimeCompare([]byte(got), want)
+		}
+	}
+	return ok == 1
 }

@@ -45,3 +45,14 @@ func TestIncomingAndForward(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "Bearer x", m["authorization"])
 }
+
+func TestTokens(t *testing.T) {
+	t.Parallel()
+	tok := auth.NewTokens("current-token", "", "previous-token")
+	require.True(t, tok.Match("current-token"))
+	require.True(t, tok.Match("previous-token"))
+	require.False(t, tok.Match(""))
+	require.False(t, tok.Match("current"))
+	require.False(t, tok.Match("current-token-and-more"))
+	require.False(t, auth.NewTokens("").Match(""), "an empty token never matches")
+}

@@ -9,7 +9,6 @@ package keystore
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +35,9 @@ type Config struct {
 	// RootToken is the bootstrap root token; other keygate services use it
 	// as their service token.
 	RootToken string
+	// PreviousRootTokens are still accepted as the root token while a
+	// rotation rolls out.
+	PreviousRootTokens []string
 	// DefaultMaxKeys is the key cap of a workspace created without one; 0 = 10.
 	DefaultMaxKeys int
 	// IDTokens verifies OIDC ID tokens from the configured SSO issuer; nil
@@ -79,7 +81,7 @@ type Server struct {
 	etcd      *clientv3.Client
 	clock     clock.Clock
 	log       *slog.Logger
-	rootToken []byte
+	rootToken auth.Tokens
 	idTokens  IDTokenVerifier
 	maxKeys   int
 	auditSeq  atomic.Uint32
@@ -105,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		etcd:      cfg.Etcd,
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
-		rootToken: []byte(cfg.RootToken),
+		rootToken: auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
 		idTokens:  cfg.IDTokens,
 		maxKeys:   cfg.DefaultMaxKeys,
 	}
@@ -173,7 +175,7 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	if tok == "" {
 		return nil, ErrUnauthenticated
 	}
-	if subtle.ConstantTimeCompare([]byte(tok), s.rootToken) == 1 {
+	if s.rootToken.Match(tok) {
 		return &principal{root: true, subject: rootSubject, credential: credRootToken}, nil
 	}
 	if s.idTokens != nil && oidc.LooksLikeJWT(tok) {

@@ -18,7 +18,6 @@ package limiter
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +62,8 @@ type Config struct {
 	// ServiceToken callers must present (authorization: Bearer); "" = no
 	// check. Forwarded calls carry it.
 	ServiceToken string
+	// PreviousServiceTokens are still accepted while a rotation rolls out.
+	PreviousServiceTokens []string
 	// ReservationTimeout after which an unsettled reservation counts as its
 	// estimate; default 10m.
 	ReservationTimeout time.Duration
@@ -77,6 +78,7 @@ type Server struct {
 	log     *slog.Logger
 	table   *window.Table
 	id      string
+	tokens  auth.Tokens
 	reg     *ring.Registration
 	watcher *ring.Watcher
 	peers   *limitclient.Client
@@ -130,6 +132,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, clock: cfg.Clock, log: cfg.Logger, id: cfg.AdvertiseAddr,
+		tokens:  auth.NewTokens(cfg.ServiceToken, cfg.PreviousServiceTokens...),
 		seeding: make(map[string]*seedCall),
 		table: window.New(window.Config{
 			ReservationTimeout: cfg.ReservationTimeout,
@@ -252,7 +255,7 @@ func (s *Server) authorize(ctx context.Context) error {
 	if v := metadata.ValueFromIncomingContext(ctx, auth.Header); len(v) > 0 {
 		got = auth.ParseBearer(v[0])
 	}
-	if subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.ServiceToken)) != 1 {
+	if !s.tokens.Match(got) {
 		return ErrUnauthenticated
 	}
 	return nil

@@ -2,7 +2,6 @@ package usage
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +33,8 @@ type Config struct {
 	// ServiceToken is required (authorization: Bearer) on RecordUsage and
 	// GetTotals, and sent to the keystore for model prices.
 	ServiceToken string
+	// PreviousServiceTokens are still accepted while a rotation rolls out.
+	PreviousServiceTokens []string
 	// Keystore gives model prices and authorizes management calls, which
 	// are forwarded with the caller's credential.
 	Keystore keystorev1.KeystoreServiceClient
@@ -77,7 +78,7 @@ type Server struct {
 	ks        keystore
 	prices    *priceBook
 	com       *committer
-	token     []byte
+	token     auth.Tokens
 	retention time.Duration
 	maxLog    int
 
@@ -125,7 +126,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
 		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
 		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
-		token:     []byte(cfg.ServiceToken),
+		token:     auth.NewTokens(cfg.ServiceToken, cfg.PreviousServiceTokens...),
 		retention: cfg.Retention,
 		maxLog:    cfg.MaxLogEntries,
 	}
@@ -149,7 +150,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) checkService(ctx context.Context) error {
-	if subtle.ConstantTimeCompare([]byte(auth.BearerFromIncoming(ctx)), s.token) != 1 {
+	if !s.token.Match(auth.BearerFromIncoming(ctx)) {
 		return ErrUnauthenticated
 	}
 	return nil
