@@ -57,13 +57,19 @@ func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.Cr
 	}
 	if owner != rootSubject || !p.root {
 		// A key belongs to a member; admin keys act with its role.
-		if _, err := s.memberRole(ctx, ws, owner); errors.Is(err, ErrNotFound) {
+		ownerRole, err := s.memberRole(ctx, ws, owner)
+		if errors.Is(err, ErrNotFound) {
 			if _, _, werr := s.getWorkspace(ctx, ws); werr != nil {
 				return nil, werr
 			}
 			return nil, invalid("owner", "%q is not a member of workspace %q", owner, ws)
 		} else if err != nil {
 			return nil, err
+		}
+		// An admin key acts with its owner's role: nobody mints one for a
+		// member who outranks them.
+		if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && !p.root && roleRank(ownerRole) > roleRank(p.role) {
+			return nil, fmt.Errorf("%w: an admin key for %q would act with a role above yours", ErrPermissionDenied, owner)
 		}
 	}
 	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && owner == rootSubject {

@@ -249,14 +249,36 @@ func (p *principal) requireRoot() error {
 	return nil
 }
 
-// canManageKey: owners and admins manage every key of the workspace, members
+// canManageKey: owners and admins manage every standard key of the
+// workspace and their own admin keys; another member's admin key acts with
+// that member's rights, so only owners (and root) manage it, or an admin
+// could rotate an owner's admin key and act as the owner. Members manage
 // their own standard keys.
 func (p *principal) canManageKey(k *keystorev1.Key) error {
-	if p.manager() {
+	own := k.GetOwner() == p.subject
+	switch {
+	case p.root:
 		return nil
-	}
-	if k.GetOwner() == p.subject && k.GetKind() == keystorev1.KeyKind_KEY_KIND_STANDARD {
+	case k.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN:
+		if own && p.manager() || p.role == keystorev1.Role_ROLE_OWNER {
+			return nil
+		}
+		return fmt.Errorf("%w: only owners manage another member's admin keys", ErrPermissionDenied)
+	case p.manager() || own:
 		return nil
 	}
 	return fmt.Errorf("%w: members manage only their own standard keys", ErrPermissionDenied)
+}
+
+// roleRank orders roles by the rights they give.
+func roleRank(r keystorev1.Role) int {
+	switch r {
+	case keystorev1.Role_ROLE_OWNER:
+		return 3
+	case keystorev1.Role_ROLE_ADMIN:
+		return 2
+	case keystorev1.Role_ROLE_MEMBER:
+		return 1
+	}
+	return 0
 }

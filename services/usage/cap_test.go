@@ -267,3 +267,21 @@ func TestTwoReplicasOverlapping(t *testing.T) {
 	spend := m["keygate.usage.spend"]["model=mock-small"] + m["keygate.usage.spend"]["model=mock-large"]
 	require.InDelta(t, float64(wantCost)/1e9, spend, 1e-9)
 }
+
+// TestTrimBeyondOnePass: an excess larger than one eviction pass is trimmed
+// in one call, each pass evicting the next oldest entries.
+func TestTrimBeyondOnePass(t *testing.T) {
+	e := newEnvWith(t, func(c *Config) { c.MaxLogEntries = 10 })
+	e.srv.evictPass = 4
+	var batch []*usagev1.UsageRecord
+	for i := range 25 {
+		batch = append(batch, rec(fmt.Sprintf("p-%02d", i), "k1", "mock-small", 1, 1, t0.Add(time.Duration(i-30)*time.Minute)))
+	}
+	e.record(t, batch...)
+	// The server may trim on its own meanwhile; either way one call leaves
+	// exactly the cap.
+	_, err := e.srv.trim(t.Context())
+	require.NoError(t, err)
+	require.EqualValues(t, 10, count(t, e.etcd, "log/"))
+	require.EqualValues(t, 10, count(t, e.etcd, "id/"))
+}

@@ -19,7 +19,7 @@ const (
 	janitorInterval = 10 * time.Minute
 	// evictPass bounds the victims one eviction pass holds in memory and
 	// covers with one watermark raise.
-	evictPass = 1 << 16
+	defaultEvictPass = 1 << 16
 	// evictTxn is how many entries one delete Txn removes: an entry and its
 	// marker are two ops.
 	evictTxn = maxTxnOps / 2
@@ -75,7 +75,7 @@ func (s *Server) expire(ctx context.Context, cutoff time.Time) (int, error) {
 	for _, ws := range wss {
 		end := logPrefix(ws) + logTime(cutoff)
 		for {
-			resp, err := s.st.cli.Get(ctx, logPrefix(ws), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(evictPass))
+			resp, err := s.st.cli.Get(ctx, logPrefix(ws), clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(int64(s.evictPass)))
 			if err != nil {
 				return n, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
 			}
@@ -98,31 +98,32 @@ func (s *Server) expire(ctx context.Context, cutoff time.Time) (int, error) {
 // trim evicts the oldest log entries, across all workspaces, beyond
 // maxLog.
 func (s *Server) trim(ctx context.Context) (int, error) {
-	resp, err := s.st.cli.Get(ctx, Prefix+"log/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return 0, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
-	}
-	// Victims are read at the revision they were counted at: replicas
-	// trimming at once then pick the same oldest entries rather than each
-	// evicting the excess again.
-	rev := resp.Header.Revision
-	excess := int(resp.Count) - s.maxLog
 	n := 0
-	for excess > 0 {
-		victims, err := s.st.oldest(ctx, min(excess, evictPass), rev)
+	for {
+		resp, err := s.st.cli.Get(ctx, Prefix+"log/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return n, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
+		}
+		excess := int(resp.Count) - s.maxLog
+		if excess <= 0 {
+			return n, nil
+		}
+		// Victims are read at the revision they were counted at: replicas
+		// trimming at once then pick the same oldest entries rather than
+		// each evicting the excess again. Each pass counts afresh, so the
+		// next pass reads past what this one deleted.
+		victims, err := s.st.oldest(ctx, min(excess, s.evictPass), resp.Header.Revision)
 		if err != nil {
 			return n, err
 		}
 		if len(victims) == 0 {
-			break
+			return n, nil
 		}
 		if err := s.evict(ctx, victims, "cap"); err != nil {
 			return n, err
 		}
 		n += len(victims)
-		excess -= len(victims)
 	}
-	return n, nil
 }
 
 // evict deletes log entries and their markers. It first raises the

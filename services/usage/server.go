@@ -72,13 +72,15 @@ var _ keystore = keystorev1.KeystoreServiceClient(nil)
 type Server struct {
 	usagev1.UnimplementedUsageServiceServer
 
-	clk       clock.Clock
-	log       *slog.Logger
-	st        store
-	ks        keystore
-	prices    *priceBook
-	com       *committer
-	token     auth.Tokens
+	clk    clock.Clock
+	log    *slog.Logger
+	st     store
+	ks     keystore
+	prices *priceBook
+	com    *committer
+	token  auth.Tokens
+	// evictPass bounds the victims one eviction pass holds (tests shrink it).
+	evictPass int
 	retention time.Duration
 	maxLog    int
 
@@ -127,6 +129,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
 		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
 		token:     auth.NewTokens(cfg.ServiceToken, cfg.PreviousServiceTokens...),
+		evictPass: defaultEvictPass,
 		retention: cfg.Retention,
 		maxLog:    cfg.MaxLogEntries,
 	}
