@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -178,7 +179,10 @@ func (a *App) Start(ctx context.Context) error {
 			return fmt.Errorf("grpc listen %s: %w", c.GRPCAddr, err)
 		}
 		a.GRPCAddr = grpcLis.Addr().String()
-		opts := tel.ServerOptions(log)
+		opts := append(tel.ServerOptions(log),
+			// Clients ping idle connections to find dead peers early;
+			// allow it at the rate they use.
+			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
 		if a.tls.server != nil {
 			opts = append(opts, grpc.Creds(a.tls.server))
 		}
@@ -321,7 +325,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient, KeyUse: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
-		RequestTimeout: c.RequestTimeout, Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},
+		RequestTimeout: c.RequestTimeout, LimiterTimeout: c.LimiterTimeout, Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},
 	})
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
@@ -443,6 +447,9 @@ func (a *App) dialOptions(withToken bool) []grpc.DialOption {
 	// headless Service spreads calls over all replicas.
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(a.tls.client),
+		// A peer that vanishes without closing its connections (a node
+		// lost) is found within seconds, not at the next TCP timeout.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 	}
 	if withToken {

@@ -38,6 +38,7 @@ type Config struct {
 	MaxBodyBytes     int64
 	DefaultMaxTokens int64
 	RequestTimeout   time.Duration
+	LimiterTimeout   time.Duration
 	MockLatency      time.Duration
 	MockChunkDelay   time.Duration
 
@@ -153,6 +154,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.int64(&c.MaxBodyBytes, "max-body-bytes", 4<<20, "largest request body the edge accepts")
 	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")
 	e.duration(&c.RequestTimeout, "request-timeout", 120*time.Second, "deadline of one inference request")
+	e.duration(&c.LimiterTimeout, "limiter-timeout", 2*time.Second, "deadline of the edge's key and limit checks; past it the request answers 503 (or, with --fail-open, goes through)")
 	e.duration(&c.MockLatency, "mock-latency", 0, "latency the built-in mock provider adds to each answer")
 	e.duration(&c.MockChunkDelay, "mock-chunk-delay", 0, "delay between the built-in mock provider's streamed chunks")
 	e.str(&c.EtcdName, "etcd-name", "default", "name of the embedded etcd member")
@@ -199,8 +201,8 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	if c.DefaultMaxTokens <= 0 {
 		return c, nil, errors.New("--default-max-tokens must be positive")
 	}
-	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 {
-		return c, nil, errors.New("--request-timeout and --shutdown-timeout must be positive")
+	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.LimiterTimeout <= 0 {
+		return c, nil, errors.New("--request-timeout, --limiter-timeout and --shutdown-timeout must be positive")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, nil, errors.New("--tls-cert and --tls-key go together")

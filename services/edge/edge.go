@@ -87,6 +87,10 @@ type Config struct {
 	DefaultMaxTokens int64
 	// RequestTimeout bounds each upstream call; default 120s.
 	RequestTimeout time.Duration
+	// LimiterTimeout bounds the key check and the limit check of one
+	// request; a stalled keystore or limiter then answers 503 instead of
+	// hanging. Default 2s.
+	LimiterTimeout time.Duration
 	// UsageBuffer bounds the usage records waiting for the ledger; when it
 	// is full the oldest record is dropped (counted in
 	// keygate.edge.usage.dropped and logged). Default 100000.
@@ -157,6 +161,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = 120 * time.Second
+	}
+	if cfg.LimiterTimeout == 0 {
+		cfg.LimiterTimeout = 2 * time.Second
 	}
 	if cfg.UsageBuffer == 0 {
 		cfg.UsageBuffer = 100_000

@@ -147,7 +147,9 @@ func (c *call) authenticate() bool {
 			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in the 'api-key' header)."})
 		return false
 	}
-	key, err := c.s.cfg.Verifier.Verify(c.ctx, secret)
+	vctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.LimiterTimeout)
+	key, err := c.s.cfg.Verifier.Verify(vctx, secret)
+	cancel()
 	switch {
 	case errors.Is(err, c.s.cfg.ErrInvalidKey):
 		c.fail(invalidKey())
@@ -442,11 +444,24 @@ func (c *call) check(rt *route, est estimate) (reserved, ok bool) {
 		EstimatedTokens:     est.prompt + est.completion,
 		EstimatedCostMicros: cost(rt, est.prompt, est.completion),
 	}
-	results, err := c.s.cfg.Limiter.Check(c.ctx, []*limiterv1.CheckItem{item})
+	// A stalled limiter must not hang the request: past the timeout the
+	// client retries the next owner or the request fails over.
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.LimiterTimeout)
+	results, err := c.s.cfg.Limiter.Check(ctx, []*limiterv1.CheckItem{item})
+	cancel()
 	if err == nil && len(results) != 1 {
 		err = errors.New("limiter answered " + strconv.Itoa(len(results)) + " results for 1 item")
 	}
 	if err != nil {
+		// The limiter may have reserved before the answer was lost:
+		// releasing an unknown reservation is harmless, keeping a stray
+		// one would charge the key for a request never served.
+		c.s.settle.add(c.ctx, settleOp{release: &limiterv1.Release{ReservationId: c.id, Key: key.GetId()}})
+		if c.r.Context().Err() != nil {
+			// The client left; that says nothing about the limiter.
+			c.status, c.reason = 499, "client_cancelled"
+			return false, false
+		}
 		if c.s.limDown.CompareAndSwap(false, true) {
 			c.s.log.Error("edge: limiter unavailable", "fail_open", c.s.cfg.FailOpen, "err", err)
 		}
@@ -480,6 +495,8 @@ type outcome struct {
 	prompt, completion int64
 	status             usagev1.RequestStatus
 	release            bool // nothing was produced: free the reservation
+	// promptEstimate is what a request cut off by its client is charged.
+	promptEstimate int64
 }
 
 func (c *call) forward(rt *route, req *request, ep *endpoint, body []byte, est estimate, reserved bool) {
@@ -517,7 +534,7 @@ func (c *call) forward(rt *route, req *request, ep *endpoint, body []byte, est e
 
 // proxy sends the request upstream and answers the client.
 func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est estimate) outcome {
-	failed := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR, release: true}
+	failed := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR, release: true, promptEstimate: est.prompt}
 	if rt.up.credErr != nil {
 		c.s.log.Error("edge: provider credential missing", "provider", rt.provider, "err", rt.up.credErr)
 		c.fail(upstreamError(http.StatusBadGateway, "The provider of model '"+rt.id+"' is not configured with a credential."))
@@ -580,8 +597,13 @@ func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est est
 func (c *call) upstreamFailed(ctx context.Context, rt *route, err error, failed outcome) outcome {
 	switch {
 	case c.r.Context().Err() != nil:
+		// The provider was asked and may bill the prompt: the request
+		// counts, it is not released (which would let a client that
+		// always hangs up escape its request limits).
 		c.status, c.reason = 499, "client_cancelled"
 		failed.status = usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED
+		failed.release = false
+		failed.prompt = failed.promptEstimate
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		c.fail(upstreamError(http.StatusGatewayTimeout,
 			"The provider of model '"+rt.id+"' did not answer within "+c.s.cfg.RequestTimeout.String()+"."))

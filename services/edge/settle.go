@@ -61,7 +61,10 @@ func (s *settler) run(ctx context.Context) {
 				break drain
 			}
 		}
-		s.send(ctx, batch)
+		// A batch in flight at shutdown still completes (each send has
+		// its own timeout): dropped settlements would stay charged at
+		// their estimates.
+		s.send(context.WithoutCancel(ctx), batch)
 	}
 }
 
@@ -81,7 +84,10 @@ func (s *settler) flush(ctx context.Context) {
 		if len(batch) == 0 || ctx.Err() != nil {
 			return
 		}
-		s.send(ctx, batch)
+		// A batch in flight at shutdown still completes (each send has
+		// its own timeout): dropped settlements would stay charged at
+		// their estimates.
+		s.send(context.WithoutCancel(ctx), batch)
 	}
 }
 

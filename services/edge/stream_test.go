@@ -221,3 +221,45 @@ func TestStreamClientDisconnect(t *testing.T) {
 		})
 	}
 }
+
+// TestClientGoneBeforeAnswer: a client that hangs up while the provider is
+// still working is charged its prompt and its request counts: a release
+// would let a client that always hangs up escape its request limits.
+func TestClientGoneBeforeAnswer(t *testing.T) {
+	t.Parallel()
+	asked := make(chan struct{})
+	h := startEdge(t, upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		// Read the body: only then does the server notice a closed
+		// connection and cancel r.Context().
+		_, _ = io.Copy(io.Discard, r.Body)
+		close(asked)
+		<-r.Context().Done() // never answers before the client leaves
+	}))
+	ctx, cancel := context.WithCancel(t.Context())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url+"/v1/chat/completions",
+		strings.NewReader(`{"model":"up-model","messages":[{"role":"user","content":"hello there"}]}`))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+goodKey)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-asked
+	cancel()
+	require.Error(t, <-done)
+
+	require.Eventually(t, func() bool {
+		s, r := h.limiter.settled()
+		return len(s) == 1 && len(r) == 0 && s[0].GetActualTokens() > 0
+	}, 5*time.Second, 5*time.Millisecond, "settled with the prompt, not released")
+	s, _ := h.limiter.settled()
+	require.Eventually(t, func() bool { return h.usage.record(s[0].GetReservationId()) != nil }, 5*time.Second, 5*time.Millisecond)
+	rec := h.usage.record(s[0].GetReservationId())
+	require.Equal(t, usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED, rec.GetStatus())
+	require.Positive(t, rec.GetPromptTokens())
+	require.Zero(t, rec.GetCompletionTokens())
+}
