@@ -101,8 +101,10 @@ func limitName(k limiterv1.LimitKind) string {
 }
 
 // denial turns a refused Check into its 429 and the Retry-After delay
-// (0: no header).
-func denial(res *limiterv1.CheckResult) (apiError, time.Duration) {
+// (0: no header, and the request is not worth retrying as it is). est is
+// the request's token estimate: one larger than a token window can never
+// be admitted, however long the client waits.
+func denial(res *limiterv1.CheckResult, est int64) (apiError, time.Duration) {
 	kind := res.GetDeniedBy()
 	scope := "for this key"
 	if res.GetDeniedModel() != "" {
@@ -131,6 +133,11 @@ func denial(res *limiterv1.CheckResult) (apiError, time.Duration) {
 	typ := "requests"
 	if kind == limiterv1.LimitKind_LIMIT_KIND_TPM || kind == limiterv1.LimitKind_LIMIT_KIND_TPD {
 		typ = "tokens"
+	}
+	if typ == "tokens" && q != nil && q.GetLimit() > 0 && est > q.GetLimit() {
+		msg := "Request too large: it may use about " + strconv.FormatInt(est, 10) + " tokens (prompt and max_tokens), more than the " +
+			limitName(kind) + limit + " " + scope + " allows. Lower max_tokens or shorten the prompt."
+		return apiError{http.StatusTooManyRequests, typ, "rate_limit_exceeded", msg}, 0
 	}
 	if retry <= 0 {
 		retry = time.Second

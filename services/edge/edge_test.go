@@ -32,6 +32,9 @@ func deny(kind limiterv1.LimitKind, model string, retry time.Duration) func(*lim
 			Tokens:      &limiterv1.Quota{Kind: limiterv1.LimitKind_LIMIT_KIND_TPD, Limit: 1000, Remaining: 10, ResetAfter: durationpb.New(6 * time.Hour)},
 			Quotas:      []*limiterv1.Quota{{Kind: kind, Model: model, Limit: 2, ResetAfter: durationpb.New(31 * time.Second)}},
 		}
+		if kind == limiterv1.LimitKind_LIMIT_KIND_TPM || kind == limiterv1.LimitKind_LIMIT_KIND_TPD {
+			r.Quotas[0].Limit = 100_000 // a window the request fits when empty
+		}
 		if retry > 0 {
 			r.RetryAfter = durationpb.New(retry)
 		}
@@ -117,6 +120,14 @@ func TestErrorTable(t *testing.T) {
 		}},
 		{name: "tpm full", status: 429, code: "rate_limit_exceeded", retry: "2", checked: true, setup: func(h *harness) {
 			h.limiter.setDecide(deny(limiterv1.LimitKind_LIMIT_KIND_TPM, "", 1200*time.Millisecond))
+		}},
+		// A request larger than the window can never be admitted: no
+		// Retry-After, and the client is told not to retry as it is.
+		{name: "request larger than tpm", status: 429, code: "rate_limit_exceeded", checked: true, forbidden: true, setup: func(h *harness) {
+			h.limiter.setDecide(func(*limiterv1.CheckItem) (*limiterv1.CheckResult, error) {
+				return &limiterv1.CheckResult{DeniedBy: limiterv1.LimitKind_LIMIT_KIND_TPM,
+					Quotas: []*limiterv1.Quota{{Kind: limiterv1.LimitKind_LIMIT_KIND_TPM, Limit: 10, ResetAfter: durationpb.New(time.Second)}}}, nil
+			})
 		}},
 		{name: "tpd full", status: 429, code: "rate_limit_exceeded", retry: "60", checked: true, setup: func(h *harness) {
 			h.limiter.setDecide(deny(limiterv1.LimitKind_LIMIT_KIND_TPD, "", time.Minute))

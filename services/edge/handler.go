@@ -478,8 +478,8 @@ func (c *call) check(rt *route, est estimate) (reserved, ok bool) {
 	}
 	c.res = results[0]
 	if !c.res.GetAllowed() {
-		e, retry := denial(c.res)
-		c.failRetry(e, retry, e.code == "insufficient_quota")
+		e, retry := denial(c.res, item.GetEstimatedTokens())
+		c.failRetry(e, retry, e.code == "insufficient_quota" || retry == 0)
 		return false, false
 	}
 	return true, true
@@ -594,6 +594,11 @@ func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est est
 
 // upstreamFailed answers a transport failure: the client left, the
 // deadline passed (504) or the provider could not be reached (502).
+// maxSSELine bounds one streamed event line from a provider.
+const maxSSELine = 1 << 20
+
+var errSSELineTooLong = errors.New("provider sent a streamed line over 1 MiB")
+
 func (c *call) upstreamFailed(ctx context.Context, rt *route, err error, failed outcome) outcome {
 	switch {
 	case c.r.Context().Err() != nil:
@@ -672,9 +677,15 @@ func (c *call) stream(resp *http.Response, req *request, est estimate) outcome {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			long = append(long[:0], line...)
-			for errors.Is(err, bufio.ErrBufferFull) {
+			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxSSELine {
 				line, err = br.ReadSlice('\n')
 				long = append(long, line...)
+			}
+			if len(long) > maxSSELine {
+				// A provider that never ends its line would grow this
+				// without bound: end the stream as an upstream failure.
+				readErr = errSSELineTooLong
+				break
 			}
 			line = long
 		}

@@ -2,6 +2,7 @@ package edge_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -262,4 +263,28 @@ func TestClientGoneBeforeAnswer(t *testing.T) {
 	require.Equal(t, usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED, rec.GetStatus())
 	require.Positive(t, rec.GetPromptTokens())
 	require.Zero(t, rec.GetCompletionTokens())
+}
+
+// TestStreamLineBound: a provider that never ends a streamed line cannot
+// grow the edge's memory; the stream ends as an upstream error.
+func TestStreamLineBound(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, upstream(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"))
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for range 40 { // 2.5 MiB without a newline
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	a := h.post(t, "/v1/chat/completions", goodKey, `{"model":"up-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	require.Equal(t, http.StatusOK, a.status)
+	require.Less(t, len(a.body), 2<<20, "the endless line was not passed on whole")
+	id := a.header.Get("X-Request-Id")
+	require.Eventually(t, func() bool { return h.usage.record(id) != nil }, 5*time.Second, 5*time.Millisecond)
+	require.Equal(t, usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR, h.usage.record(id).GetStatus())
 }
