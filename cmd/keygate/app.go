@@ -313,7 +313,7 @@ func (a *App) Start(ctx context.Context) error {
 func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.ClientConn) error {
 	c := a.Config
 	ksClient := keystorev1.NewKeystoreServiceClient(keystoreConn)
-	verifier := keycache.New(ksClient, keycache.Options{Clock: a.Clock, Logger: a.Logger.With("component", "keycache")})
+	verifier := keycache.New(ksClient, keycache.Options{Clock: a.Clock, Logger: a.Logger.With("component", "keycache"), Timeout: c.LimiterTimeout})
 	a.goBackground(func() { _ = verifier.Run(a.ctx) })
 	lc, err := limitclient.New(ctx, limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")})
 	if err != nil {

@@ -7,13 +7,11 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/pkg/loadgen"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 
@@ -117,11 +115,6 @@ func (s stack) call(base, body string, ttfb bool) (time.Duration, error) {
 	return d, nil
 }
 
-func percentile(d []time.Duration, p float64) float64 {
-	slices.Sort(d)
-	return float64(d[min(len(d)-1, int(float64(len(d))*p))].Nanoseconds()) / 1e3
-}
-
 // stackLatency alternates bare and edge requests, so both see the same
 // machine load, and reports percentiles in µs and what the edge adds.
 func stackLatency(b *testing.B, body string, ttfb bool) {
@@ -145,8 +138,8 @@ func stackLatency(b *testing.B, body string, ttfb bool) {
 		edge = append(edge, d)
 	}
 	b.StopTimer()
-	bp50, bp99 := percentile(bare, 0.50), percentile(bare, 0.99)
-	ep50, ep99 := percentile(edge, 0.50), percentile(edge, 0.99)
+	bp50, bp99 := loadgen.Percentile(bare, 0.50), loadgen.Percentile(bare, 0.99)
+	ep50, ep99 := loadgen.Percentile(edge, 0.50), loadgen.Percentile(edge, 0.99)
 	b.ReportMetric(bp50, "bare-p50-µs")
 	b.ReportMetric(bp99, "bare-p99-µs")
 	b.ReportMetric(ep50, "edge-p50-µs")
@@ -167,23 +160,14 @@ func BenchmarkStackStreamTTFB(b *testing.B) { stackLatency(b, benchStream, true)
 // from 32 concurrent clients, and the ratio.
 func BenchmarkStackThroughput(b *testing.B) {
 	s := newStack(b)
-	var failed atomic.Int64
+	var failed int64
 	run := func(base string, n int) float64 {
-		var left atomic.Int64
-		left.Store(int64(n))
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range 32 {
-			wg.Go(func() {
-				for left.Add(-1) >= 0 {
-					if _, err := s.call(base, benchChat, false); err != nil {
-						failed.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		return float64(n) / time.Since(start).Seconds()
+		rps, bad := loadgen.Throughput(n, 32, func() error {
+			_, err := s.call(base, benchChat, false)
+			return err
+		})
+		failed += bad
+		return rps
 	}
 	run(s.bare, 200)
 	run(s.edge, 200)
@@ -191,8 +175,8 @@ func BenchmarkStackThroughput(b *testing.B) {
 	bare := run(s.bare, b.N)
 	edge := run(s.edge, b.N)
 	b.StopTimer()
-	if failed.Load() > 0 {
-		b.Fatalf("%d requests failed", failed.Load())
+	if failed > 0 {
+		b.Fatalf("%d requests failed", failed)
 	}
 	b.ReportMetric(bare, "bare-req/s")
 	b.ReportMetric(edge, "edge-req/s")

@@ -45,6 +45,9 @@ type Options struct {
 	// MaxStaleness bounds how long the cache is trusted without a message
 	// from the change stream; default 5s.
 	MaxStaleness time.Duration
+	// Timeout bounds a cache miss's call to the keystore, so a stalled
+	// keystore fails the request instead of hanging it; default 2s.
+	Timeout time.Duration
 }
 
 // maxKeyLen bounds the key text hashed on the stack; longer text is not a
@@ -67,6 +70,7 @@ type Verifier struct {
 	clock    clock.Clock
 	log      *slog.Logger
 	maxStale int64
+	timeout  time.Duration
 
 	mu      sync.RWMutex
 	entries map[digest]entry
@@ -87,6 +91,7 @@ func New(client keystorev1.KeystoreServiceClient, opts Options) *Verifier {
 		clock:    opts.Clock,
 		log:      opts.Logger,
 		maxStale: int64(opts.MaxStaleness),
+		timeout:  opts.Timeout,
 		entries:  map[digest]entry{},
 		byKey:    map[string][]digest{},
 	}
@@ -98,6 +103,9 @@ func New(client keystorev1.KeystoreServiceClient, opts Options) *Verifier {
 	}
 	if v.maxStale <= 0 {
 		v.maxStale = int64(5 * time.Second)
+	}
+	if v.timeout <= 0 {
+		v.timeout = 2 * time.Second
 	}
 	return v
 }
@@ -134,7 +142,9 @@ func (v *Verifier) fetch(ctx context.Context, secret string, h digest, gen uint6
 	if _, err := keyformat.Parse(secret); err != nil {
 		return nil, ErrInvalidKey
 	}
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	resp, err := v.ks.VerifyKey(ctx, &keystorev1.VerifyKeyRequest{Secret: secret})
+	cancel()
 	if status.Code(err) == codes.Unauthenticated {
 		return nil, ErrInvalidKey
 	}

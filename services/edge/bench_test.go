@@ -8,14 +8,12 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/pkg/loadgen"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 
@@ -96,11 +94,6 @@ func (p benchPair) try(base, body string, ttfb bool) (time.Duration, error) {
 	return d, nil
 }
 
-func pct(d []time.Duration, p float64) float64 {
-	slices.Sort(d)
-	return float64(d[min(len(d)-1, int(float64(len(d))*p))].Nanoseconds()) / 1e3
-}
-
 // latencyVsBare alternates one bare and one edge request per iteration, so
 // both see the same machine load, and reports percentiles in µs.
 func latencyVsBare(b *testing.B, body string, ttfb bool) {
@@ -117,8 +110,8 @@ func latencyVsBare(b *testing.B, body string, ttfb bool) {
 		edge = append(edge, p.call(b, p.edge, body, ttfb))
 	}
 	b.StopTimer()
-	bp50, bp99 := pct(bare, 0.50), pct(bare, 0.99)
-	ep50, ep99 := pct(edge, 0.50), pct(edge, 0.99)
+	bp50, bp99 := loadgen.Percentile(bare, 0.50), loadgen.Percentile(bare, 0.99)
+	ep50, ep99 := loadgen.Percentile(edge, 0.50), loadgen.Percentile(edge, 0.99)
 	b.ReportMetric(bp50, "bare-p50-µs")
 	b.ReportMetric(bp99, "bare-p99-µs")
 	b.ReportMetric(ep50, "edge-p50-µs")
@@ -139,23 +132,14 @@ func BenchmarkStreamTTFBVsBareProxy(b *testing.B) { latencyVsBare(b, benchStream
 // concurrent clients; reports each one's requests per second and the ratio.
 func BenchmarkThroughputVsBareProxy(b *testing.B) {
 	p := newBenchPair(b)
-	var failed atomic.Int64
+	var failed int64
 	run := func(base string, n int) float64 {
-		var left atomic.Int64
-		left.Store(int64(n))
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range 32 {
-			wg.Go(func() {
-				for left.Add(-1) >= 0 {
-					if _, err := p.try(base, benchBody, false); err != nil {
-						failed.Add(1)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		return float64(n) / time.Since(start).Seconds()
+		rps, bad := loadgen.Throughput(n, 32, func() error {
+			_, err := p.try(base, benchBody, false)
+			return err
+		})
+		failed += bad
+		return rps
 	}
 	run(p.bare, 200)
 	run(p.edge, 200)
@@ -163,8 +147,8 @@ func BenchmarkThroughputVsBareProxy(b *testing.B) {
 	bare := run(p.bare, b.N)
 	edge := run(p.edge, b.N)
 	b.StopTimer()
-	if failed.Load() > 0 {
-		b.Fatalf("%d requests failed", failed.Load())
+	if failed > 0 {
+		b.Fatalf("%d requests failed", failed)
 	}
 	b.ReportMetric(bare, "bare-req/s")
 	b.ReportMetric(edge, "edge-req/s")

@@ -87,9 +87,9 @@ type Config struct {
 	DefaultMaxTokens int64
 	// RequestTimeout bounds each upstream call; default 120s.
 	RequestTimeout time.Duration
-	// LimiterTimeout bounds the key check and the limit check of one
-	// request; a stalled keystore or limiter then answers 503 instead of
-	// hanging. Default 2s.
+	// LimiterTimeout bounds the limit check of one request; a stalled
+	// limiter then answers 503 instead of hanging. Default 2s. (The
+	// Verifier bounds its own keystore calls.)
 	LimiterTimeout time.Duration
 	// UsageBuffer bounds the usage records waiting for the ledger; when it
 	// is full the oldest record is dropped (counted in

@@ -147,9 +147,7 @@ func (c *call) authenticate() bool {
 			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in the 'api-key' header)."})
 		return false
 	}
-	vctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.LimiterTimeout)
-	key, err := c.s.cfg.Verifier.Verify(vctx, secret)
-	cancel()
+	key, err := c.s.cfg.Verifier.Verify(c.ctx, secret)
 	switch {
 	case errors.Is(err, c.s.cfg.ErrInvalidKey):
 		c.fail(invalidKey())
