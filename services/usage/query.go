@@ -2,10 +2,9 @@ package usage
 
 import (
 	"context"
-	"encoding/base64"
+	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -14,6 +13,7 @@ import (
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/money"
+	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
 // maxSeriesDays bounds a series or listing range.
@@ -193,12 +193,10 @@ func (s *Server) listUsage(ctx context.Context, ws string, by usagev1.GroupBy, s
 const (
 	defaultPageSize = 50
 	maxPageSize     = 500
-	// maxScan bounds the log entries one ListRequests call reads when
-	// filters are selective; it then answers a short page with a token.
-	maxScan = 5000
 )
 
-// listRequests reads the workspace's log newest first, filtered.
+// listRequests reads the workspace's log newest first, filtered. A
+// selective filter may answer a short page with a token to go on.
 func (s *Server) listRequests(ctx context.Context, req *usagev1.ListRequestsRequest) (*usagev1.ListRequestsResponse, error) {
 	ws := req.GetWorkspace()
 	size := int(req.GetPageSize())
@@ -210,54 +208,37 @@ func (s *Server) listRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 	case size > maxPageSize:
 		size = maxPageSize
 	}
-	before := ""
+	if _, ok := usagev1.RequestStatus_name[int32(req.GetStatus())]; !ok {
+		return nil, invalidf("unknown status %d", req.GetStatus())
+	}
+	q := reqlog.Query{
+		Workspace: ws, Key: req.GetKey(), Owner: req.GetOwner(), Model: req.GetModel(),
+		Status: int32(req.GetStatus()), Limit: size,
+	}
 	if tok := req.GetPageToken(); tok != "" {
-		b, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || !strings.HasPrefix(string(b), logPrefix(ws)) {
+		c, err := reqlog.DecodeCursor(ws, tok)
+		if err != nil {
 			return nil, invalidf("page_token is not one this listing returned")
 		}
-		before = string(b)
+		q.Before = c
 	}
-	resp := &usagev1.ListRequestsResponse{}
-	scanned := 0
-	for scanned < maxScan {
-		kvs, more, err := s.st.logPage(ctx, ws, before, int64(min(2*size, maxScan-scanned)))
-		if err != nil {
-			return nil, err
-		}
-		for i, kv := range kvs {
-			scanned++
-			before = string(kv.Key)
-			rec := &usagev1.UsageRecord{}
-			if err := proto.Unmarshal(kv.Value, rec); err != nil {
-				s.log.Warn("usage: unreadable log entry", "err", err)
-				continue
-			}
-			if !matches(req, rec) {
-				continue
-			}
-			resp.Requests = append(resp.Requests, rec)
-			if len(resp.Requests) == size {
-				more = more || i < len(kvs)-1
-				break
-			}
-		}
-		if !more {
-			return resp, nil
-		}
-		if len(resp.Requests) == size {
-			break
-		}
+	page, err := s.rlog.List(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("%w: request log: %w", ErrUnavailable, err)
 	}
-	resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(before))
+	resp := &usagev1.ListRequestsResponse{Requests: make([]*usagev1.UsageRecord, 0, len(page.Entries))}
+	for _, e := range page.Entries {
+		rec := &usagev1.UsageRecord{}
+		if err := proto.Unmarshal(e.Record, rec); err != nil {
+			s.log.Warn("usage: unreadable log entry", "err", err)
+			continue
+		}
+		resp.Requests = append(resp.Requests, rec)
+	}
+	if page.Next != nil {
+		resp.NextPageToken = reqlog.EncodeCursor(ws, *page.Next)
+	}
 	return resp, nil
-}
-
-func matches(req *usagev1.ListRequestsRequest, r *usagev1.UsageRecord) bool {
-	return (req.GetKey() == "" || r.GetKey() == req.GetKey()) &&
-		(req.GetOwner() == "" || r.GetOwner() == req.GetOwner()) &&
-		(req.GetModel() == "" || r.GetModel() == req.GetModel()) &&
-		(req.GetStatus() == usagev1.RequestStatus_REQUEST_STATUS_UNSPECIFIED || r.GetStatus() == req.GetStatus())
 }
 
 // maxTotalsQueries bounds one GetTotals call.

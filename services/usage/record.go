@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"math"
 	"strings"
 	"time"
 
@@ -27,10 +28,11 @@ const (
 // record validates, prices and stores a batch; it answers only once every
 // record is durable or a known duplicate. Any invalid record refuses the
 // whole batch before anything is written.
-func (s *Server) record(ctx context.Context, recs []*usagev1.UsageRecord) (outcome, error) {
-	if len(recs) > maxBatch {
+func (s *Server) record(ctx context.Context, req *usagev1.RecordUsageRequest) (outcome, error) {
+	recs := req.GetRecords()
+	if err := s.validateBatch(req); err != nil {
 		s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
-		return outcome{}, invalidf("batch of %d records is over the limit of %d: split it", len(recs), maxBatch)
+		return outcome{}, err
 	}
 	now := s.clk.Now()
 	models := map[string]price{}
@@ -53,9 +55,33 @@ func (s *Server) record(ctx context.Context, recs []*usagev1.UsageRecord) (outco
 		if err != nil {
 			return outcome{}, err
 		}
+		e.producer, e.seq = req.GetProducer(), req.GetFirstSequence()+uint64(i)
 		entries[i] = e
 	}
 	return s.com.submit(ctx, entries)
+}
+
+// maxProducerLen bounds a producer id: it is stored in every aggregate the
+// producer writes to.
+const maxProducerLen = 64
+
+func (s *Server) validateBatch(req *usagev1.RecordUsageRequest) error {
+	n := len(req.GetRecords())
+	switch p := req.GetProducer(); {
+	case n > maxBatch:
+		return invalidf("batch of %d records is over the limit of %d: split it", n, maxBatch)
+	case p == "":
+		return invalidf("producer is required: the sender's id, which numbers its records")
+	case len(p) > maxProducerLen:
+		return invalidf("producer is longer than %d bytes", maxProducerLen)
+	case strings.Contains(p, "/"):
+		return invalidf("producer must not contain '/'")
+	case req.GetFirstSequence() == 0:
+		return invalidf("first_sequence must be at least 1")
+	case req.GetFirstSequence() > math.MaxUint64-uint64(n):
+		return invalidf("first_sequence %d leaves no room for %d records", req.GetFirstSequence(), n)
+	}
+	return nil
 }
 
 func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
@@ -96,16 +122,11 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 		if t.After(now.Add(maxFutureSkew)) {
 			return invalidf("time %s is in the future", t.Format(time.RFC3339))
 		}
-		// Dedup markers live as long as the log entry, so an older
-		// record could not be told from one already counted.
+		// A record that old could fall into a day already rolled up into
+		// its month, where no marks are kept to recognise a retry.
 		if t.Before(now.Add(-s.retention)) {
 			return invalidf("time %s is older than the ledger's retention (%s)", t.Format(time.RFC3339), s.retention)
 		}
-	}
-	// The same holds for records older than what the log cap evicted.
-	if wm := s.com.evicted.Load(); t.UnixNano() <= wm {
-		return invalidf("time %s is at or before the newest request evicted from the ledger (%s, log capped at %d entries), so it cannot be deduplicated; if it was sent before, it was counted then",
-			t.Format(time.RFC3339Nano), time.Unix(0, wm).UTC().Format(time.RFC3339Nano), s.maxLog)
 	}
 	return nil
 }
@@ -128,11 +149,9 @@ func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	lk := logKey(rec.GetWorkspace(), t, rec.GetRequestId())
 	return &entry{
-		rid: rec.GetRequestId(), ws: rec.GetWorkspace(), key: rec.GetKey(), owner: rec.GetOwner(),
-		model: rec.GetModel(), at: t.UnixNano(),
-		idKey: idKey(rec.GetRequestId()), logKey: lk,
+		ws: rec.GetWorkspace(), key: rec.GetKey(), owner: rec.GetOwner(),
+		model: rec.GetModel(), status: int32(rec.GetStatus()), at: t,
 		aggKey: dayKey(rec.GetKey(), dayStart(t), rec.GetModel()),
 		val:    val,
 		delta:  tally{Requests: 1, Prompt: rec.GetPromptTokens(), Completion: rec.GetCompletionTokens(), Cost: cost},

@@ -20,6 +20,7 @@ import (
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
 // Config is what the usage service needs.
@@ -38,26 +39,31 @@ type Config struct {
 	// Keystore gives model prices and authorizes management calls, which
 	// are forwarded with the caller's credential.
 	Keystore keystorev1.KeystoreServiceClient
-	// Retention of the request log and of idempotency; default 7 days.
+	// RequestLog stores the per-request log (reqlog.Pebble embedded, or
+	// reqlog.Postgres). Required; the caller opens and closes it.
+	RequestLog RequestLog
+	// Retention of the request log, and how old a record may be when it
+	// arrives; default 7 days, at most MaxRetention.
 	Retention time.Duration
-	// MaxLogEntries caps the request log (and the request ids kept for
-	// idempotency) over all workspaces; default DefaultMaxLogEntries. The
-	// oldest entries beyond it are evicted before their retention.
-	MaxLogEntries int
 }
 
-// DefaultRetention is how long request log entries (and the request ids
-// that deduplicate retries) are kept.
+// RequestLog is where the per-request log lives (see reqlog).
+type RequestLog interface {
+	Append(ctx context.Context, es []reqlog.Entry) error
+	List(ctx context.Context, q reqlog.Query) (reqlog.Page, error)
+	Trim(ctx context.Context, cutoff time.Time) (int, error)
+}
+
+var _ RequestLog = (*reqlog.Pebble)(nil)
+
+// DefaultRetention is how long request log entries are kept, and how late
+// a record may arrive.
 const DefaultRetention = 7 * 24 * time.Hour
 
-// DefaultMaxLogEntries bounds the request log and its markers to about
-// 230 MB of etcd keys and values (see the package doc).
-const DefaultMaxLogEntries = 1_000_000
-
-// trimFraction: the janitor enforces the cap after each 1/trimFraction of
-// it accepted by a replica, so the log stays under about
-// (1 + replicas/trimFraction) x the cap.
-const trimFraction = 16
+// MaxRetention keeps late records out of days already rolled up into
+// months, where no marks recognise a retry: rollups keep the current and
+// the previous month as days.
+const MaxRetention = 28 * 24 * time.Hour
 
 // keystore is what this service asks of the keystore.
 type keystore interface {
@@ -72,17 +78,15 @@ var _ keystore = keystorev1.KeystoreServiceClient(nil)
 type Server struct {
 	usagev1.UnimplementedUsageServiceServer
 
-	clk    clock.Clock
-	log    *slog.Logger
-	st     store
-	ks     keystore
-	prices *priceBook
-	com    *committer
-	token  auth.Tokens
-	// evictPass bounds the victims one eviction pass holds (tests shrink it).
-	evictPass int
+	clk       clock.Clock
+	log       *slog.Logger
+	st        store
+	ks        keystore
+	prices    *priceBook
+	com       *committer
+	token     auth.Tokens
+	rlog      RequestLog
 	retention time.Duration
-	maxLog    int
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -99,10 +103,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("usage: Config.Keystore is required")
 	case cfg.ServiceToken == "":
 		return nil, errors.New("usage: Config.ServiceToken is required")
-	case cfg.Retention < 0:
-		return nil, errors.New("usage: Config.Retention must not be negative")
-	case cfg.MaxLogEntries < 0:
-		return nil, errors.New("usage: Config.MaxLogEntries must not be negative")
+	case cfg.RequestLog == nil:
+		return nil, errors.New("usage: Config.RequestLog is required")
+	case cfg.Retention < 0 || cfg.Retention > MaxRetention:
+		return nil, fmt.Errorf("usage: Config.Retention must be between 0 and %s", MaxRetention)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
@@ -116,27 +120,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
-	if cfg.MaxLogEntries == 0 {
-		cfg.MaxLogEntries = DefaultMaxLogEntries
-	}
 	m, err := newMeters(cfg.Meter.Meter("github.com/keygate/keygate/services/usage"))
 	if err != nil {
 		return nil, fmt.Errorf("usage: metrics: %w", err)
 	}
 	st := store{cli: cfg.Etcd}
-	com := newCommitter(st, cfg.Logger, m, cfg.MaxLogEntries/trimFraction)
+	com := newCommitter(st, cfg.RequestLog, cfg.Logger, m)
+	com.start()
 	s := &Server{
 		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
 		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
 		token:     auth.NewTokens(cfg.ServiceToken, cfg.PreviousServiceTokens...),
-		evictPass: defaultEvictPass,
+		rlog:      cfg.RequestLog,
 		retention: cfg.Retention,
-		maxLog:    cfg.MaxLogEntries,
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	s.wg.Add(1)
-	go s.runJanitor(jctx)
+	go func() {
+		defer s.wg.Done()
+		s.runJanitor(jctx)
+	}()
 	return s, nil
 }
 
@@ -164,7 +168,7 @@ func (s *Server) RecordUsage(ctx context.Context, req *usagev1.RecordUsageReques
 	if err := s.checkService(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	o, err := s.record(ctx, req.GetRecords())
+	o, err := s.record(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
 	}

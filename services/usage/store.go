@@ -5,8 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -29,85 +29,6 @@ const (
 // store reads and writes the ledger's etcd keys. It keeps no state.
 type store struct {
 	cli *clientv3.Client
-}
-
-func idKey(rid string) string { return Prefix + "id/" + rid }
-
-func logPrefix(ws string) string { return Prefix + "log/" + ws + "/" }
-
-// logKey orders a workspace's log by record time, so that retention deletes
-// a key range and listing reads newest first.
-func logKey(ws string, t time.Time, rid string) string {
-	return logPrefix(ws) + logTime(t) + "/" + rid
-}
-
-func logTime(t time.Time) string {
-	s := strconv.FormatInt(t.UnixNano(), 10)
-	return strings.Repeat("0", 19-len(s)) + s
-}
-
-// parseLogKey splits a log key into workspace, time (19 digits) and
-// request id.
-func parseLogKey(k string) (ws, at, rid string, ok bool) {
-	rest, ok := strings.CutPrefix(k, Prefix+"log/")
-	if !ok {
-		return "", "", "", false
-	}
-	parts := strings.SplitN(rest, "/", 3)
-	if len(parts) != 3 {
-		return "", "", "", false
-	}
-	return parts[0], parts[1], parts[2], true
-}
-
-// watermarkKey holds the log time (19 digits) of the newest log entry ever
-// evicted; a record at or before it could have lost its marker and is
-// refused.
-const watermarkKey = Prefix + "evicted"
-
-// watermark reads the watermark in nanoseconds (0 = nothing evicted yet)
-// and its mod revision (0 = absent).
-func (s *store) watermark(ctx context.Context) (int64, int64, error) {
-	resp, err := s.cli.Get(ctx, watermarkKey)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return 0, 0, nil
-	}
-	kv := resp.Kvs[0]
-	wm, err := strconv.ParseInt(string(kv.Value), 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("watermark %q: %w", kv.Value, err)
-	}
-	return wm, kv.ModRevision, nil
-}
-
-// raiseWatermark raises the watermark to at (a 19-digit log time) unless it
-// is higher already, and returns it in nanoseconds.
-func (s *store) raiseWatermark(ctx context.Context, at string) (int64, error) {
-	want, err := strconv.ParseInt(at, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("log time %q: %w", at, err)
-	}
-	for range maxConflicts {
-		cur, rev, err := s.watermark(ctx)
-		if err != nil {
-			return 0, err
-		}
-		if cur >= want {
-			return cur, nil
-		}
-		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(watermarkKey), "=", rev)).
-			Then(clientv3.OpPut(watermarkKey, at)).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("%w: etcd txn: %w", ErrUnavailable, err)
-		}
-		if resp.Succeeded {
-			return want, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: raising the eviction watermark kept conflicting", ErrUnavailable)
 }
 
 func aggPrefix(key string) string { return Prefix + "agg/" + key + "/" }
@@ -158,7 +79,7 @@ func parseAgg(k string, v []byte) (row, error) {
 		return row{}, fmt.Errorf("aggregate key %q: %w", k, err)
 	}
 	if v != nil {
-		if r.t, err = decodeTally(v); err != nil {
+		if r.t, _, err = decodeTally(v); err != nil {
 			return row{}, fmt.Errorf("aggregate %q: %w", k, err)
 		}
 	}
@@ -174,16 +95,67 @@ func encodeTally(t tally) []byte {
 	return binary.AppendVarint(b, int64(t.Cost))
 }
 
-func decodeTally(b []byte) (tally, error) {
+// decodeTally reads the tally at the start of an aggregate's value and
+// returns the rest (the marks of a day aggregate).
+func decodeTally(b []byte) (tally, []byte, error) {
 	var v [4]int64
 	for i := range v {
 		x, n := binary.Varint(b)
 		if n <= 0 {
-			return tally{}, errors.New("corrupt tally")
+			return tally{}, nil, errors.New("corrupt tally")
 		}
 		v[i], b = x, b[n:]
 	}
-	return tally{Requests: v[0], Prompt: v[1], Completion: v[2], Cost: money.Nanos(v[3])}, nil
+	return tally{Requests: v[0], Prompt: v[1], Completion: v[2], Cost: money.Nanos(v[3])}, b, nil
+}
+
+// agg is a day aggregate: its totals and, per producer, the highest
+// sequence number folded in (see committer).
+type agg struct {
+	t     tally
+	marks map[string]uint64
+}
+
+// encodeAgg is the tally, then the marks sorted by producer: about 30
+// bytes per producer that wrote to the aggregate that day.
+func encodeAgg(a agg) []byte {
+	b := encodeTally(a.t)
+	b = binary.AppendUvarint(b, uint64(len(a.marks)))
+	for _, p := range slices.Sorted(maps.Keys(a.marks)) {
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
+		b = binary.AppendUvarint(b, a.marks[p])
+	}
+	return b
+}
+
+func decodeAgg(b []byte) (agg, error) {
+	t, b, err := decodeTally(b)
+	if err != nil || len(b) == 0 {
+		return agg{t: t}, err
+	}
+	errCorrupt := errors.New("corrupt aggregate marks")
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)) {
+		return agg{}, errCorrupt
+	}
+	b = b[k:]
+	a := agg{t: t, marks: make(map[string]uint64, n)}
+	for range n {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return agg{}, errCorrupt
+		}
+		p := string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		seq, k := binary.Uvarint(b)
+		if k <= 0 {
+			return agg{}, errCorrupt
+		}
+		b = b[k:]
+		a.marks[p] = seq
+	}
+	return a, nil
 }
 
 // span is a key range [from, to) to read; to == "" reads the one key.
@@ -285,19 +257,4 @@ func (s *store) workspaceKeys(ctx context.Context, ws string) (map[string]string
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-}
-
-// logPage reads up to limit log entries of ws older than before (a log key;
-// "" = newest), newest first.
-func (s *store) logPage(ctx context.Context, ws, before string, limit int64) ([]*mvccpb.KeyValue, bool, error) {
-	p := logPrefix(ws)
-	end := clientv3.GetPrefixRangeEnd(p)
-	if before != "" {
-		end = before
-	}
-	resp, err := s.cli.Get(ctx, p, clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(limit))
-	if err != nil {
-		return nil, false, fmt.Errorf("%w: etcd read: %w", ErrUnavailable, err)
-	}
-	return resp.Kvs, resp.More, nil
 }

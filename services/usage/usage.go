@@ -1,42 +1,39 @@
-// Package usage is the usage ledger: idempotent usage records, aggregates
-// per key, model and UTC day (rolled up into months), spend in exact decimal,
-// and a bounded request log, all in etcd.
+// Package usage is the usage ledger: records counted exactly once,
+// aggregates per key, model and UTC day (rolled up into months) with spend
+// in exact decimal, all in etcd; and a request log in a store made for
+// append-heavy data (see reqlog).
 //
-// Layout under Prefix (every write is an etcd Txn; see store.go):
+// Layout under Prefix in etcd (every write is an etcd Txn; see commit.go):
 //
-//	id/<request id>                          dedup marker, empty value
-//	log/<workspace>/<time, 19 digits>/<rid>  request log entry (UsageRecord)
-//	evicted                                  watermark: time of the newest evicted entry
-//	agg/<key>/d/<YYYY-MM-DD>/<model>         day aggregate (tally)
-//	agg/<key>/m/<YYYY-MM>/<model>            month aggregate, rolled up from days
-//	wk/<workspace>/<key>                     key index of a workspace, value = owner
+//	agg/<key>/d/<YYYY-MM-DD>/<model>   day aggregate: tally and marks
+//	agg/<key>/m/<YYYY-MM>/<model>      month aggregate, rolled up from days
+//	wk/<workspace>/<key>               key index of a workspace, value = owner
+//
+// # Exactly once, with state that grows with producers
+//
+// A producer (an edge process) numbers its records 1, 2, 3 … and sends a
+// batch only once the batches before it were acknowledged. Each day
+// aggregate keeps, per producer that wrote to it, the highest sequence
+// number folded in (its mark); a record counts only if it is above the
+// mark, and totals and mark move in one compare-and-swap. A retried batch
+// (after a timeout, a crash of this replica, or on another replica) thus
+// counts each record once, with no marker per record: the marks grow with
+// producers per key-day, a few bytes each. Records older than the
+// retention are refused, so none reaches a day already rolled up into its
+// month, where marks are dropped.
+//
+// # Group commit
+//
+// Concurrent RecordUsage calls are merged for commitLinger; each touched
+// aggregate is written once per group, aggsPerTxn to a Txn. etcd thus sees
+// Txns in proportion to active key-model-days per group, whatever the
+// request rate. The request log is appended after the aggregates (an
+// entry written twice is stored once), and only then are the calls
+// answered.
 //
 // Period totals (token cap, budget) are summed from day and month
 // aggregates at read time rather than kept per period: that saves a write
 // per record and stays right when a key's reset period changes.
-//
-// # Bounded log, bounded idempotency
-//
-// The log is bounded by Retention and by MaxLogEntries over all
-// workspaces, whichever is hit first. Measured (BenchmarkSteady1000rps), an
-// entry is about 180 bytes of key and value and its marker about 50, so
-// the default cap of 1,000,000 holds about 230 MB of keys and values, some
-// 350 MB with etcd's per-key overhead. The janitor trims after every
-// sixteenth of the cap accepted by a replica (about a minute at 1,000
-// records/s), so the log stays under (1 + replicas/16) x the cap. Without
-// the cap, 7 days at 1,000 records/s would be 600 million entries.
-//
-// Markers are evicted with their entries: kept for the full retention they
-// would be 600 million keys, some 30 GB, at 1,000 records/s. Instead the
-// janitor raises the watermark to the newest victim's time before deleting,
-// every commit Txn compares the watermark's revision, and a record at or
-// before the watermark is refused (InvalidArgument) rather than counted
-// again. The trade-off: the window in which a retry is recognised is the
-// retention or the cap's span of time, whichever is shorter (at 1,000
-// records/s and the default cap, about 16 minutes); a client retrying
-// later gets a refusal, never a double count. The same holds for records
-// whose own time is that old although never sent before. etcd keeps deleted
-// revisions until it compacts, so its history retention adds to the bound.
 package usage
 
 import (

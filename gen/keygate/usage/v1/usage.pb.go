@@ -130,7 +130,7 @@ func (GroupBy) EnumDescriptor() ([]byte, []int) {
 
 type UsageRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Unique per inference request; the idempotency key.
+	// Unique per inference request, shown in the request log.
 	RequestId        string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Key              string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	Workspace        string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
@@ -290,8 +290,16 @@ func (x *UsageRecord) GetTokenCapResetPeriod() int32 {
 }
 
 type RecordUsageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Records       []*UsageRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Records []*UsageRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// Who numbers the records: one id per sender instance (an edge process
+	// or its spool), at most 64 bytes, no '/'. Required.
+	Producer string `protobuf:"bytes,2,opt,name=producer,proto3" json:"producer,omitempty"`
+	// Sequence number of records[0]; records[i] has first_sequence + i.
+	// A producer numbers its records 1, 2, 3 … and sends a batch only after
+	// the batches before it were acknowledged; a record at or below what the
+	// ledger already holds from that producer is a duplicate.
+	FirstSequence uint64 `protobuf:"varint,3,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -331,6 +339,20 @@ func (x *RecordUsageRequest) GetRecords() []*UsageRecord {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *RecordUsageRequest) GetProducer() string {
+	if x != nil {
+		return x.Producer
+	}
+	return ""
+}
+
+func (x *RecordUsageRequest) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
 }
 
 type RecordUsageResponse struct {
@@ -1529,9 +1551,11 @@ const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"\x1coutput_price_per_million_usd\x18\f \x01(\tR\x18outputPricePerMillionUsd\x12\x19\n" +
 	"\bcost_usd\x18\r \x01(\tR\acostUsd\x12.\n" +
 	"\x13budget_reset_period\x18\x0e \x01(\x05R\x11budgetResetPeriod\x123\n" +
-	"\x16token_cap_reset_period\x18\x0f \x01(\x05R\x13tokenCapResetPeriod\"M\n" +
+	"\x16token_cap_reset_period\x18\x0f \x01(\x05R\x13tokenCapResetPeriod\"\x90\x01\n" +
 	"\x12RecordUsageRequest\x127\n" +
-	"\arecords\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\arecords\"Q\n" +
+	"\arecords\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\arecords\x12\x1a\n" +
+	"\bproducer\x18\x02 \x01(\tR\bproducer\x12%\n" +
+	"\x0efirst_sequence\x18\x03 \x01(\x04R\rfirstSequence\"Q\n" +
 	"\x13RecordUsageResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\x05R\baccepted\x12\x1e\n" +
 	"\n" +

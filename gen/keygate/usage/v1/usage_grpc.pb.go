@@ -34,8 +34,9 @@ const (
 // UsageService is the ledger: idempotent usage records, aggregates per key,
 // model and day and per budget period, spend, and a bounded request log.
 type UsageServiceClient interface {
-	// RecordUsage stores a batch. It is idempotent by request id; an answer
-	// means every record of the batch is durable.
+	// RecordUsage stores a batch. It is idempotent by producer and sequence
+	// number: a record sent again counts once. An answer means every record
+	// of the batch is durable.
 	RecordUsage(ctx context.Context, in *RecordUsageRequest, opts ...grpc.CallOption) (*RecordUsageResponse, error)
 	// GetUsage answers for one key (optionally one model): today and the
 	// current budget period, with the key's limits.
@@ -125,8 +126,9 @@ func (c *usageServiceClient) GetTotals(ctx context.Context, in *GetTotalsRequest
 // UsageService is the ledger: idempotent usage records, aggregates per key,
 // model and day and per budget period, spend, and a bounded request log.
 type UsageServiceServer interface {
-	// RecordUsage stores a batch. It is idempotent by request id; an answer
-	// means every record of the batch is durable.
+	// RecordUsage stores a batch. It is idempotent by producer and sequence
+	// number: a record sent again counts once. An answer means every record
+	// of the batch is durable.
 	RecordUsage(context.Context, *RecordUsageRequest) (*RecordUsageResponse, error)
 	// GetUsage answers for one key (optionally one model): today and the
 	// current budget period, with the key's limits.
