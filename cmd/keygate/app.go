@@ -240,7 +240,12 @@ func (a *App) Start(ctx context.Context) error {
 		a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
 	if a.has(RoleUsage) {
-		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn)})
+		rlog, err := usage.OpenRequestLog(ctx, c.RequestLog, filepath.Join(c.DataDir, "request-log"), c.RequestLogMaxBytes, log.With("service", "usage"))
+		if err != nil {
+			return err
+		}
+		a.closers = append(a.closers, rlog.Close)
+		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn), RequestLog: rlog})
 		if err != nil {
 			return fmt.Errorf("usage: %w", err)
 		}
@@ -325,7 +330,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient, KeyUse: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
-		RequestTimeout: c.RequestTimeout, LimiterTimeout: c.LimiterTimeout, Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},
+		RequestTimeout: c.RequestTimeout, LimiterTimeout: c.LimiterTimeout, UsageBacklog: int(c.UsageBacklog), SpoolDir: spoolDir(c), Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},
 	})
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)
@@ -566,4 +571,16 @@ func loadOrCreateRootToken(dir string, out io.Writer) (string, error) {
 	}
 	fmt.Fprintf(out, "keygate: generated a root token, saved in %s (shown only now):\n%s\n", path, tok)
 	return tok, nil
+}
+
+// spoolDir is where the edge spools usage records; "" when turned off.
+func spoolDir(c Config) string {
+	switch c.UsageSpool {
+	case "off":
+		return ""
+	case "":
+		return filepath.Join(c.DataDir, "edge-spool")
+	default:
+		return c.UsageSpool
+	}
 }

@@ -177,7 +177,10 @@ func TestCluster(t *testing.T) {
 	anyPort := "127.0.0.1:0"
 	var health []string
 	serve := func(name string, args ...string) map[string]string {
-		a := c.start(name, append([]string{"serve"}, append(args, "--metrics-addr", anyPort)...)...).addrs(t)
+		// Each process its own data dir: the usage request log and the
+		// edge spool live there.
+		args = append(args, "--metrics-addr", anyPort, "--data-dir", filepath.Join(t.TempDir(), name))
+		a := c.start(name, append([]string{"serve"}, args...)...).addrs(t)
 		for _, k := range []string{"metrics", "edge", "http"} {
 			if a[k] != "" {
 				health = append(health, "http://"+a[k]+"/healthz")

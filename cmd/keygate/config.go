@@ -14,7 +14,14 @@ import (
 // Config is every setting of the binary, parsed once from flags, each with a
 // KEYGATE_* environment variable as its default.
 type Config struct {
-	DataDir       string
+	DataDir string
+	// RequestLog is the usage request log's store ("" = embedded).
+	RequestLog         string
+	RequestLogMaxBytes int64
+	// UsageSpool is the edge's usage spool directory ("off" = none).
+	UsageSpool string
+	// UsageBacklog bounds an edge's unacknowledged usage records.
+	UsageBacklog  int64
 	HTTPAddr      string
 	EdgeAddr      string
 	GRPCAddr      string
@@ -150,6 +157,10 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&c.KeystoreAddr, "keystore-addr", "127.0.0.1:9090", "keystore gRPC address (serve edge|usage|gateway)")
 	e.str(&c.UsageAddr, "usage-addr", "127.0.0.1:9090", "usage gRPC address (serve edge|limiter|gateway)")
 	e.str(&c.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial to reach this limiter; default derived from --grpc-addr")
+	e.str(&c.RequestLog, "request-log", "", "where the usage service keeps the request log: empty = embedded store under the data dir; postgres://… = PostgreSQL")
+	e.int64(&c.RequestLogMaxBytes, "request-log-max-bytes", 10<<30, "disk the embedded request log may use; the oldest entries go first")
+	e.str(&c.UsageSpool, "usage-spool", "", "the edge's usage spool directory (records survive an edge crash); empty = <data-dir>/edge-spool, \"off\" = memory only")
+	e.int64(&c.UsageBacklog, "usage-backlog", 200_000, "usage records an edge may hold for the ledger; past it the edge answers 503 usage_backlog")
 	e.boolean(&c.FailOpen, "fail-open", false, "admit requests when no limiter answers (default: 503 limiter_unavailable)")
 	e.int64(&c.MaxBodyBytes, "max-body-bytes", 4<<20, "largest request body the edge accepts")
 	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")

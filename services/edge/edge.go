@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,6 +30,7 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/services/edge/internal/spool"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 
@@ -91,10 +93,18 @@ type Config struct {
 	// limiter then answers 503 instead of hanging. Default 2s. (The
 	// Verifier bounds its own keystore calls.)
 	LimiterTimeout time.Duration
-	// UsageBuffer bounds the usage records waiting for the ledger; when it
-	// is full the oldest record is dropped (counted in
-	// keygate.edge.usage.dropped and logged). Default 100000.
-	UsageBuffer int
+	// UsageBacklog is how many usage records may wait for the ledger;
+	// past it the edge stops admitting requests (503 usage_backlog) until
+	// the ledger catches up, rather than forget an answered request.
+	// Default 200000 (about 80 MB).
+	UsageBacklog int
+	// Producer names this edge's usage records for the ledger's
+	// exactly-once; "" = a random id per process. A spool keeps its own.
+	Producer string
+	// SpoolDir, when set, is the usage spool: every record is written
+	// there before the answer ends and replayed after a restart until the
+	// ledger has it. One edge process per directory.
+	SpoolDir string
 	// ModelRefresh is how often the model registry is re-read; default 5s.
 	ModelRefresh time.Duration
 	// KeyUseInterval is how often the last use of each key is sent to
@@ -123,6 +133,8 @@ type Server struct {
 	idPfx   string
 	idSeq   atomic.Uint64
 	limDown atomic.Bool // for logging only the transitions
+	// backlogged is set while the usage backlog refuses requests.
+	backlogged atomic.Bool
 }
 
 // New validates cfg and builds the edge.
@@ -138,7 +150,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("edge: Config.Usage is required")
 	case cfg.Registry == nil:
 		return nil, errors.New("edge: Config.Registry is required")
-	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBuffer < 0, cfg.ModelRefresh < 0, cfg.KeyUseInterval < 0:
+	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBacklog < 0, cfg.ModelRefresh < 0, cfg.KeyUseInterval < 0:
 		return nil, errors.New("edge: sizes and durations in Config must not be negative")
 	}
 	if cfg.Clock == nil {
@@ -165,8 +177,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LimiterTimeout == 0 {
 		cfg.LimiterTimeout = 2 * time.Second
 	}
-	if cfg.UsageBuffer == 0 {
-		cfg.UsageBuffer = 100_000
+	if cfg.UsageBacklog == 0 {
+		cfg.UsageBacklog = 200_000
 	}
 	if cfg.ModelRefresh == 0 {
 		cfg.ModelRefresh = 5 * time.Second
@@ -181,6 +193,9 @@ func New(cfg Config) (*Server, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, errors.New("edge: no randomness for request ids")
 	}
+	if cfg.Producer == "" {
+		cfg.Producer = "edge-" + hex.EncodeToString(rnd[:])
+	}
 	s := &Server{
 		cfg:    cfg,
 		log:    cfg.Logger,
@@ -189,13 +204,23 @@ func New(cfg Config) (*Server, error) {
 		prop:   propagation.TraceContext{},
 		idPfx:  "req_" + hex.EncodeToString(rnd[:]),
 	}
-	s.usage = newSender(cfg.Usage, cfg.UsageBuffer, cfg.Logger)
-	m, err := newMetrics(cfg.Meter, s.usage)
+	s.usage = newSender(cfg.Usage, cfg.Producer, cfg.UsageBacklog, cfg.Logger)
+	if cfg.SpoolDir != "" {
+		sp, replay, err := spool.Open(cfg.SpoolDir)
+		if err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+		if err := s.usage.withSpool(sp, replay); err != nil {
+			_ = sp.Close()
+			return nil, err
+		}
+	}
+	m, err := newMetrics(cfg.Meter, s.usage, cfg.Clock)
 	if err != nil {
 		return nil, err
 	}
 	s.m = m
-	s.usage.dropped = m.usageDropped
+	s.usage.sent = m.usageSent
 	s.settle = newSettler(cfg.Limiter, cfg.Logger)
 	s.models = newCatalogHolder(cfg.Registry, cfg.Getenv, cfg.Mock, cfg.Logger)
 	if cfg.KeyUse != nil {
@@ -216,6 +241,7 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.usage.run(ctx) })
+	wg.Go(func() { s.usage.syncSpool(ctx) })
 	wg.Go(func() { s.settle.run(ctx) })
 	wg.Go(func() { s.models.run(ctx, s.cfg.ModelRefresh) })
 	wg.Go(func() { s.keyUse.run(ctx, s.cfg.KeyUseInterval) })
@@ -229,6 +255,10 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close(ctx context.Context) error {
 	s.settle.flush(ctx)
 	err := s.usage.flush(ctx)
+	if s.usage.sp != nil {
+		// What was not delivered stays in the spool for the next start.
+		err = errors.Join(err, s.usage.sp.Close())
+	}
 	return errors.Join(err, s.keyUse.flush(ctx))
 }
 

@@ -415,12 +415,30 @@ func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endp
 		return
 	}
 	est := s.estimate(req, ep)
+	if c.s.usage.full() {
+		c.backlogFull()
+		return
+	}
+	if c.s.backlogged.Load() && c.s.backlogged.CompareAndSwap(true, false) {
+		c.s.log.Info("edge: usage backlog below its limit; admitting again", "pending", c.s.usage.pending())
+	}
 	reserved, ok := c.check(rt, est)
 	if !ok {
 		return
 	}
 	s.keyUse.note(c.key.GetWorkspace(), c.key.GetId(), c.start)
 	c.forward(rt, req, ep, ubody, est, reserved)
+}
+
+// backlogFull refuses a request while the ledger is too far behind to
+// account for it; the transition is logged once.
+func (c *call) backlogFull() {
+	if c.s.backlogged.CompareAndSwap(false, true) {
+		c.s.log.Error("edge: usage backlog full; refusing requests until the ledger catches up",
+			"pending", c.s.usage.pending(), "limit", c.s.cfg.UsageBacklog)
+	}
+	c.failRetry(apiError{http.StatusServiceUnavailable, "server_error", "usage_backlog",
+		"The usage ledger is behind, so the request was not admitted; please retry shortly."}, time.Second, false)
 }
 
 // check runs the one limiter Check of the request. It reports whether a

@@ -141,6 +141,10 @@ type usageServer struct {
 	down  bool
 	got   map[string]*usagev1.UsageRecord
 	order []string
+	// next is, per producer, the sequence number after the last record
+	// acknowledged: a batch starting beyond it would leave a gap, which
+	// the ledger's exactly-once forbids.
+	next map[string]uint64
 }
 
 func (u *usageServer) RecordUsage(_ context.Context, in *usagev1.RecordUsageRequest) (*usagev1.RecordUsageResponse, error) {
@@ -149,6 +153,14 @@ func (u *usageServer) RecordUsage(_ context.Context, in *usagev1.RecordUsageRequ
 	if u.down {
 		return nil, status.Error(codes.Unavailable, "usage outage")
 	}
+	if u.next == nil {
+		u.next = map[string]uint64{}
+	}
+	p, first := in.GetProducer(), in.GetFirstSequence()
+	if want := max(u.next[p], 1); p == "" || first == 0 || first > want {
+		return nil, status.Errorf(codes.FailedPrecondition, "producer %q sent first_sequence %d, want at most %d", p, first, want)
+	}
+	u.next[p] = max(u.next[p], first+uint64(len(in.GetRecords())))
 	var resp usagev1.RecordUsageResponse
 	for _, r := range in.GetRecords() {
 		if _, dup := u.got[r.GetRequestId()]; dup {

@@ -6,18 +6,20 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/keygate/keygate/pkg/clock"
 )
 
 type metrics struct {
-	requests     metric.Int64Counter
-	duration     metric.Float64Histogram
-	failOpen     metric.Int64Counter
-	usageDropped metric.Int64Counter
-	attrs        map[string]metric.MeasurementOption
-	other        metric.MeasurementOption
+	requests  metric.Int64Counter
+	duration  metric.Float64Histogram
+	failOpen  metric.Int64Counter
+	usageSent metric.Int64Counter
+	attrs     map[string]metric.MeasurementOption
+	other     metric.MeasurementOption
 }
 
-func newMetrics(mp metric.MeterProvider, s *sender) (*metrics, error) {
+func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, error) {
 	meter := mp.Meter("github.com/keygate/keygate/services/edge")
 	var m metrics
 	var err error
@@ -32,8 +34,22 @@ func newMetrics(mp metric.MeterProvider, s *sender) (*metrics, error) {
 	m.failOpen, err = meter.Int64Counter("keygate.edge.limiter.fail_open",
 		metric.WithUnit("{request}"), metric.WithDescription("Requests admitted unchecked because the limiter was unreachable and FailOpen is set."))
 	errs = append(errs, err)
-	m.usageDropped, err = meter.Int64Counter("keygate.edge.usage.dropped",
-		metric.WithUnit("{record}"), metric.WithDescription("Usage records dropped because the buffer was full during a usage outage."))
+	m.usageSent, err = meter.Int64Counter("keygate.edge.usage.sent",
+		metric.WithUnit("{record}"), metric.WithDescription("Usage records the ledger acknowledged."))
+	errs = append(errs, err)
+	_, err = meter.Float64ObservableGauge("keygate.edge.usage.oldest_age",
+		metric.WithUnit("s"), metric.WithDescription("Age of the oldest usage record the ledger has not acknowledged (0 when none waits)."),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			o.Observe(s.oldestAge(clk.Now()).Seconds())
+			return nil
+		}))
+	errs = append(errs, err)
+	_, err = meter.Int64ObservableGauge("keygate.edge.usage.backlog_limit",
+		metric.WithUnit("{record}"), metric.WithDescription("Pending usage records at which the edge stops admitting requests (503 usage_backlog)."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(s.limit))
+			return nil
+		}))
 	errs = append(errs, err)
 	_, err = meter.Int64ObservableGauge("keygate.edge.usage.pending",
 		metric.WithUnit("{record}"), metric.WithDescription("Usage records waiting for the ledger."),
@@ -63,6 +79,7 @@ func newMetrics(mp metric.MeterProvider, s *sender) (*metrics, error) {
 		{"upstream_client_error", "4xx"},
 		{"client_cancelled", "4xx"},
 		{"limiter_unavailable", "5xx"},
+		{"usage_backlog", "5xx"},
 		{"keystore_unavailable", "5xx"},
 		{"registry_unavailable", "5xx"},
 		{"upstream_error", "5xx"},

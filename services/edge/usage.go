@@ -3,79 +3,110 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/protobuf/proto"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/services/edge/internal/spool"
 )
 
 const (
-	usageBatch      = 500
+	// usageBatch is the most records one RecordUsage call carries (the
+	// ledger takes up to 5,000). One batch is in flight at a time, so
+	// this over the ledger's commit time bounds the rate one edge records.
+	usageBatch      = 5000
 	usageRPCTimeout = 10 * time.Second
 	backoffMin      = 50 * time.Millisecond
 	backoffMax      = 2 * time.Second
 )
 
-// sender hands usage records to the ledger in batches, in the background.
+// sender hands usage records to the ledger in batches, in the background,
+// and never drops one.
 //
-// Records wait in a bounded ring buffer. A batch leaves the buffer only
-// when RecordUsage acknowledged it, so a usage outage loses nothing until
-// the buffer is full; then the oldest record is dropped for each new one
-// (the newest usage is the most useful to limits and dashboards), counted
-// in keygate.edge.usage.dropped and logged once per outage. Resending a
-// batch is safe: the ledger is idempotent by request id.
+// Records are numbered 1, 2, 3 … under the edge's producer id, and a batch
+// (a run of consecutive numbers) is sent only after the one before it was
+// acknowledged: that is what the ledger's exactly-once needs (see the
+// usage package). A batch leaves the queue only when RecordUsage
+// acknowledged it; resending after a timeout or to another replica is
+// safe.
+//
+// With a spool (see the spool package), each record is written to a local
+// file before add returns and replayed after a restart, so a crash of the
+// edge loses no answered request; the spool also keeps the producer id
+// across restarts, so the ledger recognises replayed records.
+//
+// While the ledger is behind or down the queue grows. Past limit records,
+// full reports true and the edge stops admitting new requests (503
+// usage_backlog) until the ledger catches up: an answered request is never
+// forgotten by billing, budgets and daily limits.
 type sender struct {
-	rec Recorder
-	log *slog.Logger
+	rec      Recorder
+	log      *slog.Logger
+	producer string
+	limit    int
+	sp       *spool.Spool // nil: memory only
+	// spoolErr is set once a spool write failed: the edge then refuses
+	// requests, since what it answers could no longer survive a crash.
+	spoolErr atomic.Bool
 
-	mu      sync.Mutex
-	buf     []*usagev1.UsageRecord
-	start   int    // index of the oldest record
-	n       int    // records held
-	base    uint64 // sequence number of the oldest record
-	wake    chan struct{}
-	dropLog bool // a drop was logged in the current outage
+	mu   sync.Mutex
+	buf  []*usagev1.UsageRecord // pending records are buf[head:]
+	head int
+	base uint64 // sequence number of buf[head]
+	wake chan struct{}
 
 	// sendMu makes Run's loop and Close take turns at sending.
 	sendMu  sync.Mutex
 	failing bool
 
-	dropped metric.Int64Counter
+	sent metric.Int64Counter
 }
 
-func newSender(rec Recorder, size int, log *slog.Logger) *sender {
-	return &sender{rec: rec, log: log, buf: make([]*usagev1.UsageRecord, size), wake: make(chan struct{}, 1)}
+func newSender(rec Recorder, producer string, limit int, log *slog.Logger) *sender {
+	return &sender{rec: rec, log: log, producer: producer, limit: limit, base: 1, wake: make(chan struct{}, 1)}
 }
 
-// add buffers r without blocking.
+// withSpool makes the sender write through sp and queues the records sp
+// replayed, under sp's producer id.
+func (s *sender) withSpool(sp *spool.Spool, replay [][]byte) error {
+	s.sp, s.producer = sp, sp.Producer()
+	s.base = sp.Next() - uint64(len(replay))
+	for i, b := range replay {
+		r := &usagev1.UsageRecord{}
+		if err := proto.Unmarshal(b, r); err != nil {
+			return fmt.Errorf("edge: spooled usage record %d: %w", s.base+uint64(i), err)
+		}
+		s.buf = append(s.buf, r)
+	}
+	if len(replay) > 0 {
+		s.log.Info("edge: replaying spooled usage records", "records", len(replay), "producer", s.producer)
+	}
+	return nil
+}
+
+// add queues r without blocking on the ledger; with a spool, r is in the
+// spool file when add returns.
 func (s *sender) add(r *usagev1.UsageRecord) {
+	var b []byte
+	if s.sp != nil {
+		b, _ = proto.Marshal(r)
+	}
 	s.mu.Lock()
-	dropped := false
-	if s.n == len(s.buf) {
-		s.buf[s.start] = nil
-		s.start = (s.start + 1) % len(s.buf)
-		s.n--
-		s.base++
-		dropped = true
-	}
-	s.buf[(s.start+s.n)%len(s.buf)] = r
-	s.n++
-	logDrop := dropped && !s.dropLog
-	if logDrop {
-		s.dropLog = true
-	}
-	s.mu.Unlock()
-	if dropped {
-		s.dropped.Add(context.Background(), 1)
-		if logDrop {
-			s.log.Error("edge: usage buffer full; dropping the oldest usage records until the ledger accepts again",
-				"capacity", len(s.buf))
+	if s.sp != nil {
+		// Under s.mu, so that spool numbers follow queue order.
+		if _, err := s.sp.Append(b); err != nil && s.spoolErr.CompareAndSwap(false, true) {
+			s.log.Error("edge: usage spool write failed; refusing requests until restarted", "err", err)
 		}
 	}
+	s.buf = append(s.buf, r)
+	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -86,58 +117,64 @@ func (s *sender) add(r *usagev1.UsageRecord) {
 func (s *sender) pending() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.n
+	return len(s.buf) - s.head
 }
 
-// peek copies up to max of the oldest records and the sequence number just
-// past them.
+// full reports whether the backlog has reached its limit, or the spool
+// can no longer be written.
+func (s *sender) full() bool { return s.pending() >= s.limit || s.spoolErr.Load() }
+
+// oldestAge is how long the oldest unacknowledged record has waited.
+func (s *sender) oldestAge(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.head == len(s.buf) {
+		return 0
+	}
+	return now.Sub(s.buf[s.head].GetTime().AsTime())
+}
+
+// peek copies up to max of the oldest records and the sequence number of
+// the first.
 func (s *sender) peek(max int) ([]*usagev1.UsageRecord, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := min(s.n, max)
-	out := make([]*usagev1.UsageRecord, k)
-	for i := range k {
-		out[i] = s.buf[(s.start+i)%len(s.buf)]
-	}
-	return out, s.base + uint64(k)
+	k := min(len(s.buf)-s.head, max)
+	return append([]*usagev1.UsageRecord(nil), s.buf[s.head:s.head+k]...), s.base
 }
 
-// ack removes the records before sequence number end that are still held
-// (some may have been dropped while their batch was in flight).
-func (s *sender) ack(end uint64) {
+// ack removes the n oldest records, acknowledged by the ledger.
+func (s *sender) ack(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if end <= s.base {
-		return
-	}
-	k := int(min(end-s.base, uint64(s.n)))
-	for i := range k {
-		s.buf[(s.start+i)%len(s.buf)] = nil
-	}
-	s.start = (s.start + k) % len(s.buf)
-	s.n -= k
-	s.base += uint64(k)
-	if s.n == 0 {
-		s.dropLog = false
+	clear(s.buf[s.head : s.head+n])
+	s.head += n
+	s.base += uint64(n)
+	// Reuse the array once the acknowledged part dominates it.
+	if s.head > len(s.buf)/2 {
+		k := copy(s.buf, s.buf[s.head:])
+		clear(s.buf[k:])
+		s.buf = s.buf[:k]
+		s.head = 0
 	}
 }
 
-// sendOnce sends one batch; it reports whether the buffer was empty or
-// the batch was acknowledged.
+// sendOnce sends one batch; it reports whether the queue was empty or the
+// batch was acknowledged.
 func (s *sender) sendOnce(ctx context.Context) (bool, error) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	batch, end := s.peek(usageBatch)
+	batch, first := s.peek(usageBatch)
 	if len(batch) == 0 {
 		return true, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, usageRPCTimeout)
-	_, err := s.rec.RecordUsage(rctx, &usagev1.RecordUsageRequest{Records: batch})
+	_, err := s.rec.RecordUsage(rctx, &usagev1.RecordUsageRequest{Records: batch, Producer: s.producer, FirstSequence: first})
 	cancel()
 	if err != nil {
 		if !s.failing {
 			s.failing = true
-			s.log.Warn("edge: recording usage failed; buffering and retrying", "err", err, "pending", s.pending())
+			s.log.Warn("edge: recording usage failed; queueing and retrying", "err", err, "pending", s.pending())
 		}
 		return false, err
 	}
@@ -145,7 +182,14 @@ func (s *sender) sendOnce(ctx context.Context) (bool, error) {
 		s.failing = false
 		s.log.Info("edge: recording usage recovered", "pending", s.pending())
 	}
-	s.ack(end)
+	s.ack(len(batch))
+	if s.sp != nil {
+		if err := s.sp.Ack(first + uint64(len(batch)) - 1); err != nil {
+			// Harmless but for disk: the replay would be duplicates.
+			s.log.Warn("edge: usage spool acknowledgement not saved", "err", err)
+		}
+	}
+	s.sent.Add(ctx, int64(len(batch)))
 	return true, nil
 }
 
@@ -177,7 +221,30 @@ func (s *sender) run(ctx context.Context) {
 	}
 }
 
-// flush sends until the buffer is empty or ctx ends.
+// SpoolSync is how often spooled records are flushed to stable storage:
+// what the loss of the machine (not of the process) may take.
+const SpoolSync = 100 * time.Millisecond
+
+// syncSpool flushes the spool every SpoolSync until ctx ends.
+func (s *sender) syncSpool(ctx context.Context) {
+	if s.sp == nil {
+		return
+	}
+	t := time.NewTicker(SpoolSync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.sp.Sync(); err != nil && s.spoolErr.CompareAndSwap(false, true) {
+				s.log.Error("edge: usage spool sync failed; refusing requests until restarted", "err", err)
+			}
+		}
+	}
+}
+
+// flush sends until the queue is empty or ctx ends.
 func (s *sender) flush(ctx context.Context) error {
 	backoff := backoffMin
 	for s.pending() > 0 {

@@ -27,26 +27,35 @@ func TestUsageOutage(t *testing.T) {
 	h.usage.setDown(false)
 	require.Eventually(t, func() bool { return len(h.usage.ids()) == 5 }, 10*time.Second, 10*time.Millisecond)
 	require.ElementsMatch(t, ids, h.usage.ids())
-	require.Zero(t, h.counter(t, "keygate.edge.usage.dropped"))
+	// The counter moves once the acknowledgement is back at the edge.
+	require.Eventually(t, func() bool { return h.counter(t, "keygate.edge.usage.sent") == 5 }, 10*time.Second, 10*time.Millisecond)
 }
 
-// TestUsageBufferFull: a full buffer drops the oldest records, counts them
-// in keygate.edge.usage.dropped, and logs it; the newest arrive.
-func TestUsageBufferFull(t *testing.T) {
+// TestUsageBacklogFull: records are never dropped; once the backlog is at
+// its limit the edge refuses new requests with 503 usage_backlog until the
+// ledger catches up, then admits again.
+func TestUsageBacklogFull(t *testing.T) {
 	t.Parallel()
-	h := startEdge(t, options{config: func(c *edge.Config) { c.UsageBuffer = 3 }})
+	h := startEdge(t, options{config: func(c *edge.Config) { c.UsageBacklog = 3 }})
 	h.usage.setDown(true)
 	var ids []string
-	for range 5 {
+	for range 3 {
 		a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
 		require.Equal(t, http.StatusOK, a.status)
 		ids = append(ids, a.header.Get("X-Request-Id"))
 	}
-	require.EqualValues(t, 2, h.counter(t, "keygate.edge.usage.dropped"))
-	require.Contains(t, h.logs.String(), "usage buffer full")
+	a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+	require.Equal(t, http.StatusServiceUnavailable, a.status)
+	require.Equal(t, "usage_backlog", a.errorCode())
+	require.Equal(t, "1", a.header.Get("Retry-After"))
+	require.Contains(t, h.logs.String(), "usage backlog full")
+
 	h.usage.setDown(false)
 	require.Eventually(t, func() bool { return len(h.usage.ids()) == 3 }, 10*time.Second, 10*time.Millisecond)
-	require.ElementsMatch(t, ids[2:], h.usage.ids())
+	require.ElementsMatch(t, ids, h.usage.ids())
+	a = h.post(t, "/v1/chat/completions", goodKey, chatBody)
+	require.Equal(t, http.StatusOK, a.status)
+	require.Eventually(t, func() bool { return len(h.usage.ids()) == 4 }, 10*time.Second, 10*time.Millisecond)
 }
 
 // TestCloseFlushesUsage: Close delivers what is pending, or says how much
