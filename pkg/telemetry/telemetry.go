@@ -53,6 +53,23 @@ type Telemetry struct {
 	registry   *prometheus.Registry
 }
 
+// SecondsBuckets are the histogram boundaries of every duration in
+// seconds: the SDK's default ones (0, 5, 10 … 10000) suit milliseconds and
+// would put every keygate duration in the first bucket.
+var SecondsBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}
+
+// secondsView gives every histogram measured in seconds SecondsBuckets,
+// ours and those of instrumentation libraries (gRPC's call durations).
+func secondsView(i sdkmetric.Instrument) (sdkmetric.Stream, bool) {
+	if i.Kind != sdkmetric.InstrumentKindHistogram || i.Unit != "s" {
+		return sdkmetric.Stream{}, false
+	}
+	return sdkmetric.Stream{
+		Name: i.Name, Description: i.Description, Unit: i.Unit,
+		Aggregation: sdkmetric.AggregationExplicitBucketHistogram{Boundaries: SecondsBuckets},
+	}, true
+}
+
 // Setup builds the providers. Nothing is installed globally: callers pass
 // the providers where they are needed.
 func Setup(ctx context.Context, o Options) (*Telemetry, error) {
@@ -63,7 +80,7 @@ func Setup(ctx context.Context, o Options) (*Telemetry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus exporter: %w", err)
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res), sdkmetric.WithView(secondsView))
 
 	ratio := o.SampleRatio
 	if ratio == 0 {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/keygate/keygate/pkg/telemetry"
 )
@@ -47,4 +48,22 @@ func TestMetricsHandler(t *testing.T) {
 	tel.MetricsHandler().ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rr.Body)
 	require.Contains(t, string(body), "keygate_test_things_total 3")
+}
+
+// TestSecondsHistograms: a histogram in seconds, without buckets of its
+// own, is exported with sub-second buckets rather than the SDK's
+// millisecond-sized defaults.
+func TestSecondsHistograms(t *testing.T) {
+	t.Parallel()
+	tel, err := telemetry.Setup(t.Context(), telemetry.Options{ServiceName: "test"})
+	require.NoError(t, err)
+	h, err := tel.MeterProvider().Meter("t").Float64Histogram("keygate.test.wait", metric.WithUnit("s"))
+	require.NoError(t, err)
+	h.Record(t.Context(), 0.003)
+	rr := httptest.NewRecorder()
+	tel.MetricsHandler().ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rr.Body)
+	require.Contains(t, string(body), `keygate_test_wait_seconds_bucket{le="0.0025"} 0`)
+	require.Contains(t, string(body), `keygate_test_wait_seconds_bucket{le="0.005"} 1`)
+	require.NotContains(t, string(body), `le="5000"`)
 }
