@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build image manifests run test vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage fmt tidy
+.PHONY: all tools generate check-generated build image manifests run test test-deps vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e fmt tidy
 
 all: lint check-imports build test
 
@@ -50,8 +50,26 @@ run: build
 	./bin/keygate up
 
 # The whole workspace: all three modules, with the race detector.
-test:
+test: test-deps
 	go test $(TESTFLAGS) $(PKGS)
+
+# The request log's PostgreSQL tests run a throwaway server: they need the
+# server binaries (initdb, postgres) of the Debian package, installed here
+# if missing when we are root with apt-get.
+test-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the PostgreSQL server (apt-get install -y postgresql)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends postgresql || \
+			{ apt-get update && apt-get install -y --no-install-recommends postgresql; } || exit 1; \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+			{ echo "test-deps: postgresql installed but no /usr/lib/postgresql/*/bin/initdb" >&2; exit 1; }; \
+	else \
+		echo "test-deps: the PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) are missing;" >&2; \
+		echo "  install them as root: apt-get install -y postgresql" >&2; \
+		exit 1; \
+	fi
 
 vet:
 	go vet $(PKGS)
@@ -77,6 +95,11 @@ bench-keystore:
 
 bench-usage:
 	go test -run '^$$' -bench . -benchmem ./services/usage/...
+
+# keygate end to end against a bare reverse proxy, each in its own process
+# (cmd/benche2e); e.g. BENCH_E2E_FLAGS='-duration 5s -conns 1,16 -rounds 1'.
+bench-edge-e2e:
+	go run ./cmd/benche2e $(BENCH_E2E_FLAGS)
 
 fmt:
 	gofmt -w cmd services pkg

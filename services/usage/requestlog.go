@@ -29,7 +29,7 @@ func OpenRequestLog(ctx context.Context, url, dir string, maxBytes int64, log *s
 		}
 		return reqlog.OpenPebble(dir, maxBytes, log)
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
-		return nil, fmt.Errorf("usage: request log: PostgreSQL is not wired yet")
+		return reqlog.OpenPostgres(ctx, url, log)
 	default:
 		return nil, fmt.Errorf("usage: request log %q: want empty (embedded) or a postgres:// URL", redactURL(url))
 	}

@@ -55,6 +55,7 @@ type RequestLog interface {
 }
 
 var _ RequestLog = (*reqlog.Pebble)(nil)
+var _ RequestLog = (*reqlog.Postgres)(nil)
 
 // DefaultRetention is how long request log entries are kept, and how late
 // a record may arrive.
