@@ -73,6 +73,8 @@ type Options struct {
 	Modes        []string // "unary", "stream"
 	KeepData     bool
 	DrainTimeout time.Duration
+	// KeygateArgs are added to `keygate up`'s arguments.
+	KeygateArgs []string
 	// Progress receives one line per run and the setup steps; nil: none.
 	Progress io.Writer
 }
@@ -90,6 +92,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "unmeasured load before each run")
 	fs.IntVar(&o.Rounds, "rounds", 3, "rounds per connection count and mode (bare, then keygate, each round)")
 	fs.BoolVar(&o.KeepData, "keep-data", false, "keep the temp dir (keygate's data dir, every process's log) and print its path")
+	kgArgs := fs.String("keygate-args", "", "extra arguments for `keygate up`, space-separated (e.g. \"--request-log-max-bytes 67108864\")")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 2*time.Minute, "how long to wait for keygate's ledger to count every request")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: benche2e [flags]\n\nEnd-to-end benchmark: keygate against a bare reverse proxy, in front of the same upstream.")
@@ -101,6 +104,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	o.KeygateArgs = strings.Fields(*kgArgs)
 	for _, s := range strings.Split(*conns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {

@@ -71,13 +71,104 @@ func (p *proc) addrs(t *testing.T) map[string]string {
 }
 
 type cluster struct {
-	t      *testing.T
-	bin    string
-	root   string
-	env    []string
-	procs  []*proc
-	mu     sync.Mutex
-	outDir string
+	t     *testing.T
+	bin   string
+	root  string
+	env   []string
+	procs []*proc
+	mu    sync.Mutex
+	// dataDir holds each process's data dir, named after the process, so
+	// that a process restarted under its name finds its state again.
+	dataDir string
+	// health lists the /healthz URLs of the processes served so far.
+	health []string
+}
+
+// newCluster builds the keygate binary; the cluster's processes are
+// stopped when the test ends.
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "keygate")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build keygate: %v\n%s", err, out)
+	}
+	c := &cluster{t: t, bin: bin, root: "kgr_cluster-test-root-token", dataDir: t.TempDir()}
+	t.Cleanup(c.stop)
+	return c
+}
+
+// startEtcd runs n `keygate etcd` members on loopback ports, points every
+// process started later at them and waits until they answer; it returns
+// their client URLs.
+func (c *cluster) startEtcd(n int) []string {
+	t := c.t
+	t.Helper()
+	type member struct{ name, client, peer string }
+	var members []member
+	var initial []string
+	for i := range n {
+		m := member{fmt.Sprintf("m%d", i), "http://" + etcdtest.FreeAddr(t), "http://" + etcdtest.FreeAddr(t)}
+		members = append(members, m)
+		initial = append(initial, m.name+"="+m.peer)
+	}
+	var endpoints []string
+	for _, m := range members {
+		endpoints = append(endpoints, m.client)
+		c.start("etcd-"+m.name, "etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(c.dataDir, "etcd-"+m.name),
+			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ","))
+	}
+	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=info"}
+	cli := etcdtest.NewClient(t, endpoints)
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := cli.Put(ctx, "/keygate/cluster-test", "up")
+		return err == nil
+	}, 60*time.Second, 200*time.Millisecond, "etcd cluster")
+	return endpoints
+}
+
+// anyPort makes a role bind a free loopback port (and log it).
+const anyPort = "127.0.0.1:0"
+
+// serveProc runs `keygate serve <args>` with its own metrics port and
+// its data dir under c.dataDir (the usage request log and the edge spool
+// live there), waits until it serves and returns it and the addresses it
+// bound.
+func (c *cluster) serveProc(name string, args ...string) (*proc, map[string]string) {
+	c.t.Helper()
+	args = append(args, "--metrics-addr", anyPort, "--data-dir", filepath.Join(c.dataDir, name))
+	p := c.start(name, append([]string{"serve"}, args...)...)
+	a := p.addrs(c.t)
+	for _, k := range []string{"metrics", "edge", "http"} {
+		if a[k] != "" {
+			c.health = append(c.health, "http://"+a[k]+"/healthz")
+		}
+	}
+	return p, a
+}
+
+// serve is serveProc for a process the test does not stop itself.
+func (c *cluster) serve(name string, args ...string) map[string]string {
+	c.t.Helper()
+	_, a := c.serveProc(name, args...)
+	return a
+}
+
+// waitHealthy waits until every process served answers /healthz.
+func (c *cluster) waitHealthy() {
+	c.t.Helper()
+	for _, h := range c.health {
+		waitHealthy(c.t, h)
+	}
+}
+
+// kill ends the process with SIGKILL, as a crash would, and waits for it.
+func (p *proc) kill(t *testing.T) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Kill(), p.name)
+	_ = p.cmd.Wait() // "signal: killed"
 }
 
 func (c *cluster) start(name string, args ...string) *proc {
@@ -140,68 +231,23 @@ func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process cluster test")
 	}
-	bin := filepath.Join(t.TempDir(), "keygate")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build keygate: %v\n%s", err, out)
-	}
-	c := &cluster{t: t, bin: bin, root: "kgr_cluster-test-root-token"}
-	t.Cleanup(c.stop)
-
-	// Three etcd members.
-	type member struct{ name, client, peer string }
-	var members []member
-	var initial []string
-	for i := range 3 {
-		m := member{fmt.Sprintf("m%d", i), "http://" + etcdtest.FreeAddr(t), "http://" + etcdtest.FreeAddr(t)}
-		members = append(members, m)
-		initial = append(initial, m.name+"="+m.peer)
-	}
-	var endpoints []string
-	for _, m := range members {
-		endpoints = append(endpoints, m.client)
-		c.start("etcd-"+m.name, "etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(t.TempDir(), m.name),
-			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ","))
-	}
-	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=info"}
-	cli := etcdtest.NewClient(t, endpoints)
-	require.Eventually(t, func() bool {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		_, err := cli.Put(ctx, "/keygate/cluster-test", "up")
-		return err == nil
-	}, 60*time.Second, 200*time.Millisecond, "etcd cluster")
+	c := newCluster(t)
+	c.startEtcd(3)
 
 	// Every role binds :0 and logs what it bound; later roles are pointed
 	// at earlier ones.
-	anyPort := "127.0.0.1:0"
-	var health []string
-	serve := func(name string, args ...string) map[string]string {
-		// Each process its own data dir: the usage request log and the
-		// edge spool live there.
-		args = append(args, "--metrics-addr", anyPort, "--data-dir", filepath.Join(t.TempDir(), name))
-		a := c.start(name, append([]string{"serve"}, args...)...).addrs(t)
-		for _, k := range []string{"metrics", "edge", "http"} {
-			if a[k] != "" {
-				health = append(health, "http://"+a[k]+"/healthz")
-			}
-		}
-		return a
-	}
-	ks := serve("keystore", "keystore", "--grpc-addr", anyPort)["grpc"]
-	us := serve("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)["grpc"]
+	ks := c.serve("keystore", "keystore", "--grpc-addr", anyPort)["grpc"]
+	us := c.serve("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)["grpc"]
 	for i := range 2 {
-		serve(fmt.Sprintf("limiter-%d", i), "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
+		c.serve(fmt.Sprintf("limiter-%d", i), "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
 	}
 	var edges []string
 	for i := range 2 {
-		e := serve(fmt.Sprintf("edge-%d", i), "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["edge"]
+		e := c.serve(fmt.Sprintf("edge-%d", i), "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["edge"]
 		edges = append(edges, "http://"+e)
 	}
-	gw := serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
-	for _, h := range health {
-		waitHealthy(t, h)
-	}
+	gw := c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
+	c.waitHealthy()
 
 	api := "http://" + gw
 	for _, step := range []struct {

@@ -205,6 +205,20 @@ func New(cfg Config) (*Server, error) {
 		idPfx:  "req_" + hex.EncodeToString(rnd[:]),
 	}
 	s.usage = newSender(cfg.Usage, cfg.Producer, cfg.UsageBacklog, cfg.Logger)
+	m, err := newMetrics(cfg.Meter, s.usage, cfg.Clock)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	s.usage.sent, s.usage.refusedRecs = m.usageSent, m.usageRefused
+	s.settle = newSettler(cfg.Limiter, cfg.Logger)
+	s.models = newCatalogHolder(cfg.Registry, cfg.Getenv, cfg.Mock, cfg.Logger)
+	if cfg.KeyUse != nil {
+		if s.keyUse, err = newKeyUses(cfg.KeyUse, keyUseLimit, cfg.Meter, cfg.Logger); err != nil {
+			return nil, err
+		}
+	}
+	// Last: nothing after it may fail and leave the directory locked.
 	if cfg.SpoolDir != "" {
 		sp, replay, err := spool.Open(cfg.SpoolDir)
 		if err != nil {
@@ -212,19 +226,6 @@ func New(cfg Config) (*Server, error) {
 		}
 		if err := s.usage.withSpool(sp, replay); err != nil {
 			_ = sp.Close()
-			return nil, err
-		}
-	}
-	m, err := newMetrics(cfg.Meter, s.usage, cfg.Clock)
-	if err != nil {
-		return nil, err
-	}
-	s.m = m
-	s.usage.sent = m.usageSent
-	s.settle = newSettler(cfg.Limiter, cfg.Logger)
-	s.models = newCatalogHolder(cfg.Registry, cfg.Getenv, cfg.Mock, cfg.Logger)
-	if cfg.KeyUse != nil {
-		if s.keyUse, err = newKeyUses(cfg.KeyUse, keyUseLimit, cfg.Meter, cfg.Logger); err != nil {
 			return nil, err
 		}
 	}

@@ -87,6 +87,13 @@ type call struct {
 	res    *limiterv1.CheckResult
 	reason string
 	status int
+	// rt and reserved are set once the request is admitted; accounted once
+	// its usage was settled and recorded, which happens before the last
+	// byte of the answer leaves, so that no answered request goes
+	// unrecorded whatever moment the edge dies at.
+	rt        *route
+	reserved  bool
+	accounted bool
 }
 
 func (s *Server) begin(w http.ResponseWriter, r *http.Request, name string) *call {
@@ -516,9 +523,18 @@ type outcome struct {
 }
 
 func (c *call) forward(rt *route, req *request, ep *endpoint, body []byte, est estimate, reserved bool) {
-	out := c.proxy(rt, req, ep, body, est)
-	key := c.key
-	if reserved {
+	c.rt, c.reserved = rt, reserved
+	c.account(c.proxy(rt, req, ep, body, est))
+}
+
+// account settles the reservation and records the usage of out, once.
+func (c *call) account(out outcome) {
+	if c.accounted {
+		return
+	}
+	c.accounted = true
+	key, rt := c.key, c.rt
+	if c.reserved {
 		if out.release {
 			c.s.settle.add(c.ctx, settleOp{release: &limiterv1.Release{ReservationId: c.id, Key: key.GetId()}})
 		} else {
@@ -603,6 +619,7 @@ func (c *call) proxy(rt *route, req *request, ep *endpoint, body []byte, est est
 	h["Content-Type"] = []string{cmp.Or(resp.Header.Get("Content-Type"), "application/json")}
 	h["Content-Length"] = []string{strconv.Itoa(len(data))}
 	c.status, c.reason = resp.StatusCode, "ok"
+	c.account(out)
 	c.w.WriteHeader(resp.StatusCode)
 	_, _ = c.w.Write(data)
 	return out
@@ -706,6 +723,11 @@ func (c *call) stream(resp *http.Response, req *request, est estimate) outcome {
 			line = long
 		}
 		if len(line) > 0 {
+			if isDone(line) {
+				// The answer is complete: account for it before the
+				// client reads its end.
+				c.account(streamOutcome(usage, chunks, est))
+			}
 			clientErr = c.streamLine(rc, line, clientUsage, &skip, &chunks, &usage)
 		}
 		if err != nil {
@@ -723,12 +745,28 @@ func (c *call) stream(resp *http.Response, req *request, est estimate) outcome {
 		out.status = usagev1.RequestStatus_REQUEST_STATUS_UPSTREAM_ERROR
 		c.reason = "upstream_error"
 	}
+	u := streamOutcome(usage, chunks, est)
+	out.prompt, out.completion = u.prompt, u.completion
+	return out
+}
+
+// streamOutcome is what a stream used: the provider's usage if it sent
+// it, else the prompt estimate and one token per chunk delivered, capped
+// by the completion estimate.
+func streamOutcome(usage *usageJSON, chunks int64, est estimate) outcome {
+	out := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK}
 	if usage != nil {
 		out.prompt, out.completion = usage.PromptTokens, usage.CompletionTokens
 	} else {
 		out.prompt, out.completion = est.prompt, min(chunks, est.completion)
 	}
 	return out
+}
+
+// isDone reports whether line is the "data: [DONE]" that ends a stream.
+func isDone(line []byte) bool {
+	data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), dataPrefix)
+	return ok && bytes.Equal(bytes.TrimLeft(data, " "), doneMarker)
 }
 
 // streamLine handles one line of an SSE answer; it returns the client's

@@ -141,6 +141,8 @@ type usageServer struct {
 	down  bool
 	got   map[string]*usagev1.UsageRecord
 	order []string
+	// refuse lists request ids answered InvalidArgument.
+	refuse map[string]bool
 	// next is, per producer, the sequence number after the last record
 	// acknowledged: a batch starting beyond it would leave a gap, which
 	// the ledger's exactly-once forbids.
@@ -159,6 +161,15 @@ func (u *usageServer) RecordUsage(_ context.Context, in *usagev1.RecordUsageRequ
 	p, first := in.GetProducer(), in.GetFirstSequence()
 	if want := max(u.next[p], 1); p == "" || first == 0 || first > want {
 		return nil, status.Errorf(codes.FailedPrecondition, "producer %q sent first_sequence %d, want at most %d", p, first, want)
+	}
+	for _, r := range in.GetRecords() {
+		if u.refuse[r.GetRequestId()] {
+			if len(in.GetRecords()) == 1 {
+				// The sender drops a record refused alone: no gap.
+				u.next[p] = max(u.next[p], first+1)
+			}
+			return nil, status.Errorf(codes.InvalidArgument, "record %q refused", r.GetRequestId())
+		}
 	}
 	u.next[p] = max(u.next[p], first+uint64(len(in.GetRecords())))
 	var resp usagev1.RecordUsageResponse
@@ -211,6 +222,9 @@ type options struct {
 	providers []*keystorev1.Provider
 	models    []*keystorev1.Model
 	config    func(*edge.Config)
+	// usage is the ledger to record to; nil = a new one. An edge
+	// restarted against the same ledger shares it.
+	usage *usageServer
 }
 
 type harness struct {
@@ -257,6 +271,9 @@ func startEdge(tb testing.TB, o options) *harness {
 		reader:  sdkmetric.NewManualReader(),
 		logs:    &syncBuffer{},
 		clock:   clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)),
+	}
+	if o.usage != nil {
+		h.usage = o.usage
 	}
 	reg := &registryServer{
 		providers: append([]*keystorev1.Provider{{Id: "mock", BaseUrl: "mock"}}, o.providers...),

@@ -11,12 +11,13 @@ import (
 )
 
 type metrics struct {
-	requests  metric.Int64Counter
-	duration  metric.Float64Histogram
-	failOpen  metric.Int64Counter
-	usageSent metric.Int64Counter
-	attrs     map[string]metric.MeasurementOption
-	other     metric.MeasurementOption
+	requests     metric.Int64Counter
+	duration     metric.Float64Histogram
+	failOpen     metric.Int64Counter
+	usageSent    metric.Int64Counter
+	usageRefused metric.Int64Counter
+	attrs        map[string]metric.MeasurementOption
+	other        metric.MeasurementOption
 }
 
 func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, error) {
@@ -36,6 +37,9 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 	errs = append(errs, err)
 	m.usageSent, err = meter.Int64Counter("keygate.edge.usage.sent",
 		metric.WithUnit("{record}"), metric.WithDescription("Usage records the ledger acknowledged."))
+	errs = append(errs, err)
+	m.usageRefused, err = meter.Int64Counter("keygate.edge.usage.refused",
+		metric.WithUnit("{record}"), metric.WithDescription("Usage records the ledger refused as invalid and the edge dropped (should stay 0)."))
 	errs = append(errs, err)
 	_, err = meter.Float64ObservableGauge("keygate.edge.usage.oldest_age",
 		metric.WithUnit("s"), metric.WithDescription("Age of the oldest usage record the ledger has not acknowledged (0 when none waits)."),

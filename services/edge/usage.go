@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
@@ -65,8 +67,10 @@ type sender struct {
 	// sendMu makes Run's loop and Close take turns at sending.
 	sendMu  sync.Mutex
 	failing bool
+	narrow  int // batch size while isolating a refused record; 0 = full
 
-	sent metric.Int64Counter
+	sent        metric.Int64Counter
+	refusedRecs metric.Int64Counter
 }
 
 func newSender(rec Recorder, producer string, limit int, log *slog.Logger) *sender {
@@ -94,13 +98,17 @@ func (s *sender) withSpool(sp *spool.Spool, replay [][]byte) error {
 // add queues r without blocking on the ledger; with a spool, r is in the
 // spool file when add returns.
 func (s *sender) add(r *usagev1.UsageRecord) {
+	spooled := s.sp != nil && !s.spoolErr.Load()
 	var b []byte
-	if s.sp != nil {
+	if spooled {
 		b, _ = proto.Marshal(r)
 	}
 	s.mu.Lock()
-	if s.sp != nil {
-		// Under s.mu, so that spool numbers follow queue order.
+	if spooled {
+		// Under s.mu, so that spool numbers follow queue order. After a
+		// failed write the spool is left alone: it keeps a prefix of the
+		// numbering, and numbers it never held are not reused after a
+		// restart once acknowledged (Ack moves its next number past them).
 		if _, err := s.sp.Append(b); err != nil && s.spoolErr.CompareAndSwap(false, true) {
 			s.log.Error("edge: usage spool write failed; refusing requests until restarted", "err", err)
 		}
@@ -164,13 +172,16 @@ func (s *sender) ack(n int) {
 func (s *sender) sendOnce(ctx context.Context) (bool, error) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	batch, first := s.peek(usageBatch)
+	batch, first := s.peek(s.batchLimit())
 	if len(batch) == 0 {
 		return true, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, usageRPCTimeout)
 	_, err := s.rec.RecordUsage(rctx, &usagev1.RecordUsageRequest{Records: batch, Producer: s.producer, FirstSequence: first})
 	cancel()
+	if status.Code(err) == codes.InvalidArgument {
+		return s.refused(ctx, batch, first, err), nil
+	}
 	if err != nil {
 		if !s.failing {
 			s.failing = true
@@ -183,6 +194,7 @@ func (s *sender) sendOnce(ctx context.Context) (bool, error) {
 		s.log.Info("edge: recording usage recovered", "pending", s.pending())
 	}
 	s.ack(len(batch))
+	s.narrow = 0
 	if s.sp != nil {
 		if err := s.sp.Ack(first + uint64(len(batch)) - 1); err != nil {
 			// Harmless but for disk: the replay would be duplicates.
@@ -219,6 +231,36 @@ func (s *sender) run(ctx context.Context) {
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
+}
+
+// batchLimit is the size of the next batch: usageBatch, or less while a
+// refused batch is being narrowed down to its invalid record.
+func (s *sender) batchLimit() int {
+	if s.narrow > 0 {
+		return s.narrow
+	}
+	return usageBatch
+}
+
+// refused handles a batch the ledger refused as invalid, which no retry
+// would change. The batch is halved until the invalid record is alone;
+// that record is dropped, logged and counted, and sending goes on (a
+// sequence number left out is no gap to the ledger). Only a record the
+// ledger can never take is lost: one jammed batch would otherwise stop
+// every later record.
+func (s *sender) refused(ctx context.Context, batch []*usagev1.UsageRecord, first uint64, err error) bool {
+	if len(batch) > 1 {
+		s.narrow = len(batch) / 2
+		return true
+	}
+	s.narrow = 0
+	s.log.Error("edge: the ledger refused a usage record; dropping it", "request_id", batch[0].GetRequestId(), "err", err)
+	s.ack(1)
+	if s.sp != nil {
+		_ = s.sp.Ack(first)
+	}
+	s.refusedRecs.Add(ctx, 1)
+	return true
 }
 
 // SpoolSync is how often spooled records are flushed to stable storage:

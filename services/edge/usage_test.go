@@ -82,3 +82,26 @@ func TestCloseFlushesUsage(t *testing.T) {
 	require.NoError(t, h2.srv.Close(t.Context()))
 	require.NotNil(t, h2.usage.record(a.header.Get("X-Request-Id")))
 }
+
+// TestUsageRefusedRecord: a record the ledger refuses as invalid would
+// jam every later one; the sender narrows the batch down to it, drops it
+// (counted) and delivers the rest.
+func TestUsageRefusedRecord(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, options{})
+	h.usage.setDown(true)
+	var ids []string
+	for range 5 {
+		a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+		require.Equal(t, http.StatusOK, a.status)
+		ids = append(ids, a.header.Get("X-Request-Id"))
+	}
+	h.usage.mu.Lock()
+	h.usage.refuse = map[string]bool{ids[2]: true}
+	h.usage.down = false
+	h.usage.mu.Unlock()
+	require.Eventually(t, func() bool { return len(h.usage.ids()) == 4 }, 10*time.Second, 10*time.Millisecond)
+	require.ElementsMatch(t, append(append([]string{}, ids[:2]...), ids[3:]...), h.usage.ids())
+	require.Eventually(t, func() bool { return h.counter(t, "keygate.edge.usage.refused") == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.Contains(t, h.logs.String(), "refused a usage record")
+}

@@ -108,6 +108,7 @@ func (s *Spool) load() ([][]byte, error) {
 		return nil, err
 	}
 	var recs [][]byte
+	var lastEnd uint64 // one past the last segment's last record
 	s.next = acked + 1
 	for i, first := range s.segs {
 		rs, size, err := readSegment(s.segPath(first))
@@ -127,11 +128,20 @@ func (s *Spool) load() ([][]byte, error) {
 			}
 		}
 		s.next = max(s.next, first+uint64(len(rs)))
+		lastEnd = first + uint64(len(rs))
 	}
 	// Records are replayed from acked+1 on; a gap would mean a lost
 	// segment, which numbering from the first replayed record hides.
 	if len(recs) > 0 && s.next-uint64(len(recs)) != acked+1 {
 		return nil, fmt.Errorf("spool: segments in %s do not follow the acknowledged sequence %d", s.dir, acked)
+	}
+	// The acknowledgement may be ahead of the last segment's records (its
+	// tail lost with the machine, or cut as corrupt): appended there, new
+	// records would be read back under the lost ones' numbers. Start a
+	// segment at s.next instead; the old ones, all acknowledged, go.
+	if len(s.segs) > 0 && lastEnd < s.next {
+		s.segs = append(s.segs, s.next)
+		s.curBytes = 0
 	}
 	return recs, s.dropAcked()
 }
@@ -183,7 +193,9 @@ func listSegments(dir string) ([]uint64, error) {
 }
 
 // readSegment reads a segment's whole records and the byte length they
-// span; a short or corrupt record ends it.
+// span; a short or corrupt record ends it, and so does a zero length
+// (Append writes no empty record; zeros are what a file extended by a
+// crash of the machine may read as, and would pass the checksum).
 func readSegment(path string) ([][]byte, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -195,7 +207,7 @@ func readSegment(path string) ([][]byte, int64, error) {
 	var off int64
 	for {
 		n, err := binary.ReadUvarint(r)
-		if err != nil || n > maxRecord {
+		if err != nil || n == 0 || n > maxRecord {
 			return recs, off, nil
 		}
 		var sum [4]byte
@@ -219,6 +231,10 @@ func uvarintLen(n uint64) int {
 // Append writes rec and returns its sequence number. Once it returns the
 // record survives the process; Sync makes it survive the machine.
 func (s *Spool) Append(rec []byte) (uint64, error) {
+	if len(rec) == 0 || len(rec) > maxRecord {
+		// Such a record could not be read back.
+		return 0, fmt.Errorf("spool: a record must have 1 to %d bytes, not %d", maxRecord, len(rec))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur == nil || s.curBytes >= s.segBytes {

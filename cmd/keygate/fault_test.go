@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestEdgeKillDuringUsageOutage: requests an edge answered while the usage
+// service was down are neither lost nor counted twice when the edge is
+// killed before it could deliver them. The edge's spool (under its data
+// dir) keeps them; restarted on the same data dir, the edge replays them
+// under the same producer id, and the ledger counts each once.
+func TestEdgeKillDuringUsageOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	const n = 100
+	c := newCluster(t)
+	c.startEtcd(1)
+	ks := c.serve("keystore", "keystore", "--grpc-addr", anyPort)["grpc"]
+	usageProc, ua := c.serveProc("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)
+	us := ua["grpc"]
+	c.serve("limiter", "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
+	edgeArgs := []string{"edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us}
+	edgeProc, ea := c.serveProc("edge", edgeArgs...)
+	edge := "http://" + ea["edge"]
+	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
+	c.waitHealthy()
+
+	for _, step := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
+		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
+		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
+	} {
+		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
+		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
+	}
+	const tpd = 1_000_000
+	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root, map[string]any{"name": "web", "globalLimits": map[string]any{"tpd": tpd}})
+	require.Equal(t, http.StatusOK, code, body)
+	secret := body["secret"].(string)
+	keyID := body["key"].(map[string]any)["id"].(string)
+
+	// The limiter reads a key's totals from the ledger on its first check,
+	// so the key must be checked once while the ledger is up. A request
+	// over the key's daily tokens is refused by the limiter and leaves no
+	// usage record; it also waits out the edge learning the model
+	// registry and the limiter.
+	tooLarge := fmt.Sprintf(`{"model":"mock-small","messages":[{"role":"user","content":"hi"}],"max_tokens":%d}`, 2*tpd)
+	require.Eventually(t, func() bool {
+		code, _, _ := restQuiet(edge+"/v1/chat/completions", secret, tooLarge)
+		return code == http.StatusTooManyRequests
+	}, 30*time.Second, 100*time.Millisecond, "the edge checks the key")
+
+	// The ledger goes down; the edge answers regardless, spooling.
+	usageProc.kill(t)
+	ids := map[string]bool{}
+	for i := range n {
+		code, h, _ := chatOnce(t, edge, secret)
+		require.Equal(t, http.StatusOK, code, "request %d", i)
+		id := h.Get("X-Request-Id")
+		require.NotEmpty(t, id)
+		require.False(t, ids[id], "request id %s answered twice", id)
+		ids[id] = true
+	}
+	require.Equal(t, n, metric(edge, "keygate_edge_usage_pending"), "every record waits for the ledger")
+
+	// The edge dies with its records undelivered; the ledger comes back
+	// where it was (same port, same data dir), then the edge, on the
+	// same data dir and so the same spool.
+	edgeProc.kill(t)
+	c.serveProc("usage", "usage", "--grpc-addr", us, "--keystore-addr", ks)
+	edgeProc, ea = c.serveProc("edge", edgeArgs...)
+	edge = "http://" + ea["edge"]
+	waitHealthy(t, edge+"/healthz")
+	producer, err := os.ReadFile(filepath.Join(c.dataDir, "edge", "edge-spool", "producer"))
+	require.NoError(t, err)
+	replayed := false
+	for _, line := range strings.Split(edgeProc.out.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "edge: replaying spooled usage records" {
+			require.Equal(t, float64(n), rec["records"], line)
+			require.Equal(t, strings.TrimSpace(string(producer)), rec["producer"], line)
+			replayed = true
+		}
+	}
+	require.True(t, replayed, "the restarted edge replays its spool:\n%s", edgeProc.out.String())
+
+	usageAPI := api + "/v1/workspaces/acme/keys/" + keyID + "/usage"
+	requestsToday := func() (int64, error) {
+		var u struct {
+			RequestsToday json.Number `json:"requestsToday"`
+		}
+		if err := getJSON(usageAPI, c.root, &u); err != nil {
+			return 0, err
+		}
+		return u.RequestsToday.Int64()
+	}
+	var last atomic.Value
+	last.Store("nothing read")
+	require.Eventually(t, func() bool {
+		got, err := requestsToday()
+		logged, lerr := requestLog(api, c.root, keyID)
+		last.Store(fmt.Sprintf("requestsToday %d (%v), request log %d entries (%v)", got, err, len(logged), lerr))
+		return err == nil && lerr == nil && got == n && len(logged) == n
+	}, 30*time.Second, 100*time.Millisecond, "usage after the restart, last read: %s", stringer(func() string { return last.Load().(string) }))
+
+	// Once the edge has nothing left to send, the counts are final.
+	require.Eventually(t, func() bool { return metric(edge, "keygate_edge_usage_pending") == 0 },
+		10*time.Second, 50*time.Millisecond, "the edge's backlog drains")
+	got, err := requestsToday()
+	require.NoError(t, err)
+	require.Equal(t, int64(n), got, "each answered request counted once")
+	logged, err := requestLog(api, c.root, keyID)
+	require.NoError(t, err)
+	var missing, doubled []string
+	seen := map[string]int{}
+	for _, id := range logged {
+		seen[id]++
+		if seen[id] == 2 {
+			doubled = append(doubled, id)
+		}
+	}
+	for id := range ids {
+		if seen[id] == 0 {
+			missing = append(missing, id)
+		}
+	}
+	require.Empty(t, missing, "answered requests missing from the request log")
+	require.Empty(t, doubled, "requests logged twice")
+	require.Len(t, logged, n)
+}
+
+// getJSON GETs url with token and decodes the answer into v (numbers as
+// json.Number); it uses no require, so pollers may call it.
+func getJSON(url, token string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	d := json.NewDecoder(strings.NewReader(string(b)))
+	d.UseNumber()
+	return d.Decode(v)
+}
+
+// requestLog lists the request ids of the key's request log, every page.
+func requestLog(api, token, key string) ([]string, error) {
+	var ids []string
+	tok := ""
+	for {
+		q := url.Values{"key": {key}, "pageSize": {"500"}}
+		if tok != "" {
+			q.Set("pageToken", tok)
+		}
+		var page struct {
+			Requests []struct {
+				RequestID string `json:"requestId"`
+			} `json:"requests"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := getJSON(api+"/v1/workspaces/acme/requests?"+q.Encode(), token, &page); err != nil {
+			return nil, err
+		}
+		for _, r := range page.Requests {
+			ids = append(ids, r.RequestID)
+		}
+		if page.NextPageToken == "" {
+			return ids, nil
+		}
+		tok = page.NextPageToken
+	}
+}
+
+// stringer formats as what f returns when printed.
+type stringer func() string
+
+func (f stringer) String() string { return f() }
+
+// metric reads a gauge from base's /metrics, summed over its series; -1
+// when it cannot be read.
+func metric(base, name string) int {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum, found := 0.0, false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return -1
+		}
+		sum += v
+		found = true
+	}
+	if !found {
+		return -1
+	}
+	return int(sum)
+}
