@@ -111,8 +111,9 @@ const (
 	// replica commits a second, whatever the request rate: etcd sees
 	// (active aggregates / aggsPerTxn) Txns per group.
 	commitLinger = 20 * time.Millisecond
-	// aggsPerTxn leaves room in etcd's 128 ops for workspace index puts.
-	aggsPerTxn = 96
+	// aggsPerTxn leaves room in etcd's 128 ops for a workspace index put
+	// per aggregate (a fresh replica knows none of them yet).
+	aggsPerTxn = maxTxnOps / 2
 	// maxConflicts bounds retries of one Txn that lost a race to another
 	// replica.
 	maxConflicts = 32

@@ -24,6 +24,7 @@ import (
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
 const (
@@ -139,7 +140,8 @@ func (w tbWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// env is one usage server over real etcd and real gRPC.
+// env is one usage server over real etcd and real gRPC, with its own
+// request log.
 type env struct {
 	etcd *clientv3.Client
 	clk  *clock.Fake
@@ -148,9 +150,16 @@ type env struct {
 	set  func(*Config)
 	srv  *Server
 	cli  usagev1.UsageServiceClient // no credential
+	rlog *reqlog.Pebble
+
+	mu   sync.Mutex
+	next uint64 // the next sequence number of producer testProducer
 }
 
-// t0 is a Wednesday.
+// testProducer numbers the records e.record sends.
+const testProducer = "test"
+
+// t0 is a Wednesday, 12:00 UTC: the start of a request log slice.
 var t0 = time.Date(2026, 3, 11, 12, 0, 0, 0, time.UTC)
 
 func newEnv(tb testing.TB, retention time.Duration) *env {
@@ -161,29 +170,52 @@ func newEnv(tb testing.TB, retention time.Duration) *env {
 // newEnvWith is newEnv with a Config edited by set.
 func newEnvWith(tb testing.TB, set func(*Config)) *env {
 	tb.Helper()
+	return newEnvAt(tb, t0, set)
+}
+
+// newEnvAt starts the env with its clock at now: the janitor's first pass,
+// at start, sees that time.
+func newEnvAt(tb testing.TB, now time.Time, set func(*Config)) *env {
+	tb.Helper()
 	cluster := etcdtest.Start(tb)
 	ks, ksc, _ := startKeystore(tb)
-	clk := clock.NewFake(t0)
-	e := &env{etcd: cluster.Client, clk: clk, ks: ks, ksc: ksc, set: set}
-	e.srv, e.cli = e.replica(tb)
+	e := &env{etcd: cluster.Client, clk: clock.NewFake(now), ks: ks, ksc: ksc, set: set, next: 1}
+	r := e.replica(tb)
+	e.srv, e.cli, e.rlog = r.srv, r.cli, r.rlog
 	return e
 }
 
+// replica is one usage server of an env.
+type replica struct {
+	srv  *Server
+	cli  usagev1.UsageServiceClient // no credential
+	rlog *reqlog.Pebble             // its own request log
+}
+
 // replica starts another usage server on the same etcd, keystore and clock,
-// served over its own loopback gRPC listener.
-func (e *env) replica(tb testing.TB) (*Server, usagev1.UsageServiceClient) {
+// with a request log of its own, served over its own loopback gRPC
+// listener. edit changes its Config after the env's set.
+func (e *env) replica(tb testing.TB, edit ...func(*Config)) replica {
 	tb.Helper()
+	logger := slog.New(slog.NewTextHandler(tbWriter{tb}, nil))
+	rl, err := reqlog.OpenPebble(tb.TempDir(), 0, logger)
+	require.NoError(tb, err)
+	// Cleanups run last first: the server closes before its log.
+	tb.Cleanup(func() { require.NoError(tb, rl.Close()) })
 	cfg := Config{
-		Etcd: e.etcd, Clock: e.clk, Logger: slog.New(slog.NewTextHandler(tbWriter{tb}, nil)), ServiceToken: serviceToken, Keystore: e.ksc,
+		Etcd: e.etcd, Clock: e.clk, Logger: logger, ServiceToken: serviceToken, Keystore: e.ksc, RequestLog: rl,
 	}
 	if e.set != nil {
 		e.set(&cfg)
+	}
+	for _, f := range edit {
+		f(&cfg)
 	}
 	srv, err := New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { _ = srv.Close() })
 	addr := serve(tb, func(g *grpc.Server) { srv.Register(g) })
-	return srv, usagev1.NewUsageServiceClient(dial(tb, addr))
+	return replica{srv: srv, cli: usagev1.NewUsageServiceClient(dial(tb, addr)), rlog: rl}
 }
 
 func svc(ctx context.Context) context.Context    { return auth.WithBearer(ctx, serviceToken) }
@@ -206,11 +238,33 @@ func recs(prefix string, n int, key, model string, t time.Time) []*usagev1.Usage
 	return out
 }
 
+// record sends rs as producer testProducer, numbered after every record
+// e.record sent before: they are always new.
 func (e *env) record(tb testing.TB, rs ...*usagev1.UsageRecord) *usagev1.RecordUsageResponse {
 	tb.Helper()
-	resp, err := e.cli.RecordUsage(svc(tb.Context()), &usagev1.RecordUsageRequest{Records: rs})
+	return e.recordAs(tb, testProducer, e.reserve(len(rs)), rs...)
+}
+
+// reserve takes n sequence numbers of testProducer and returns the first.
+func (e *env) reserve(n int) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	first := e.next
+	e.next += uint64(n)
+	return first
+}
+
+// recordAs sends rs as producer, numbered from first.
+func (e *env) recordAs(tb testing.TB, producer string, first uint64, rs ...*usagev1.UsageRecord) *usagev1.RecordUsageResponse {
+	tb.Helper()
+	resp, err := send(tb.Context(), e.cli, producer, first, rs)
 	require.NoError(tb, err)
 	return resp
+}
+
+// send is one RecordUsage call with the service token.
+func send(ctx context.Context, c usagev1.UsageServiceClient, producer string, first uint64, rs []*usagev1.UsageRecord) (*usagev1.RecordUsageResponse, error) {
+	return c.RecordUsage(svc(ctx), &usagev1.RecordUsageRequest{Producer: producer, FirstSequence: first, Records: rs})
 }
 
 // totals returns GetTotals for one key with both periods since epoch.
@@ -229,6 +283,29 @@ func count(tb testing.TB, cli *clientv3.Client, sub string) int64 {
 	resp, err := cli.Get(tb.Context(), Prefix+sub, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(tb, err)
 	return resp.Count
+}
+
+// logEntries lists every request log entry of workspace ws, newest first,
+// page by page.
+func logEntries(tb testing.TB, rl RequestLog, ws string) []reqlog.Entry {
+	tb.Helper()
+	var out []reqlog.Entry
+	q := reqlog.Query{Workspace: ws, Limit: 1000}
+	for {
+		page, err := rl.List(tb.Context(), q)
+		require.NoError(tb, err)
+		out = append(out, page.Entries...)
+		if page.Next == nil {
+			return out
+		}
+		q.Before = page.Next
+	}
+}
+
+// logCount is the number of request log entries of workspace acme.
+func logCount(tb testing.TB, rl RequestLog) int {
+	tb.Helper()
+	return len(logEntries(tb, rl, "acme"))
 }
 
 func requireCode(tb testing.TB, err error, want codes.Code) {

@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"math"
 	"strings"
 	"time"
@@ -47,6 +48,10 @@ func (s *Server) record(ctx context.Context, req *usagev1.RecordUsageRequest) (o
 		return outcome{}, nil
 	}
 	if err := s.prices.lookup(ctx, models); err != nil {
+		var inv *InvalidError
+		if errors.As(err, &inv) {
+			s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
+		}
 		return outcome{}, err
 	}
 	entries := make([]*entry, len(recs))
@@ -78,7 +83,7 @@ func (s *Server) validateBatch(req *usagev1.RecordUsageRequest) error {
 		return invalidf("producer must not contain '/'")
 	case req.GetFirstSequence() == 0:
 		return invalidf("first_sequence must be at least 1")
-	case req.GetFirstSequence() > math.MaxUint64-uint64(n):
+	case n > 0 && req.GetFirstSequence()-1 > math.MaxUint64-uint64(n):
 		return invalidf("first_sequence %d leaves no room for %d records", req.GetFirstSequence(), n)
 	}
 	return nil

@@ -1,8 +1,15 @@
 package usage
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,74 +23,193 @@ import (
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
 func TestRecordUsageIdempotent(t *testing.T) {
 	e := newEnv(t, 0)
-	batch := recs("a", 10, "k1", "mock-small", t0)
-
-	r := e.record(t, batch...)
+	// Ten records over two keys: odd sequences to k1, even ones to k2, so
+	// that each aggregate holds its own mark for the producer.
+	mk := func(from, n int) []*usagev1.UsageRecord {
+		var out []*usagev1.UsageRecord
+		for seq := from; seq < from+n; seq++ {
+			out = append(out, rec(fmt.Sprintf("r-%d", seq), []string{"k2", "k1"}[seq%2], "mock-small", 10, 5, t0))
+		}
+		return out
+	}
+	r := e.recordAs(t, "p1", 1, mk(1, 10)...)
 	require.EqualValues(t, 10, r.GetAccepted())
 	require.EqualValues(t, 0, r.GetDuplicates())
 
-	t.Run("same batch again counts once", func(t *testing.T) {
-		r := e.record(t, batch...)
-		require.EqualValues(t, 0, r.GetAccepted())
-		require.EqualValues(t, 10, r.GetDuplicates())
-	})
-	t.Run("duplicates within a batch and with the ledger", func(t *testing.T) {
-		b := []*usagev1.UsageRecord{rec("b-1", "k1", "mock-small", 10, 5, t0), rec("b-1", "k1", "mock-small", 10, 5, t0), batch[0]}
-		r := e.record(t, b...)
-		require.EqualValues(t, 1, r.GetAccepted())
-		require.EqualValues(t, 2, r.GetDuplicates())
-	})
-	tot := e.totals(t, "k1")
-	require.EqualValues(t, 11, tot[0].GetRequestsToday())
-	require.EqualValues(t, 11*15, tot[0].GetTokensToday())
-	require.EqualValues(t, 11, count(t, e.etcd, "id/"))
-	require.EqualValues(t, 11, count(t, e.etcd, "log/"))
+	tests := []struct {
+		name           string
+		producer       string
+		first, n       int
+		accepted, dups int32
+	}{
+		{"same batch again counts once", "p1", 1, 10, 0, 10},
+		{"a stale part of it counts nothing", "p1", 4, 3, 0, 3},
+		// Records 6..10 were counted; 11..15 are new.
+		{"an overlapping retry counts only the new part", "p1", 6, 10, 5, 5},
+		{"the overlapping retry again is all duplicates", "p1", 6, 10, 0, 10},
+		// The identity is (producer, sequence), not the request id.
+		{"the same sequence numbers from another producer are new", "p2", 1, 4, 4, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.recordAs(t, tc.producer, uint64(tc.first), mk(tc.first, tc.n)...)
+			require.Equal(t, tc.accepted, r.GetAccepted())
+			require.Equal(t, tc.dups, r.GetDuplicates())
+		})
+	}
+	// p1: 1..15 (k1: 8 odd, k2: 7 even); p2: 1..4 (k1: 2, k2: 2).
+	for _, want := range []struct {
+		key      string
+		requests int64
+	}{{"k1", 8 + 2}, {"k2", 7 + 2}} {
+		tot := e.totals(t, want.key)
+		require.EqualValues(t, want.requests, tot[0].GetRequestsToday(), want.key)
+		require.EqualValues(t, want.requests*15, tot[0].GetTokensToday(), want.key)
+	}
+	entries := logEntries(t, e.rlog, "acme")
+	require.Len(t, entries, 15+4, "one log entry per record, however often sent")
+	seen := map[string]bool{}
+	for _, le := range entries {
+		id := fmt.Sprintf("%s/%d", le.Producer, le.Seq)
+		require.False(t, seen[id], "log entry %s twice", id)
+		seen[id] = true
+	}
 }
 
+// TestRecordUsageConcurrentOverlapping: producers send their batches in
+// order, each batch twice at once (a retry racing the original), and with
+// each a stale copy of an earlier batch. Each record counts once.
 func TestRecordUsageConcurrentOverlapping(t *testing.T) {
 	e := newEnv(t, 0)
-	// 8 writers; writer w sends records w*50 .. w*50+99, so each record
-	// but the first and last 50 is sent by two writers, in batches of 25.
-	const writers, span = 8, 100
-	var mu sync.Mutex
-	accepted := 0
+	const producers, batches, size, keys = 4, 6, 20, 5
+	batch := func(p, i int) []*usagev1.UsageRecord {
+		out := make([]*usagev1.UsageRecord, size)
+		for j := range out {
+			n := i*size + j
+			out[j] = rec(fmt.Sprintf("p%d-%d", p, n), fmt.Sprintf("k%d", (p+n)%keys), "mock-small", 10, 5, t0)
+		}
+		return out
+	}
+	type result struct{ accepted, dups int }
+	results := make([]result, producers)
+	errs := make([]error, producers)
 	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
+	for p := range producers {
 		wg.Go(func() {
-			var all []*usagev1.UsageRecord
-			for i := w * 50; i < w*50+span; i++ {
-				key := fmt.Sprintf("k%d", i%5)
-				all = append(all, rec(fmt.Sprintf("r-%d", i), key, "mock-small", 10, 5, t0))
-			}
-			for i := 0; i < len(all); i += 25 {
-				resp, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: all[i : i+25]})
-				if err != nil {
-					errs <- err
+			rng := rand.New(rand.NewPCG(uint64(p), 42))
+			producer := fmt.Sprintf("p%d", p)
+			for i := range batches {
+				first := uint64(i*size + 1)
+				stale := -1
+				if i > 0 {
+					stale = rng.IntN(i)
+				}
+				var resps [3]*usagev1.RecordUsageResponse
+				var callErrs [3]error
+				var calls sync.WaitGroup
+				for c := range 3 {
+					if c == 2 && stale < 0 {
+						continue
+					}
+					calls.Go(func() {
+						b, f := batch(p, i), first
+						if c == 2 {
+							b, f = batch(p, stale), uint64(stale*size+1)
+						}
+						resps[c], callErrs[c] = send(t.Context(), e.cli, producer, f, b)
+					})
+				}
+				calls.Wait()
+				if errs[p] = errors.Join(callErrs[:]...); errs[p] != nil {
 					return
 				}
-				mu.Lock()
-				accepted += int(resp.GetAccepted())
-				mu.Unlock()
+				if got := resps[0].GetAccepted() + resps[1].GetAccepted(); got != size {
+					errs[p] = fmt.Errorf("batch %d of %s: %d accepted over both copies, want %d", i, producer, got, size)
+					return
+				}
+				if stale >= 0 && (resps[2].GetAccepted() != 0 || resps[2].GetDuplicates() != size) {
+					errs[p] = fmt.Errorf("stale batch %d of %s: %v", stale, producer, resps[2])
+					return
+				}
+				for _, r := range resps {
+					results[p].accepted += int(r.GetAccepted())
+					results[p].dups += int(r.GetDuplicates())
+				}
 			}
 		})
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
+	require.NoError(t, errors.Join(errs...))
+	var accepted, dups int
+	for _, r := range results {
+		accepted += r.accepted
+		dups += r.dups
 	}
-	distinct := (writers-1)*50 + span
+	distinct := producers * batches * size
+	sent := producers * (2*batches + batches - 1) * size
 	require.Equal(t, distinct, accepted)
-	var total int64
-	for k := range 5 {
-		total += e.totals(t, fmt.Sprintf("k%d", k))[0].GetRequestsToday()
+	require.Equal(t, sent-distinct, dups)
+	var requests, tokens int64
+	for k := range keys {
+		tot := e.totals(t, fmt.Sprintf("k%d", k))[0]
+		requests += tot.GetRequestsToday()
+		tokens += tot.GetTokensToday()
 	}
-	require.EqualValues(t, distinct, total)
+	require.EqualValues(t, distinct, requests)
+	require.EqualValues(t, distinct*15, tokens)
+	require.Equal(t, distinct, logCount(t, e.rlog))
+}
+
+// TestAnswerLostRetriedElsewhere: a batch whose aggregates committed on
+// one replica but whose answer was an error (its request log failed) is
+// retried, with new records, on another replica: the old records count
+// once, the new ones once, and the retry writes the log entries.
+func TestAnswerLostRetriedElsewhere(t *testing.T) {
+	e := newEnv(t, 0)
+	fl := &failingLog{}
+	a := e.replica(t, func(c *Config) {
+		fl.RequestLog = c.RequestLog
+		c.RequestLog = fl
+	})
+	first := recs("first", 5, "k1", "mock-small", t0)
+	fl.fail.Store(true)
+	_, err := send(t.Context(), a.cli, "edge-1", 1, first)
+	requireCode(t, err, codes.Unavailable)
+	require.EqualValues(t, 5, e.totals(t, "k1")[0].GetRequestsToday(), "the aggregates committed")
+	require.Zero(t, logCount(t, a.rlog))
+
+	more := append(slices.Clone(first), recs("more", 3, "k1", "mock-small", t0)...)
+	r := e.recordAs(t, "edge-1", 1, more...)
+	require.EqualValues(t, 3, r.GetAccepted())
+	require.EqualValues(t, 5, r.GetDuplicates())
+	require.EqualValues(t, 8, e.totals(t, "k1")[0].GetRequestsToday())
+	require.Equal(t, 8, logCount(t, e.rlog), "the retry logs the records counted before")
+
+	fl.fail.Store(false)
+	r, err = send(t.Context(), a.cli, "edge-1", 1, more)
+	require.NoError(t, err)
+	require.EqualValues(t, 0, r.GetAccepted())
+	require.EqualValues(t, 8, r.GetDuplicates())
+	require.EqualValues(t, 8, e.totals(t, "k1")[0].GetRequestsToday())
+	require.Equal(t, 8, logCount(t, a.rlog))
+}
+
+// failingLog is a request log whose appends fail while fail is set.
+type failingLog struct {
+	RequestLog
+	fail atomic.Bool
+}
+
+func (f *failingLog) Append(ctx context.Context, es []reqlog.Entry) error {
+	if f.fail.Load() {
+		return errors.New("disk full")
+	}
+	return f.RequestLog.Append(ctx, es)
 }
 
 func TestCost(t *testing.T) {
@@ -218,9 +344,9 @@ func TestPeriodBounds(t *testing.T) {
 }
 
 func TestRollup(t *testing.T) {
-	e := newEnv(t, 0)
 	jan := time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)
-	e.clk.Set(jan)
+	// The janitor's first pass, at start, must not see March yet.
+	e := newEnvAt(t, jan, nil)
 	e.record(t, recs("jan-a", 3, "k1", "mock-small", jan)...)
 	e.clk.Set(jan.AddDate(0, 0, 1))
 	e.record(t, recs("jan-b", 2, "k1", "mock-small", jan.AddDate(0, 0, 1))...)
@@ -266,34 +392,83 @@ func TestRollup(t *testing.T) {
 
 func TestRetention(t *testing.T) {
 	e := newEnv(t, time.Hour)
-	e.record(t, recs("old", 3, "k1", "mock-small", t0)...)
-	e.clk.Advance(30 * time.Minute)
-	e.record(t, recs("new", 2, "k1", "mock-small", e.clk.Now())...)
+	// The log drops whole slices of reqlog.BucketWidth (10 minutes) that
+	// end at or before now - retention; t0 starts a slice.
+	e.record(t, recs("old", 3, "k1", "mock-small", t0)...) // slice 12:00-12:10
+	e.clk.Set(t0.Add(30 * time.Minute))
+	e.record(t, recs("edge", 1, "k1", "mock-small", t0.Add(12*time.Minute))...) // 12:10-12:20
+	e.record(t, recs("new", 2, "k1", "mock-small", e.clk.Now())...)             // 12:30-12:40
+	require.Equal(t, 6, logCount(t, e.rlog))
 
-	e.clk.Advance(45 * time.Minute)
-	require.NoError(t, e.srv.maintain(t.Context()))
-	require.EqualValues(t, 2, count(t, e.etcd, "log/"))
-	require.EqualValues(t, 2, count(t, e.etcd, "id/"))
-	require.EqualValues(t, 5, e.totals(t, "k1")[0].GetRequestsToday(), "aggregates outlive the log")
+	steps := []struct {
+		name string
+		now  time.Time
+		log  int
+	}{
+		{"nothing is past the retention", t0.Add(65 * time.Minute), 6},
+		// The edge record (12:12) is older than the cutoff (12:15) but its
+		// slice ends after it.
+		{"a slice ending before the cutoff goes", t0.Add(75 * time.Minute), 3},
+		{"a slice ending at the cutoff goes", t0.Add(80 * time.Minute), 2},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			e.clk.Set(st.now)
+			require.NoError(t, e.srv.maintain(t.Context()))
+			require.Equal(t, st.log, logCount(t, e.rlog))
+			require.EqualValues(t, 6, e.totals(t, "k1")[0].GetRequestsToday(), "aggregates outlive the log")
+			require.EqualValues(t, 1, count(t, e.etcd, "agg/"))
+		})
+	}
 
-	t.Run("a record older than the retention is refused", func(t *testing.T) {
-		_, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: recs("old", 1, "k1", "mock-small", t0)})
-		requireCode(t, err, codes.InvalidArgument)
-		require.EqualValues(t, 5, e.totals(t, "k1")[0].GetRequestsToday())
-	})
+	// Now 13:20: the oldest acceptable record time is 12:20.
+	tests := []struct {
+		name string
+		at   time.Time
+		code codes.Code
+	}{
+		{"a record older than the retention is refused", t0, codes.InvalidArgument},
+		{"a nanosecond too old is refused", t0.Add(20*time.Minute - 1), codes.InvalidArgument},
+		{"a record exactly at the retention is accepted", t0.Add(20 * time.Minute), codes.OK},
+	}
+	requests, entries := int64(6), 2
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := send(t.Context(), e.cli, testProducer, e.reserve(1), recs("late", 1, "k1", "mock-small", tc.at))
+			if tc.code == codes.OK {
+				require.NoError(t, err)
+				requests++
+				entries++
+			} else {
+				requireCode(t, err, tc.code)
+			}
+			require.Equal(t, requests, e.totals(t, "k1")[0].GetRequestsToday())
+			require.Equal(t, entries, logCount(t, e.rlog))
+		})
+	}
 }
 
 func TestRecordUsageBadInput(t *testing.T) {
 	e := newEnv(t, 0)
 	good := rec("ok", "k1", "mock-small", 1, 1, t0)
-	mod := func(f func(r *usagev1.UsageRecord)) *usagev1.UsageRecord {
+	// batch is a valid request: the good record and r, from producer
+	// "edge-1" numbered from 1.
+	batch := func(r *usagev1.UsageRecord) *usagev1.RecordUsageRequest {
+		return &usagev1.RecordUsageRequest{Producer: "edge-1", FirstSequence: 1, Records: []*usagev1.UsageRecord{good, r}}
+	}
+	mod := func(f func(r *usagev1.UsageRecord)) *usagev1.RecordUsageRequest {
 		r := rec("bad", "k1", "mock-small", 1, 1, t0)
+		f(r)
+		return batch(r)
+	}
+	req := func(f func(req *usagev1.RecordUsageRequest)) *usagev1.RecordUsageRequest {
+		r := batch(rec("fine", "k1", "mock-small", 1, 1, t0))
 		f(r)
 		return r
 	}
 	tests := []struct {
 		name string
-		r    *usagev1.UsageRecord
+		req  *usagev1.RecordUsageRequest
 	}{
 		{"missing request id", mod(func(r *usagev1.UsageRecord) { r.RequestId = "" })},
 		{"missing key", mod(func(r *usagev1.UsageRecord) { r.Key = "" })},
@@ -306,15 +481,30 @@ func TestRecordUsageBadInput(t *testing.T) {
 		{"unknown status", mod(func(r *usagev1.UsageRecord) { r.Status = 42 })},
 		{"negative latency", mod(func(r *usagev1.UsageRecord) { r.Latency = durationpb.New(-time.Second) })},
 		{"time in the future", mod(func(r *usagev1.UsageRecord) { r.Time = timestamppb.New(t0.Add(time.Hour)) })},
+		{"missing producer", req(func(r *usagev1.RecordUsageRequest) { r.Producer = "" })},
+		{"producer over 64 bytes", req(func(r *usagev1.RecordUsageRequest) { r.Producer = strings.Repeat("p", 65) })},
+		{"slash in producer", req(func(r *usagev1.RecordUsageRequest) { r.Producer = "edge/1" })},
+		{"first_sequence 0", req(func(r *usagev1.RecordUsageRequest) { r.FirstSequence = 0 })},
+		// Two records from MaxUint64: the second has no sequence number.
+		{"first_sequence overflows", req(func(r *usagev1.RecordUsageRequest) { r.FirstSequence = math.MaxUint64 })},
+		{"empty batch without producer", &usagev1.RecordUsageRequest{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			// The good record in the same batch is not written either.
-			_, err := e.cli.RecordUsage(svc(t.Context()), &usagev1.RecordUsageRequest{Records: []*usagev1.UsageRecord{good, tc.r}})
+			_, err := e.cli.RecordUsage(svc(t.Context()), tc.req)
 			requireCode(t, err, codes.InvalidArgument)
 			require.EqualValues(t, 0, count(t, e.etcd, ""))
+			require.Zero(t, logCount(t, e.rlog))
 		})
 	}
+	t.Run("a 64-byte producer and sequences near the top are fine", func(t *testing.T) {
+		r := e.recordAs(t, strings.Repeat("p", 64), 1, good)
+		require.EqualValues(t, 1, r.GetAccepted())
+		r = e.recordAs(t, "edge-1", math.MaxUint64-1, good)
+		require.EqualValues(t, 1, r.GetAccepted())
+		require.Equal(t, 2, logCount(t, e.rlog))
+	})
 }
 
 func TestAuth(t *testing.T) {
@@ -327,11 +517,11 @@ func TestAuth(t *testing.T) {
 			ctx  func() error
 		}{
 			{"none", func() error {
-				_, err := e.cli.RecordUsage(ctx, &usagev1.RecordUsageRequest{Records: recs("x", 1, "k1", "mock-small", t0)})
+				_, err := e.cli.RecordUsage(ctx, &usagev1.RecordUsageRequest{Producer: "edge-1", FirstSequence: 1, Records: recs("x", 1, "k1", "mock-small", t0)})
 				return err
 			}},
 			{"member token", func() error {
-				_, err := e.cli.RecordUsage(member(ctx), &usagev1.RecordUsageRequest{Records: recs("x", 1, "k1", "mock-small", t0)})
+				_, err := e.cli.RecordUsage(member(ctx), &usagev1.RecordUsageRequest{Producer: "edge-1", FirstSequence: 1, Records: recs("x", 1, "k1", "mock-small", t0)})
 				return err
 			}},
 			{"GetTotals none", func() error {
@@ -342,6 +532,7 @@ func TestAuth(t *testing.T) {
 			t.Run(c.name, func(t *testing.T) {
 				requireCode(t, c.ctx(), codes.Unauthenticated)
 				require.EqualValues(t, 0, count(t, e.etcd, ""))
+				require.Zero(t, logCount(t, e.rlog))
 			})
 		}
 	})
@@ -519,14 +710,18 @@ func TestRecordUsageLargeBatchSplitsTxns(t *testing.T) {
 	for i := range 2000 {
 		b = append(b, rec(fmt.Sprintf("big-%d", i), fmt.Sprintf("k%d", i%150), []string{"mock-small", "mock-large"}[(i/150)%2], 1, 2, t0))
 	}
-	r := e.record(t, b...)
+	r := e.recordAs(t, "edge-1", 1, b...)
 	require.EqualValues(t, 2000, r.GetAccepted())
-	r = e.record(t, b[:1000]...)
-	require.EqualValues(t, 1000, r.GetDuplicates())
+	t.Run("a retry of the first half is all duplicates", func(t *testing.T) {
+		r := e.recordAs(t, "edge-1", 1, b[:1000]...)
+		require.EqualValues(t, 0, r.GetAccepted())
+		require.EqualValues(t, 1000, r.GetDuplicates())
+	})
 	require.EqualValues(t, 300, count(t, e.etcd, "agg/"))
 	var total int64
 	for k := range 150 {
 		total += e.totals(t, fmt.Sprintf("k%d", k))[0].GetTokensToday()
 	}
 	require.EqualValues(t, 2000*3, total)
+	require.Equal(t, 2000, logCount(t, e.rlog))
 }

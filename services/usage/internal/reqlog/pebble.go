@@ -303,13 +303,13 @@ func (p *Pebble) oldest(least int, ok func(uint64) bool) (uint64, bool) {
 
 // drop deletes one slice and compacts its range so the space comes back.
 func (p *Pebble) drop(ctx context.Context, bk uint64) error {
-	p.mu.Lock()
-	p.buckets = slices.DeleteFunc(p.buckets, func(b uint64) bool { return b == bk })
-	p.mu.Unlock()
 	start, end := bucketKey(bk), bucketKey(bk+1)
 	if err := p.db.DeleteRange(start, end, pebble.Sync); err != nil {
 		return fmt.Errorf("reqlog: trim: %w", err)
 	}
+	p.mu.Lock()
+	p.buckets = slices.DeleteFunc(p.buckets, func(b uint64) bool { return b == bk })
+	p.mu.Unlock()
 	if err := p.db.Compact(ctx, start, end, false); err != nil {
 		return fmt.Errorf("reqlog: compact: %w", err)
 	}
