@@ -58,7 +58,7 @@ func num(t *testing.T, v any) int64 {
 	return 0
 }
 
-// TestCorePath drives DESIGN.md's core path through real listeners: a
+// TestCorePath drives the README's core path through real listeners: a
 // workspace and a key over REST, inference at the edge until the rpm limit,
 // then 429 with Retry-After and x-ratelimit-* headers, a wrong key's 401,
 // and the usage over REST. A restart keeps the workspace and the key.
