@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -80,7 +82,7 @@ type App struct {
 	SpanProcessors []sdktrace.SpanProcessor
 
 	// Bound addresses, set by Start.
-	GRPCAddr, HTTPAddr, EdgeAddr, MetricsAddr string
+	GRPCAddr, HTTPAddr, EdgeAddr, MetricsAddr, PprofAddr string
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -311,8 +313,29 @@ func (a *App) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "edge", a.EdgeAddr, "metrics", a.MetricsAddr)
+	if c.PprofAddr != "" {
+		if a.PprofAddr, err = a.servePprof(c.PprofAddr); err != nil {
+			return err
+		}
+	}
+	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "edge", a.EdgeAddr, "metrics", a.MetricsAddr, "pprof", a.PprofAddr)
 	return nil
+}
+
+// servePprof serves Go's profiles (CPU, heap, allocations, mutex, block,
+// goroutines) on their own listener, for finding where time goes under
+// load. Off unless --pprof-addr is set: keep it on loopback.
+func (a *App) servePprof(addr string) (string, error) {
+	runtime.SetMutexProfileFraction(100)
+	runtime.SetBlockProfileRate(int(time.Millisecond / 10))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// No write timeout: a CPU profile streams for as long as it was asked.
+	return a.serveHTTP("pprof", addr, mux, 0)
 }
 
 func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.ClientConn) error {

@@ -18,6 +18,8 @@ type Config struct {
 	// RequestLog is the usage request log's store ("" = embedded).
 	RequestLog         string
 	RequestLogMaxBytes int64
+	// PprofAddr serves Go's profiles when set.
+	PprofAddr string
 	// UsageSpool is the edge's usage spool directory ("off" = none).
 	UsageSpool string
 	// UsageBacklog bounds an edge's unacknowledged usage records.
@@ -159,6 +161,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&c.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial to reach this limiter; default derived from --grpc-addr")
 	e.str(&c.RequestLog, "request-log", "", "where the usage service keeps the request log: empty = embedded store under the data dir; postgres://… = PostgreSQL")
 	e.int64(&c.RequestLogMaxBytes, "request-log-max-bytes", 10<<30, "disk the embedded request log may use; the oldest entries go first")
+	e.str(&c.PprofAddr, "pprof-addr", "", "serve Go's profiles (/debug/pprof/) here, e.g. 127.0.0.1:6060; off when empty")
 	e.str(&c.UsageSpool, "usage-spool", "", "the edge's usage spool directory (records survive an edge crash); empty = <data-dir>/edge-spool, \"off\" = memory only")
 	e.int64(&c.UsageBacklog, "usage-backlog", 200_000, "usage records an edge may hold for the ledger; past it the edge answers 503 usage_backlog")
 	e.boolean(&c.FailOpen, "fail-open", false, "admit requests when no limiter answers (default: 503 limiter_unavailable)")
