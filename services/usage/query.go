@@ -252,7 +252,7 @@ func (s *Server) totals(ctx context.Context, req *usagev1.GetTotalsRequest) ([]*
 	}
 	day := dayStart(s.clk.Now())
 	if req.GetDay() != "" {
-		d, err := parseDay(req.GetDay())
+		d, err := parseDay("day", req.GetDay())
 		if err != nil {
 			return nil, err
 		}

@@ -108,11 +108,11 @@ func periodBounds(p typev1.ResetPeriod, now time.Time) (start, end time.Time) {
 	}
 }
 
-// parseDay reads a YYYY-MM-DD date.
-func parseDay(s string) (time.Time, error) {
+// parseDay reads a YYYY-MM-DD date; field names it in the error.
+func parseDay(field, s string) (time.Time, error) {
 	t, err := time.Parse(dayLayout, s)
 	if err != nil {
-		return time.Time{}, invalidf("date %q: want YYYY-MM-DD", s)
+		return time.Time{}, invalidf("%s: %q is not a date: want YYYY-MM-DD", field, s)
 	}
 	return t, nil
 }
@@ -122,7 +122,7 @@ func parseDay(s string) (time.Time, error) {
 func dateRange(startS, endS string, now time.Time, maxDays int) (time.Time, time.Time, error) {
 	end := dayStart(now)
 	if endS != "" {
-		t, err := parseDay(endS)
+		t, err := parseDay("end_date", endS)
 		if err != nil {
 			return time.Time{}, time.Time{}, err
 		}
@@ -130,14 +130,14 @@ func dateRange(startS, endS string, now time.Time, maxDays int) (time.Time, time
 	}
 	start := end.AddDate(0, 0, -29)
 	if startS != "" {
-		t, err := parseDay(startS)
+		t, err := parseDay("start_date", startS)
 		if err != nil {
 			return time.Time{}, time.Time{}, err
 		}
 		start = t
 	}
 	if start.After(end) {
-		return time.Time{}, time.Time{}, invalidf("start date %s is after end date %s", start.Format(dayLayout), end.Format(dayLayout))
+		return time.Time{}, time.Time{}, invalidf("start_date %s is after end_date %s", start.Format(dayLayout), end.Format(dayLayout))
 	}
 	if end.Sub(start) > time.Duration(maxDays)*24*time.Hour {
 		return time.Time{}, time.Time{}, invalidf("date range is longer than %d days", maxDays)

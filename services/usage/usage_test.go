@@ -392,12 +392,12 @@ func TestRollup(t *testing.T) {
 
 func TestRetention(t *testing.T) {
 	e := newEnv(t, time.Hour)
-	// The log drops whole slices of reqlog.BucketWidth (10 minutes) that
-	// end at or before now - retention; t0 starts a slice.
-	e.record(t, recs("old", 3, "k1", "mock-small", t0)...) // slice 12:00-12:10
+	// The log drops whole slices of reqlog.SliceWidth (a minute) that end
+	// at or before now - retention; t0 starts a slice.
+	e.record(t, recs("old", 3, "k1", "mock-small", t0)...) // slice 12:00-12:01
 	e.clk.Set(t0.Add(30 * time.Minute))
-	e.record(t, recs("edge", 1, "k1", "mock-small", t0.Add(12*time.Minute))...) // 12:10-12:20
-	e.record(t, recs("new", 2, "k1", "mock-small", e.clk.Now())...)             // 12:30-12:40
+	e.record(t, recs("edge", 1, "k1", "mock-small", t0.Add(12*time.Minute))...) // 12:12-12:13
+	e.record(t, recs("new", 2, "k1", "mock-small", e.clk.Now())...)             // 12:30-12:31
 	require.Equal(t, 6, logCount(t, e.rlog))
 
 	steps := []struct {
@@ -405,11 +405,11 @@ func TestRetention(t *testing.T) {
 		now  time.Time
 		log  int
 	}{
-		{"nothing is past the retention", t0.Add(65 * time.Minute), 6},
-		// The edge record (12:12) is older than the cutoff (12:15) but its
-		// slice ends after it.
-		{"a slice ending before the cutoff goes", t0.Add(75 * time.Minute), 3},
-		{"a slice ending at the cutoff goes", t0.Add(80 * time.Minute), 2},
+		{"nothing is past the retention", t0.Add(60 * time.Minute), 6},
+		// The edge record (12:12) is older than the cutoff (12:12:30) but
+		// its slice ends after it.
+		{"a slice ending before the cutoff goes", t0.Add(72*time.Minute + 30*time.Second), 3},
+		{"a slice ending at the cutoff goes", t0.Add(73 * time.Minute), 2},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -428,8 +428,8 @@ func TestRetention(t *testing.T) {
 		code codes.Code
 	}{
 		{"a record older than the retention is refused", t0, codes.InvalidArgument},
-		{"a nanosecond too old is refused", t0.Add(20*time.Minute - 1), codes.InvalidArgument},
-		{"a record exactly at the retention is accepted", t0.Add(20 * time.Minute), codes.OK},
+		{"a nanosecond too old is refused", t0.Add(13*time.Minute - 1), codes.InvalidArgument},
+		{"a record exactly at the retention is accepted", t0.Add(13 * time.Minute), codes.OK},
 	}
 	requests, entries := int64(6), 2
 	for _, tc := range tests {

@@ -12,9 +12,11 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// BucketWidth is the time slice the embedded store partitions by: age and
-// size retention drop whole slices, each one range deletion.
-const BucketWidth = 10 * time.Minute
+// SliceWidth is the time slice the embedded store partitions by: age and
+// size retention drop whole slices, each one range deletion, so a store
+// holds at most one slice more than its bounds. A listing visits the
+// slices newest first: a week is 10,080 of them. Fixed per directory.
+const SliceWidth = time.Minute
 
 // Key layout (binary; s = uvarint length + bytes, t = 8-byte big-endian
 // Unix nanoseconds, n = 8-byte big-endian sequence):
@@ -40,6 +42,7 @@ type Pebble struct {
 	db       *pebble.DB
 	maxBytes int64
 	log      *slog.Logger
+	width    uint64 // nanoseconds per slice
 
 	mu      sync.Mutex
 	buckets []uint64 // slices holding entries, ascending
@@ -48,6 +51,10 @@ type Pebble struct {
 // OpenPebble opens (or creates) the store in dir. maxBytes bounds its
 // disk use (0 = by age only); Trim enforces it.
 func OpenPebble(dir string, maxBytes int64, log *slog.Logger) (*Pebble, error) {
+	return openPebble(dir, maxBytes, log, SliceWidth)
+}
+
+func openPebble(dir string, maxBytes int64, log *slog.Logger, width time.Duration) (*Pebble, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -55,7 +62,7 @@ func OpenPebble(dir string, maxBytes int64, log *slog.Logger) (*Pebble, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reqlog: open %s: %w", dir, err)
 	}
-	p := &Pebble{db: db, maxBytes: maxBytes, log: log}
+	p := &Pebble{db: db, maxBytes: maxBytes, log: log, width: uint64(width)}
 	if err := p.loadBuckets(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -88,7 +95,7 @@ func (p *Pebble) loadBuckets() error {
 	return it.Error()
 }
 
-func bucketOf(t time.Time) uint64 { return uint64(max(t.UnixNano(), 0)) / uint64(BucketWidth) }
+func (p *Pebble) bucketOf(t time.Time) uint64 { return uint64(max(t.UnixNano(), 0)) / p.width }
 
 func bucketKey(b uint64) []byte { return binary.BigEndian.AppendUint64(nil, b) }
 
@@ -134,7 +141,7 @@ func (p *Pebble) Append(_ context.Context, es []Entry) error {
 	seen := map[uint64]bool{}
 	for i := range es {
 		e := &es[i]
-		bk := bucketOf(e.At)
+		bk := p.bucketOf(e.At)
 		seen[bk] = true
 		pos := e.cursor()
 		key = appendPos(prefix(key[:0], bk, famEntry, e.Workspace, nil), pos)
@@ -184,17 +191,24 @@ func (p *Pebble) List(_ context.Context, q Query) (Page, error) {
 	var page Page
 	scanned := 0
 	var last *Cursor
+	// One iterator for every slice: a sparse listing may visit thousands.
+	it, err := p.db.NewIter(nil)
+	if err != nil {
+		return Page{}, err
+	}
+	defer it.Close()
 	for i := len(buckets) - 1; i >= 0; i-- {
 		bk := buckets[i]
-		if q.Before != nil && bk > bucketOf(q.Before.At) {
+		if q.Before != nil && bk > p.bucketOf(q.Before.At) {
 			continue
 		}
 		pre := prefix(nil, bk, fam, q.Workspace, val)
 		upper := prefixEnd(pre)
-		if q.Before != nil && bk == bucketOf(q.Before.At) {
+		if q.Before != nil && bk == p.bucketOf(q.Before.At) {
 			upper = appendPos(slices.Clone(pre), *q.Before)
 		}
-		done, err := p.scan(pre, upper, fam, q, &page, &scanned, &last)
+		it.SetBounds(pre, upper)
+		done, err := p.scan(it, pre, fam, q, &page, &scanned, &last)
 		if err != nil {
 			return Page{}, err
 		}
@@ -207,13 +221,9 @@ func (p *Pebble) List(_ context.Context, q Query) (Page, error) {
 
 // scan reads one slice backwards. It reports done when the page is full or
 // the scan budget is spent, with page.Next set.
-func (p *Pebble) scan(lower, upper []byte, fam byte, q Query, page *Page, scanned *int, last **Cursor) (bool, error) {
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return false, err
-	}
-	defer it.Close()
+func (p *Pebble) scan(it *pebble.Iterator, lower []byte, fam byte, q Query, page *Page, scanned *int, last **Cursor) (bool, error) {
 	var ekey []byte
+	var err error
 	for ok := it.Last(); ok; ok = it.Prev() {
 		pos, ok := readPos(it.Key()[len(lower):])
 		if !ok {
@@ -270,7 +280,7 @@ func (p *Pebble) Trim(ctx context.Context, cutoff time.Time) (int, error) {
 	dropped := 0
 	for {
 		victim, ok := p.oldest(1, func(b uint64) bool {
-			return (b+1)*uint64(BucketWidth) <= uint64(max(cutoff.UnixNano(), 0))
+			return (b+1)*p.width <= uint64(max(cutoff.UnixNano(), 0))
 		})
 		if !ok {
 			break
@@ -313,7 +323,7 @@ func (p *Pebble) drop(ctx context.Context, bk uint64) error {
 	if err := p.db.Compact(ctx, start, end, false); err != nil {
 		return fmt.Errorf("reqlog: compact: %w", err)
 	}
-	p.log.Info("request log: dropped a slice", "start", time.Unix(0, int64(bk*uint64(BucketWidth))).UTC())
+	p.log.Info("request log: dropped a slice", "start", time.Unix(0, int64(bk*p.width)).UTC())
 	return nil
 }
 

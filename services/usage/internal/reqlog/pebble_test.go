@@ -16,9 +16,13 @@ var pebT0 = time.Date(2026, 3, 11, 12, 0, 0, 0, time.UTC)
 
 // openPebbleTest opens a store in a fresh directory, closed at the end of the
 // test.
+// BucketWidth is the slice width these tests use (production uses
+// SliceWidth): several entries a slice, minutes apart.
+const BucketWidth = 10 * time.Minute
+
 func openPebbleTest(t *testing.T, maxBytes int64) *Pebble {
 	t.Helper()
-	p, err := OpenPebble(t.TempDir(), maxBytes, nil)
+	p, err := openPebble(t.TempDir(), maxBytes, nil, BucketWidth)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, p.Close()) })
 	return p
@@ -111,7 +115,7 @@ func TestPebbleList(t *testing.T) {
 			others = append(others, o)
 		}
 	}
-	require.Equal(t, bucketOf(pebT0)+9, bucketOf(all[59].At), "10 slices")
+	require.Equal(t, p.bucketOf(pebT0)+9, p.bucketOf(all[59].At), "10 slices")
 	// Appended in two batches out of order: the order is the store's.
 	require.NoError(t, p.Append(t.Context(), append(slices.Clone(all[30:]), others...)))
 	require.NoError(t, p.Append(t.Context(), all[:30]))
@@ -335,17 +339,17 @@ func TestPebbleTrimBySize(t *testing.T) {
 // them, so that listing and trimming go on as before.
 func TestPebbleReopen(t *testing.T) {
 	dir := t.TempDir()
-	p, err := OpenPebble(dir, 0, nil)
+	p, err := openPebble(dir, 0, nil, BucketWidth)
 	require.NoError(t, err)
 	require.Empty(t, p.buckets)
 	es := pebSixSlices(t, p)
 	before := pebListAll(t, p, Query{Workspace: "acme", Limit: 5})
 	require.NoError(t, p.Close())
 
-	p, err = OpenPebble(dir, 0, nil)
+	p, err = openPebble(dir, 0, nil, BucketWidth)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, p.Close()) })
-	b0 := bucketOf(pebT0)
+	b0 := p.bucketOf(pebT0)
 	require.Equal(t, []uint64{b0, b0 + 1, b0 + 2, b0 + 3, b0 + 4, b0 + 5}, p.buckets)
 	require.Equal(t, before, pebListAll(t, p, Query{Workspace: "acme", Limit: 5}))
 	require.Len(t, before, len(es))
