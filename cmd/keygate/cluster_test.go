@@ -320,7 +320,7 @@ func restQuiet(url, token, body string) (int, http.Header, map[string]any) {
 		return 0, nil, nil
 	}
 	defer resp.Body.Close()
-	var buf bytes.Buffer
-	_, _ = buf.ReadFrom(resp.Body)
-	return resp.StatusCode, resp.Header, nil
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, resp.Header, out
 }

@@ -34,7 +34,9 @@ func TestEdgeKillDuringUsageOutage(t *testing.T) {
 	usageProc, ua := c.serveProc("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)
 	us := ua["grpc"]
 	c.serve("limiter", "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
-	edgeArgs := []string{"edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us}
+	// The backlog limit is n: the edge answers n requests the ledger cannot
+	// take, then refuses the rest rather than forget them.
+	edgeArgs := []string{"edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us, "--usage-backlog", strconv.Itoa(n)}
 	edgeProc, ea := c.serveProc("edge", edgeArgs...)
 	edge := "http://" + ea["edge"]
 	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
@@ -80,6 +82,12 @@ func TestEdgeKillDuringUsageOutage(t *testing.T) {
 		ids[id] = true
 	}
 	require.Equal(t, n, metric(edge, "keygate_edge_usage_pending"), "every record waits for the ledger")
+	for range 3 {
+		code, h, body := chatOnce(t, edge, secret)
+		require.Equal(t, http.StatusServiceUnavailable, code, "past the backlog limit: %v", body)
+		require.Equal(t, "1", h.Get("Retry-After"))
+		require.Equal(t, "usage_backlog", body["error"].(map[string]any)["code"], "%v", body)
+	}
 
 	// The edge dies with its records undelivered; the ledger comes back
 	// where it was (same port, same data dir), then the edge, on the
