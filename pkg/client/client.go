@@ -26,6 +26,7 @@ import (
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/auth"
+	"github.com/keygate/keygate/pkg/protocheck"
 )
 
 // Client talks to a running keygate over gRPC.
@@ -67,6 +68,10 @@ func New(addr, token string, opts ...Option) (*Client, error) {
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(o.creds),
 		grpc.WithPerRPCCredentials(auth.Token{Value: token, Secure: secure}),
+		// A request gRPC cannot marshal (a string that is not UTF-8) is
+		// INVALID_ARGUMENT naming the field, not INTERNAL.
+		grpc.WithChainUnaryInterceptor(protocheck.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(protocheck.StreamClientInterceptor()),
 	}, o.dial...)
 	cc, err := grpc.NewClient(addr, dial...)
 	if err != nil {

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"encoding/json"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/pkg/money"
 )
 
 // apiError is an answer in OpenAI's error shape. code doubles as the
@@ -122,7 +124,12 @@ func denial(res *limiterv1.CheckResult, est int64) (apiError, time.Duration) {
 		retry = q.GetResetAfter().AsDuration()
 	}
 	limit := ""
-	if q != nil {
+	switch {
+	case q == nil:
+	case kind == limiterv1.LimitKind_LIMIT_KIND_BUDGET:
+		// A budget's limit is in micro-dollars; users set and read dollars.
+		limit = " (limit $" + money.Nanos(min(q.GetLimit(), math.MaxInt64/1000)*1000).String() + ")"
+	default:
 		limit = " (limit " + strconv.FormatInt(q.GetLimit(), 10) + ")"
 	}
 	if kind == limiterv1.LimitKind_LIMIT_KIND_TOKEN_CAP || kind == limiterv1.LimitKind_LIMIT_KIND_BUDGET {

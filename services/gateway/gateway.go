@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/protocheck"
 )
 
 //go:embed openapi.json
@@ -52,6 +54,7 @@ func New(ctx context.Context, c Config) (http.Handler, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	useStrictQuery()
 	mux := runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(noHeaders),
 		runtime.WithOutgoingHeaderMatcher(noHeaders),
@@ -62,10 +65,14 @@ func New(ctx context.Context, c Config) (http.Handler, error) {
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
 	)
-	if err := keystorev1.RegisterKeystoreServiceHandlerClient(ctx, mux, keystorev1.NewKeystoreServiceClient(c.Keystore)); err != nil {
+	// A path segment or query value that is not UTF-8 (%FF) decodes into
+	// a string gRPC refuses to marshal: checked before sending, it is a 400
+	// naming the field instead of a 500.
+	ks, us := protocheck.Conn(c.Keystore), protocheck.Conn(c.Usage)
+	if err := keystorev1.RegisterKeystoreServiceHandlerClient(ctx, mux, keystorev1.NewKeystoreServiceClient(ks)); err != nil {
 		return nil, fmt.Errorf("register keystore routes: %w", err)
 	}
-	if err := usagev1.RegisterUsageServiceHandlerClient(ctx, mux, usagev1.NewUsageServiceClient(c.Usage)); err != nil {
+	if err := usagev1.RegisterUsageServiceHandlerClient(ctx, mux, usagev1.NewUsageServiceClient(us)); err != nil {
 		return nil, fmt.Errorf("register usage routes: %w", err)
 	}
 	root := http.NewServeMux()
@@ -173,11 +180,19 @@ func writeError(w http.ResponseWriter, httpCode int, st, msg string) {
 	b = append(b, `{"error":{"code":`...)
 	b = strconv.AppendInt(b, int64(httpCode), 10)
 	b = append(b, `,"status":`...)
-	b = strconv.AppendQuote(b, canonical(st))
+	b = appendJSONString(b, canonical(st))
 	b = append(b, `,"message":`...)
-	b = strconv.AppendQuote(b, msg)
+	b = appendJSONString(b, msg)
 	b = append(b, "}}\n"...)
 	_, _ = w.Write(b)
+}
+
+// appendJSONString appends s as a JSON string. Not strconv.Quote: its \x,
+// \a and \U escapes are not JSON, and a message may quote what the caller
+// sent.
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always marshals
+	return append(b, q...)
 }
 
 // canonical turns "NotFound" (codes.Code.String) into "NOT_FOUND".

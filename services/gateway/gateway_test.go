@@ -178,3 +178,27 @@ func TestBodyLimitAndRoutes(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
+
+// TestErrorBodyIsJSON: a message quoting what the caller sent, with bytes
+// that are not UTF-8 or are control characters, is still a valid JSON body.
+func TestErrorBodyIsJSON(t *testing.T) {
+	t.Parallel()
+	msg := "bad \"x\" \a\v\x00 \xff \U000e0001 <&>"
+	rec := &recorder{md: make(chan metadata.MD, 1), deadline: make(chan time.Duration, 1), err: status.Error(codes.InvalidArgument, msg)}
+	url := start(t, rec)
+	resp, err := http.Get(url + "/v1/workspaces/acme/keys/k1")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var body struct {
+		Error struct {
+			Status  string `json:"status"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &body), "%q", raw)
+	require.Equal(t, "INVALID_ARGUMENT", body.Error.Status)
+	require.Equal(t, strings.ToValidUTF8(msg, "\uFFFD"), body.Error.Message)
+}

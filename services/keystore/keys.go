@@ -299,6 +299,9 @@ func parseKeyMask(paths []string) (whole map[string]bool, sub map[string][]strin
 		f := snakeCase(raw)
 		top, rest, nested := strings.Cut(f, ".")
 		switch {
+		case f == "etag":
+			// The precondition (see updateEtag), not a field to change: a
+			// PATCH body carrying it arrives with it in the inferred mask.
 		case !slices.Contains(updatableKeyFields, top):
 			return nil, nil, invalid("update_mask", "cannot update %q; updatable: %v", raw, updatableKeyFields)
 		case !nested:
@@ -369,7 +372,11 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 	if err := validate(ks, mask); err != nil {
 		return nil, err
 	}
-	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), req.GetEtag(), "key.update", func(k *keystorev1.Key) error {
+	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
+	if err != nil {
+		return nil, err
+	}
+	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), etag, "key.update", func(k *keystorev1.Key) error {
 		for f := range mask {
 			switch f {
 			case "name":
@@ -422,6 +429,20 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 		}
 		return nil
 	}, nil)
+}
+
+// updateEtag is the etag an update must match: the request's, or the one
+// in the patch, as a resource read, changed and sent back carries it (and
+// as a REST PATCH body, which is the patch, does). Two different ones are
+// refused rather than one silently ignored.
+func updateEtag(req, patch string) (string, error) {
+	switch {
+	case patch == "" || patch == req:
+		return req, nil
+	case req == "":
+		return patch, nil
+	}
+	return "", invalid("patch.etag", "differs from etag: send the etag once")
 }
 
 // orEmpty returns m, or a new empty message of its type when m is nil.

@@ -63,3 +63,61 @@ func TestUpdateMaskPaths(t *testing.T) {
 		})
 	}
 }
+
+// TestUpdatePatchEtag: the etag in the patch (the resource as read, sent
+// back) is the update's precondition, whatever the mask, as the request's
+// own etag is; two different ones are refused.
+func TestUpdatePatchEtag(t *testing.T) {
+	e := newEnv(t)
+	e.seedRegistry(t)
+	e.workspace(t, "acme", 100, nil)
+	ctx := e.root(t)
+	k, _ := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "web"})
+	ws, err := e.client.GetWorkspace(ctx, &keystorev1.GetWorkspaceRequest{Workspace: "acme"})
+	require.NoError(t, err)
+	stale := "1"
+	require.NotEqual(t, stale, k.GetEtag())
+
+	for name, req := range map[string]*keystorev1.UpdateKeyRequest{
+		"mask":             {Patch: &keystorev1.Key{Name: "x", Etag: stale}, UpdateMask: mask("name")},
+		"mask with etag":   {Patch: &keystorev1.Key{Name: "x", Etag: stale}, UpdateMask: mask("etag", "name")},
+		"sub-field mask":   {Patch: &keystorev1.Key{GlobalLimits: &typev1.Limits{Rpm: 5}, Etag: stale}, UpdateMask: mask("global_limits.rpm")},
+		"both, same stale": {Patch: &keystorev1.Key{Name: "x", Etag: stale}, UpdateMask: mask("name"), Etag: stale},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req.Workspace, req.Key = "acme", k.GetId()
+			_, err := e.client.UpdateKey(ctx, req)
+			requireCode(t, codes.Aborted, err)
+		})
+	}
+	_, err = e.client.UpdateKey(ctx, &keystorev1.UpdateKeyRequest{Workspace: "acme", Key: k.GetId(),
+		Patch: &keystorev1.Key{Name: "x", Etag: stale}, UpdateMask: mask("name"), Etag: k.GetEtag()})
+	requireCode(t, codes.InvalidArgument, err)
+	_, err = e.client.UpdateKey(ctx, &keystorev1.UpdateKeyRequest{Workspace: "acme", Key: k.GetId(),
+		Patch: &keystorev1.Key{Etag: k.GetEtag()}, UpdateMask: mask("etag")})
+	requireCode(t, codes.InvalidArgument, err)
+
+	_, err = e.client.UpdateWorkspace(ctx, &keystorev1.UpdateWorkspaceRequest{Workspace: "acme",
+		Patch: &keystorev1.Workspace{Name: "New", Etag: stale}, UpdateMask: mask("name")})
+	requireCode(t, codes.Aborted, err)
+	_, err = e.client.UpdateWorkspace(ctx, &keystorev1.UpdateWorkspaceRequest{Workspace: "acme",
+		Patch: &keystorev1.Workspace{Etag: ws.GetWorkspace().GetEtag()}, UpdateMask: mask("etag")})
+	requireCode(t, codes.InvalidArgument, err)
+
+	after, err := e.client.GetKey(ctx, &keystorev1.GetKeyRequest{Workspace: "acme", Key: k.GetId()})
+	require.NoError(t, err)
+	require.Equal(t, k.GetEtag(), after.GetKey().GetEtag(), "nothing written")
+	wsAfter, err := e.client.GetWorkspace(ctx, &keystorev1.GetWorkspaceRequest{Workspace: "acme"})
+	require.NoError(t, err)
+	require.Equal(t, ws.GetWorkspace().GetEtag(), wsAfter.GetWorkspace().GetEtag(), "nothing written")
+
+	// The current etag in the patch updates.
+	got, err := e.client.UpdateKey(ctx, &keystorev1.UpdateKeyRequest{Workspace: "acme", Key: k.GetId(),
+		Patch: &keystorev1.Key{Name: "renamed", Etag: k.GetEtag()}, UpdateMask: mask("etag", "name")})
+	require.NoError(t, err)
+	require.Equal(t, "renamed", got.GetKey().GetName())
+	gotWS, err := e.client.UpdateWorkspace(ctx, &keystorev1.UpdateWorkspaceRequest{Workspace: "acme",
+		Patch: &keystorev1.Workspace{Name: "New", Etag: ws.GetWorkspace().GetEtag()}, UpdateMask: mask("name")})
+	require.NoError(t, err)
+	require.Equal(t, "New", gotWS.GetWorkspace().GetName())
+}

@@ -145,8 +145,16 @@ func (s *Server) updateWorkspace(ctx context.Context, p *principal, req *keystor
 		return nil, invalid("update_mask", "name at least one field to update: name, max_keys")
 	}
 	patch := req.GetPatch()
+	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
+	if err != nil {
+		return nil, err
+	}
+	changes := 0
 	for _, f := range paths {
 		switch f {
+		case "etag":
+			// The precondition, not a field to change (see updateEtag).
+			continue
 		case "name":
 			if err := validName("patch.name", patch.GetName()); err != nil {
 				return nil, err
@@ -158,13 +166,17 @@ func (s *Server) updateWorkspace(ctx context.Context, p *principal, req *keystor
 		default:
 			return nil, invalid("update_mask", "cannot update %q; updatable: name, max_keys", f)
 		}
+		changes++
+	}
+	if changes == 0 {
+		return nil, invalid("update_mask", "name at least one field to update: name, max_keys")
 	}
 	for {
 		w, _, err := s.getWorkspace(ctx, ws)
 		if err != nil {
 			return nil, err
 		}
-		if req.GetEtag() != "" && req.GetEtag() != w.GetEtag() {
+		if etag != "" && etag != w.GetEtag() {
 			return nil, fmt.Errorf("workspace %q: %w", ws, ErrConflict)
 		}
 		rev, _ := strconv.ParseInt(w.GetEtag(), 10, 64)
@@ -198,7 +210,7 @@ func (s *Server) updateWorkspace(ctx context.Context, p *principal, req *keystor
 			s.changes.Add(ctx, 1)
 			return next, nil
 		}
-		if req.GetEtag() != "" {
+		if etag != "" {
 			return nil, fmt.Errorf("workspace %q: %w", ws, ErrConflict)
 		}
 	}
