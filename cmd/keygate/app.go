@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -65,10 +66,11 @@ var AllRoles = []Role{RoleKeystore, RoleLimiter, RoleUsage, RoleEdge, RoleGatewa
 // Close shuts down in the reverse order of start, so that nothing is cut off
 // mid-request: first the HTTP listeners stop accepting and in-flight requests
 // finish (the edge settles and hands off their usage), then the edge flushes
-// its usage buffer to the usage service, then the gRPC server drains, then the
-// services release their state (the limiter revokes its membership lease),
-// then the etcd client and the embedded etcd member stop, and last the
-// telemetry exporters flush.
+// its usage buffer to the usage service, then the limiter leaves the
+// membership and hands its keys over (Shutdown), then the gRPC server drains
+// (limiter streams still open after a second are cut), then the services
+// release their state, then the etcd client and the embedded etcd member
+// stop, and last the telemetry exporters flush.
 type App struct {
 	Config Config
 	Roles  []Role
@@ -95,6 +97,7 @@ type App struct {
 	conns   []*grpc.ClientConn
 	https   []*http.Server
 	edge    *edge.Server
+	limiter *limiter.Server
 	closers []func() error
 	bg      sync.WaitGroup
 	errc    chan error
@@ -213,7 +216,13 @@ func (a *App) Start(ctx context.Context) error {
 		}
 	}
 	if a.has(RoleEdge) || a.EmbedEtcd {
-		if edgeKeystoreConn, err = a.dial(keystoreAddr, true); err != nil {
+		// The edge's key cache reopens its change stream within seconds of
+		// a keystore's return, whatever the outage's length: the stream's
+		// reconnection is bounded by the cache's backoff, not by gRPC's
+		// (which grows to two minutes).
+		if edgeKeystoreConn, err = a.dial(keystoreAddr, true, grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+		})); err != nil {
 			return err
 		}
 	}
@@ -270,6 +279,7 @@ func (a *App) Start(ctx context.Context) error {
 			return fmt.Errorf("limiter: %w", err)
 		}
 		lim.Register(a.grpcSrv)
+		a.limiter = lim
 		a.closers = append(a.closers, lim.Close)
 		a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
@@ -341,7 +351,10 @@ func (a *App) servePprof(addr string) (string, error) {
 func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.ClientConn) error {
 	c := a.Config
 	ksClient := keystorev1.NewKeystoreServiceClient(keystoreConn)
-	verifier := keycache.New(ksClient, keycache.Options{Clock: a.Clock, Logger: a.Logger.With("component", "keycache"), Timeout: c.LimiterTimeout})
+	verifier := keycache.New(ksClient, keycache.Options{
+		Clock: a.Clock, Logger: a.Logger.With("component", "keycache"), Timeout: c.LimiterTimeout,
+		MaxUnconfirmed: c.KeyCacheMaxUnconfirmed, Meter: a.tel.MeterProvider(),
+	})
 	a.goBackground(func() { _ = verifier.Run(a.ctx) })
 	lc, err := limitclient.New(ctx, limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")})
 	if err != nil {
@@ -387,12 +400,30 @@ func (a *App) Close() error {
 			errs = append(errs, fmt.Errorf("edge flush: %w", err))
 		}
 	}
+	if a.limiter != nil {
+		// Before the gRPC server drains: the limiter leaves the membership
+		// (edges route its keys elsewhere and close their check streams to
+		// it) and hands its keys' windows to their new owners, serving
+		// their pulls, within limiter.HandoverDeadline.
+		if err := a.limiter.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("limiter: %w", err))
+		}
+	}
 	if a.grpcSrv != nil {
 		done := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(done) }()
+		stopCtx := ctx
+		if a.limiter != nil {
+			// Clients that have not seen the limiter leave yet keep their
+			// streams open: past a short grace they are cut (they retry
+			// the keys' new owners).
+			var cancel context.CancelFunc
+			stopCtx, cancel = context.WithTimeout(ctx, time.Second)
+			defer cancel()
+		}
 		select {
 		case <-done:
-		case <-ctx.Done():
+		case <-stopCtx.Done():
 			a.grpcSrv.Stop()
 		}
 	}
@@ -488,8 +519,8 @@ func (a *App) dialOptions(withToken bool) []grpc.DialOption {
 
 // dial connects to another service. With the service token, calls carry the
 // root token unless the context already carries a caller's credential.
-func (a *App) dial(addr string, serviceToken bool) (*grpc.ClientConn, error) {
-	opts := a.dialOptions(false)
+func (a *App) dial(addr string, serviceToken bool, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	opts := append(a.dialOptions(false), extra...)
 	if serviceToken {
 		opts = append(opts, grpc.WithChainUnaryInterceptor(defaultToken(a.Config.RootToken)), grpc.WithChainStreamInterceptor(defaultTokenStream(a.Config.RootToken)))
 	}

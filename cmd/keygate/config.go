@@ -48,8 +48,11 @@ type Config struct {
 	DefaultMaxTokens int64
 	RequestTimeout   time.Duration
 	LimiterTimeout   time.Duration
-	MockLatency      time.Duration
-	MockChunkDelay   time.Duration
+	// KeyCacheMaxUnconfirmed bounds how long the edge's key cache answers
+	// without its change stream.
+	KeyCacheMaxUnconfirmed time.Duration
+	MockLatency            time.Duration
+	MockChunkDelay         time.Duration
 
 	// Embedded etcd member (keygate etcd, keygate up).
 	EtcdName           string
@@ -169,6 +172,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")
 	e.duration(&c.RequestTimeout, "request-timeout", 120*time.Second, "deadline of one inference request")
 	e.duration(&c.LimiterTimeout, "limiter-timeout", 2*time.Second, "deadline of the edge's key and limit checks; past it the request answers 503 (or, with --fail-open, goes through)")
+	e.duration(&c.KeyCacheMaxUnconfirmed, "key-cache-max-unconfirmed", 3*time.Minute, "how long the edge's key cache keeps verifying the keys it knows once its keystore change stream is lost; past it every key check asks the keystore (503 while it is down)")
 	e.duration(&c.MockLatency, "mock-latency", 0, "latency the built-in mock provider adds to each answer")
 	e.duration(&c.MockChunkDelay, "mock-chunk-delay", 0, "delay between the built-in mock provider's streamed chunks")
 	e.str(&c.EtcdName, "etcd-name", "default", "name of the embedded etcd member")
@@ -217,6 +221,10 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	}
 	if c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.LimiterTimeout <= 0 {
 		return c, nil, errors.New("--request-timeout, --limiter-timeout and --shutdown-timeout must be positive")
+	}
+	if c.KeyCacheMaxUnconfirmed < 2*time.Second {
+		// The keystore confirms the cache every second.
+		return c, nil, errors.New("--key-cache-max-unconfirmed must be at least 2s")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, nil, errors.New("--tls-cert and --tls-key go together")

@@ -26,14 +26,16 @@ func TestParseConfig(t *testing.T) {
 	require.Equal(t, ":9090", c.GRPCAddr)
 	require.Empty(t, c.EtcdEndpoints)
 	require.False(t, c.FailOpen)
+	require.Equal(t, 3*time.Minute, c.KeyCacheMaxUnconfirmed)
 
 	c, _, err = parseConfig("serve", []string{"--grpc-addr", ":7000"}, env(map[string]string{
-		"KEYGATE_GRPC_ADDR":       ":6000",
-		"KEYGATE_HTTP_ADDR":       ":6001",
-		"KEYGATE_ETCD_ENDPOINTS":  "http://a:2379, http://b:2379,",
-		"KEYGATE_FAIL_OPEN":       "true",
-		"KEYGATE_LOG_LEVEL":       "debug",
-		"KEYGATE_REQUEST_TIMEOUT": "5s",
+		"KEYGATE_GRPC_ADDR":                 ":6000",
+		"KEYGATE_HTTP_ADDR":                 ":6001",
+		"KEYGATE_ETCD_ENDPOINTS":            "http://a:2379, http://b:2379,",
+		"KEYGATE_FAIL_OPEN":                 "true",
+		"KEYGATE_LOG_LEVEL":                 "debug",
+		"KEYGATE_REQUEST_TIMEOUT":           "5s",
+		"KEYGATE_KEY_CACHE_MAX_UNCONFIRMED": "10m",
 	}))
 	require.NoError(t, err)
 	require.Equal(t, ":7000", c.GRPCAddr, "a flag wins over the environment")
@@ -42,6 +44,7 @@ func TestParseConfig(t *testing.T) {
 	require.True(t, c.FailOpen)
 	require.Equal(t, slog.LevelDebug, c.LogLevel)
 	require.Equal(t, 5*time.Second, c.RequestTimeout)
+	require.Equal(t, 10*time.Minute, c.KeyCacheMaxUnconfirmed)
 
 	for name, tc := range map[string]struct {
 		args []string
@@ -55,6 +58,7 @@ func TestParseConfig(t *testing.T) {
 		"negative max toks": {args: []string{"--default-max-tokens", "-1"}},
 		"unknown flag":      {args: []string{"--nope"}},
 		"negative timeout":  {args: []string{"--request-timeout", "-1s"}},
+		"tiny unconfirmed":  {args: []string{"--key-cache-max-unconfirmed", "1s"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := parseConfig("up", tc.args, env(tc.env))

@@ -243,3 +243,124 @@ func metric(base, name string) int {
 	}
 	return int(sum)
 }
+
+// TestKeystoreKill: a keystore lost to kill -9 degrades the edge, it does
+// not stop inference. The keys the edge verified keep answering from its
+// cache, a key it saw disabled stays rejected, and a key it never saw
+// fails closed (503). The keystore comes back on the same address; the
+// edge, never restarted, resumes its change stream from where it was, so
+// a key disabled afterwards is rejected there while the others still work.
+func TestKeystoreKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	const n = 20
+	c := newCluster(t)
+	c.startEtcd(1)
+	ksProc, ksAddrs := c.serveProc("keystore", "keystore", "--grpc-addr", anyPort)
+	ks := ksAddrs["grpc"]
+	us := c.serve("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)["grpc"]
+	c.serve("limiter", "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
+	edgeProc, ea := c.serveProc("edge", "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)
+	edge := "http://" + ea["edge"]
+	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
+	c.waitHealthy()
+
+	for _, step := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
+		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
+		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
+	} {
+		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
+		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
+	}
+	type key struct{ id, secret string }
+	keys := map[string]key{}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root, map[string]any{"name": name})
+		require.Equal(t, http.StatusOK, code, body)
+		keys[name] = key{body["key"].(map[string]any)["id"].(string), body["secret"].(string)}
+	}
+	a, b, kc, d := keys["a"], keys["b"], keys["c"], keys["d"]
+	chat := func(k key) (int, string) {
+		code, _, body := chatOnce(t, edge, k.secret)
+		e, _ := body["error"].(map[string]any)
+		reason, _ := e["code"].(string)
+		return code, reason
+	}
+	answers := func(k key, want int) func() bool {
+		return func() bool { code, _ := chat(k); return code == want }
+	}
+	disable := func(k key) func() bool {
+		return func() bool {
+			req, err := http.NewRequest(http.MethodPatch, api+"/v1/workspaces/acme/keys/"+k.id+"?updateMask=enabled", strings.NewReader(`{"enabled":false}`))
+			if err != nil {
+				return false
+			}
+			req.Header.Set("Authorization", "Bearer "+c.root)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}
+	}
+
+	// The first answers also wait out the edge learning the model registry
+	// and the limiter.
+	for _, k := range []key{a, b, kc} {
+		require.Eventually(t, answers(k, http.StatusOK), 30*time.Second, 100*time.Millisecond, "key %s", k.id)
+	}
+	// C is disabled; the edge hears of it from the stream and asks the
+	// keystore, which rejects it.
+	require.True(t, disable(kc)())
+	require.Eventually(t, answers(kc, http.StatusUnauthorized), 10*time.Second, 20*time.Millisecond, "C rejected")
+	// A and B verified once more, after every change the stream carried
+	// so far: a key's own creation reaching the cache after its first
+	// verification drops it (correctly, if needlessly).
+	for _, k := range []key{a, b} {
+		code, reason := chat(k)
+		require.Equal(t, http.StatusOK, code, reason)
+	}
+
+	ksProc.kill(t)
+	for i := range n {
+		for name, k := range map[string]key{"A": a, "B": b} {
+			code, reason := chat(k)
+			require.Equal(t, http.StatusOK, code, "%s, request %d after the kill: %s", name, i, reason)
+		}
+	}
+	code, reason := chat(kc)
+	require.Equal(t, http.StatusUnauthorized, code, "C stays rejected: %s", reason)
+	code, reason = chat(d)
+	require.Equal(t, http.StatusServiceUnavailable, code, "D, never seen, fails closed")
+	require.Equal(t, "keystore_unavailable", reason)
+	require.Eventually(t, func() bool { return metric(edge, "keygate_keycache_unconfirmed_seconds") >= 1 },
+		10*time.Second, 100*time.Millisecond, "the edge reports its cache unconfirmed")
+
+	// The keystore returns on the same address; A is disabled through it.
+	c.serveProc("keystore", "keystore", "--grpc-addr", ks)
+	require.Eventually(t, disable(a), 30*time.Second, 100*time.Millisecond, "disable A once the gateway reaches the keystore again")
+	require.Eventually(t, answers(a, http.StatusUnauthorized), 30*time.Second, 50*time.Millisecond, "the edge rejects A")
+	code, reason = chat(b)
+	require.Equal(t, http.StatusOK, code, "B still works: %s", reason)
+	require.Eventually(t, answers(d, http.StatusOK), 10*time.Second, 50*time.Millisecond, "D, through the keystore")
+	require.Eventually(t, func() bool { return metric(edge, "keygate_keycache_unconfirmed_seconds") == 0 },
+		10*time.Second, 100*time.Millisecond, "the edge's cache is confirmed again")
+	var resumed, resynced bool
+	for _, line := range strings.Split(edgeProc.out.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		msg, _ := rec["msg"].(string)
+		resumed = resumed || strings.HasPrefix(msg, "key change stream resumed")
+		resynced = resynced || strings.HasPrefix(msg, "key change stream resynced")
+	}
+	require.True(t, resumed, "the edge resumed its stream:\n%s", tail(edgeProc.out.String(), 4000))
+	require.False(t, resynced, "without a resync")
+}

@@ -3,14 +3,19 @@ package keycache
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -21,16 +26,27 @@ import (
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
-// fakeKeystore is a keystore whose answers and change stream the test
-// controls, served over real gRPC.
+// fakeKeystore is a keystore whose answers and change history the test
+// controls, served over real gRPC. Its change stream follows the
+// keystore's contract: a RESET at the head revision when opened from 0 or
+// from a revision compacted away (or not reached), else the changes after
+// the start revision and a PROGRESS at the head; then every change.
 type fakeKeystore struct {
 	keystorev1.UnimplementedKeystoreServiceServer
-	calls  atomic.Int64
-	mu     sync.Mutex
-	keys   map[string]*keystorev1.VerifyKeyResponse
-	events chan *keystorev1.WatchKeyChangesResponse
+	calls atomic.Int64
 	// broken makes VerifyKey fail as if storage were down.
 	broken atomic.Bool
+	// refuse makes WatchKeyChanges fail at once.
+	refuse atomic.Bool
+
+	mu        sync.Mutex
+	keys      map[string]*keystorev1.VerifyKeyResponse
+	head      int64
+	compacted int64
+	history   []*keystorev1.WatchKeyChangesResponse // by revision
+	wake      chan struct{}                         // closed on a change
+	kill      chan struct{}                         // closed to break the open streams
+	starts    []int64                               // start revision of each stream opened
 }
 
 func (f *fakeKeystore) VerifyKey(_ context.Context, req *keystorev1.VerifyKeyRequest) (*keystorev1.VerifyKeyResponse, error) {
@@ -46,23 +62,48 @@ func (f *fakeKeystore) VerifyKey(_ context.Context, req *keystorev1.VerifyKeyReq
 	return nil, status.Error(codes.Unauthenticated, "invalid API key")
 }
 
-// WatchKeyChanges sends a RESET, then whatever the test queues; a nil
-// message ends the stream with an error.
-func (f *fakeKeystore) WatchKeyChanges(_ *keystorev1.WatchKeyChangesRequest, st grpc.ServerStreamingServer[keystorev1.WatchKeyChangesResponse]) error {
-	if err := st.Send(&keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_RESET}); err != nil {
-		return err
+func (f *fakeKeystore) WatchKeyChanges(req *keystorev1.WatchKeyChangesRequest, st grpc.ServerStreamingServer[keystorev1.WatchKeyChangesResponse]) error {
+	f.mu.Lock()
+	f.starts = append(f.starts, req.GetStartRevision())
+	start := req.GetStartRevision()
+	reset := start == 0 || start < f.compacted || start > f.head
+	if reset {
+		start = f.head
 	}
-	for {
-		select {
-		case <-st.Context().Done():
-			return nil
-		case m := <-f.events:
-			if m == nil {
-				return status.Error(codes.Unavailable, "stream broken")
-			}
+	pos := sort.Search(len(f.history), func(i int) bool { return f.history[i].GetRevision() > start })
+	head := f.head
+	f.mu.Unlock()
+	if f.refuse.Load() {
+		return status.Error(codes.Unavailable, "keystore down")
+	}
+	if reset {
+		if err := st.Send(&keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_RESET, Revision: head}); err != nil {
+			return err
+		}
+	}
+	for resumed := !reset; ; resumed = false {
+		f.mu.Lock()
+		pending := f.history[pos:]
+		pos = len(f.history)
+		wake, kill := f.wake, f.kill
+		f.mu.Unlock()
+		for _, m := range pending {
 			if err := st.Send(m); err != nil {
 				return err
 			}
+		}
+		if resumed {
+			// Caught up: report the head, as etcd's progress does.
+			if err := st.Send(&keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_PROGRESS, Revision: head}); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-st.Context().Done():
+			return nil
+		case <-kill:
+			return status.Error(codes.Unavailable, "stream broken")
+		case <-wake:
 		}
 	}
 }
@@ -77,26 +118,82 @@ func (f *fakeKeystore) set(secret string, r *keystorev1.VerifyKeyResponse) {
 	f.keys[secret] = r
 }
 
+// change records a change of key id at a new revision and returns it.
+func (f *fakeKeystore) change(typ keystorev1.WatchKeyChangesResponse_Type, id string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.head++
+	f.history = append(f.history, &keystorev1.WatchKeyChangesResponse{Type: typ, Key: id, Revision: f.head})
+	close(f.wake)
+	f.wake = make(chan struct{})
+	return f.head
+}
+
+// progress reports the head revision on the open streams.
+func (f *fakeKeystore) progress() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.history = append(f.history, &keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_PROGRESS, Revision: f.head})
+	close(f.wake)
+	f.wake = make(chan struct{})
+}
+
+// compact forgets the changes up to the head revision.
+func (f *fakeKeystore) compact() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.compacted = f.head
+}
+
+// breakStreams ends every open stream with an error.
+func (f *fakeKeystore) breakStreams() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.kill)
+	f.kill = make(chan struct{})
+}
+
+func (f *fakeKeystore) streams() []int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]int64(nil), f.starts...)
+}
+
 type fixture struct {
 	ks    *fakeKeystore
 	v     *Verifier
 	clock *clock.Fake
+	logs  *recorder
 }
 
-func start(t testing.TB) *fixture {
+const (
+	testMaxStale       = 5 * time.Second
+	testMaxUnconfirmed = 3 * time.Minute
+)
+
+func start(t testing.TB, opts ...func(*Options)) *fixture {
 	t.Helper()
-	f := &fakeKeystore{keys: map[string]*keystorev1.VerifyKeyResponse{}, events: make(chan *keystorev1.WatchKeyChangesResponse)}
+	f := &fakeKeystore{
+		keys: map[string]*keystorev1.VerifyKeyResponse{},
+		head: 100, wake: make(chan struct{}), kill: make(chan struct{}),
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	gs := grpc.NewServer()
 	keystorev1.RegisterKeystoreServiceServer(gs, f)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Millisecond, Multiplier: 2, MaxDelay: 20 * time.Millisecond}}))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
-	fx := &fixture{ks: f, clock: clock.NewFake(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC))}
-	fx.v = New(keystorev1.NewKeystoreServiceClient(conn), Options{Clock: fx.clock, MaxStaleness: 5 * time.Second})
+	fx := &fixture{ks: f, clock: clock.NewFake(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)), logs: &recorder{}}
+	o := Options{Clock: fx.clock, Logger: slog.New(fx.logs), MaxStaleness: testMaxStale, MaxUnconfirmed: testMaxUnconfirmed}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	fx.v = New(keystorev1.NewKeystoreServiceClient(conn), o)
+	fx.v.minBackoff, fx.v.maxBackoff = time.Millisecond, 10*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- fx.v.Run(ctx) }()
@@ -104,17 +201,35 @@ func start(t testing.TB) *fixture {
 		cancel()
 		require.ErrorIs(t, <-done, context.Canceled)
 	})
-	fx.waitHealthy(t)
+	fx.waitStreaming(t)
 	return fx
 }
 
-func (fx *fixture) waitHealthy(t testing.TB) {
+// waitStreaming waits until a stream is open and heard from.
+func (fx *fixture) waitStreaming(t testing.TB) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		fx.v.mu.RLock()
-		defer fx.v.mu.RUnlock()
-		return fx.v.healthy
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, fx.v.streaming.Load, 5*time.Second, time.Millisecond)
+}
+
+// cutOff breaks the stream and refuses new ones until restore.
+func (fx *fixture) cutOff(t testing.TB) {
+	t.Helper()
+	fx.ks.refuse.Store(true)
+	fx.ks.breakStreams()
+	require.Eventually(t, func() bool { return !fx.v.streaming.Load() }, 5*time.Second, time.Millisecond)
+}
+
+// restore lets streams open again and waits until one is heard from.
+func (fx *fixture) restore(t testing.TB) {
+	t.Helper()
+	fx.ks.refuse.Store(false)
+	fx.waitStreaming(t)
+}
+
+func (fx *fixture) revision() int64 {
+	fx.v.mu.RLock()
+	defer fx.v.mu.RUnlock()
+	return fx.v.rev
 }
 
 func (fx *fixture) key(t testing.TB, mut func(*keystorev1.VerifyKeyResponse)) (string, string) {
@@ -134,6 +249,68 @@ func (fx *fixture) verifyOK(t *testing.T, secret string) {
 	_, err := fx.v.Verify(t.Context(), secret)
 	require.NoError(t, err)
 }
+
+// fromCache verifies secret and checks that no keystore call was made.
+func (fx *fixture) fromCache(t *testing.T, secret string) {
+	t.Helper()
+	before := fx.ks.calls.Load()
+	fx.verifyOK(t, secret)
+	require.Equal(t, before, fx.ks.calls.Load(), "answered from the cache")
+}
+
+func (fx *fixture) requireUnavailable(t *testing.T, secret string) {
+	t.Helper()
+	_, err := fx.v.Verify(t.Context(), secret)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ErrInvalidKey, "fails closed, as unavailable")
+}
+
+func (fx *fixture) rejected(secret string) func() bool {
+	return func() bool {
+		_, err := fx.v.Verify(context.Background(), secret)
+		return errors.Is(err, ErrInvalidKey)
+	}
+}
+
+// recorder is a slog handler that keeps the records' messages.
+type recorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Level < slog.LevelInfo {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+// count is how many records have a message starting with prefix.
+func (r *recorder) count(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if len(m) >= len(prefix) && m[:len(prefix)] == prefix {
+			n++
+		}
+	}
+	return n
+}
+
+const (
+	logUp        = "key change stream up"
+	logLost      = "key change stream lost"
+	logResumed   = "key change stream resumed"
+	logResynced  = "key change stream resynced"
+	logUnconfirm = "key cache unconfirmed"
+)
 
 func TestCacheHitMakesNoCall(t *testing.T) {
 	fx := start(t)
@@ -165,6 +342,7 @@ func TestInvalidKeys(t *testing.T) {
 		{"typo", valid[:len(valid)-1] + "!", 0},
 		{"too long", valid + valid, 0},
 		{"unknown", unknown, 1},
+		{"unknown again: the keystore is asked", unknown, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -174,16 +352,14 @@ func TestInvalidKeys(t *testing.T) {
 			require.Equal(t, c.calls, fx.ks.calls.Load()-before)
 		})
 	}
-	require.Zero(t, fx.v.Len(), "failures are not cached")
+	require.Zero(t, fx.v.Len(), "failures are not cached as verifications")
 }
 
 func TestUnreachableIsNotInvalid(t *testing.T) {
 	fx := start(t)
 	_, secret := fx.key(t, nil)
 	fx.ks.broken.Store(true)
-	_, err := fx.v.Verify(t.Context(), secret)
-	require.Error(t, err)
-	require.False(t, errors.Is(err, ErrInvalidKey))
+	fx.requireUnavailable(t, secret)
 }
 
 func TestChangesDropEntries(t *testing.T) {
@@ -200,32 +376,179 @@ func TestChangesDropEntries(t *testing.T) {
 		t.Run(typ.String(), func(t *testing.T) {
 			fx.verifyOK(t, secret)
 			fx.ks.set(secret, nil) // the keystore now rejects it
-			fx.ks.events <- &keystorev1.WatchKeyChangesResponse{Type: typ, Key: id}
+			rev := fx.ks.change(typ, id)
 			require.Eventually(t, func() bool { return fx.v.Len() == 1 }, 5*time.Second, time.Millisecond)
+			require.Equal(t, rev-1, fx.revision(), "resumes before the change's revision")
 			_, err := fx.v.Verify(t.Context(), secret)
 			require.ErrorIs(t, err, ErrInvalidKey)
-			fx.key(t, nil)
 			fx.ks.set(secret, &keystorev1.VerifyKeyResponse{Key: &keystorev1.Key{Id: id}})
 		})
 	}
 	// The other key stayed cached throughout.
-	before := fx.ks.calls.Load()
-	fx.verifyOK(t, other)
-	require.Equal(t, before, fx.ks.calls.Load())
+	fx.fromCache(t, other)
 }
 
-func TestStreamEndDropsAllAndReconnects(t *testing.T) {
+// A broken stream keeps the cache and resumes from its revision: nothing
+// is dropped, nothing asked again.
+func TestStreamBreakKeepsCacheAndResumes(t *testing.T) {
 	fx := start(t)
 	_, secret := fx.key(t, nil)
 	fx.verifyOK(t, secret)
-	fx.ks.events <- nil
-	// The verifier reconnects and resets; the old entry is gone.
-	require.Eventually(t, func() bool { return fx.v.Len() == 0 }, 5*time.Second, time.Millisecond)
-	fx.waitHealthy(t)
+	fx.ks.change(keystorev1.WatchKeyChangesResponse_TYPE_UPDATED, keyformat.NewID())
+	fx.ks.progress()
+	require.Eventually(t, func() bool { return fx.revision() == 101 }, 5*time.Second, time.Millisecond)
+
+	fx.cutOff(t)
+	require.Equal(t, 1, fx.v.Len(), "kept")
+	fx.fromCache(t, secret)
+	fx.restore(t)
+	starts := fx.ks.streams()
+	require.Equal(t, int64(0), starts[0], "the first stream starts with a RESET")
+	require.Equal(t, int64(101), starts[len(starts)-1], "the last resumes from the revision applied")
+	fx.fromCache(t, secret)
+	require.Equal(t, 1, fx.logs.count(logUp))
+	require.Equal(t, 1, fx.logs.count(logLost))
+	require.Equal(t, 1, fx.logs.count(logResumed))
+	require.Zero(t, fx.logs.count(logResynced))
+}
+
+// A key disabled while the stream was down answers from the cache until
+// the stream resumes, then is rejected; the other keys stay cached.
+func TestKeyRevokedWhileCutOffIsRejectedOnResume(t *testing.T) {
+	fx := start(t)
+	idA, a := fx.key(t, nil)
+	_, b := fx.key(t, nil)
+	fx.verifyOK(t, a)
+	fx.verifyOK(t, b)
+
+	fx.cutOff(t)
+	fx.ks.set(a, nil)
+	fx.ks.change(keystorev1.WatchKeyChangesResponse_TYPE_UPDATED, idA)
+	fx.fromCache(t, a) // the cache cannot know yet
+	fx.restore(t)
+	require.Eventually(t, fx.rejected(a), 5*time.Second, time.Millisecond)
+	fx.fromCache(t, b)
+	require.Equal(t, 1, fx.v.Len())
+	require.Zero(t, fx.logs.count(logResynced))
+}
+
+// When the changes since the cache's revision were compacted away, the
+// stream resumes with a RESET: the cache is kept until then, dropped there
+// and rebuilt from the keystore.
+func TestCompactionWhileCutOffResyncs(t *testing.T) {
+	fx := start(t)
+	idA, a := fx.key(t, nil)
+	_, b := fx.key(t, nil)
+	fx.verifyOK(t, a)
+	fx.verifyOK(t, b)
+
+	fx.cutOff(t)
+	fx.ks.set(a, nil)
+	fx.ks.change(keystorev1.WatchKeyChangesResponse_TYPE_DELETED, idA)
+	fx.ks.compact()
+	require.Equal(t, 2, fx.v.Len(), "kept while cut off")
+	fx.fromCache(t, b)
+
+	fx.restore(t)
+	require.Eventually(t, func() bool { return fx.v.Len() == 0 }, 5*time.Second, time.Millisecond, "dropped at the RESET")
+	require.Equal(t, 1, fx.logs.count(logResynced))
+	require.Equal(t, int64(101), fx.revision())
+	before := fx.ks.calls.Load()
+	fx.verifyOK(t, b)
+	require.Equal(t, before+1, fx.ks.calls.Load())
+	fx.fromCache(t, b)
+	_, err := fx.v.Verify(t.Context(), a)
+	require.ErrorIs(t, err, ErrInvalidKey)
+	require.Equal(t, 1, fx.v.Len(), "rebuilt")
+}
+
+// Past MaxUnconfirmed without the stream, the cache stops answering: every
+// Verify asks the keystore and fails closed when it is down. The stream's
+// return makes it answer again, without a restart.
+func TestUnconfirmedBound(t *testing.T) {
+	fx := start(t)
+	_, secret := fx.key(t, nil)
+	fx.verifyOK(t, secret)
+	fx.cutOff(t)
+	fx.clock.Advance(testMaxUnconfirmed)
+	fx.fromCache(t, secret)
+	require.Zero(t, fx.logs.count(logUnconfirm))
+
+	fx.clock.Advance(time.Nanosecond)
 	before := fx.ks.calls.Load()
 	fx.verifyOK(t, secret)
+	require.Equal(t, before+1, fx.ks.calls.Load(), "past the bound: asked the keystore")
+	fx.ks.broken.Store(true)
+	for range 10 {
+		fx.requireUnavailable(t, secret)
+	}
+	require.Equal(t, 1, fx.logs.count(logUnconfirm), "logged once")
+
+	// Recovery: the stream resumes, the cache answers again.
+	fx.ks.broken.Store(false)
+	fx.restore(t)
+	fx.fromCache(t, secret)
+	require.Equal(t, 1, fx.logs.count(logResumed))
+	require.Equal(t, 1, fx.logs.count(logUnconfirm))
+}
+
+// Cache misses always ask the keystore: a key never seen fails closed
+// while it is down, even within the bound.
+func TestUnknownKeyFailsClosed(t *testing.T) {
+	fx := start(t)
+	_, known := fx.key(t, nil)
+	_, unseen := fx.key(t, nil)
+	fx.verifyOK(t, known)
+	fx.cutOff(t)
+	fx.ks.broken.Store(true)
+	fx.fromCache(t, known)
+	fx.requireUnavailable(t, unseen)
+	unknown, _ := keyformat.New(keyformat.Standard, keyformat.NewID())
+	fx.requireUnavailable(t, unknown)
+}
+
+// A key the keystore rejected stays rejected while the keystore cannot
+// answer, within the bound; a change of the key forgets the rejection.
+func TestRejectionAnswersWhenKeystoreDown(t *testing.T) {
+	fx := start(t)
+	id, secret := fx.key(t, nil)
 	fx.verifyOK(t, secret)
-	require.Equal(t, before+1, fx.ks.calls.Load())
+	fx.ks.set(secret, nil)
+	fx.ks.change(keystorev1.WatchKeyChangesResponse_TYPE_UPDATED, id)
+	require.Eventually(t, fx.rejected(secret), 5*time.Second, time.Millisecond)
+
+	fx.ks.broken.Store(true)
+	_, err := fx.v.Verify(t.Context(), secret)
+	require.ErrorIs(t, err, ErrInvalidKey, "stream up, keystore down")
+	fx.cutOff(t)
+	_, err = fx.v.Verify(t.Context(), secret)
+	require.ErrorIs(t, err, ErrInvalidKey, "both down, within the bound")
+	fx.clock.Advance(testMaxUnconfirmed + time.Nanosecond)
+	fx.requireUnavailable(t, secret)
+
+	// The key is enabled again while nothing answers: once the stream
+	// resumes, the rejection is forgotten.
+	fx.ks.change(keystorev1.WatchKeyChangesResponse_TYPE_UPDATED, id)
+	fx.restore(t)
+	require.Eventually(t, func() bool {
+		_, err := fx.v.Verify(context.Background(), secret)
+		return err != nil && !errors.Is(err, ErrInvalidKey)
+	}, 5*time.Second, time.Millisecond)
+}
+
+// An open stream that stays silent for MaxStaleness is reopened from its
+// revision; the cache keeps answering.
+func TestSilentStreamIsReopened(t *testing.T) {
+	fx := start(t)
+	_, secret := fx.key(t, nil)
+	fx.verifyOK(t, secret)
+	fx.clock.Advance(testMaxStale + time.Nanosecond)
+	require.Eventually(t, func() bool { return len(fx.ks.streams()) == 2 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, []int64{0, 100}, fx.ks.streams())
+	fx.waitStreaming(t)
+	fx.fromCache(t, secret)
+	require.Equal(t, 1, fx.logs.count(logLost))
+	require.Equal(t, 1, fx.logs.count(logResumed))
 }
 
 func TestExpiryCheckedOnHit(t *testing.T) {
@@ -251,26 +574,45 @@ func TestExpiryCheckedOnHit(t *testing.T) {
 	require.Equal(t, calls, fx.ks.calls.Load(), "decided from the cache")
 }
 
-func TestStaleStreamBypassesCache(t *testing.T) {
+// Expiry is checked on the clock while the stream is down too.
+func TestExpiryCheckedWhileCutOff(t *testing.T) {
 	fx := start(t)
-	_, secret := fx.key(t, nil)
+	_, secret := fx.key(t, func(r *keystorev1.VerifyKeyResponse) {
+		r.Key.ExpireTime = timestamppb.New(fx.clock.Now().Add(time.Minute))
+	})
 	fx.verifyOK(t, secret)
-	calls := fx.ks.calls.Load()
-	fx.clock.Advance(5 * time.Second)
-	fx.verifyOK(t, secret)
-	require.Equal(t, calls, fx.ks.calls.Load(), "fresh enough")
+	fx.cutOff(t)
+	fx.fromCache(t, secret)
+	fx.clock.Advance(time.Minute)
+	_, err := fx.v.Verify(t.Context(), secret)
+	require.ErrorIs(t, err, ErrInvalidKey)
+}
 
-	fx.clock.Advance(time.Nanosecond)
-	fx.verifyOK(t, secret)
-	require.Equal(t, calls+1, fx.ks.calls.Load(), "stale: asked the keystore")
-
-	// A progress message makes the cache trusted again.
-	fx.ks.events <- &keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_PROGRESS}
-	require.Eventually(t, func() bool {
-		return fx.clock.Now().UnixNano()-fx.v.lastHeard.Load() == 0
-	}, 5*time.Second, time.Millisecond)
-	fx.verifyOK(t, secret)
-	require.Equal(t, calls+1, fx.ks.calls.Load())
+func TestUnconfirmedGauge(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	fx := start(t, func(o *Options) { o.Meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)) })
+	gauge := func() float64 {
+		var rm metricdata.ResourceMetrics
+		require.NoError(t, reader.Collect(t.Context(), &rm))
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				if m.Name == "keygate.keycache.unconfirmed_seconds" {
+					return m.Data.(metricdata.Gauge[float64]).DataPoints[0].Value
+				}
+			}
+		}
+		t.Fatal("no keygate.keycache.unconfirmed_seconds")
+		return 0
+	}
+	require.Zero(t, gauge())
+	fx.clock.Advance(time.Second)
+	require.Zero(t, gauge(), "within the stream's silence bound")
+	fx.cutOff(t)
+	require.Equal(t, 1.0, gauge())
+	fx.clock.Advance(10 * time.Second)
+	require.Equal(t, 11.0, gauge())
+	fx.restore(t)
+	require.Zero(t, gauge())
 }
 
 func BenchmarkVerifyHit(b *testing.B) {

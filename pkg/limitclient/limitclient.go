@@ -47,6 +47,14 @@ type Client struct {
 
 	mu    sync.Mutex
 	peers map[string]*peer // by address
+	// down holds the members whose last call failed, so that a failing
+	// member is logged when it fails and when it answers again, not on
+	// every call; nDown mirrors its size for the hot path.
+	down  map[string]bool
+	nDown atomic.Int32
+	// warned is when each member's latest warning was logged: a member
+	// that keeps failing and answering is warned about once a minute.
+	warned map[string]time.Time
 }
 
 // peer is one replica's connection and its CheckStream lane.
@@ -72,7 +80,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.DialOptions) == 0 {
 		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	c := &Client{cfg: cfg, peers: make(map[string]*peer)}
+	c := &Client{cfg: cfg, peers: make(map[string]*peer), down: make(map[string]bool), warned: make(map[string]time.Time)}
 	w, err := ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: c.prune})
 	if err != nil {
 		return nil, fmt.Errorf("limitclient: %w", err)
@@ -105,8 +113,23 @@ func (c *Client) prune(r *ring.Ring) {
 		if !live[addr] {
 			gone = append(gone, p)
 			delete(c.peers, addr)
+			continue
+		}
+		// A member may have come back on its address (a restart) while
+		// its connection waits out a reconnection backoff: try now.
+		p.cc.ResetConnectBackoff()
+	}
+	for id := range c.down {
+		if _, ok := r.Member(id); !ok {
+			delete(c.down, id)
 		}
 	}
+	for id := range c.warned {
+		if _, ok := r.Member(id); !ok {
+			delete(c.warned, id)
+		}
+	}
+	c.nDown.Store(int32(len(c.down)))
 	c.mu.Unlock()
 	// Outside the lock: a lane's close waits for its sender.
 	for _, p := range gone {
@@ -296,7 +319,7 @@ func route(ctx context.Context, c *Client, n int, key func(int) string,
 					fatalErr = err
 					return
 				}
-				c.cfg.Logger.Warn("limiter replica did not answer; trying the next owner", slog.String("member", m.ID), slog.Any("error", err))
+				c.markDown(m, err)
 				skip[m.ID] = true
 				lastErr = err
 				pending = append(pending, idx...)
@@ -324,7 +347,39 @@ func (c *Client) attempt(ctx context.Context, m ring.Member, idx []int,
 		ctx, cancel = context.WithTimeout(ctx, time.Until(dl)/2)
 		defer cancel()
 	}
-	return call(ctx, p, idx)
+	err = call(ctx, p, idx)
+	if err == nil && c.nDown.Load() > 0 {
+		c.markUp(m)
+	}
+	return err
+}
+
+// markDown logs a member that stopped answering, once until it answers
+// again or leaves the membership.
+func (c *Client) markDown(m ring.Member, err error) {
+	c.mu.Lock()
+	first := !c.down[m.ID] && time.Since(c.warned[m.ID]) > time.Minute
+	c.down[m.ID] = true
+	if first {
+		c.warned[m.ID] = time.Now()
+	}
+	c.nDown.Store(int32(len(c.down)))
+	c.mu.Unlock()
+	if first {
+		c.cfg.Logger.Warn("limiter replica did not answer; trying the next owner until it does", slog.String("member", m.ID), slog.Any("error", err))
+	}
+}
+
+func (c *Client) markUp(m ring.Member) {
+	c.mu.Lock()
+	// Told only if its failure was.
+	was := c.down[m.ID] && time.Since(c.warned[m.ID]) < time.Minute
+	delete(c.down, m.ID)
+	c.nDown.Store(int32(len(c.down)))
+	c.mu.Unlock()
+	if was {
+		c.cfg.Logger.Info("limiter replica answers again", slog.String("member", m.ID))
+	}
 }
 
 // retryable reports whether another replica might answer: the replica was
@@ -338,4 +393,16 @@ func retryable(ctx context.Context, err error) bool {
 		return true
 	}
 	return false
+}
+
+// Replica returns the client of the replica at addr, over this client's
+// connection to it: the limiter replicas use it to call one another
+// directly (handovers, and items of keys handed over). The connection of
+// an address that is not a member is closed at the next membership change.
+func (c *Client) Replica(addr string) (limiterv1.LimiterServiceClient, error) {
+	p, err := c.peer(addr)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return p.client, nil
 }

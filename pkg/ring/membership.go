@@ -22,6 +22,7 @@ type Registration struct {
 	addr   string
 	ttl    int64
 	log    *slog.Logger
+	runCtx context.Context //nolint:containedctx // the keep-alive's lifetime
 	cancel context.CancelFunc
 	done   chan struct{}
 	lease  atomic.Int64
@@ -41,11 +42,14 @@ func Register(ctx context.Context, cli *clientv3.Client, prefix string, m Member
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Registration{cli: cli, key: prefix + m.ID, addr: m.Addr, ttl: int64(ttl / time.Second), log: logger, done: make(chan struct{})}
+	// The keep-alive outlives the call that registered, until Close.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.runCtx = runCtx
 	ka, err := r.register(ctx)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.cancel = cancel
 	go r.keep(runCtx, ka)
 	return r, nil
@@ -60,8 +64,9 @@ func (r *Registration) register(ctx context.Context) (<-chan *clientv3.LeaseKeep
 		return nil, fmt.Errorf("ring: register %s: %w", r.key, err)
 	}
 	r.lease.Store(int64(lease.ID))
-	// The keep-alive outlives the call that registered.
-	ka, err := r.cli.KeepAlive(context.WithoutCancel(ctx), lease.ID)
+	// The keep-alive outlives the call that registered; Close ends it at
+	// once (so that Close need not wait for the next keep-alive).
+	ka, err := r.cli.KeepAlive(r.runCtx, lease.ID)
 	if err != nil {
 		return nil, fmt.Errorf("ring: keep lease alive: %w", err)
 	}

@@ -133,6 +133,8 @@ type Server struct {
 	idPfx   string
 	idSeq   atomic.Uint64
 	limDown atomic.Bool // for logging only the transitions
+	// ksLogged is when a failed key verification was last logged (Unix ns).
+	ksLogged atomic.Int64
 	// backlogged is set while the usage backlog refuses requests.
 	backlogged atomic.Bool
 }

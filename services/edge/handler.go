@@ -160,7 +160,12 @@ func (c *call) authenticate() bool {
 		c.fail(invalidKey())
 		return false
 	case err != nil:
-		c.s.log.Warn("edge: key verification unavailable", "request_id", c.id, "err", err)
+		// At most one line a minute: an outage is every request at once
+		// (the key cache logs its own state changes).
+		now := c.s.clock.Now().UnixNano()
+		if last := c.s.ksLogged.Load(); now-last >= int64(time.Minute) && c.s.ksLogged.CompareAndSwap(last, now) {
+			c.s.log.Warn("edge: key verification unavailable; answering 503 keystore_unavailable for keys it cannot verify", "request_id", c.id, "err", err)
+		}
 		c.fail(apiError{http.StatusServiceUnavailable, "server_error", "keystore_unavailable",
 			"The key service is unavailable; please retry shortly."})
 		return false

@@ -3,36 +3,120 @@ package keystore_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/keycache"
+	"github.com/keygate/keygate/pkg/keyformat"
 )
 
 // startCache runs a keycache.Verifier against the env's keystore with the
 // service (root) token, as the edge does.
 func startCache(tb testing.TB, e *env) *keycache.Verifier {
 	tb.Helper()
+	return startCacheWith(tb, e, keycache.Options{Clock: e.clock}).v
+}
+
+// followed is a verifier with what the test watches of it.
+type followed struct {
+	v *keycache.Verifier
+	// calls counts its VerifyKey calls.
+	calls *atomic.Int64
+	logs  *logRecorder
+}
+
+// startCacheWith is startCache with options (a nil Logger records the
+// verifier's logs) and a count of the keystore calls. The connection
+// redials a restarted keystore within milliseconds.
+func startCacheWith(tb testing.TB, e *env, opts keycache.Options) followed {
+	tb.Helper()
+	f := followed{calls: &atomic.Int64{}, logs: &logRecorder{}}
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+		if method == keystorev1.KeystoreService_VerifyKey_FullMethodName {
+			f.calls.Add(1)
+		}
+		return invoker(ctx, method, req, reply, cc, o...)
+	}
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(auth.Token{Value: rootToken}))
+		grpc.WithPerRPCCredentials(auth.Token{Value: rootToken}), grpc.WithUnaryInterceptor(count),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond}}))
 	require.NoError(tb, err)
 	tb.Cleanup(func() { _ = conn.Close() })
-	v := keycache.New(keystorev1.NewKeystoreServiceClient(conn), keycache.Options{Clock: e.clock})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(f.logs)
+	}
+	f.v = keycache.New(keystorev1.NewKeystoreServiceClient(conn), opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- v.Run(ctx) }()
+	go func() { done <- f.v.Run(ctx) }()
 	tb.Cleanup(func() {
 		cancel()
 		<-done
 	})
-	return v
+	return f
+}
+
+// fromCache verifies secret and checks that the keystore was not asked.
+func (f followed) fromCache(tb testing.TB, secret string) {
+	tb.Helper()
+	before := f.calls.Load()
+	_, err := f.v.Verify(context.Background(), secret)
+	require.NoError(tb, err)
+	require.Equal(tb, before, f.calls.Load(), "answered from the cache")
+}
+
+// waitLog waits until the verifier logged a message starting with prefix.
+func (f followed) waitLog(tb testing.TB, prefix string) {
+	tb.Helper()
+	require.Eventually(tb, func() bool { return f.logs.count(prefix) > 0 }, 15*time.Second, time.Millisecond, "log %q", prefix)
+}
+
+func unavailable(tb testing.TB, v *keycache.Verifier, secret string) {
+	tb.Helper()
+	_, err := v.Verify(context.Background(), secret)
+	require.Error(tb, err)
+	require.NotErrorIs(tb, err, keycache.ErrInvalidKey, "unreachable is not invalid")
+}
+
+// logRecorder is a slog handler that keeps the records' messages.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	return nil
+}
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *logRecorder) count(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if strings.HasPrefix(m, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // cached verifies secret until the answer comes from the cache.
@@ -107,29 +191,154 @@ func TestCacheFollowsChanges(t *testing.T) {
 	})
 }
 
-func TestCacheResetsWhenKeystoreRestarts(t *testing.T) {
-	e := newEnv(t)
-	e.workspace(t, "acme", 100, nil)
-	v := startCache(t, e)
-	k, secret := e.createKey(t, e.root(t), &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "k"})
-	cached(t, v, secret)
-
-	addr := e.addr
-	e.stop()
-	require.Eventually(t, func() bool { return v.Len() == 0 }, 5*time.Second, time.Millisecond)
-	_, err := v.Verify(t.Context(), secret)
-	require.Error(t, err)
-	require.NotErrorIs(t, err, keycache.ErrInvalidKey, "unreachable is not invalid")
-
-	// While the stream is down, the key is deleted through another replica.
+// otherReplica serves a second keystore on the same etcd and returns a
+// client of it: changes made there while the first is down reach the
+// cache only through the resumed stream.
+func otherReplica(t *testing.T, e *env) keystorev1.KeystoreServiceClient {
+	t.Helper()
 	other := &env{etcd: e.etcd, clock: e.clock}
 	other.serve(t, "127.0.0.1:0")
 	conn, err := grpc.NewClient(other.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
-	defer conn.Close()
-	_, err = keystorev1.NewKeystoreServiceClient(conn).DeleteKey(e.root(t), &keystorev1.DeleteKeyRequest{Workspace: "acme", Key: k.GetId()})
+	t.Cleanup(func() { _ = conn.Close() })
+	return keystorev1.NewKeystoreServiceClient(conn)
+}
+
+func disable(t *testing.T, ctx context.Context, c keystorev1.KeystoreServiceClient, id string) {
+	t.Helper()
+	_, err := c.UpdateKey(ctx, &keystorev1.UpdateKeyRequest{Workspace: "acme", Key: id,
+		Patch: &keystorev1.Key{}, UpdateMask: mask("enabled")})
 	require.NoError(t, err)
+}
+
+const (
+	logLost     = "key change stream lost"
+	logResumed  = "key change stream resumed"
+	logResynced = "key change stream resynced"
+)
+
+// With the keystore gone, the keys the cache verified keep verifying, a
+// key it saw rejected stays rejected, and a key it never saw fails closed.
+func TestCacheServesThroughKeystoreOutage(t *testing.T) {
+	e := newEnv(t)
+	e.workspace(t, "acme", 100, nil)
+	ctx := e.root(t)
+	_, a := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "a"})
+	kc, c := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "c"})
+	_, d := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "d"})
+	// Created before the cache starts, so that no creation reaches it
+	// after its first verification (which would drop it, correctly).
+	f := startCacheWith(t, e, keycache.Options{Clock: e.clock})
+	cached(t, f.v, a)
+	cached(t, f.v, c)
+	disable(t, ctx, e.client, kc.GetId())
+	require.Eventually(t, rejected(f.v, c), 5*time.Second, time.Millisecond)
+
+	e.stop()
+	f.waitLog(t, logLost)
+	for range 20 {
+		f.fromCache(t, a)
+	}
+	_, err := f.v.Verify(t.Context(), c)
+	require.ErrorIs(t, err, keycache.ErrInvalidKey, "known rejected")
+	unavailable(t, f.v, d)
+	unknown, _ := keyformat.New(keyformat.Standard, keyformat.NewID())
+	unavailable(t, f.v, unknown)
+}
+
+// A key disabled on another replica while the cache's keystore is down
+// keeps answering from the cache (within the bound) until the stream
+// resumes from its revision, then is rejected; the other keys stay cached,
+// without a restart of anything but the keystore.
+func TestCacheResumesAfterKeystoreRestart(t *testing.T) {
+	e := newEnv(t)
+	e.workspace(t, "acme", 100, nil)
+	ctx := e.root(t)
+	ka, a := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "a"})
+	kb, b := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "b"})
+	f := startCacheWith(t, e, keycache.Options{Clock: e.clock})
+	cached(t, f.v, a)
+	cached(t, f.v, b)
+
+	addr := e.addr
+	e.stop()
+	f.waitLog(t, logLost)
+	other := otherReplica(t, e)
+	disable(t, ctx, other, ka.GetId())
+	f.fromCache(t, a) // the cache cannot know yet
 
 	e.serve(t, addr)
-	require.Eventually(t, rejected(v, secret), 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, rejected(f.v, a), 15*time.Second, 5*time.Millisecond)
+	f.fromCache(t, b)
+	f.waitLog(t, logResumed)
+	require.Equal(t, 1, f.logs.count(logResumed))
+	require.Zero(t, f.logs.count(logResynced))
+
+	// And it keeps following: a change after the resume lands too.
+	disable(t, ctx, e.client, kb.GetId())
+	require.Eventually(t, rejected(f.v, b), 5*time.Second, time.Millisecond)
+}
+
+// When the changes since the cache's revision are compacted while the
+// stream is down, the resumed stream starts with a RESET: the cache keeps
+// its keys until then, drops them there and fills again.
+func TestCacheResyncsAfterCompaction(t *testing.T) {
+	e := newEnv(t)
+	e.workspace(t, "acme", 100, nil)
+	ctx := e.root(t)
+	ka, a := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "a"})
+	_, b := e.createKey(t, ctx, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "b"})
+	f := startCacheWith(t, e, keycache.Options{Clock: e.clock})
+	cached(t, f.v, a)
+	cached(t, f.v, b)
+
+	addr := e.addr
+	e.stop()
+	f.waitLog(t, logLost)
+	disable(t, ctx, otherReplica(t, e), ka.GetId())
+	head, err := e.etcd.Client.Get(t.Context(), "/", clientv3.WithCountOnly())
+	require.NoError(t, err)
+	_, err = e.etcd.Client.Compact(t.Context(), head.Header.Revision)
+	require.NoError(t, err)
+	require.Equal(t, 2, f.v.Len(), "kept while cut off")
+	f.fromCache(t, b)
+
+	e.serve(t, addr)
+	f.waitLog(t, logResynced)
+	require.Zero(t, f.v.Len(), "dropped at the RESET")
+	require.Zero(t, f.logs.count(logResumed))
+	before := f.calls.Load()
+	cached(t, f.v, b)
+	require.Equal(t, before+1, f.calls.Load())
+	f.fromCache(t, b)
+	_, err = f.v.Verify(t.Context(), a)
+	require.ErrorIs(t, err, keycache.ErrInvalidKey)
+	require.Equal(t, 1, f.v.Len(), "filled again")
+}
+
+// Past MaxUnconfirmed without the stream, the cache stops answering and
+// fails closed while the keystore is down; once the keystore is back, the
+// stream resumes and the cache answers again.
+func TestCacheFailsClosedPastMaxUnconfirmed(t *testing.T) {
+	const bound = time.Minute
+	e := newEnv(t)
+	e.workspace(t, "acme", 100, nil)
+	_, a := e.createKey(t, e.root(t), &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "a"})
+	f := startCacheWith(t, e, keycache.Options{Clock: e.clock, MaxUnconfirmed: bound})
+	cached(t, f.v, a)
+
+	addr := e.addr
+	e.stop()
+	f.waitLog(t, logLost)
+	e.clock.Advance(bound)
+	f.fromCache(t, a)
+	e.clock.Advance(time.Nanosecond)
+	for range 5 {
+		unavailable(t, f.v, a)
+	}
+	require.Equal(t, 1, f.logs.count("key cache unconfirmed"), "logged once")
+
+	e.serve(t, addr)
+	f.waitLog(t, logResumed)
+	f.fromCache(t, a)
 }

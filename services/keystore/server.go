@@ -175,14 +175,14 @@ func (s *Server) VerifyKey(ctx context.Context, req *keystorev1.VerifyKeyRequest
 }
 
 // WatchKeyChanges needs the root (service) token.
-func (s *Server) WatchKeyChanges(_ *keystorev1.WatchKeyChangesRequest, stream grpc.ServerStreamingServer[keystorev1.WatchKeyChangesResponse]) error {
+func (s *Server) WatchKeyChanges(req *keystorev1.WatchKeyChangesRequest, stream grpc.ServerStreamingServer[keystorev1.WatchKeyChangesResponse]) error {
 	ctx := stream.Context()
 	p, err := s.authenticate(ctx)
 	if err == nil {
 		err = p.requireRoot()
 	}
 	if err == nil {
-		err = s.watchKeyChanges(ctx, stream.Send)
+		err = s.watchKeyChanges(ctx, req.GetStartRevision(), stream.Send)
 	}
 	return s.toStatus(ctx, err)
 }

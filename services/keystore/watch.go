@@ -7,14 +7,15 @@ import (
 	"path"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 )
 
-// ErrStreamBroken ends a change stream whose etcd watch failed (compaction,
-// lost leader, closed channel); the client reopens it and resets.
-var ErrStreamBroken = errors.New("key change stream interrupted; reconnect and reset")
+// ErrStreamBroken ends a change stream whose etcd watch failed (lost
+// leader, closed channel); the client reopens it from its last revision.
+var ErrStreamBroken = errors.New("key change stream interrupted; reconnect and resume")
 
 // progressInterval is how often an idle stream reports progress, which
 // bounds how stale a cache can be without knowing it.
@@ -22,27 +23,58 @@ const progressInterval = time.Second
 
 type changeSender func(*keystorev1.WatchKeyChangesResponse) error
 
-// watchKeyChanges sends a RESET, then every key change after the revision
-// the reset stands for, so nothing between the two is skipped.
-func (s *Server) watchKeyChanges(ctx context.Context, send changeSender) error {
-	resp, err := s.etcd.Get(ctx, keysDir, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrStreamBroken, err)
+// watchKeyChanges streams the key changes after revision start. With start
+// 0, or when the changes after start are no longer known (compacted, or a
+// revision etcd has not reached, as after a restore from backup), it first
+// sends a RESET at the current revision, then every change after it, so
+// nothing between the two is skipped. A watch compacted away mid-stream
+// resets the same way instead of ending the stream.
+func (s *Server) watchKeyChanges(ctx context.Context, start int64, send changeSender) error {
+	if start < 0 {
+		return invalid("start_revision", "must not be negative")
 	}
-	rev := resp.Header.Revision
-	if err := send(&keystorev1.WatchKeyChangesResponse{
-		Type: keystorev1.WatchKeyChangesResponse_TYPE_RESET, Revision: rev,
-	}); err != nil {
-		return err
+	for {
+		head, err := s.keysHead(ctx)
+		if err != nil {
+			return err
+		}
+		if start == 0 || start > head {
+			if err := send(&keystorev1.WatchKeyChangesResponse{
+				Type: keystorev1.WatchKeyChangesResponse_TYPE_RESET, Revision: head,
+			}); err != nil {
+				return err
+			}
+			start = head
+		}
+		err = s.followKeys(ctx, start, send)
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			return err
+		}
+		// The changes since start are gone: the client must start over.
+		s.log.InfoContext(ctx, "key changes after the stream's revision were compacted; resetting the stream", "revision", start)
+		start = 0
 	}
-	return s.followKeys(ctx, rev+1, send)
 }
 
-func (s *Server) followKeys(ctx context.Context, from int64, send changeSender) error {
+// keysHead is etcd's current revision, read through a linearizable count
+// of the keys.
+func (s *Server) keysHead(ctx context.Context) (int64, error) {
+	resp, err := s.etcd.Get(ctx, keysDir, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrStreamBroken, err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// followKeys sends the key changes after revision after, and progress.
+// The etcd watch starts at after itself, whose changes are skipped: etcd
+// reports no progress to a watch that starts past its current revision,
+// which would leave an idle stream silent.
+func (s *Server) followKeys(ctx context.Context, after int64, send changeSender) error {
 	// Without a leader a member may serve a stale view: fail instead.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := s.etcd.Watch(wctx, keysDir, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	wch := s.etcd.Watch(wctx, keysDir, clientv3.WithPrefix(), clientv3.WithRev(after), clientv3.WithProgressNotify())
 	tick := time.NewTicker(progressInterval)
 	defer tick.Stop()
 	for {
@@ -72,6 +104,9 @@ func (s *Server) followKeys(ctx context.Context, from int64, send changeSender) 
 				continue
 			}
 			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= after {
+					continue
+				}
 				t := keystorev1.WatchKeyChangesResponse_TYPE_UPDATED
 				if ev.Type == clientv3.EventTypeDelete {
 					t = keystorev1.WatchKeyChangesResponse_TYPE_DELETED

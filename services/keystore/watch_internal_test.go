@@ -10,8 +10,8 @@ import (
 	"github.com/keygate/keygate/pkg/etcdtest"
 )
 
-// A watch that falls behind a compaction must end the stream (the client
-// then resets) rather than skip ahead and lose revocations.
+// A watch that falls behind a compaction must end (watchKeyChanges then
+// sends a RESET) rather than skip ahead and lose revocations.
 func TestFollowKeysEndsOnCompaction(t *testing.T) {
 	c := etcdtest.Start(t)
 	s, err := New(t.Context(), Config{Etcd: c.Client, RootToken: "0123456789abcdef"})

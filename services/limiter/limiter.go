@@ -2,18 +2,33 @@
 // the windows of the keys this replica owns, forwards items for other keys
 // to their owners, and seeds day and period totals from the usage ledger.
 //
-// Handoff. When a key's owner changes (a replica joins, leaves or
-// restarts), the new owner seeds the key's day and period totals (rpd, tpd,
-// token cap, budget) from the usage ledger before its first decision, so
-// no handoff grants a fresh day or budget; those totals miss only usage
-// the old owner admitted that has not reached the ledger yet (requests in
-// flight and the edge's unflushed batch). Rolling windows (rpm, tpm) are
-// not seeded: the new owner starts them empty, so within the 60 s after a
-// move a key can be admitted up to its rpm/tpm limit at the new owner on
-// top of what the old owner admitted: at most 2x the limit over any 60 s
-// spanning one move. Reservations held by the old owner are lost; their
-// Settle answers "unknown" and their estimate stays counted in the ledger
-// totals only once settled usage is recorded.
+// Handoff. When a key's owner changes, its state moves with it (see
+// docs/limiter.md):
+//
+//   - Pull with fencing. A replica that must decide a key it holds no state
+//     for first asks the replicas that may hold it (Handover): the one it
+//     handed the key to, the key's owners in the rings seen in the last
+//     30 s, its owner among the other current members, then every other
+//     known replica. The holder exports the key's whole state (rolling
+//     buckets, day and period counters, open reservations) and fences it:
+//     from then on it forwards the key's items and settlements to the new
+//     holder (with a hop count, at most maxHops), until it owns the key
+//     again and pulls it back. Export and decisions take the key's lock,
+//     so no two replicas decide a key from the same state. Concurrent
+//     first requests wait for one takeover (the seeding single-flight).
+//   - Only keys nobody holds (never seen, or their holder crashed or did
+//     not answer within a second) are seeded from the usage ledger: day
+//     and period totals from the ledger, rolling windows empty. Only that
+//     case can over-admit: at most the rpm/tpm limit again within the
+//     minute, plus the usage the old owner admitted that the ledger lacks.
+//   - Leaving (Shutdown, on SIGTERM): the replica deregisters, pushes every
+//     key it still holds to its new owner (Adopt), serves pulls of what
+//     could not be pushed for up to HandoverDeadline, and forwards every
+//     item it still receives to the key's new owner.
+//   - A replica that comes back pulls its keys from whoever took them.
+//
+// State of keys a replica no longer owns is kept until pulled (it is the
+// key's only state) or swept when idle; fences are swept after a minute.
 package limiter
 
 import (
@@ -21,7 +36,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -86,11 +103,24 @@ type Server struct {
 	seedMu  sync.Mutex
 	seeding map[string]*seedCall
 
+	// history holds the rings the watcher replaced, for a grace period:
+	// the previous owners a new owner pulls keys' state from.
+	histMu   sync.Mutex
+	history  []pastRing
+	lastRing *ring.Ring
+	// closing is set once Shutdown has begun: every item then goes to
+	// the key's owner among the other replicas.
+	closing      atomic.Bool
+	serving      sync.WaitGroup // Handover calls being answered
+	shutdownOnce sync.Once
+	shutdownErr  error
+
 	decisions metric.Int64Counter
 	allowOpts []metric.AddOption
 	denyOpts  []metric.AddOption
 	forwarded metric.Int64Counter
 	seeds     metric.Int64Counter
+	handovers metric.Int64Counter
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -181,6 +211,10 @@ func (s *Server) initMetrics() error {
 		metric.WithDescription("Keys whose day and period totals were seeded from the usage ledger.")); err != nil {
 		return fmt.Errorf("limiter: metric: %w", err)
 	}
+	if s.handovers, err = m.Int64Counter("keygate.limiter.handovers", metric.WithUnit("{key}"),
+		metric.WithDescription("Keys whose state this replica took over from another replica.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
 	s.allowOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "allow")))}
 	s.denyOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "deny")))}
 	return nil
@@ -189,13 +223,12 @@ func (s *Server) initMetrics() error {
 // Register adds the limiter service to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) { limiterv1.RegisterLimiterServiceServer(r, s) }
 
-// Close deregisters the replica (revoking its lease, so its keys move at
-// once) and stops its background work.
+// Close shuts the replica down (Shutdown, if not done yet: deregistering
+// and handing its keys over) and stops its background work.
 func (s *Server) Close() error {
-	var err error
-	if s.reg != nil {
-		err = s.reg.Close()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*HandoverDeadline)
+	err := s.Shutdown(ctx)
+	cancel()
 	s.cancel()
 	s.wg.Wait()
 	if s.watcher != nil {
@@ -220,21 +253,15 @@ func (s *Server) sweep(ctx context.Context) {
 	}
 }
 
-// membershipChanged drops the state of keys this replica no longer owns,
-// so that owning one again starts from a fresh seed, not stale counters.
-func (s *Server) membershipChanged(r *ring.Ring) {
-	if s.table == nil || r.Len() == 0 {
-		return
-	}
-	s.table.Retain(func(key string) bool {
-		m, _ := r.Owner(key)
-		return m.ID == s.id
-	})
-}
-
 // local reports whether this replica decides key.
 func (s *Server) local(key string, hop bool) bool {
-	if hop || s.watcher == nil {
+	if s.watcher == nil {
+		return true
+	}
+	if s.closing.Load() {
+		return false
+	}
+	if hop {
 		return true
 	}
 	r := s.watcher.Ring()
@@ -265,8 +292,30 @@ func isHop(ctx context.Context) bool {
 	return len(metadata.ValueFromIncomingContext(ctx, hopHeader)) > 0
 }
 
+// hops returns how many times a call was forwarded: the hop header's
+// value (replicas before handovers send "1").
+func hops(ctx context.Context) int {
+	v := metadata.ValueFromIncomingContext(ctx, hopHeader)
+	if len(v) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(v[0])
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
+// maxHops bounds how often an item is forwarded along handed-over keys
+// and by a closing replica, while rings disagree.
+const maxHops = 4
+
 func (s *Server) hopContext(ctx context.Context) context.Context {
-	ctx = metadata.AppendToOutgoingContext(ctx, hopHeader, "1")
+	return s.hopContextN(ctx, 1)
+}
+
+func (s *Server) hopContextN(ctx context.Context, n int) context.Context {
+	ctx = metadata.AppendToOutgoingContext(ctx, hopHeader, strconv.Itoa(n))
 	if s.cfg.ServiceToken != "" {
 		ctx = auth.WithBearer(ctx, s.cfg.ServiceToken)
 	}
@@ -311,7 +360,15 @@ func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bo
 			sub[j] = items[i]
 		}
 		s.forwarded.Add(ctx, int64(len(sub)))
-		res, err := s.peers.Check(s.hopContext(ctx), sub)
+		var (
+			res []*limiterv1.CheckResult
+			err error
+		)
+		if s.closing.Load() {
+			res, err = s.forwardAway(ctx, sub)
+		} else {
+			res, err = s.peers.Check(s.hopContext(ctx), sub)
+		}
 		if err != nil {
 			remoteErr = err
 			return
@@ -336,11 +393,16 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		allow    int64
 		deny     int64
 		unseeded []int
+		moved    []int
 	)
 	decide := func(now time.Time, i int) {
 		_ = toRequest(items[i], &req) // validated by check
 		if err := s.table.Check(now, &req, &d); err != nil {
-			unseeded = append(unseeded, i)
+			if err == window.ErrMoved && !s.owns(items[i].GetKey()) {
+				moved = append(moved, i)
+			} else {
+				unseeded = append(unseeded, i)
+			}
 			return
 		}
 		if d.Allowed {
@@ -372,6 +434,11 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		now = s.clock.Now()
 		for _, i := range pending {
 			decide(now, i)
+		}
+	}
+	if len(moved) > 0 {
+		if err := s.forwardMoved(ctx, items, moved, out); err != nil {
+			return err
 		}
 	}
 	if allow > 0 {
@@ -573,7 +640,7 @@ type seedCall struct {
 // GetTotals call (per 256 keys) and seeds the table; keys already being
 // seeded by another call are waited for.
 func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []int) error {
-	if s.cfg.Usage == nil {
+	if s.cfg.Usage == nil && s.peers == nil {
 		return fmt.Errorf("%w: no usage service", ErrSeed)
 	}
 	now := s.clock.Now()
@@ -620,6 +687,32 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 		// them.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		var err error
+		// Keys this replica holds no state for are pulled from their
+		// previous holder first; only those nobody holds are seeded.
+		pull := make([]string, 0, len(mine))
+		for _, w := range mine {
+			if !s.table.Held(w.key) {
+				pull = append(pull, w.key)
+			}
+		}
+		if got := s.pull(fctx, pull); len(got) > 0 {
+			rest := mine[:0:0]
+			s.seedMu.Lock()
+			for _, w := range mine {
+				if !got[w.key] {
+					rest = append(rest, w)
+					continue
+				}
+				// Pulled: its waiters go on at once.
+				delete(s.seeding, w.key)
+				close(calls[w.key].done)
+			}
+			s.seedMu.Unlock()
+			mine = rest
+		}
+		if len(mine) > 0 && s.cfg.Usage == nil {
+			err = fmt.Errorf("%w: no usage service", ErrSeed)
+		}
 		day := now.UTC().Format(time.DateOnly)
 		dayID := window.DayOf(now)
 		for start := 0; start < len(mine) && err == nil; start += 256 {
@@ -634,6 +727,13 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 					q.BudgetPeriodStart = timestamppb.New(st)
 				}
 				req.Queries = append(req.Queries, q)
+			}
+			if s.log.Enabled(ctx, slog.LevelDebug) {
+				var ks []string
+				for _, w := range chunk {
+					ks = append(ks, w.key)
+				}
+				s.log.Debug("limiter seeding from the ledger", slog.String("self", s.id), slog.Any("keys", ks))
 			}
 			var resp *usagev1.GetTotalsResponse
 			if resp, err = s.cfg.Usage.GetTotals(fctx, req); err != nil {
@@ -686,10 +786,11 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 }
 
 // finish applies settlements or releases, forwarding those for keys this
-// replica does not own. It returns how many were unknown, here or at the
-// owners.
+// replica does not own (by the ring) or has handed over (to their holder).
+// It returns how many were unknown, here or at the owners.
 func (s *Server) finish(ctx context.Context, n int, key func(int) string, valid func(int) error,
-	local func(int) bool, forward func(ctx context.Context, idx []int) (int32, error), hop bool,
+	local func(int) (bool, string), forward func(ctx context.Context, idx []int) (int32, error),
+	forwardTo func(ctx context.Context, addr string, idx []int) (int32, error), hop bool,
 ) (int32, error) {
 	for i := range n {
 		if key(i) == "" {
@@ -699,26 +800,55 @@ func (s *Server) finish(ctx context.Context, n int, key func(int) string, valid 
 			return 0, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
 		}
 	}
-	var unknown int32
-	var remote []int
+	var (
+		unknown int32
+		remote  []int
+		direct  map[string][]int
+	)
+	hopsIn := 0
+	if hop {
+		hopsIn = hops(ctx)
+	}
 	for i := range n {
-		if !s.local(key(i), hop) {
-			remote = append(remote, i)
+		if !s.local(key(i), hop) && hopsIn < maxHops {
+			if addr := s.awayOwner(key(i)); addr != "" {
+				direct = addTo(direct, addr, i)
+			} else {
+				remote = append(remote, i)
+			}
 			continue
 		}
-		if !local(i) {
+		known, to := local(i)
+		if to != "" && hopsIn < maxHops && s.peers != nil {
+			direct = addTo(direct, to, i)
+			continue
+		}
+		if !known {
 			unknown++
 		}
 	}
+	var errs []error
 	if len(remote) > 0 {
 		s.forwarded.Add(ctx, int64(len(remote)))
 		n, err := forward(s.hopContext(ctx), remote)
 		unknown += n
-		if err != nil {
-			return unknown, err
-		}
+		errs = append(errs, err)
 	}
-	return unknown, nil
+	for addr, idx := range direct {
+		s.forwarded.Add(ctx, int64(len(idx)))
+		n, err := forwardTo(s.hopContextN(ctx, hopsIn+1), addr, idx)
+		unknown += n
+		errs = append(errs, err)
+	}
+	return unknown, errors.Join(errs...)
+}
+
+func addTo(m map[string][]int, addr string, i int) map[string][]int {
+	if m == nil {
+		m = map[string][]int{}
+	}
+	m[addr] = append(m[addr], i)
+	return m
 }
 
 func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop bool) (int32, error) {
@@ -732,8 +862,8 @@ func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop boo
 			}
 			return nil
 		},
-		func(i int) bool {
-			return s.table.Settle(st[i].GetKey(), st[i].GetReservationId(), st[i].GetActualTokens(), st[i].GetActualCostMicros())
+		func(i int) (bool, string) {
+			return s.table.Finish(st[i].GetKey(), st[i].GetReservationId(), false, st[i].GetActualTokens(), st[i].GetActualCostMicros())
 		},
 		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Settlement, len(idx))
@@ -741,6 +871,18 @@ func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop boo
 				sub[j] = st[i]
 			}
 			return s.peers.SettleUnknown(ctx, sub)
+		},
+		func(ctx context.Context, addr string, idx []int) (int32, error) {
+			req := &limiterv1.SettleRequest{Settlements: make([]*limiterv1.Settlement, len(idx))}
+			for j, i := range idx {
+				req.Settlements[j] = st[i]
+			}
+			cl, err := s.peers.Replica(addr)
+			if err != nil {
+				return 0, err
+			}
+			resp, err := cl.Settle(ctx, req)
+			return resp.GetUnknown(), err
 		}, hop)
 }
 
@@ -752,12 +894,26 @@ func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool)
 			}
 			return nil
 		},
-		func(i int) bool { return s.table.Release(rs[i].GetKey(), rs[i].GetReservationId()) },
+		func(i int) (bool, string) {
+			return s.table.Finish(rs[i].GetKey(), rs[i].GetReservationId(), true, 0, 0)
+		},
 		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Release, len(idx))
 			for j, i := range idx {
 				sub[j] = rs[i]
 			}
 			return s.peers.ReleaseUnknown(ctx, sub)
+		},
+		func(ctx context.Context, addr string, idx []int) (int32, error) {
+			req := &limiterv1.ReleaseRequest{Releases: make([]*limiterv1.Release, len(idx))}
+			for j, i := range idx {
+				req.Releases[j] = rs[i]
+			}
+			cl, err := s.peers.Replica(addr)
+			if err != nil {
+				return 0, err
+			}
+			resp, err := cl.Release(ctx, req)
+			return resp.GetUnknown(), err
 		}, hop)
 }

@@ -232,9 +232,11 @@ type WatchKeyChangesResponse_Type int32
 
 const (
 	WatchKeyChangesResponse_TYPE_UNSPECIFIED WatchKeyChangesResponse_Type = 0
-	// Drop every cached verification.
-	WatchKeyChangesResponse_TYPE_RESET   WatchKeyChangesResponse_Type = 1
+	// Drop every cached verification; the changes after revision follow.
+	WatchKeyChangesResponse_TYPE_RESET WatchKeyChangesResponse_Type = 1
+	// The key changed at revision: drop what is cached for it.
 	WatchKeyChangesResponse_TYPE_UPDATED WatchKeyChangesResponse_Type = 2
+	// The key was deleted at revision: drop what is cached for it.
 	WatchKeyChangesResponse_TYPE_DELETED WatchKeyChangesResponse_Type = 3
 	// Nothing changed up to revision; bounds how stale a cache can be.
 	WatchKeyChangesResponse_TYPE_PROGRESS WatchKeyChangesResponse_Type = 4
@@ -2747,7 +2749,14 @@ func (*RecordKeyUseResponse) Descriptor() ([]byte, []int) {
 }
 
 type WatchKeyChangesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume after this revision: the stream carries every key change after
+	// it, without a RESET, unless those changes were compacted away, in which
+	// case it starts with a RESET at the current revision. 0 = start with a
+	// RESET. A cache resumes from the revision of the last RESET or PROGRESS
+	// it applied, or one less than that of the last UPDATED or DELETED (a
+	// revision may carry several changes).
+	StartRevision int64 `protobuf:"varint,1,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2780,6 +2789,13 @@ func (x *WatchKeyChangesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use WatchKeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchKeyChangesRequest) Descriptor() ([]byte, []int) {
 	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *WatchKeyChangesRequest) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
 }
 
 type WatchKeyChangesResponse struct {
@@ -3851,8 +3867,9 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"F\n" +
 	"\x13RecordKeyUseRequest\x12/\n" +
 	"\x04uses\x18\x01 \x03(\v2\x1b.keygate.keystore.v1.KeyUseR\x04uses\"\x16\n" +
-	"\x14RecordKeyUseResponse\"\x18\n" +
-	"\x16WatchKeyChangesRequest\"\xf3\x01\n" +
+	"\x14RecordKeyUseResponse\"?\n" +
+	"\x16WatchKeyChangesRequest\x12%\n" +
+	"\x0estart_revision\x18\x01 \x01(\x03R\rstartRevision\"\xf3\x01\n" +
 	"\x17WatchKeyChangesResponse\x12E\n" +
 	"\x04type\x18\x01 \x01(\x0e21.keygate.keystore.v1.WatchKeyChangesResponse.TypeR\x04type\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +

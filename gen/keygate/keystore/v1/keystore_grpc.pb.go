@@ -76,9 +76,11 @@ type KeystoreServiceClient interface {
 	// secret is the credential. Invalid, unknown, disabled, expired and deleted
 	// keys all answer UNAUTHENTICATED with the same message.
 	VerifyKey(ctx context.Context, in *VerifyKeyRequest, opts ...grpc.CallOption) (*VerifyKeyResponse, error)
-	// WatchKeyChanges streams every key change for verifier caches. The first
-	// message is a RESET: drop everything cached. A stream that ends for any
-	// reason must be reopened and the cache dropped again.
+	// WatchKeyChanges streams every key change for verifier caches. Opened
+	// with no start_revision, its first message is a RESET: drop everything
+	// cached. A stream that ends for any reason may be reopened from the last
+	// revision the cache has seen on any replica: it then carries the changes
+	// since, or a RESET when they are no longer known (compacted).
 	WatchKeyChanges(ctx context.Context, in *WatchKeyChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchKeyChangesResponse], error)
 	// RecordKeyUse sets keys' last-used times. Edges send it in batches, at
 	// most once per key per interval, with the service token; it never
@@ -403,9 +405,11 @@ type KeystoreServiceServer interface {
 	// secret is the credential. Invalid, unknown, disabled, expired and deleted
 	// keys all answer UNAUTHENTICATED with the same message.
 	VerifyKey(context.Context, *VerifyKeyRequest) (*VerifyKeyResponse, error)
-	// WatchKeyChanges streams every key change for verifier caches. The first
-	// message is a RESET: drop everything cached. A stream that ends for any
-	// reason must be reopened and the cache dropped again.
+	// WatchKeyChanges streams every key change for verifier caches. Opened
+	// with no start_revision, its first message is a RESET: drop everything
+	// cached. A stream that ends for any reason may be reopened from the last
+	// revision the cache has seen on any replica: it then carries the changes
+	// since, or a RESET when they are no longer known (compacted).
 	WatchKeyChanges(*WatchKeyChangesRequest, grpc.ServerStreamingServer[WatchKeyChangesResponse]) error
 	// RecordKeyUse sets keys' last-used times. Edges send it in batches, at
 	// most once per key per interval, with the service token; it never

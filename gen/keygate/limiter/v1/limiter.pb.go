@@ -858,6 +858,766 @@ func (x *ReleaseResponse) GetUnknown() int32 {
 	return 0
 }
 
+type HandoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Address (member id) of the replica taking the keys over.
+	NewOwner string `protobuf:"bytes,2,opt,name=new_owner,json=newOwner,proto3" json:"new_owner,omitempty"`
+	// Chosen by the caller per takeover: a call repeated with the same id
+	// (its answer was lost) gets the states exported to it again.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoverRequest) Reset() {
+	*x = HandoverRequest{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoverRequest) ProtoMessage() {}
+
+func (x *HandoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoverRequest.ProtoReflect.Descriptor instead.
+func (*HandoverRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HandoverRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *HandoverRequest) GetNewOwner() string {
+	if x != nil {
+		return x.NewOwner
+	}
+	return ""
+}
+
+func (x *HandoverRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type HandoverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state of each requested key this replica held; it is fenced here.
+	States []*KeySnapshot `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	// Keys this replica had already handed over, with their holder.
+	Moved         []*Moved `protobuf:"bytes,2,rep,name=moved,proto3" json:"moved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoverResponse) Reset() {
+	*x = HandoverResponse{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoverResponse) ProtoMessage() {}
+
+func (x *HandoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoverResponse.ProtoReflect.Descriptor instead.
+func (*HandoverResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HandoverResponse) GetStates() []*KeySnapshot {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *HandoverResponse) GetMoved() []*Moved {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
+// Moved says that a key's state was handed over to owner.
+type Moved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Moved) Reset() {
+	*x = Moved{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Moved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Moved) ProtoMessage() {}
+
+func (x *Moved) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Moved.ProtoReflect.Descriptor instead.
+func (*Moved) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Moved) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Moved) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+type AdoptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	States        []*KeySnapshot         `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptRequest) Reset() {
+	*x = AdoptRequest{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptRequest) ProtoMessage() {}
+
+func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
+func (*AdoptRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AdoptRequest) GetStates() []*KeySnapshot {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+type AdoptResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keys whose state was installed (the others already had state).
+	Adopted       int32 `protobuf:"varint,1,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptResponse) Reset() {
+	*x = AdoptResponse{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptResponse) ProtoMessage() {}
+
+func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
+func (*AdoptResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AdoptResponse) GetAdopted() int32 {
+	if x != nil {
+		return x.Adopted
+	}
+	return 0
+}
+
+// KeySnapshot is everything a replica knows about one key: its rolling
+// windows, day counters, period counters and open reservations.
+type KeySnapshot struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Key          string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Global       *ScopeState            `protobuf:"bytes,2,opt,name=global,proto3" json:"global,omitempty"`
+	Models       []*ModelState          `protobuf:"bytes,3,rep,name=models,proto3" json:"models,omitempty"`
+	Tokens       *PeriodState           `protobuf:"bytes,4,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	Cost         *PeriodState           `protobuf:"bytes,5,opt,name=cost,proto3" json:"cost,omitempty"`
+	Reservations []*ReservationState    `protobuf:"bytes,6,rep,name=reservations,proto3" json:"reservations,omitempty"`
+	// Unix nanoseconds of the key's latest decision.
+	LastTouch int64 `protobuf:"varint,7,opt,name=last_touch,json=lastTouch,proto3" json:"last_touch,omitempty"`
+	// What the latest policy limited.
+	DayLimited    bool `protobuf:"varint,8,opt,name=day_limited,json=dayLimited,proto3" json:"day_limited,omitempty"`
+	CapLimited    bool `protobuf:"varint,9,opt,name=cap_limited,json=capLimited,proto3" json:"cap_limited,omitempty"`
+	BudgetLimited bool `protobuf:"varint,10,opt,name=budget_limited,json=budgetLimited,proto3" json:"budget_limited,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySnapshot) Reset() {
+	*x = KeySnapshot{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySnapshot) ProtoMessage() {}
+
+func (x *KeySnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySnapshot.ProtoReflect.Descriptor instead.
+func (*KeySnapshot) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *KeySnapshot) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeySnapshot) GetGlobal() *ScopeState {
+	if x != nil {
+		return x.Global
+	}
+	return nil
+}
+
+func (x *KeySnapshot) GetModels() []*ModelState {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *KeySnapshot) GetTokens() *PeriodState {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *KeySnapshot) GetCost() *PeriodState {
+	if x != nil {
+		return x.Cost
+	}
+	return nil
+}
+
+func (x *KeySnapshot) GetReservations() []*ReservationState {
+	if x != nil {
+		return x.Reservations
+	}
+	return nil
+}
+
+func (x *KeySnapshot) GetLastTouch() int64 {
+	if x != nil {
+		return x.LastTouch
+	}
+	return 0
+}
+
+func (x *KeySnapshot) GetDayLimited() bool {
+	if x != nil {
+		return x.DayLimited
+	}
+	return false
+}
+
+func (x *KeySnapshot) GetCapLimited() bool {
+	if x != nil {
+		return x.CapLimited
+	}
+	return false
+}
+
+func (x *KeySnapshot) GetBudgetLimited() bool {
+	if x != nil {
+		return x.BudgetLimited
+	}
+	return false
+}
+
+// ScopeState is one scope's rolling window and day counters.
+type ScopeState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unix second of the newest bucket.
+	Head int64 `protobuf:"varint,1,opt,name=head,proto3" json:"head,omitempty"`
+	// Unix second of the newest charge.
+	Last int64 `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	// Non-empty buckets still in the window.
+	Buckets []*BucketState `protobuf:"bytes,3,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	// UTC day number of the day counters.
+	Day           int64 `protobuf:"varint,4,opt,name=day,proto3" json:"day,omitempty"`
+	DayRequests   int64 `protobuf:"varint,5,opt,name=day_requests,json=dayRequests,proto3" json:"day_requests,omitempty"`
+	DayTokens     int64 `protobuf:"varint,6,opt,name=day_tokens,json=dayTokens,proto3" json:"day_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScopeState) Reset() {
+	*x = ScopeState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScopeState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScopeState) ProtoMessage() {}
+
+func (x *ScopeState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScopeState.ProtoReflect.Descriptor instead.
+func (*ScopeState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ScopeState) GetHead() int64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+func (x *ScopeState) GetLast() int64 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+func (x *ScopeState) GetBuckets() []*BucketState {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *ScopeState) GetDay() int64 {
+	if x != nil {
+		return x.Day
+	}
+	return 0
+}
+
+func (x *ScopeState) GetDayRequests() int64 {
+	if x != nil {
+		return x.DayRequests
+	}
+	return 0
+}
+
+func (x *ScopeState) GetDayTokens() int64 {
+	if x != nil {
+		return x.DayTokens
+	}
+	return 0
+}
+
+type BucketState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unix second of the bucket.
+	Second        int64 `protobuf:"varint,1,opt,name=second,proto3" json:"second,omitempty"`
+	Requests      int64 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	Tokens        int64 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketState) Reset() {
+	*x = BucketState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketState) ProtoMessage() {}
+
+func (x *BucketState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketState.ProtoReflect.Descriptor instead.
+func (*BucketState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *BucketState) GetSecond() int64 {
+	if x != nil {
+		return x.Second
+	}
+	return 0
+}
+
+func (x *BucketState) GetRequests() int64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *BucketState) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+type ModelState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Scope         *ScopeState            `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelState) Reset() {
+	*x = ModelState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelState) ProtoMessage() {}
+
+func (x *ModelState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelState.ProtoReflect.Descriptor instead.
+func (*ModelState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ModelState) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ModelState) GetScope() *ScopeState {
+	if x != nil {
+		return x.Scope
+	}
+	return nil
+}
+
+// PeriodState is a token or cost counter of one reset period.
+type PeriodState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// keygate.type.v1.ResetPeriod value.
+	Period        int32 `protobuf:"varint,1,opt,name=period,proto3" json:"period,omitempty"`
+	Number        int64 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Used          int64 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeriodState) Reset() {
+	*x = PeriodState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeriodState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeriodState) ProtoMessage() {}
+
+func (x *PeriodState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeriodState.ProtoReflect.Descriptor instead.
+func (*PeriodState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PeriodState) GetPeriod() int32 {
+	if x != nil {
+		return x.Period
+	}
+	return 0
+}
+
+func (x *PeriodState) GetNumber() int64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *PeriodState) GetUsed() int64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+type ReservationState struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Model       string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	InModel     bool                   `protobuf:"varint,3,opt,name=in_model,json=inModel,proto3" json:"in_model,omitempty"`
+	Second      int64                  `protobuf:"varint,4,opt,name=second,proto3" json:"second,omitempty"`
+	Day         int64                  `protobuf:"varint,5,opt,name=day,proto3" json:"day,omitempty"`
+	TokenPeriod *PeriodState           `protobuf:"bytes,6,opt,name=token_period,json=tokenPeriod,proto3" json:"token_period,omitempty"`
+	CostPeriod  *PeriodState           `protobuf:"bytes,7,opt,name=cost_period,json=costPeriod,proto3" json:"cost_period,omitempty"`
+	Tokens      int64                  `protobuf:"varint,8,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	CostMicros  int64                  `protobuf:"varint,9,opt,name=cost_micros,json=costMicros,proto3" json:"cost_micros,omitempty"`
+	// Unix nanoseconds after which it is forgotten.
+	Expires       int64 `protobuf:"varint,10,opt,name=expires,proto3" json:"expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReservationState) Reset() {
+	*x = ReservationState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReservationState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReservationState) ProtoMessage() {}
+
+func (x *ReservationState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReservationState.ProtoReflect.Descriptor instead.
+func (*ReservationState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReservationState) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ReservationState) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ReservationState) GetInModel() bool {
+	if x != nil {
+		return x.InModel
+	}
+	return false
+}
+
+func (x *ReservationState) GetSecond() int64 {
+	if x != nil {
+		return x.Second
+	}
+	return 0
+}
+
+func (x *ReservationState) GetDay() int64 {
+	if x != nil {
+		return x.Day
+	}
+	return 0
+}
+
+func (x *ReservationState) GetTokenPeriod() *PeriodState {
+	if x != nil {
+		return x.TokenPeriod
+	}
+	return nil
+}
+
+func (x *ReservationState) GetCostPeriod() *PeriodState {
+	if x != nil {
+		return x.CostPeriod
+	}
+	return nil
+}
+
+func (x *ReservationState) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *ReservationState) GetCostMicros() int64 {
+	if x != nil {
+		return x.CostMicros
+	}
+	return 0
+}
+
+func (x *ReservationState) GetExpires() int64 {
+	if x != nil {
+		return x.Expires
+	}
+	return 0
+}
+
 var File_keygate_limiter_v1_limiter_proto protoreflect.FileDescriptor
 
 const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
@@ -914,7 +1674,72 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x0eReleaseRequest\x127\n" +
 	"\breleases\x18\x01 \x03(\v2\x1b.keygate.limiter.v1.ReleaseR\breleases\"+\n" +
 	"\x0fReleaseResponse\x12\x18\n" +
-	"\aunknown\x18\x01 \x01(\x05R\aunknown*\xa8\x01\n" +
+	"\aunknown\x18\x01 \x01(\x05R\aunknown\"a\n" +
+	"\x0fHandoverRequest\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x1b\n" +
+	"\tnew_owner\x18\x02 \x01(\tR\bnewOwner\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"|\n" +
+	"\x10HandoverResponse\x127\n" +
+	"\x06states\x18\x01 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\x12/\n" +
+	"\x05moved\x18\x02 \x03(\v2\x19.keygate.limiter.v1.MovedR\x05moved\"/\n" +
+	"\x05Moved\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05owner\x18\x02 \x01(\tR\x05owner\"G\n" +
+	"\fAdoptRequest\x127\n" +
+	"\x06states\x18\x01 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\")\n" +
+	"\rAdoptResponse\x12\x18\n" +
+	"\aadopted\x18\x01 \x01(\x05R\aadopted\"\xcf\x03\n" +
+	"\vKeySnapshot\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x06global\x18\x02 \x01(\v2\x1e.keygate.limiter.v1.ScopeStateR\x06global\x126\n" +
+	"\x06models\x18\x03 \x03(\v2\x1e.keygate.limiter.v1.ModelStateR\x06models\x127\n" +
+	"\x06tokens\x18\x04 \x01(\v2\x1f.keygate.limiter.v1.PeriodStateR\x06tokens\x123\n" +
+	"\x04cost\x18\x05 \x01(\v2\x1f.keygate.limiter.v1.PeriodStateR\x04cost\x12H\n" +
+	"\freservations\x18\x06 \x03(\v2$.keygate.limiter.v1.ReservationStateR\freservations\x12\x1d\n" +
+	"\n" +
+	"last_touch\x18\a \x01(\x03R\tlastTouch\x12\x1f\n" +
+	"\vday_limited\x18\b \x01(\bR\n" +
+	"dayLimited\x12\x1f\n" +
+	"\vcap_limited\x18\t \x01(\bR\n" +
+	"capLimited\x12%\n" +
+	"\x0ebudget_limited\x18\n" +
+	" \x01(\bR\rbudgetLimited\"\xc3\x01\n" +
+	"\n" +
+	"ScopeState\x12\x12\n" +
+	"\x04head\x18\x01 \x01(\x03R\x04head\x12\x12\n" +
+	"\x04last\x18\x02 \x01(\x03R\x04last\x129\n" +
+	"\abuckets\x18\x03 \x03(\v2\x1f.keygate.limiter.v1.BucketStateR\abuckets\x12\x10\n" +
+	"\x03day\x18\x04 \x01(\x03R\x03day\x12!\n" +
+	"\fday_requests\x18\x05 \x01(\x03R\vdayRequests\x12\x1d\n" +
+	"\n" +
+	"day_tokens\x18\x06 \x01(\x03R\tdayTokens\"Y\n" +
+	"\vBucketState\x12\x16\n" +
+	"\x06second\x18\x01 \x01(\x03R\x06second\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x03R\brequests\x12\x16\n" +
+	"\x06tokens\x18\x03 \x01(\x03R\x06tokens\"X\n" +
+	"\n" +
+	"ModelState\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x124\n" +
+	"\x05scope\x18\x02 \x01(\v2\x1e.keygate.limiter.v1.ScopeStateR\x05scope\"Q\n" +
+	"\vPeriodState\x12\x16\n" +
+	"\x06period\x18\x01 \x01(\x05R\x06period\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\x03R\x06number\x12\x12\n" +
+	"\x04used\x18\x03 \x01(\x03R\x04used\"\xd6\x02\n" +
+	"\x10ReservationState\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x19\n" +
+	"\bin_model\x18\x03 \x01(\bR\ainModel\x12\x16\n" +
+	"\x06second\x18\x04 \x01(\x03R\x06second\x12\x10\n" +
+	"\x03day\x18\x05 \x01(\x03R\x03day\x12B\n" +
+	"\ftoken_period\x18\x06 \x01(\v2\x1f.keygate.limiter.v1.PeriodStateR\vtokenPeriod\x12@\n" +
+	"\vcost_period\x18\a \x01(\v2\x1f.keygate.limiter.v1.PeriodStateR\n" +
+	"costPeriod\x12\x16\n" +
+	"\x06tokens\x18\b \x01(\x03R\x06tokens\x12\x1f\n" +
+	"\vcost_micros\x18\t \x01(\x03R\n" +
+	"costMicros\x12\x18\n" +
+	"\aexpires\x18\n" +
+	" \x01(\x03R\aexpires*\xa8\x01\n" +
 	"\tLimitKind\x12\x1a\n" +
 	"\x16LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eLIMIT_KIND_RPM\x10\x01\x12\x12\n" +
@@ -922,12 +1747,14 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x0eLIMIT_KIND_TPM\x10\x03\x12\x12\n" +
 	"\x0eLIMIT_KIND_TPD\x10\x04\x12\x18\n" +
 	"\x14LIMIT_KIND_TOKEN_CAP\x10\x05\x12\x15\n" +
-	"\x11LIMIT_KIND_BUDGET\x10\x062\xe7\x02\n" +
+	"\x11LIMIT_KIND_BUDGET\x10\x062\x8c\x04\n" +
 	"\x0eLimiterService\x12L\n" +
 	"\x05Check\x12 .keygate.limiter.v1.CheckRequest\x1a!.keygate.limiter.v1.CheckResponse\x12b\n" +
 	"\vCheckStream\x12&.keygate.limiter.v1.CheckStreamRequest\x1a'.keygate.limiter.v1.CheckStreamResponse(\x010\x01\x12O\n" +
 	"\x06Settle\x12!.keygate.limiter.v1.SettleRequest\x1a\".keygate.limiter.v1.SettleResponse\x12R\n" +
-	"\aRelease\x12\".keygate.limiter.v1.ReleaseRequest\x1a#.keygate.limiter.v1.ReleaseResponseB\xcd\x01\n" +
+	"\aRelease\x12\".keygate.limiter.v1.ReleaseRequest\x1a#.keygate.limiter.v1.ReleaseResponse\x12U\n" +
+	"\bHandover\x12#.keygate.limiter.v1.HandoverRequest\x1a$.keygate.limiter.v1.HandoverResponse\x12L\n" +
+	"\x05Adopt\x12 .keygate.limiter.v1.AdoptRequest\x1a!.keygate.limiter.v1.AdoptResponseB\xcd\x01\n" +
 	"\x16com.keygate.limiter.v1B\fLimiterProtoP\x01Z;github.com/keygate/keygate/gen/keygate/limiter/v1;limiterv1\xa2\x02\x03KLX\xaa\x02\x12Keygate.Limiter.V1\xca\x02\x12Keygate\\Limiter\\V1\xe2\x02\x1eKeygate\\Limiter\\V1\\GPBMetadata\xea\x02\x14Keygate::Limiter::V1b\x06proto3"
 
 var (
@@ -943,7 +1770,7 @@ func file_keygate_limiter_v1_limiter_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_limiter_v1_limiter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_keygate_limiter_v1_limiter_proto_goTypes = []any{
 	(LimitKind)(0),              // 0: keygate.limiter.v1.LimitKind
 	(*CheckItem)(nil),           // 1: keygate.limiter.v1.CheckItem
@@ -959,15 +1786,26 @@ var file_keygate_limiter_v1_limiter_proto_goTypes = []any{
 	(*Release)(nil),             // 11: keygate.limiter.v1.Release
 	(*ReleaseRequest)(nil),      // 12: keygate.limiter.v1.ReleaseRequest
 	(*ReleaseResponse)(nil),     // 13: keygate.limiter.v1.ReleaseResponse
-	(*v1.Policy)(nil),           // 14: keygate.type.v1.Policy
-	(*durationpb.Duration)(nil), // 15: google.protobuf.Duration
+	(*HandoverRequest)(nil),     // 14: keygate.limiter.v1.HandoverRequest
+	(*HandoverResponse)(nil),    // 15: keygate.limiter.v1.HandoverResponse
+	(*Moved)(nil),               // 16: keygate.limiter.v1.Moved
+	(*AdoptRequest)(nil),        // 17: keygate.limiter.v1.AdoptRequest
+	(*AdoptResponse)(nil),       // 18: keygate.limiter.v1.AdoptResponse
+	(*KeySnapshot)(nil),         // 19: keygate.limiter.v1.KeySnapshot
+	(*ScopeState)(nil),          // 20: keygate.limiter.v1.ScopeState
+	(*BucketState)(nil),         // 21: keygate.limiter.v1.BucketState
+	(*ModelState)(nil),          // 22: keygate.limiter.v1.ModelState
+	(*PeriodState)(nil),         // 23: keygate.limiter.v1.PeriodState
+	(*ReservationState)(nil),    // 24: keygate.limiter.v1.ReservationState
+	(*v1.Policy)(nil),           // 25: keygate.type.v1.Policy
+	(*durationpb.Duration)(nil), // 26: google.protobuf.Duration
 }
 var file_keygate_limiter_v1_limiter_proto_depIdxs = []int32{
-	14, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
+	25, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
 	0,  // 1: keygate.limiter.v1.Quota.kind:type_name -> keygate.limiter.v1.LimitKind
-	15, // 2: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
+	26, // 2: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
 	0,  // 3: keygate.limiter.v1.CheckResult.denied_by:type_name -> keygate.limiter.v1.LimitKind
-	15, // 4: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
+	26, // 4: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
 	2,  // 5: keygate.limiter.v1.CheckResult.requests:type_name -> keygate.limiter.v1.Quota
 	2,  // 6: keygate.limiter.v1.CheckResult.tokens:type_name -> keygate.limiter.v1.Quota
 	2,  // 7: keygate.limiter.v1.CheckResult.quotas:type_name -> keygate.limiter.v1.Quota
@@ -977,19 +1815,35 @@ var file_keygate_limiter_v1_limiter_proto_depIdxs = []int32{
 	3,  // 11: keygate.limiter.v1.CheckStreamResponse.results:type_name -> keygate.limiter.v1.CheckResult
 	8,  // 12: keygate.limiter.v1.SettleRequest.settlements:type_name -> keygate.limiter.v1.Settlement
 	11, // 13: keygate.limiter.v1.ReleaseRequest.releases:type_name -> keygate.limiter.v1.Release
-	4,  // 14: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
-	6,  // 15: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
-	9,  // 16: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
-	12, // 17: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
-	5,  // 18: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
-	7,  // 19: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
-	10, // 20: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
-	13, // 21: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 14: keygate.limiter.v1.HandoverResponse.states:type_name -> keygate.limiter.v1.KeySnapshot
+	16, // 15: keygate.limiter.v1.HandoverResponse.moved:type_name -> keygate.limiter.v1.Moved
+	19, // 16: keygate.limiter.v1.AdoptRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
+	20, // 17: keygate.limiter.v1.KeySnapshot.global:type_name -> keygate.limiter.v1.ScopeState
+	22, // 18: keygate.limiter.v1.KeySnapshot.models:type_name -> keygate.limiter.v1.ModelState
+	23, // 19: keygate.limiter.v1.KeySnapshot.tokens:type_name -> keygate.limiter.v1.PeriodState
+	23, // 20: keygate.limiter.v1.KeySnapshot.cost:type_name -> keygate.limiter.v1.PeriodState
+	24, // 21: keygate.limiter.v1.KeySnapshot.reservations:type_name -> keygate.limiter.v1.ReservationState
+	21, // 22: keygate.limiter.v1.ScopeState.buckets:type_name -> keygate.limiter.v1.BucketState
+	20, // 23: keygate.limiter.v1.ModelState.scope:type_name -> keygate.limiter.v1.ScopeState
+	23, // 24: keygate.limiter.v1.ReservationState.token_period:type_name -> keygate.limiter.v1.PeriodState
+	23, // 25: keygate.limiter.v1.ReservationState.cost_period:type_name -> keygate.limiter.v1.PeriodState
+	4,  // 26: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
+	6,  // 27: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
+	9,  // 28: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
+	12, // 29: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
+	14, // 30: keygate.limiter.v1.LimiterService.Handover:input_type -> keygate.limiter.v1.HandoverRequest
+	17, // 31: keygate.limiter.v1.LimiterService.Adopt:input_type -> keygate.limiter.v1.AdoptRequest
+	5,  // 32: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
+	7,  // 33: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
+	10, // 34: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
+	13, // 35: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
+	15, // 36: keygate.limiter.v1.LimiterService.Handover:output_type -> keygate.limiter.v1.HandoverResponse
+	18, // 37: keygate.limiter.v1.LimiterService.Adopt:output_type -> keygate.limiter.v1.AdoptResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_keygate_limiter_v1_limiter_proto_init() }
@@ -1003,7 +1857,7 @@ func file_keygate_limiter_v1_limiter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_limiter_v1_limiter_proto_rawDesc), len(file_keygate_limiter_v1_limiter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,8 @@ const (
 	LimiterService_CheckStream_FullMethodName = "/keygate.limiter.v1.LimiterService/CheckStream"
 	LimiterService_Settle_FullMethodName      = "/keygate.limiter.v1.LimiterService/Settle"
 	LimiterService_Release_FullMethodName     = "/keygate.limiter.v1.LimiterService/Release"
+	LimiterService_Handover_FullMethodName    = "/keygate.limiter.v1.LimiterService/Handover"
+	LimiterService_Adopt_FullMethodName       = "/keygate.limiter.v1.LimiterService/Adopt"
 )
 
 // LimiterServiceClient is the client API for LimiterService service.
@@ -43,6 +45,15 @@ type LimiterServiceClient interface {
 	Settle(ctx context.Context, in *SettleRequest, opts ...grpc.CallOption) (*SettleResponse, error)
 	// Release frees reservations whose upstream call failed.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Handover is internal to the limiter replicas: a replica taking a key
+	// over pulls the key's state from its previous holder, which exports it
+	// and fences the key (it forwards the key's items to new_owner from
+	// then on, until it owns the key again and pulls it back).
+	Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error)
+	// Adopt is internal to the limiter replicas: a replica leaving the
+	// membership pushes the state of the keys it still holds (already
+	// fenced) to their new owner.
+	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
 }
 
 type limiterServiceClient struct {
@@ -96,6 +107,26 @@ func (c *limiterServiceClient) Release(ctx context.Context, in *ReleaseRequest, 
 	return out, nil
 }
 
+func (c *limiterServiceClient) Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HandoverResponse)
+	err := c.cc.Invoke(ctx, LimiterService_Handover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *limiterServiceClient) Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdoptResponse)
+	err := c.cc.Invoke(ctx, LimiterService_Adopt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LimiterServiceServer is the server API for LimiterService service.
 // All implementations must embed UnimplementedLimiterServiceServer
 // for forward compatibility.
@@ -114,6 +145,15 @@ type LimiterServiceServer interface {
 	Settle(context.Context, *SettleRequest) (*SettleResponse, error)
 	// Release frees reservations whose upstream call failed.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Handover is internal to the limiter replicas: a replica taking a key
+	// over pulls the key's state from its previous holder, which exports it
+	// and fences the key (it forwards the key's items to new_owner from
+	// then on, until it owns the key again and pulls it back).
+	Handover(context.Context, *HandoverRequest) (*HandoverResponse, error)
+	// Adopt is internal to the limiter replicas: a replica leaving the
+	// membership pushes the state of the keys it still holds (already
+	// fenced) to their new owner.
+	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
 	mustEmbedUnimplementedLimiterServiceServer()
 }
 
@@ -135,6 +175,12 @@ func (UnimplementedLimiterServiceServer) Settle(context.Context, *SettleRequest)
 }
 func (UnimplementedLimiterServiceServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedLimiterServiceServer) Handover(context.Context, *HandoverRequest) (*HandoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Handover not implemented")
+}
+func (UnimplementedLimiterServiceServer) Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Adopt not implemented")
 }
 func (UnimplementedLimiterServiceServer) mustEmbedUnimplementedLimiterServiceServer() {}
 func (UnimplementedLimiterServiceServer) testEmbeddedByValue()                        {}
@@ -218,6 +264,42 @@ func _LimiterService_Release_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LimiterService_Handover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HandoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LimiterServiceServer).Handover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LimiterService_Handover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LimiterServiceServer).Handover(ctx, req.(*HandoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LimiterService_Adopt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdoptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LimiterServiceServer).Adopt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LimiterService_Adopt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LimiterServiceServer).Adopt(ctx, req.(*AdoptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LimiterService_ServiceDesc is the grpc.ServiceDesc for LimiterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -236,6 +318,14 @@ var LimiterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Release",
 			Handler:    _LimiterService_Release_Handler,
+		},
+		{
+			MethodName: "Handover",
+			Handler:    _LimiterService_Handover_Handler,
+		},
+		{
+			MethodName: "Adopt",
+			Handler:    _LimiterService_Adopt_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

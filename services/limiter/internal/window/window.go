@@ -35,6 +35,8 @@ package window
 import (
 	"sync"
 	"time"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 )
 
 // Kind names a limit; values match keygate.limiter.v1.LimitKind.
@@ -199,6 +201,14 @@ type notSeeded struct{}
 
 func (notSeeded) Error() string { return "limiter: key state not seeded yet" }
 
+// ErrMoved means the key's state was handed over to another replica
+// (MovedTo names it): this table does not decide it.
+var ErrMoved = moved{}
+
+type moved struct{}
+
+func (moved) Error() string { return "limiter: key state handed over to another replica" }
+
 func (t *Table) shard(key string) *shard {
 	// FNV-1a; inlined to keep the hot path free of hash.Hash allocations.
 	h := uint32(2166136261)
@@ -229,9 +239,13 @@ func (t *Table) lookup(key string, create bool) *keyState {
 // keyState is everything about one key. Its own mutex makes each decision
 // atomic across all of the key's windows.
 type keyState struct {
-	mu        sync.Mutex
-	dead      bool // removed from the table; lookups must retry
-	seeded    bool
+	mu     sync.Mutex
+	dead   bool // removed from the table; lookups must retry
+	seeded bool
+	// moved is set once the key's state was handed over: this table no
+	// longer decides the key (Check returns ErrMoved) until an Import
+	// installs state again.
+	moved     *fence
 	lastTouch int64
 	// What the latest policy limits; only those totals keep an idle key.
 	dayLimited, capLimited, budgetLimited bool
@@ -240,6 +254,15 @@ type keyState struct {
 	tokens                                periodCounter
 	cost                                  periodCounter
 	res                                   map[string]reservation
+}
+
+// fence records where a key's state went: the replica, and the handover
+// request and the state it was given, for a caller that asks again (its
+// answer was lost).
+type fence struct {
+	owner string
+	req   string
+	snap  *limiterv1.KeySnapshot
 }
 
 type modelScope struct {
@@ -452,6 +475,9 @@ func (t *Table) Check(now time.Time, r *Request, d *Decision) error {
 }
 
 func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
+	if ks.moved != nil {
+		return ErrMoved
+	}
 	var ms *modelScope
 	if r.ModelLimits.Any() {
 		ms = ks.model(r.Model)
@@ -660,15 +686,26 @@ func (t *Table) Release(key, id string) bool {
 
 // finish settles a reservation to (tokens, cost), or releases it.
 func (t *Table) finish(key, id string, release bool, tokens, cost int64) bool {
+	ok, _ := t.Finish(key, id, release, tokens, cost)
+	return ok
+}
+
+// Finish settles a reservation to (tokens, cost), or releases it. It
+// reports whether the reservation was known and, for a key handed over,
+// the replica that holds it now (where the settlement belongs).
+func (t *Table) Finish(key, id string, release bool, tokens, cost int64) (known bool, movedTo string) {
 	ks := t.lookup(key, false)
 	if ks == nil || id == "" {
-		return false
+		return false, ""
 	}
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
+	if ks.moved != nil && !ks.dead {
+		return false, ks.moved.owner
+	}
 	res, ok := ks.res[id]
 	if !ok || ks.dead {
-		return false
+		return false, ""
 	}
 	delete(ks.res, id)
 	dr, dt, dc := int64(0), tokens-res.tokens, cost-res.cost
@@ -700,7 +737,7 @@ func (t *Table) finish(key, id string, release bool, tokens, cost int64) bool {
 	if ks.cost.id == res.costPID {
 		ks.cost.used += dc
 	}
-	return true
+	return true, ""
 }
 
 // Seed sets a key's day and period totals from the ledger before its
@@ -714,6 +751,11 @@ func (t *Table) Seed(key string, day int64, tokens, cost PeriodID, totals []Tota
 		if ks.dead {
 			ks.mu.Unlock()
 			continue
+		}
+		if ks.moved != nil {
+			// Taken back without its state (its holder did not answer):
+			// the ledger's totals start it again.
+			ks.clear()
 		}
 		for i := range totals {
 			tt := &totals[i]
@@ -758,7 +800,10 @@ func (t *Table) Sweep(now time.Time) {
 					delete(ks.res, id)
 				}
 			}
-			if len(ks.res) == 0 && c.now-ks.lastTouch >= int64(t.cfg.Retain) && (t.cfg.Seeded || ks.spent(&c)) {
+			// A fence is kept while requests routed by stale rings may
+			// still arrive: one rolling window.
+			fenceGone := ks.moved != nil && c.now-ks.lastTouch >= int64(Span)
+			if fenceGone || len(ks.res) == 0 && c.now-ks.lastTouch >= int64(t.cfg.Retain) && (t.cfg.Seeded || ks.spent(&c)) {
 				ks.dead = true
 				delete(sh.keys, k)
 			}
