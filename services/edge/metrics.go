@@ -48,6 +48,15 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 			return nil
 		}))
 	errs = append(errs, err)
+	_, err = meter.Int64ObservableGauge("keygate.edge.usage.spool_size",
+		metric.WithUnit("By"), metric.WithDescription("Disk taken by the usage spool's segments (0 without a spool)."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			if s.sp != nil {
+				o.Observe(s.sp.Bytes())
+			}
+			return nil
+		}))
+	errs = append(errs, err)
 	_, err = meter.Int64ObservableGauge("keygate.edge.usage.backlog_limit",
 		metric.WithUnit("{record}"), metric.WithDescription("Pending usage records at which the edge stops admitting requests (503 usage_backlog)."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {

@@ -327,6 +327,19 @@ func (s *Spool) dropAcked() error {
 	return nil
 }
 
+// Bytes is the disk the spool's segments take.
+func (s *Spool) Bytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, first := range s.segs {
+		if fi, err := os.Stat(s.segPath(first)); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
 // Close syncs and closes the spool.
 func (s *Spool) Close() error {
 	err := s.Sync()

@@ -536,3 +536,24 @@ func FuzzReadSegment(f *testing.F) {
 		require.Equal(t, string(data[:size]), string(re))
 	})
 }
+
+// TestBytes: the spool reports the disk its segments take, which shrinks
+// as acknowledged segments go.
+func TestBytes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, _ := open(t, dir, segOf3)
+	require.Zero(t, s.Bytes())
+	appendRange(t, s, 1, 6)
+	full := s.Bytes()
+	require.Positive(t, full)
+	var onDisk int64
+	for _, first := range segFiles(t, dir) {
+		fi, err := os.Stat(s.segPath(first))
+		require.NoError(t, err)
+		onDisk += fi.Size()
+	}
+	require.Equal(t, onDisk, full)
+	require.NoError(t, s.Ack(3)) // the first segment (1-3) goes
+	require.Less(t, s.Bytes(), full)
+}
