@@ -113,16 +113,7 @@ func (u *keyUses) run(ctx context.Context, every time.Duration) {
 	if u == nil {
 		return
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = u.flush(ctx)
-		}
-	}
+	tick(ctx, every, func() { _ = u.flush(ctx) })
 }
 
 // flush sends the pending uses; what the keystore did not take waits for

@@ -272,16 +272,23 @@ func (s *sender) syncSpool(ctx context.Context) {
 	if s.sp == nil {
 		return
 	}
-	t := time.NewTicker(SpoolSync)
+	tick(ctx, SpoolSync, func() {
+		if err := s.sp.Sync(); err != nil && s.spoolErr.CompareAndSwap(false, true) {
+			s.log.Error("edge: usage spool sync failed; refusing requests until restarted", "err", err)
+		}
+	})
+}
+
+// tick calls f every interval until ctx ends.
+func tick(ctx context.Context, every time.Duration, f func()) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.sp.Sync(); err != nil && s.spoolErr.CompareAndSwap(false, true) {
-				s.log.Error("edge: usage spool sync failed; refusing requests until restarted", "err", err)
-			}
+			f()
 		}
 	}
 }
