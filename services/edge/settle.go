@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
@@ -12,6 +13,10 @@ const (
 	settleQueue      = 4096
 	settleBatch      = 256
 	settleRPCTimeout = 5 * time.Second
+	// settleLinger is how long a batch waits for more settlements: one
+	// Settle call per few milliseconds instead of one per request, for a
+	// reservation held that much longer.
+	settleLinger = 5 * time.Millisecond
 )
 
 // settleOp is one settlement or one release.
@@ -27,6 +32,9 @@ type settler struct {
 	lim Limiter
 	log *slog.Logger
 	q   chan settleOp
+	// busy is held by run from taking a batch until it is sent, so that
+	// flush waits for a lingering batch rather than miss it.
+	busy sync.Mutex
 }
 
 func newSettler(lim Limiter, log *slog.Logger) *settler {
@@ -45,19 +53,25 @@ func (s *settler) add(ctx context.Context, op settleOp) {
 
 func (s *settler) run(ctx context.Context) {
 	batch := make([]settleOp, 0, settleBatch)
+	linger := time.NewTimer(settleLinger)
+	defer linger.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case op := <-s.q:
+			s.busy.Lock()
 			batch = append(batch[:0], op)
 		}
+		linger.Reset(settleLinger)
 	drain:
 		for len(batch) < settleBatch {
 			select {
 			case op := <-s.q:
 				batch = append(batch, op)
-			default:
+			case <-linger.C:
+				break drain
+			case <-ctx.Done():
 				break drain
 			}
 		}
@@ -65,11 +79,14 @@ func (s *settler) run(ctx context.Context) {
 		// its own timeout): dropped settlements would stay charged at
 		// their estimates.
 		s.send(context.WithoutCancel(ctx), batch)
+		s.busy.Unlock()
 	}
 }
 
-// flush sends what is queued.
+// flush sends what is queued, after the batch run may be holding.
 func (s *settler) flush(ctx context.Context) {
+	s.busy.Lock()
+	defer s.busy.Unlock()
 	for {
 		batch := make([]settleOp, 0, settleBatch)
 	drain:

@@ -57,8 +57,10 @@ type Spool struct {
 	curBytes int64
 	next     uint64 // sequence number of the next Append
 	acked    uint64
-	dirty    bool
-	buf      []byte
+	// savedAcked is the value in the acked file.
+	savedAcked uint64
+	dirty      bool
+	buf        []byte
 }
 
 // Open opens (or creates) the spool in dir and returns the records the
@@ -103,7 +105,7 @@ func (s *Spool) load() ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.acked = acked
+	s.acked, s.savedAcked = acked, acked
 	if s.segs, err = listSegments(s.dir); err != nil {
 		return nil, err
 	}
@@ -286,32 +288,41 @@ func (s *Spool) rotate() error {
 	return nil
 }
 
-// Sync flushes appended records to stable storage.
+// Sync flushes appended records to stable storage and saves the
+// acknowledgements since the last Sync.
 func (s *Spool) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.dirty || s.cur == nil {
-		return nil
+	if s.dirty && s.cur != nil {
+		s.dirty = false
+		if err := s.cur.Sync(); err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
 	}
-	s.dirty = false
-	if err := s.cur.Sync(); err != nil {
-		return fmt.Errorf("spool: %w", err)
-	}
-	return nil
+	return s.saveAcked()
 }
 
-// Ack records that the ledger holds every record up to seq, and deletes
-// the segments holding only such records.
+// Ack records that the ledger holds every record up to seq. The acked
+// file and the segments it frees are written at the next Sync (or Close):
+// an acknowledgement lost with the process only replays duplicates, which
+// the ledger recognises.
 func (s *Spool) Ack(seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if seq <= s.acked {
+	s.acked = max(s.acked, seq)
+	return nil
+}
+
+// saveAcked writes the acked file if it moved, and deletes the segments
+// holding only acknowledged records.
+func (s *Spool) saveAcked() error {
+	if s.acked == s.savedAcked {
 		return nil
 	}
-	if err := writeFileAtomic(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
+	if err := writeFileAtomic(filepath.Join(s.dir, "acked"), []byte(strconv.FormatUint(s.acked, 10)+"\n")); err != nil {
 		return err
 	}
-	s.acked = seq
+	s.savedAcked = s.acked
 	return s.dropAcked()
 }
 

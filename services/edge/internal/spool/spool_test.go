@@ -228,6 +228,7 @@ func TestAckDeletesSegments(t *testing.T) {
 		{ack: 10, wantFiles: []uint64{10}, wantAcked: 10},
 	} {
 		require.NoError(t, s.Ack(step.ack), "ack %d", step.ack)
+		require.NoError(t, s.Sync(), "acknowledgements are saved at the next sync")
 		require.Equal(t, step.wantFiles, segFiles(t, dir), "ack %d", step.ack)
 		acked, err := readUint(filepath.Join(dir, "acked"))
 		require.NoError(t, err)
@@ -554,6 +555,8 @@ func TestBytes(t *testing.T) {
 		onDisk += fi.Size()
 	}
 	require.Equal(t, onDisk, full)
-	require.NoError(t, s.Ack(3)) // the first segment (1-3) goes
+	require.NoError(t, s.Ack(3)) // the first segment (1-3) goes at the next sync
+	require.Equal(t, full, s.Bytes())
+	require.NoError(t, s.Sync())
 	require.Less(t, s.Bytes(), full)
 }
