@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build image manifests run test test-deps vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e fmt tidy
+.PHONY: all tools generate check-generated build image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e fmt tidy
 
 all: lint check-imports build test
 
@@ -56,7 +56,14 @@ test: test-deps
 # The request log's PostgreSQL tests run a throwaway server: they need the
 # server binaries (initdb, postgres) of the Debian package, installed here
 # if missing when we are root with apt-get.
-test-deps:
+test-deps: test-deps-npm test-deps-postgres
+
+# The official npm clients the edge is tested with (node 20).
+test-deps-npm:
+	@command -v npm >/dev/null 2>&1 || { echo "test-deps: npm (node 20) is needed for the edge's client tests" >&2; exit 1; }
+	npm ci --prefix tests/openai --no-audit --no-fund
+
+test-deps-postgres:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing the PostgreSQL server (apt-get install -y postgresql)"; \

@@ -14,18 +14,16 @@ import (
 
 // TestOpenAIClient runs the official openai npm client (tests/openai) against
 // keygate up: a normal and a streaming chat completion, a wrong key as
-// AuthenticationError and a full window as RateLimitError. CI installs the
-// client with `npm ci`; elsewhere the test skips when it is not installed.
+// AuthenticationError and a full window as RateLimitError. `make test`
+// installs the client (make test-deps); without it the test fails, saying
+// how to install it, rather than skip.
 func TestOpenAIClient(t *testing.T) {
 	dir, err := filepath.Abs("../../tests/openai")
 	require.NoError(t, err)
 	node, nodeErr := exec.LookPath("node")
 	_, modErr := os.Stat(filepath.Join(dir, "node_modules", "openai"))
 	if nodeErr != nil || modErr != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI must run the openai client test: node=%v, module=%v (run npm ci in tests/openai)", nodeErr, modErr)
-		}
-		t.Skip("node or the openai npm package is not installed (npm ci --prefix tests/openai)")
+		t.Fatalf("the openai npm client is not installed (node: %v, module: %v): run make test-deps (npm ci --prefix tests/openai)", nodeErr, modErr)
 	}
 	app := MustRunApp(t, "", nil)
 	api := "http://" + app.HTTPAddr
