@@ -409,6 +409,10 @@ func (a *App) Close() error {
 			errs = append(errs, fmt.Errorf("limiter: %w", err))
 		}
 	}
+	// This process's own background work ends first: its streams to its
+	// own gRPC server (the edge's key-change and limit-check streams)
+	// would otherwise hold GracefulStop until it gives up.
+	a.cancel()
 	if a.grpcSrv != nil {
 		done := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(done) }()
@@ -427,7 +431,6 @@ func (a *App) Close() error {
 			a.grpcSrv.Stop()
 		}
 	}
-	a.cancel()
 	for i := len(a.closers) - 1; i >= 0; i-- {
 		if err := a.closers[i](); err != nil {
 			errs = append(errs, err)
