@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -363,4 +365,163 @@ func TestKeystoreKill(t *testing.T) {
 	}
 	require.True(t, resumed, "the edge resumed its stream:\n%s", tail(edgeProc.out.String(), 4000))
 	require.False(t, resynced, "without a resync")
+}
+
+// TestLimiterRollingRestart: the limiters are restarted one after the
+// other (SIGTERM, then started again on the same address) under steady
+// load on one key, all within one minute. Each leaving limiter hands the
+// key's window to the other, and takes it back when it returns, so the
+// key's rpm admits exactly its limit across the moves: no move starts a
+// fresh window. During a move a few requests may fail closed (503
+// limiter_unavailable); nothing else may fail.
+func TestLimiterRollingRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	const (
+		rpm     = 100
+		workers = 4
+		every   = 160 * time.Millisecond // 25 requests a second in all
+	)
+	c := newCluster(t)
+	c.startEtcd(1)
+	ks := c.serve("keystore", "keystore", "--grpc-addr", anyPort)["grpc"]
+	us := c.serve("usage", "usage", "--grpc-addr", anyPort, "--keystore-addr", ks)["grpc"]
+	type limiter struct {
+		name, addr, metrics string
+		p                   *proc
+	}
+	var lims []*limiter
+	for i := range 2 {
+		name := fmt.Sprintf("limiter-%d", i)
+		p, a := c.serveProc(name, "limiter", "--grpc-addr", anyPort, "--usage-addr", us)
+		lims = append(lims, &limiter{name: name, addr: a["grpc"], metrics: "http://" + a["metrics"], p: p})
+	}
+	edge := "http://" + c.serve("edge", "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["edge"]
+	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
+	c.waitHealthy()
+
+	for _, step := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
+		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
+		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
+	} {
+		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
+		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
+	}
+	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root,
+		map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm, "rpd": 10_000}})
+	require.Equal(t, http.StatusOK, code, body)
+	secret := body["secret"].(string)
+
+	// Warm the key: its first check seeds it from the ledger on its owner.
+	// This answer (it also waits out the edge learning the model registry
+	// and the limiters) counts against the key's rpm, and opens the
+	// minute the whole test must stay within.
+	require.Eventually(t, func() bool {
+		code, _, _ := chatOnce(t, edge, secret)
+		return code == http.StatusOK
+	}, 30*time.Second, 100*time.Millisecond, "the edge answers the key")
+	warmed := time.Now()
+	// Every request is sent before the key's first admission leaves the
+	// rolling window, with a margin for the slowest answer.
+	mustEnd := warmed.Add(50 * time.Second)
+
+	var (
+		sent, admitted, limited, unavailable atomic.Int64
+		otherMu                              sync.Mutex
+		other                                []string
+	)
+	admitted.Add(1) // the warm-up
+	sent.Add(1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				if time.Now().After(mustEnd) {
+					return
+				}
+				code, _, body := chatOnce(t, edge, secret)
+				sent.Add(1)
+				e, _ := body["error"].(map[string]any)
+				reason, _ := e["code"].(string)
+				switch {
+				case code == http.StatusOK:
+					admitted.Add(1)
+				case code == http.StatusTooManyRequests:
+					limited.Add(1)
+				case code == http.StatusServiceUnavailable && reason == "limiter_unavailable":
+					unavailable.Add(1)
+				default:
+					otherMu.Lock()
+					other = append(other, fmt.Sprintf("%d %s %v", code, reason, body))
+					otherMu.Unlock()
+				}
+			}
+		})
+	}
+	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoad()
+
+	// pause lets the load run for d (the key keeps being asked for).
+	pause := func(d time.Duration) {
+		select {
+		case <-time.After(d):
+		case <-t.Context().Done():
+		}
+	}
+	pause(5 * time.Second)
+	for _, l := range lims {
+		// SIGTERM: the limiter hands its keys over and exits promptly.
+		start := time.Now()
+		require.NoError(t, l.p.cmd.Process.Signal(syscall.SIGTERM), l.name)
+		exited := make(chan error, 1)
+		go func() { exited <- l.p.cmd.Wait() }()
+		select {
+		case err := <-exited:
+			require.NoError(t, err, "%s exits cleanly on SIGTERM", l.name)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s did not exit within 5 s of SIGTERM:\n%s", l.name, tail(l.p.out.String(), 4000))
+		}
+		t.Logf("%s exited %v after SIGTERM", l.name, time.Since(start).Round(time.Millisecond))
+		// Back on the same address (and data dir); it takes its keys back
+		// from the replica that took them over.
+		p, a := c.serveProc(l.name, "limiter", "--grpc-addr", l.addr, "--usage-addr", us)
+		require.Equal(t, l.addr, a["grpc"])
+		l.p, l.metrics = p, "http://"+a["metrics"]
+		waitHealthy(t, l.metrics+"/healthz")
+		t.Logf("%s serving again %v after SIGTERM", l.name, time.Since(start).Round(time.Millisecond))
+		pause(7 * time.Second)
+	}
+	stopLoad()
+	// The key moved: whichever limiter owns it, the one serving it now
+	// took it over from the other (pushed on SIGTERM or pulled back).
+	handovers := 0
+	for _, l := range lims {
+		if n := metric(l.metrics, "keygate_limiter_handovers_total"); n > 0 {
+			handovers += n
+		}
+	}
+	require.Positive(t, handovers, "the restarted limiters took the key over from one another")
+	require.True(t, time.Now().Before(warmed.Add(time.Minute)), "the load stayed within one minute of the first admission")
+
+	otherMu.Lock()
+	defer otherMu.Unlock()
+	t.Logf("sent %d in %v: admitted %d, rate limited %d, 503 limiter_unavailable %d, other %d",
+		sent.Load(), time.Since(warmed).Round(time.Millisecond), admitted.Load(), limited.Load(), unavailable.Load(), len(other))
+	require.Empty(t, other, "no answers but 200, 429 and 503 limiter_unavailable")
+	require.EqualValues(t, min(sent.Load()-unavailable.Load(), rpm), admitted.Load(),
+		"within one minute the key admits exactly its rpm across the restarts")
+	require.GreaterOrEqual(t, sent.Load()-unavailable.Load(), int64(rpm), "the load asked for more than the key's rpm")
 }

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -55,7 +56,18 @@ type Client struct {
 	// warned is when each member's latest warning was logged: a member
 	// that keeps failing and answering is warned about once a minute.
 	warned map[string]time.Time
+
+	// closing ends the retirement of departed members' connections (Close).
+	closing  chan struct{}
+	retiring sync.WaitGroup
 }
+
+// RetireAfter is how long the connection of a member that left the
+// membership stays open for the unary calls still in flight on it: a
+// departing limiter answers handovers (whose answer carries the only copy
+// of a key's state) and forwarded checks while it drains. Its check
+// stream is closed at once.
+const RetireAfter = 10 * time.Second
 
 // peer is one replica's connection and its CheckStream lane.
 type peer struct {
@@ -80,7 +92,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.DialOptions) == 0 {
 		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	c := &Client{cfg: cfg, peers: make(map[string]*peer), down: make(map[string]bool), warned: make(map[string]time.Time)}
+	c := &Client{
+		cfg: cfg, peers: make(map[string]*peer), down: make(map[string]bool), warned: make(map[string]time.Time),
+		closing: make(chan struct{}),
+	}
 	w, err := ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: c.prune})
 	if err != nil {
 		return nil, fmt.Errorf("limitclient: %w", err)
@@ -93,15 +108,37 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 func (c *Client) Close() error {
 	err := c.watcher.Close()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for addr, p := range c.peers {
 		err = errors.Join(err, p.close())
 		delete(c.peers, addr)
 	}
+	c.mu.Unlock()
+	close(c.closing)
+	c.retiring.Wait()
 	return err
 }
 
-// prune closes connections and streams to departed members.
+// retire closes a departed member's check stream now and its connection
+// after RetireAfter (or at Close): a call in flight on it, such as a
+// handover whose answer is a key's only state, is not cut.
+func (c *Client) retire(p *peer) {
+	c.retiring.Go(func() {
+		lane := make(chan struct{})
+		go func() { p.lane.close(); close(lane) }()
+		t := time.NewTimer(RetireAfter)
+		select {
+		case <-t.C:
+		case <-c.closing:
+		}
+		t.Stop()
+		// The connection last: that also ends a stream Send blocked on it.
+		_ = p.cc.Close()
+		<-lane
+	})
+}
+
+// prune retires connections and streams to departed members, and
+// connections waiting out a reconnection backoff.
 func (c *Client) prune(r *ring.Ring) {
 	live := make(map[string]bool, r.Len())
 	for _, m := range r.Members() {
@@ -116,8 +153,13 @@ func (c *Client) prune(r *ring.Ring) {
 			continue
 		}
 		// A member may have come back on its address (a restart) while
-		// its connection waits out a reconnection backoff: try now.
-		p.cc.ResetConnectBackoff()
+		// its connection waits out a reconnection backoff: a fresh one
+		// tries now. (Not ResetConnectBackoff: it reads the connection's
+		// subchannel map unlocked, racing with a subchannel being made.)
+		if p.cc.GetState() == connectivity.TransientFailure {
+			gone = append(gone, p)
+			delete(c.peers, addr)
+		}
 	}
 	for id := range c.down {
 		if _, ok := r.Member(id); !ok {
@@ -131,9 +173,8 @@ func (c *Client) prune(r *ring.Ring) {
 	}
 	c.nDown.Store(int32(len(c.down)))
 	c.mu.Unlock()
-	// Outside the lock: a lane's close waits for its sender.
 	for _, p := range gone {
-		_ = p.close()
+		c.retire(p)
 	}
 }
 
@@ -395,10 +436,37 @@ func retryable(ctx context.Context, err error) bool {
 	return false
 }
 
+// Reconnect replaces this client's connection to addr, if it is not up,
+// by a fresh one that connects at once: the old one may be waiting out a
+// reconnection backoff, or an attempt that began before a replica came
+// back on its address. The old one is retired (RetireAfter).
+func (c *Client) Reconnect(addr string) {
+	c.mu.Lock()
+	p := c.peers[addr]
+	if p != nil && p.cc.GetState() != connectivity.Ready {
+		delete(c.peers, addr)
+	} else {
+		p = nil
+	}
+	c.mu.Unlock()
+	if p != nil {
+		c.retire(p)
+	}
+}
+
+// Ready reports whether this client has a connection to addr that is up.
+func (c *Client) Ready(addr string) bool {
+	c.mu.Lock()
+	p := c.peers[addr]
+	c.mu.Unlock()
+	return p != nil && p.cc.GetState() == connectivity.Ready
+}
+
 // Replica returns the client of the replica at addr, over this client's
 // connection to it: the limiter replicas use it to call one another
 // directly (handovers, and items of keys handed over). The connection of
-// an address that is not a member is closed at the next membership change.
+// an address that is not a member is retired at the next membership change
+// (closed RetireAfter later).
 func (c *Client) Replica(addr string) (limiterv1.LimiterServiceClient, error) {
 	p, err := c.peer(addr)
 	if err != nil {

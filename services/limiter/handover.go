@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -30,8 +30,17 @@ const (
 	// answer in time is taken as gone.
 	pullTimeout = time.Second
 	// adoptWait is how long a key pushed to this replica may take to
-	// arrive before it is seeded from the ledger instead.
+	// arrive before the replica that pushed it is asked again.
 	adoptWait = time.Second
+	// followWait is how long a replica a fence names may say it does not
+	// have the key (its pull is on the way) before its answer is believed.
+	followWait = 2 * pullTimeout
+	// goneProbe bounds the connection attempt that decides whether a
+	// replica that does not answer is gone.
+	goneProbe = 250 * time.Millisecond
+	// seedWait bounds how long a Handover waits for a takeover of the same
+	// key in flight here (less than pullTimeout, so the answer arrives).
+	seedWait = pullTimeout / 2
 	// handoverBatch is the most keys of one Handover or Adopt call.
 	handoverBatch = 512
 )
@@ -141,126 +150,217 @@ func (s *Server) candidates(key string) []string {
 	return out
 }
 
-// pull takes keys over from their previous holders (Handover) and
-// returns those whose state it installed. Keys nobody holds, or whose
-// holder does not answer, are left to the ledger.
-func (s *Server) pull(ctx context.Context, keys []string) map[string]bool {
-	if s.peers == nil || len(keys) == 0 || s.closing.Load() {
-		return nil
+// pull takes keys over from the replicas that may hold them (Handover).
+// It returns the keys whose state it installed (got) and the keys it
+// could not settle (unsettled): a replica that may hold them neither
+// answered nor is known to be gone before ctx ended. Every other key is
+// held by nobody: in one round in which every replica that could hold it
+// was asked at once, each said it does not (or was gone).
+//
+// The first round asks each key's expected previous holder only (the
+// common case: it has the key). Every later round asks all of the key's
+// candidates at once: the current members, the members of the rings seen
+// in the last ringGrace, and every replica a fence named. A fence's
+// answer (moved) is followed; a replica a fence names that says it does
+// not have the key is installing it and is asked again (for up to
+// followWait); a key pushed here (moved to this replica) is waited for
+// (adoptWait), then its pusher is asked again, since a failed push is
+// undone. A replica that does not answer is asked again, in a new full
+// round, until it answers or is gone (left the membership and refuses
+// connections).
+func (s *Server) pull(ctx context.Context, keys []string) (got map[string]bool, unsettled []string) {
+	if s.peers == nil || len(keys) == 0 {
+		return nil, nil
 	}
-	got := map[string]bool{}
-	next := map[string][]string{}
-	tried := map[string]map[string]bool{}
+	type keyPull struct {
+		wide  bool
+		extra []string             // replicas fences named
+		since map[string]time.Time // when a replica a fence named first said no
+		adopt string               // the replica that pushed the key here
+		until time.Time            // how long to wait for the push
+	}
+	got = map[string]bool{}
+	reqID := rand.Text() // one per pull: a repeated call gets a lost answer again
+	st := make(map[string]*keyPull, len(keys))
 	for _, k := range keys {
-		next[k] = s.candidates(k)
-		tried[k] = map[string]bool{}
+		p := &keyPull{since: map[string]time.Time{}}
+		if to := s.table.MovedTo(k); to != "" && to != s.id {
+			p.extra = []string{to} // this replica's own fence
+		}
+		st[k] = p
 	}
-	var adopt []string
-	pending := keys
-	for round := 0; round < 16 && len(pending) > 0; round++ {
-		if round > 0 && len(adopt) > 0 {
-			pending = s.awaitAdopt(ctx, adopt, pending, got, next, tried)
-			adopt = nil
+	for round := 0; len(st) > 0; round++ {
+		if ctx.Err() != nil {
+			break
 		}
 		groups := map[string][]string{}
-		for _, k := range pending {
-			for len(next[k]) > 0 {
-				addr := next[k][0]
-				next[k] = next[k][1:]
-				if !tried[k][addr] {
-					tried[k][addr] = true
-					groups[addr] = append(groups[addr], k)
-					break
+		waiting := 0
+		for k, p := range st {
+			if p.adopt != "" {
+				switch to := s.table.MovedTo(k); {
+				case s.table.Held(k):
+					got[k] = true
+					delete(st, k)
+					continue
+				case to != "" && to != s.id:
+					// Arrived and handed on meanwhile.
+					p.adopt, p.extra = "", appendNew(p.extra, to)
+				case time.Now().Before(p.until):
+					waiting++
+					continue
+				default:
+					p.adopt = ""
 				}
 			}
+			cands := s.candidates(k)
+			if !p.wide {
+				if len(cands) == 0 {
+					delete(st, k) // no other replica: nobody holds it
+					continue
+				}
+				cands = cands[:1]
+			} else {
+				for _, a := range p.extra {
+					cands = appendNew(cands, a)
+				}
+			}
+			for _, a := range cands {
+				groups[a] = append(groups[a], k)
+			}
+		}
+		if len(groups) == 0 {
+			if waiting == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond):
+			}
+			continue
+		}
+		type answer struct {
+			addr  string
+			keys  []string
+			resp  *limiterv1.HandoverResponse
+			err   error
+			gone  bool
+			asked time.Time
 		}
 		var (
-			mu   sync.Mutex
-			wg   sync.WaitGroup
-			more []string
+			mu      sync.Mutex
+			wg      sync.WaitGroup
+			answers []answer
 		)
 		for addr, ks := range groups {
 			for start := 0; start < len(ks); start += handoverBatch {
 				batch := ks[start:min(start+handoverBatch, len(ks))]
 				wg.Go(func() {
-					resp, err := s.handover(ctx, addr, batch)
+					a := answer{addr: addr, keys: batch, asked: time.Now()}
+					a.resp, a.gone, a.err = s.handover(ctx, addr, batch, reqID)
 					mu.Lock()
-					defer mu.Unlock()
-					if err != nil {
-						s.log.Info("limiter previous owner did not hand keys over; trying the next one",
-							slog.String("member", addr), slog.Int("keys", len(batch)), slog.Any("error", err))
-						more = append(more, batch...)
-						return
-					}
-					s.table.Import(resp.GetStates())
-					if s.log.Enabled(ctx, slog.LevelDebug) {
-						s.log.Debug("limiter handover answered", slog.String("self", s.id), slog.String("member", addr),
-							slog.Any("keys", batch), slog.Int("states", len(resp.GetStates())), slog.Any("moved", resp.GetMoved()))
-					}
-					for _, st := range resp.GetStates() {
-						got[st.GetKey()] = true
-					}
-					s.handovers.Add(ctx, int64(len(resp.GetStates())))
-					for _, m := range resp.GetMoved() {
-						if m.GetOwner() == s.id {
-							// Pushed here by a replica leaving: on its way.
-							adopt = append(adopt, m.GetKey())
-						} else if next[m.GetKey()] != nil {
-							next[m.GetKey()] = append([]string{m.GetOwner()}, next[m.GetKey()]...)
-							delete(tried[m.GetKey()], m.GetOwner())
-						}
-					}
-					for _, k := range batch {
-						if !got[k] {
-							more = append(more, k)
-						}
-					}
+					answers = append(answers, a)
+					mu.Unlock()
 				})
 			}
 		}
 		wg.Wait()
-		pending = pending[:0:0]
-		for _, k := range more {
-			if !got[k] && len(next[k]) > 0 && !contains(adopt, k) && !contains(pending, k) {
-				pending = append(pending, k)
+		// Per key, this round: settled (state got, or pushed here), open
+		// (some replica must be asked again), or else every replica asked
+		// said no.
+		open := map[string]bool{}
+		for _, a := range answers {
+			if a.err != nil {
+				if !a.gone {
+					s.log.Info("limiter replica did not answer a handover; asking again",
+						slog.String("member", a.addr), slog.Int("keys", len(a.keys)), slog.Any("error", a.err))
+					for _, k := range a.keys {
+						open[k] = true
+					}
+				}
+				continue
+			}
+			if n := s.table.Import(a.resp.GetStates()); n > 0 {
+				s.handovers.Add(ctx, int64(n))
+			}
+			if s.log.Enabled(ctx, slog.LevelDebug) {
+				s.log.Debug("limiter handover answered", slog.String("self", s.id), slog.String("member", a.addr),
+					slog.Any("keys", a.keys), slog.Int("states", len(a.resp.GetStates())), slog.Any("moved", a.resp.GetMoved()))
+			}
+			answered := map[string]bool{}
+			for _, x := range a.resp.GetStates() {
+				answered[x.GetKey()] = true
+				if p := st[x.GetKey()]; p != nil {
+					got[x.GetKey()] = true
+					delete(st, x.GetKey())
+				}
+			}
+			for _, m := range a.resp.GetMoved() {
+				k := m.GetKey()
+				answered[k] = true
+				p := st[k]
+				if p == nil {
+					continue
+				}
+				if m.GetOwner() == s.id {
+					// Pushed here by a replica leaving: on its way.
+					if p.adopt == "" {
+						p.adopt, p.until = a.addr, time.Now().Add(adoptWait)
+					}
+					continue
+				}
+				p.extra = appendNew(p.extra, m.GetOwner())
+				open[k] = true
+			}
+			for _, k := range a.keys {
+				p := st[k]
+				if answered[k] || p == nil || !contains(p.extra, a.addr) {
+					continue
+				}
+				// A fence names this replica, and it says it does not have
+				// the key: its pull of it is still on the way.
+				first, ok := p.since[a.addr]
+				if !ok {
+					first = a.asked
+					p.since[a.addr] = first
+				}
+				if time.Since(first) < followWait {
+					open[k] = true
+				}
+			}
+		}
+		progress := false
+		for k, p := range st {
+			switch {
+			case p.adopt != "":
+			case open[k]:
+				if !p.wide {
+					p.wide, progress = true, true
+				}
+			case p.wide:
+				delete(st, k) // every replica that could hold it said no
+			default:
+				p.wide, progress = true, true
+			}
+		}
+		if !progress && len(st) > 0 {
+			// Only replicas to ask again: do not spin.
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
 			}
 		}
 	}
-	if len(adopt) > 0 {
-		if again := s.awaitAdopt(ctx, adopt, nil, got, next, tried); len(again) > 0 {
-			// Handed on by this replica meanwhile: one more pull.
-			for k := range s.pull(ctx, again) {
-				got[k] = true
-			}
-		}
+	for k := range st {
+		unsettled = append(unsettled, k)
 	}
-	return got
+	return got, unsettled
 }
 
-// awaitAdopt waits for keys pushed to this replica to arrive. Those that
-// do are got; those that this replica meanwhile handed on are added to
-// pending, to be pulled from their holder.
-func (s *Server) awaitAdopt(ctx context.Context, adopt, pending []string, got map[string]bool, next map[string][]string, tried map[string]map[string]bool) []string {
-	deadline := time.Now().Add(adoptWait)
-	for _, k := range adopt {
-		for {
-			if s.table.Held(k) {
-				got[k] = true
-				break
-			}
-			if to := s.table.MovedTo(k); to != "" && to != s.id {
-				next[k] = append([]string{to}, next[k]...)
-				delete(tried[k], to)
-				pending = append(pending, k)
-				break
-			}
-			if !time.Now().Before(deadline) || ctx.Err() != nil {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+func appendNew(ss []string, s string) []string {
+	if contains(ss, s) {
+		return ss
 	}
-	return pending
+	return append(ss, s)
 }
 
 func contains(ss []string, s string) bool {
@@ -272,30 +372,70 @@ func contains(ss []string, s string) bool {
 	return false
 }
 
-func (s *Server) handover(ctx context.Context, addr string, keys []string) (*limiterv1.HandoverResponse, error) {
-	cl, err := s.peers.Replica(addr)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
-	defer cancel()
-	req := &limiterv1.HandoverRequest{Keys: keys, NewOwner: s.id, RequestId: rand.Text()}
-	var opts []grpc.CallOption
-	if _, member := s.watcher.Ring().Member(addr); member {
-		// A member is up, or coming back on its address: its connection
-		// may still be waiting out a reconnection backoff.
-		opts = append(opts, grpc.WaitForReady(true))
-	}
-	resp, err := cl.Handover(s.hopContext(ctx), req, opts...)
-	if c := status.Code(err); (c == codes.Canceled || c == codes.Unavailable) && ctx.Err() == nil {
-		// The connection was closed under the call by a membership change
-		// (the address left, or came back): once more on a fresh one.
-		if cl, err = s.peers.Replica(addr); err != nil {
-			return nil, err
+// handover asks the replica at addr for keys. gone reports that the
+// replica cannot be holding any of them: nothing accepts a connection on
+// its address (it crashed or stopped; a process starting there holds
+// nothing yet, and asks this replica before it seeds anything).
+func (s *Server) handover(ctx context.Context, addr string, keys []string, reqID string) (resp *limiterv1.HandoverResponse, gone bool, err error) {
+	s.seedMu.Lock()
+	s.asking[addr]++
+	s.seedMu.Unlock()
+	defer func() {
+		s.seedMu.Lock()
+		if s.asking[addr]--; s.asking[addr] == 0 {
+			delete(s.asking, addr)
 		}
-		resp, err = cl.Handover(s.hopContext(ctx), req, opts...)
+		s.seedMu.Unlock()
+	}()
+	req := &limiterv1.HandoverRequest{Keys: keys, NewOwner: s.id, RequestId: reqID}
+	cctx, cancel := context.WithTimeout(ctx, pullTimeout)
+	defer cancel()
+	for {
+		if !s.peers.Ready(addr) {
+			// Not connected: a replica that left (or crashed) is usually
+			// gone, which one connection attempt tells at once, rather
+			// than a call waiting for a connection that never comes.
+			if !s.listening(cctx, addr) {
+				return nil, ctx.Err() == nil, errors.New("limiter " + addr + " refuses connections")
+			}
+			// Up, perhaps back on its address: its connection may be
+			// waiting out a reconnection backoff.
+			s.peers.Reconnect(addr)
+		}
+		cl, err := s.peers.Replica(addr)
+		if err != nil {
+			return nil, false, err
+		}
+		// Not WaitForReady: a connection that fails (the replica stopped
+		// serving under the call, or came back on its address) fails the
+		// call at once, and the loop looks again.
+		resp, err = cl.Handover(s.hopContext(cctx), req)
+		if err == nil {
+			return resp, false, nil
+		}
+		if status.Code(err) != codes.Unavailable || cctx.Err() != nil {
+			return nil, ctx.Err() == nil && !s.listening(ctx, addr), err
+		}
+		select {
+		case <-cctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	return resp, err
+}
+
+// listening reports whether anything accepts a TCP connection on addr
+// within goneProbe. An address that is not host:port is taken as up.
+func (s *Server) listening(ctx context.Context, addr string) bool {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return true
+	}
+	d := net.Dialer{Timeout: goneProbe}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
 }
 
 // forwardMoved sends items[idx], whose keys this replica handed over, to
@@ -396,13 +536,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer cancel()
 		// Pushes that fail wait for their new owner to pull them, and a
 		// pull this replica had in flight may still install a key: push
-		// again until nothing is held (with no other replica there is
+		// again until nothing is held or being taken over (with no other replica there is
 		// nobody to hand anything to).
 		var pushed, failed int
 		for {
 			p, f := s.push(ctx)
 			pushed, failed = pushed+p, failed+f
-			if s.table.HeldCount() == 0 || !s.others() || ctx.Err() != nil {
+			// A takeover in flight may still install a key: it is pushed
+			// once it has.
+			if (s.table.HeldCount() == 0 && !s.takeoversInFlight()) || !s.others() || ctx.Err() != nil {
 				break
 			}
 			select {
@@ -477,9 +619,91 @@ func (s *Server) Handover(ctx context.Context, req *limiterv1.HandoverRequest) (
 	}
 	s.serving.Add(1)
 	defer s.serving.Done()
+	taking := s.awaitTakeovers(ctx, req.GetKeys(), req.GetNewOwner())
 	states, moved := s.table.Export(s.clock.Now(), req.GetKeys(), req.GetNewOwner(), req.GetRequestId())
+	if len(taking) > 0 {
+		answered := map[string]bool{}
+		for _, st := range states {
+			answered[st.GetKey()] = true
+		}
+		for _, m := range moved {
+			answered[m.GetKey()] = true
+		}
+		for _, k := range taking {
+			if !answered[k] {
+				// Still being taken over here: "ask me again".
+				moved = append(moved, &limiterv1.Moved{Key: k, Owner: s.id})
+			}
+		}
+	}
 	s.log.Debug("limiter handing over", slog.String("self", s.id), slog.String("to", req.GetNewOwner()), slog.Any("keys", req.GetKeys()), slog.Int("states", len(states)))
 	return &limiterv1.HandoverResponse{States: states, Moved: moved}, nil
+}
+
+// awaitTakeovers waits, up to seedWait, for this replica's takeovers
+// (pull or ledger seed) of keys in flight, so that a Handover of a key
+// being taken over here answers with its state rather than "not here"
+// (two replicas taking over the same key at once, while their rings
+// disagree, would otherwise both seed it from the ledger). It returns the
+// keys still being taken over when the wait ends, which the caller is to
+// ask about again.
+//
+// Two replicas taking over a key at once ask each other: the one with the
+// lower ID waits, the other answers at once, so that neither waits for
+// the other's answer to its own question.
+func (s *Server) awaitTakeovers(ctx context.Context, keys []string, requester string) []string {
+	var (
+		calls []*seedCall
+		ks    []string
+	)
+	s.seedMu.Lock()
+	yield := s.asking[requester] > 0 && requester < s.id
+	if !yield {
+		for _, k := range keys {
+			if c := s.seeding[k]; c != nil {
+				calls, ks = append(calls, c), append(ks, k)
+			}
+		}
+	}
+	s.seedMu.Unlock()
+	if len(calls) == 0 {
+		return nil
+	}
+	t := time.NewTimer(seedWait)
+	defer t.Stop()
+	for i, c := range calls {
+		select {
+		case <-c.done:
+			continue
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		s.seedMu.Lock()
+		asking := s.asking[requester] > 0
+		s.seedMu.Unlock()
+		if asking {
+			// This takeover waits for the requester's answer: answer what
+			// is here now.
+			return nil
+		}
+		var open []string
+		for j := i; j < len(calls); j++ {
+			select {
+			case <-calls[j].done:
+			default:
+				open = append(open, ks[j])
+			}
+		}
+		return open
+	}
+	return nil
+}
+
+// takeoversInFlight reports whether a pull or seed is in flight here.
+func (s *Server) takeoversInFlight() bool {
+	s.seedMu.Lock()
+	defer s.seedMu.Unlock()
+	return len(s.seeding) > 0
 }
 
 // Adopt implements LimiterService.Adopt.

@@ -6,25 +6,36 @@
 // docs/limiter.md):
 //
 //   - Pull with fencing. A replica that must decide a key it holds no state
-//     for first asks the replicas that may hold it (Handover): the one it
-//     handed the key to, the key's owners in the rings seen in the last
-//     30 s, its owner among the other current members, then every other
-//     known replica. The holder exports the key's whole state (rolling
-//     buckets, day and period counters, open reservations) and fences it:
-//     from then on it forwards the key's items and settlements to the new
-//     holder (with a hop count, at most maxHops), until it owns the key
-//     again and pulls it back. Export and decisions take the key's lock,
-//     so no two replicas decide a key from the same state. Concurrent
-//     first requests wait for one takeover (the seeding single-flight).
-//   - Only keys nobody holds (never seen, or their holder crashed or did
-//     not answer within a second) are seeded from the usage ledger: day
-//     and period totals from the ledger, rolling windows empty. Only that
-//     case can over-admit: at most the rpm/tpm limit again within the
-//     minute, plus the usage the old owner admitted that the ledger lacks.
-//   - Leaving (Shutdown, on SIGTERM): the replica deregisters, pushes every
-//     key it still holds to its new owner (Adopt), serves pulls of what
-//     could not be pushed for up to HandoverDeadline, and forwards every
-//     item it still receives to the key's new owner.
+//     for asks for it (Handover): first the key's expected previous holder
+//     (the replica it handed the key to, or the key's owner in the last
+//     ring replaced, or among the other members), then every replica that
+//     may hold it, all at once and again each round (the current members,
+//     the members of the rings seen in the last 30 s, every replica a
+//     fence named), following fences (moved) and waiting for keys pushed
+//     to it. The holder exports the key's whole state (rolling buckets,
+//     day and period counters, open reservations) and fences it: from then
+//     on it forwards the key's items and settlements to the new holder
+//     (with a hop count, at most maxHops), until it owns the key again and
+//     pulls it back. Export and decisions take the key's lock, so no two
+//     replicas decide a key from the same state. Concurrent first requests
+//     wait for one takeover, and a Handover of a key being taken over here
+//     waits for that takeover.
+//   - A key is seeded from the usage ledger (day and period totals; rolling
+//     windows empty) only when every replica that could hold it said, in
+//     one round, that it does not, or is gone (nothing accepts a
+//     connection on its address). A replica that does not answer is asked
+//     again: it is never taken as saying no. So graceful moves (SIGTERM,
+//     scaling, rolling restarts) are exact. A crash (kill -9) of a key's
+//     holder is not handled: the new owner seeds the key from the ledger,
+//     its rolling windows start empty, and the key can admit up to its
+//     rpm/tpm limit again within the minute, plus the day and period usage
+//     the crashed replica admitted that the ledger lacks. Its open
+//     reservations are lost.
+//   - Leaving (Shutdown, on SIGTERM): the replica deregisters and starts no
+//     takeover. It pushes every key it holds, including keys installed by
+//     takeovers that were in flight, to its new owner (Adopt), serves
+//     pulls of what could not be pushed for up to HandoverDeadline, and
+//     forwards every item it still receives to the key's new owner.
 //   - A replica that comes back pulls its keys from whoever took them.
 //
 // State of keys a replica no longer owns is kept until pulled (it is the
@@ -102,6 +113,8 @@ type Server struct {
 
 	seedMu  sync.Mutex
 	seeding map[string]*seedCall
+	// asking counts the Handover calls in flight from here, by replica.
+	asking map[string]int
 
 	// history holds the rings the watcher replaced, for a grace period:
 	// the previous owners a new owner pulls keys' state from.
@@ -140,6 +153,9 @@ var (
 	ErrSeed = errors.New("cannot seed key totals from the usage service")
 	// ErrUnauthenticated means the caller did not present the service token.
 	ErrUnauthenticated = errors.New("missing or wrong limiter service token")
+	// errClosing means a key was not taken over because the replica is
+	// leaving: its items go to the key's owner among the other replicas.
+	errClosing = errors.New("limiter replica is leaving")
 )
 
 // New starts a replica: it registers in etcd (if configured), follows the
@@ -163,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, clock: cfg.Clock, log: cfg.Logger, id: cfg.AdvertiseAddr,
 		tokens:  auth.NewTokens(cfg.ServiceToken, cfg.PreviousServiceTokens...),
-		seeding: make(map[string]*seedCall),
+		seeding: make(map[string]*seedCall), asking: make(map[string]int),
 		table: window.New(window.Config{
 			ReservationTimeout: cfg.ReservationTimeout,
 			Seeded:             cfg.Usage != nil,
@@ -426,7 +442,11 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		if attempt > 3 {
 			return fmt.Errorf("%w: key kept changing owner", ErrSeed)
 		}
-		if err := s.seed(ctx, items, unseeded); err != nil {
+		if err := s.seed(ctx, items, unseeded); errors.Is(err, errClosing) {
+			// Leaving: a key not held here is decided by its new owner.
+			moved = append(moved, unseeded...)
+			break
+		} else if err != nil {
 			return err
 		}
 		pending := unseeded
@@ -643,6 +663,9 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 	if s.cfg.Usage == nil && s.peers == nil {
 		return fmt.Errorf("%w: no usage service", ErrSeed)
 	}
+	if s.closing.Load() {
+		return errClosing
+	}
 	now := s.clock.Now()
 	type want struct {
 		key       string
@@ -695,7 +718,8 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 				pull = append(pull, w.key)
 			}
 		}
-		if got := s.pull(fctx, pull); len(got) > 0 {
+		got, unsettled := s.pull(fctx, pull)
+		if len(got) > 0 {
 			rest := mine[:0:0]
 			s.seedMu.Lock()
 			for _, w := range mine {
@@ -710,7 +734,17 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 			s.seedMu.Unlock()
 			mine = rest
 		}
-		if len(mine) > 0 && s.cfg.Usage == nil {
+		switch {
+		case len(mine) == 0:
+		case s.closing.Load():
+			// Leaving: whoever owns these keys now takes them over.
+			err = errClosing
+		case len(unsettled) > 0:
+			// A replica that may hold them did not answer: seeding them
+			// could start a second window.
+			err = fmt.Errorf("%w: %d keys: a limiter replica that may hold them did not answer", ErrSeed, len(unsettled))
+		}
+		if err == nil && len(mine) > 0 && s.cfg.Usage == nil {
 			err = fmt.Errorf("%w: no usage service", ErrSeed)
 		}
 		day := now.UTC().Format(time.DateOnly)
@@ -768,7 +802,9 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 		}
 		s.seedMu.Unlock()
 		if err != nil {
-			s.log.Warn("limiter seeding failed", slog.Int("keys", len(mine)), slog.Any("error", err))
+			if !errors.Is(err, errClosing) {
+				s.log.Warn("limiter seeding failed", slog.Int("keys", len(mine)), slog.Any("error", err))
+			}
 			return err
 		}
 	}

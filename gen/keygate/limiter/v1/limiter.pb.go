@@ -925,7 +925,9 @@ type HandoverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The state of each requested key this replica held; it is fenced here.
 	States []*KeySnapshot `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
-	// Keys this replica had already handed over, with their holder.
+	// Keys this replica had already handed over, with their holder; a key
+	// this replica is itself taking over names this replica (ask again).
+	// Requested keys in neither list are not here.
 	Moved         []*Moved `protobuf:"bytes,2,rep,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
