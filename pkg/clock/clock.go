@@ -3,6 +3,7 @@
 package clock
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -51,3 +52,18 @@ func (f *Fake) Set(t time.Time) {
 }
 
 var _ Clock = (*Fake)(nil)
+
+// Every calls f every d (on the wall clock) until ctx ends: the loop of
+// every periodic background job.
+func Every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/pkg/clock"
 )
 
 // KeyUseRecorder records when keys were last used;
@@ -113,7 +114,7 @@ func (u *keyUses) run(ctx context.Context, every time.Duration) {
 	if u == nil {
 		return
 	}
-	tick(ctx, every, func() { _ = u.flush(ctx) })
+	clock.Every(ctx, every, func() { _ = u.flush(ctx) })
 }
 
 // flush sends the pending uses; what the keystore did not take waits for

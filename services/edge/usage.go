@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/services/edge/internal/spool"
 )
 
@@ -272,25 +273,11 @@ func (s *sender) syncSpool(ctx context.Context) {
 	if s.sp == nil {
 		return
 	}
-	tick(ctx, SpoolSync, func() {
+	clock.Every(ctx, SpoolSync, func() {
 		if err := s.sp.Sync(); err != nil && s.spoolErr.CompareAndSwap(false, true) {
 			s.log.Error("edge: usage spool sync failed; refusing requests until restarted", "err", err)
 		}
 	})
-}
-
-// tick calls f every interval until ctx ends.
-func tick(ctx context.Context, every time.Duration, f func()) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			f()
-		}
-	}
 }
 
 // flush sends until the queue is empty or ctx ends.

@@ -257,16 +257,7 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) sweep(ctx context.Context) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.table.Sweep(s.clock.Now())
-		}
-	}
+	clock.Every(ctx, 10*time.Second, func() { s.table.Sweep(s.clock.Now()) })
 }
 
 // local reports whether this replica decides key.
