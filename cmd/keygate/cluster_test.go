@@ -250,17 +250,7 @@ func TestCluster(t *testing.T) {
 	c.waitHealthy()
 
 	api := "http://" + gw
-	for _, step := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
-		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
-		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
-	} {
-		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
-		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
-	}
+	seedCatalog(t, api, c.root)
 	const rpm = 10
 	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root, map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm}})
 	require.Equal(t, http.StatusOK, code, body)
@@ -323,4 +313,21 @@ func restQuiet(url, token, body string) (int, http.Header, map[string]any) {
 	var out map[string]any
 	_ = json.NewDecoder(resp.Body).Decode(&out)
 	return resp.StatusCode, resp.Header, out
+}
+
+// seedCatalog registers the mock provider, its priced model mock-small and
+// workspace acme over REST: what every cluster test starts from.
+func seedCatalog(t *testing.T, api, root string) {
+	t.Helper()
+	for _, step := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
+		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
+		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
+	} {
+		code, _, body := rest(t, "POST", api+step.path, root, step.body)
+		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
+	}
 }

@@ -44,17 +44,7 @@ func TestEdgeKillDuringUsageOutage(t *testing.T) {
 	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
 	c.waitHealthy()
 
-	for _, step := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
-		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
-		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
-	} {
-		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
-		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
-	}
+	seedCatalog(t, api, c.root)
 	const tpd = 1_000_000
 	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root, map[string]any{"name": "web", "globalLimits": map[string]any{"tpd": tpd}})
 	require.Equal(t, http.StatusOK, code, body)
@@ -268,17 +258,7 @@ func TestKeystoreKill(t *testing.T) {
 	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
 	c.waitHealthy()
 
-	for _, step := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
-		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
-		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
-	} {
-		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
-		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
-	}
+	seedCatalog(t, api, c.root)
 	type key struct{ id, secret string }
 	keys := map[string]key{}
 	for _, name := range []string{"a", "b", "c", "d"} {
@@ -401,17 +381,7 @@ func TestLimiterRollingRestart(t *testing.T) {
 	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", us)["http"]
 	c.waitHealthy()
 
-	for _, step := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/v1/providers", map[string]any{"id": "mock", "baseUrl": "mock"}},
-		{"/v1/models", map[string]any{"id": "mock-small", "provider": "mock", "inputPricePerMillionUsd": "0.15", "outputPricePerMillionUsd": "0.60"}},
-		{"/v1/workspaces", map[string]any{"id": "acme", "name": "Acme"}},
-	} {
-		code, _, body := rest(t, "POST", api+step.path, c.root, step.body)
-		require.Equal(t, http.StatusOK, code, "%s: %v", step.path, body)
-	}
+	seedCatalog(t, api, c.root)
 	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root,
 		map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm, "rpd": 10_000}})
 	require.Equal(t, http.StatusOK, code, body)
