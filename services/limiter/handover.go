@@ -56,13 +56,22 @@ type pastRing struct {
 // (Handover), and until it does this replica's state is the key's only
 // one. Sweep drops what nobody pulls.
 func (s *Server) membershipChanged(r *ring.Ring) {
+	if s.remember(r) {
+		// Some keys have a new next owner, which needs their replicas.
+		s.table.ChangeAll()
+	}
+}
+
+// remember records r as the latest ring and keeps the one it replaces;
+// it reports whether there was one.
+func (s *Server) remember(r *ring.Ring) bool {
 	now := time.Now()
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
 	prev := s.lastRing
 	s.lastRing = r
 	if prev == nil {
-		return
+		return false
 	}
 	keep := s.history[:0]
 	for _, p := range s.history {
@@ -74,6 +83,7 @@ func (s *Server) membershipChanged(r *ring.Ring) {
 	if len(s.history) > maxRings {
 		s.history = s.history[len(s.history)-maxRings:]
 	}
+	return true
 }
 
 // owns reports whether this replica owns key by its current ring.

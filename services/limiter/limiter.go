@@ -25,12 +25,14 @@
 //     one round, that it does not, or is gone (nothing accepts a
 //     connection on its address). A replica that does not answer is asked
 //     again: it is never taken as saying no. So graceful moves (SIGTERM,
-//     scaling, rolling restarts) are exact. A crash (kill -9) of a key's
-//     holder is not handled: the new owner seeds the key from the ledger,
-//     its rolling windows start empty, and the key can admit up to its
-//     rpm/tpm limit again within the minute, plus the day and period usage
-//     the crashed replica admitted that the ledger lacks. Its open
-//     reservations are lost.
+//     scaling, rolling restarts) are exact.
+//   - Crashes. Every ReplicateEvery (10 ms) a replica sends the state of
+//     the keys that changed to each key's next owner (its owner on the
+//     ring without this replica), which keeps it as a replica. When the
+//     holder crashes, the next owner finds nobody holding the key and
+//     starts it from the replica (raised to the ledger's day and period
+//     totals) rather than from the ledger alone: a crash loses the
+//     decisions of the last interval, not the window.
 //   - Leaving (Shutdown, on SIGTERM): the replica deregisters and starts no
 //     takeover. It pushes every key it holds, including keys installed by
 //     takeovers that were in flight, to its new owner (Adopt), serves
@@ -95,21 +97,28 @@ type Config struct {
 	// ReservationTimeout after which an unsettled reservation counts as its
 	// estimate; default 10m.
 	ReservationTimeout time.Duration
+	// ReplicateEvery is how often the keys that changed are replicated to
+	// their next owner (with Etcd); default 10ms. It bounds what a crash
+	// of their holder loses.
+	ReplicateEvery time.Duration
 }
 
 // Server is one limiter replica.
 type Server struct {
 	limiterv1.UnimplementedLimiterServiceServer
 
-	cfg     Config
-	clock   clock.Clock
-	log     *slog.Logger
-	table   *window.Table
-	id      string
-	tokens  auth.Tokens
-	reg     *ring.Registration
-	watcher *ring.Watcher
-	peers   *limitclient.Client
+	cfg   Config
+	clock clock.Clock
+	log   *slog.Logger
+	table *window.Table
+	// replicas holds the state of keys whose next owner this replica is
+	// (with Etcd): where they start if their holder crashes.
+	replicas *window.Replicas
+	id       string
+	tokens   auth.Tokens
+	reg      *ring.Registration
+	watcher  *ring.Watcher
+	peers    *limitclient.Client
 
 	seedMu  sync.Mutex
 	seeding map[string]*seedCall
@@ -134,6 +143,7 @@ type Server struct {
 	forwarded metric.Int64Counter
 	seeds     metric.Int64Counter
 	handovers metric.Int64Counter
+	restores  metric.Int64Counter
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -173,6 +183,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ReservationTimeout <= 0 {
 		cfg.ReservationTimeout = 10 * time.Minute
 	}
+	if cfg.ReplicateEvery <= 0 {
+		cfg.ReplicateEvery = 10 * time.Millisecond
+	}
 	if cfg.Etcd != nil && cfg.AdvertiseAddr == "" {
 		return nil, errors.New("limiter: an advertise address is required to join the membership")
 	}
@@ -186,12 +199,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			// The ledger lags the limiter by unsettled reservations and the
 			// edge's flush interval: keep idle keys until both have passed.
 			Retain: 2 * cfg.ReservationTimeout,
+			Track:  cfg.Etcd != nil,
 		}),
 	}
 	if err := s.initMetrics(); err != nil {
 		return nil, err
 	}
 	if cfg.Etcd != nil {
+		s.replicas = window.NewReplicas()
 		var err error
 		if s.peers, err = limitclient.New(ctx, limitclient.Config{Etcd: cfg.Etcd, DialOptions: cfg.DialOptions, Logger: cfg.Logger}); err != nil {
 			return nil, fmt.Errorf("limiter: %w", err)
@@ -209,6 +224,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	s.wg.Go(func() { s.sweep(runCtx) })
+	if s.replicas != nil {
+		s.wg.Go(func() { s.replicateLoop(runCtx) })
+	}
 	return s, nil
 }
 
@@ -229,6 +247,10 @@ func (s *Server) initMetrics() error {
 	}
 	if s.handovers, err = m.Int64Counter("keygate.limiter.handovers", metric.WithUnit("{key}"),
 		metric.WithDescription("Keys whose state this replica took over from another replica.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
+	if s.restores, err = m.Int64Counter("keygate.limiter.restores", metric.WithUnit("{key}"),
+		metric.WithDescription("Keys started from the replica of a holder that is gone (crashed).")); err != nil {
 		return fmt.Errorf("limiter: metric: %w", err)
 	}
 	s.allowOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "allow")))}
@@ -257,7 +279,13 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) sweep(ctx context.Context) {
-	clock.Every(ctx, 10*time.Second, func() { s.table.Sweep(s.clock.Now()) })
+	clock.Every(ctx, 10*time.Second, func() {
+		now := s.clock.Now()
+		s.table.Sweep(now)
+		if s.replicas != nil {
+			s.replicas.Sweep(now.Add(-2 * s.cfg.ReservationTimeout))
+		}
+	})
 }
 
 // local reports whether this replica decides key.
@@ -778,6 +806,11 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 				tt := append(byKey[w.key], window.Totals{})
 				for _, m := range w.models {
 					tt = append(tt, window.Totals{Model: m})
+				}
+				if st := s.takeReplica(w.key); st != nil {
+					s.table.Restore(st, dayID, w.tok, w.cost, tt)
+					s.restores.Add(ctx, 1)
+					continue
 				}
 				s.table.Seed(w.key, dayID, w.tok, w.cost, tt)
 			}

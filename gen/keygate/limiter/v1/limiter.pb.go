@@ -1074,6 +1074,95 @@ func (x *AdoptRequest) GetStates() []*KeySnapshot {
 	return nil
 }
 
+type ReplicateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Address (member id) of the replica that holds the keys.
+	Holder        string         `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	States        []*KeySnapshot `protobuf:"bytes,2,rep,name=states,proto3" json:"states,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateRequest) Reset() {
+	*x = ReplicateRequest{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateRequest) ProtoMessage() {}
+
+func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
+func (*ReplicateRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ReplicateRequest) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *ReplicateRequest) GetStates() []*KeySnapshot {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+type ReplicateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateResponse) Reset() {
+	*x = ReplicateResponse{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateResponse) ProtoMessage() {}
+
+func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{18}
+}
+
 type AdoptResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Keys whose state was installed (the others already had state).
@@ -1084,7 +1173,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1185,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1198,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{17}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AdoptResponse) GetAdopted() int32 {
@@ -1141,7 +1230,7 @@ type KeySnapshot struct {
 
 func (x *KeySnapshot) Reset() {
 	*x = KeySnapshot{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1242,7 @@ func (x *KeySnapshot) String() string {
 func (*KeySnapshot) ProtoMessage() {}
 
 func (x *KeySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1255,7 @@ func (x *KeySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySnapshot.ProtoReflect.Descriptor instead.
 func (*KeySnapshot) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{18}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeySnapshot) GetKey() string {
@@ -1258,7 +1347,7 @@ type ScopeState struct {
 
 func (x *ScopeState) Reset() {
 	*x = ScopeState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1359,7 @@ func (x *ScopeState) String() string {
 func (*ScopeState) ProtoMessage() {}
 
 func (x *ScopeState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1372,7 @@ func (x *ScopeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScopeState.ProtoReflect.Descriptor instead.
 func (*ScopeState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{19}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ScopeState) GetHead() int64 {
@@ -1340,7 +1429,7 @@ type BucketState struct {
 
 func (x *BucketState) Reset() {
 	*x = BucketState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1441,7 @@ func (x *BucketState) String() string {
 func (*BucketState) ProtoMessage() {}
 
 func (x *BucketState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1454,7 @@ func (x *BucketState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketState.ProtoReflect.Descriptor instead.
 func (*BucketState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{20}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BucketState) GetSecond() int64 {
@@ -1399,7 +1488,7 @@ type ModelState struct {
 
 func (x *ModelState) Reset() {
 	*x = ModelState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1500,7 @@ func (x *ModelState) String() string {
 func (*ModelState) ProtoMessage() {}
 
 func (x *ModelState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1513,7 @@ func (x *ModelState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelState.ProtoReflect.Descriptor instead.
 func (*ModelState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{21}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ModelState) GetModel() string {
@@ -1454,7 +1543,7 @@ type PeriodState struct {
 
 func (x *PeriodState) Reset() {
 	*x = PeriodState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1555,7 @@ func (x *PeriodState) String() string {
 func (*PeriodState) ProtoMessage() {}
 
 func (x *PeriodState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1568,7 @@ func (x *PeriodState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeriodState.ProtoReflect.Descriptor instead.
 func (*PeriodState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{22}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PeriodState) GetPeriod() int32 {
@@ -1522,7 +1611,7 @@ type ReservationState struct {
 
 func (x *ReservationState) Reset() {
 	*x = ReservationState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1623,7 @@ func (x *ReservationState) String() string {
 func (*ReservationState) ProtoMessage() {}
 
 func (x *ReservationState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1636,7 @@ func (x *ReservationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReservationState.ProtoReflect.Descriptor instead.
 func (*ReservationState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{23}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReservationState) GetId() string {
@@ -1689,7 +1778,11 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\"G\n" +
 	"\fAdoptRequest\x127\n" +
-	"\x06states\x18\x01 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\")\n" +
+	"\x06states\x18\x01 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\"c\n" +
+	"\x10ReplicateRequest\x12\x16\n" +
+	"\x06holder\x18\x01 \x01(\tR\x06holder\x127\n" +
+	"\x06states\x18\x02 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\"\x13\n" +
+	"\x11ReplicateResponse\")\n" +
 	"\rAdoptResponse\x12\x18\n" +
 	"\aadopted\x18\x01 \x01(\x05R\aadopted\"\xcf\x03\n" +
 	"\vKeySnapshot\x12\x10\n" +
@@ -1749,14 +1842,15 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x0eLIMIT_KIND_TPM\x10\x03\x12\x12\n" +
 	"\x0eLIMIT_KIND_TPD\x10\x04\x12\x18\n" +
 	"\x14LIMIT_KIND_TOKEN_CAP\x10\x05\x12\x15\n" +
-	"\x11LIMIT_KIND_BUDGET\x10\x062\x8c\x04\n" +
+	"\x11LIMIT_KIND_BUDGET\x10\x062\xe6\x04\n" +
 	"\x0eLimiterService\x12L\n" +
 	"\x05Check\x12 .keygate.limiter.v1.CheckRequest\x1a!.keygate.limiter.v1.CheckResponse\x12b\n" +
 	"\vCheckStream\x12&.keygate.limiter.v1.CheckStreamRequest\x1a'.keygate.limiter.v1.CheckStreamResponse(\x010\x01\x12O\n" +
 	"\x06Settle\x12!.keygate.limiter.v1.SettleRequest\x1a\".keygate.limiter.v1.SettleResponse\x12R\n" +
 	"\aRelease\x12\".keygate.limiter.v1.ReleaseRequest\x1a#.keygate.limiter.v1.ReleaseResponse\x12U\n" +
 	"\bHandover\x12#.keygate.limiter.v1.HandoverRequest\x1a$.keygate.limiter.v1.HandoverResponse\x12L\n" +
-	"\x05Adopt\x12 .keygate.limiter.v1.AdoptRequest\x1a!.keygate.limiter.v1.AdoptResponseB\xcd\x01\n" +
+	"\x05Adopt\x12 .keygate.limiter.v1.AdoptRequest\x1a!.keygate.limiter.v1.AdoptResponse\x12X\n" +
+	"\tReplicate\x12$.keygate.limiter.v1.ReplicateRequest\x1a%.keygate.limiter.v1.ReplicateResponseB\xcd\x01\n" +
 	"\x16com.keygate.limiter.v1B\fLimiterProtoP\x01Z;github.com/keygate/keygate/gen/keygate/limiter/v1;limiterv1\xa2\x02\x03KLX\xaa\x02\x12Keygate.Limiter.V1\xca\x02\x12Keygate\\Limiter\\V1\xe2\x02\x1eKeygate\\Limiter\\V1\\GPBMetadata\xea\x02\x14Keygate::Limiter::V1b\x06proto3"
 
 var (
@@ -1772,7 +1866,7 @@ func file_keygate_limiter_v1_limiter_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_limiter_v1_limiter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_keygate_limiter_v1_limiter_proto_goTypes = []any{
 	(LimitKind)(0),              // 0: keygate.limiter.v1.LimitKind
 	(*CheckItem)(nil),           // 1: keygate.limiter.v1.CheckItem
@@ -1792,22 +1886,24 @@ var file_keygate_limiter_v1_limiter_proto_goTypes = []any{
 	(*HandoverResponse)(nil),    // 15: keygate.limiter.v1.HandoverResponse
 	(*Moved)(nil),               // 16: keygate.limiter.v1.Moved
 	(*AdoptRequest)(nil),        // 17: keygate.limiter.v1.AdoptRequest
-	(*AdoptResponse)(nil),       // 18: keygate.limiter.v1.AdoptResponse
-	(*KeySnapshot)(nil),         // 19: keygate.limiter.v1.KeySnapshot
-	(*ScopeState)(nil),          // 20: keygate.limiter.v1.ScopeState
-	(*BucketState)(nil),         // 21: keygate.limiter.v1.BucketState
-	(*ModelState)(nil),          // 22: keygate.limiter.v1.ModelState
-	(*PeriodState)(nil),         // 23: keygate.limiter.v1.PeriodState
-	(*ReservationState)(nil),    // 24: keygate.limiter.v1.ReservationState
-	(*v1.Policy)(nil),           // 25: keygate.type.v1.Policy
-	(*durationpb.Duration)(nil), // 26: google.protobuf.Duration
+	(*ReplicateRequest)(nil),    // 18: keygate.limiter.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),   // 19: keygate.limiter.v1.ReplicateResponse
+	(*AdoptResponse)(nil),       // 20: keygate.limiter.v1.AdoptResponse
+	(*KeySnapshot)(nil),         // 21: keygate.limiter.v1.KeySnapshot
+	(*ScopeState)(nil),          // 22: keygate.limiter.v1.ScopeState
+	(*BucketState)(nil),         // 23: keygate.limiter.v1.BucketState
+	(*ModelState)(nil),          // 24: keygate.limiter.v1.ModelState
+	(*PeriodState)(nil),         // 25: keygate.limiter.v1.PeriodState
+	(*ReservationState)(nil),    // 26: keygate.limiter.v1.ReservationState
+	(*v1.Policy)(nil),           // 27: keygate.type.v1.Policy
+	(*durationpb.Duration)(nil), // 28: google.protobuf.Duration
 }
 var file_keygate_limiter_v1_limiter_proto_depIdxs = []int32{
-	25, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
+	27, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
 	0,  // 1: keygate.limiter.v1.Quota.kind:type_name -> keygate.limiter.v1.LimitKind
-	26, // 2: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
+	28, // 2: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
 	0,  // 3: keygate.limiter.v1.CheckResult.denied_by:type_name -> keygate.limiter.v1.LimitKind
-	26, // 4: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
+	28, // 4: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
 	2,  // 5: keygate.limiter.v1.CheckResult.requests:type_name -> keygate.limiter.v1.Quota
 	2,  // 6: keygate.limiter.v1.CheckResult.tokens:type_name -> keygate.limiter.v1.Quota
 	2,  // 7: keygate.limiter.v1.CheckResult.quotas:type_name -> keygate.limiter.v1.Quota
@@ -1817,35 +1913,38 @@ var file_keygate_limiter_v1_limiter_proto_depIdxs = []int32{
 	3,  // 11: keygate.limiter.v1.CheckStreamResponse.results:type_name -> keygate.limiter.v1.CheckResult
 	8,  // 12: keygate.limiter.v1.SettleRequest.settlements:type_name -> keygate.limiter.v1.Settlement
 	11, // 13: keygate.limiter.v1.ReleaseRequest.releases:type_name -> keygate.limiter.v1.Release
-	19, // 14: keygate.limiter.v1.HandoverResponse.states:type_name -> keygate.limiter.v1.KeySnapshot
+	21, // 14: keygate.limiter.v1.HandoverResponse.states:type_name -> keygate.limiter.v1.KeySnapshot
 	16, // 15: keygate.limiter.v1.HandoverResponse.moved:type_name -> keygate.limiter.v1.Moved
-	19, // 16: keygate.limiter.v1.AdoptRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
-	20, // 17: keygate.limiter.v1.KeySnapshot.global:type_name -> keygate.limiter.v1.ScopeState
-	22, // 18: keygate.limiter.v1.KeySnapshot.models:type_name -> keygate.limiter.v1.ModelState
-	23, // 19: keygate.limiter.v1.KeySnapshot.tokens:type_name -> keygate.limiter.v1.PeriodState
-	23, // 20: keygate.limiter.v1.KeySnapshot.cost:type_name -> keygate.limiter.v1.PeriodState
-	24, // 21: keygate.limiter.v1.KeySnapshot.reservations:type_name -> keygate.limiter.v1.ReservationState
-	21, // 22: keygate.limiter.v1.ScopeState.buckets:type_name -> keygate.limiter.v1.BucketState
-	20, // 23: keygate.limiter.v1.ModelState.scope:type_name -> keygate.limiter.v1.ScopeState
-	23, // 24: keygate.limiter.v1.ReservationState.token_period:type_name -> keygate.limiter.v1.PeriodState
-	23, // 25: keygate.limiter.v1.ReservationState.cost_period:type_name -> keygate.limiter.v1.PeriodState
-	4,  // 26: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
-	6,  // 27: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
-	9,  // 28: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
-	12, // 29: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
-	14, // 30: keygate.limiter.v1.LimiterService.Handover:input_type -> keygate.limiter.v1.HandoverRequest
-	17, // 31: keygate.limiter.v1.LimiterService.Adopt:input_type -> keygate.limiter.v1.AdoptRequest
-	5,  // 32: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
-	7,  // 33: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
-	10, // 34: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
-	13, // 35: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
-	15, // 36: keygate.limiter.v1.LimiterService.Handover:output_type -> keygate.limiter.v1.HandoverResponse
-	18, // 37: keygate.limiter.v1.LimiterService.Adopt:output_type -> keygate.limiter.v1.AdoptResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	21, // 16: keygate.limiter.v1.AdoptRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
+	21, // 17: keygate.limiter.v1.ReplicateRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
+	22, // 18: keygate.limiter.v1.KeySnapshot.global:type_name -> keygate.limiter.v1.ScopeState
+	24, // 19: keygate.limiter.v1.KeySnapshot.models:type_name -> keygate.limiter.v1.ModelState
+	25, // 20: keygate.limiter.v1.KeySnapshot.tokens:type_name -> keygate.limiter.v1.PeriodState
+	25, // 21: keygate.limiter.v1.KeySnapshot.cost:type_name -> keygate.limiter.v1.PeriodState
+	26, // 22: keygate.limiter.v1.KeySnapshot.reservations:type_name -> keygate.limiter.v1.ReservationState
+	23, // 23: keygate.limiter.v1.ScopeState.buckets:type_name -> keygate.limiter.v1.BucketState
+	22, // 24: keygate.limiter.v1.ModelState.scope:type_name -> keygate.limiter.v1.ScopeState
+	25, // 25: keygate.limiter.v1.ReservationState.token_period:type_name -> keygate.limiter.v1.PeriodState
+	25, // 26: keygate.limiter.v1.ReservationState.cost_period:type_name -> keygate.limiter.v1.PeriodState
+	4,  // 27: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
+	6,  // 28: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
+	9,  // 29: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
+	12, // 30: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
+	14, // 31: keygate.limiter.v1.LimiterService.Handover:input_type -> keygate.limiter.v1.HandoverRequest
+	17, // 32: keygate.limiter.v1.LimiterService.Adopt:input_type -> keygate.limiter.v1.AdoptRequest
+	18, // 33: keygate.limiter.v1.LimiterService.Replicate:input_type -> keygate.limiter.v1.ReplicateRequest
+	5,  // 34: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
+	7,  // 35: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
+	10, // 36: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
+	13, // 37: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
+	15, // 38: keygate.limiter.v1.LimiterService.Handover:output_type -> keygate.limiter.v1.HandoverResponse
+	20, // 39: keygate.limiter.v1.LimiterService.Adopt:output_type -> keygate.limiter.v1.AdoptResponse
+	19, // 40: keygate.limiter.v1.LimiterService.Replicate:output_type -> keygate.limiter.v1.ReplicateResponse
+	34, // [34:41] is the sub-list for method output_type
+	27, // [27:34] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_keygate_limiter_v1_limiter_proto_init() }
@@ -1859,7 +1958,7 @@ func file_keygate_limiter_v1_limiter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_limiter_v1_limiter_proto_rawDesc), len(file_keygate_limiter_v1_limiter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

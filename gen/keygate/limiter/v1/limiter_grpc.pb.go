@@ -25,6 +25,7 @@ const (
 	LimiterService_Release_FullMethodName     = "/keygate.limiter.v1.LimiterService/Release"
 	LimiterService_Handover_FullMethodName    = "/keygate.limiter.v1.LimiterService/Handover"
 	LimiterService_Adopt_FullMethodName       = "/keygate.limiter.v1.LimiterService/Adopt"
+	LimiterService_Replicate_FullMethodName   = "/keygate.limiter.v1.LimiterService/Replicate"
 )
 
 // LimiterServiceClient is the client API for LimiterService service.
@@ -54,6 +55,11 @@ type LimiterServiceClient interface {
 	// membership pushes the state of the keys it still holds (already
 	// fenced) to their new owner.
 	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
+	// Replicate is internal to the limiter replicas: the holder of keys
+	// sends the latest state of the keys that changed to each key's next
+	// owner on the ring, which keeps it as a replica and starts from it if
+	// the holder crashes.
+	Replicate(ctx context.Context, in *ReplicateRequest, opts ...grpc.CallOption) (*ReplicateResponse, error)
 }
 
 type limiterServiceClient struct {
@@ -127,6 +133,16 @@ func (c *limiterServiceClient) Adopt(ctx context.Context, in *AdoptRequest, opts
 	return out, nil
 }
 
+func (c *limiterServiceClient) Replicate(ctx context.Context, in *ReplicateRequest, opts ...grpc.CallOption) (*ReplicateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicateResponse)
+	err := c.cc.Invoke(ctx, LimiterService_Replicate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LimiterServiceServer is the server API for LimiterService service.
 // All implementations must embed UnimplementedLimiterServiceServer
 // for forward compatibility.
@@ -154,6 +170,11 @@ type LimiterServiceServer interface {
 	// membership pushes the state of the keys it still holds (already
 	// fenced) to their new owner.
 	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
+	// Replicate is internal to the limiter replicas: the holder of keys
+	// sends the latest state of the keys that changed to each key's next
+	// owner on the ring, which keeps it as a replica and starts from it if
+	// the holder crashes.
+	Replicate(context.Context, *ReplicateRequest) (*ReplicateResponse, error)
 	mustEmbedUnimplementedLimiterServiceServer()
 }
 
@@ -181,6 +202,9 @@ func (UnimplementedLimiterServiceServer) Handover(context.Context, *HandoverRequ
 }
 func (UnimplementedLimiterServiceServer) Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Adopt not implemented")
+}
+func (UnimplementedLimiterServiceServer) Replicate(context.Context, *ReplicateRequest) (*ReplicateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Replicate not implemented")
 }
 func (UnimplementedLimiterServiceServer) mustEmbedUnimplementedLimiterServiceServer() {}
 func (UnimplementedLimiterServiceServer) testEmbeddedByValue()                        {}
@@ -300,6 +324,24 @@ func _LimiterService_Adopt_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LimiterService_Replicate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LimiterServiceServer).Replicate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LimiterService_Replicate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LimiterServiceServer).Replicate(ctx, req.(*ReplicateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LimiterService_ServiceDesc is the grpc.ServiceDesc for LimiterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +368,10 @@ var LimiterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Adopt",
 			Handler:    _LimiterService_Adopt_Handler,
+		},
+		{
+			MethodName: "Replicate",
+			Handler:    _LimiterService_Replicate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -5,6 +5,10 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 )
 
 func benchRequest() Request {
@@ -49,9 +53,37 @@ func BenchmarkReserveSettle(b *testing.B) {
 	}
 }
 
-// BenchmarkDecisionParallel spreads decisions over many keys and cores.
+// BenchmarkDecisionParallel spreads decisions over many keys and cores;
+// replicated, the keys that changed are also exported and encoded every
+// 10 ms, as a replica in a cluster does for their next owner.
 func BenchmarkDecisionParallel(b *testing.B) {
-	tab := New(Config{})
+	for _, replicated := range []bool{false, true} {
+		b.Run("replicated="+strconv.FormatBool(replicated), func(b *testing.B) {
+			tab := New(Config{Track: replicated})
+			if replicated {
+				stop := make(chan struct{})
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					tick := time.NewTicker(10 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+						}
+						_, _ = proto.Marshal(&limiterv1.ReplicateRequest{States: tab.Changed()})
+					}
+				}()
+				b.Cleanup(func() { close(stop); <-done })
+			}
+			decideParallel(b, tab)
+		})
+	}
+}
+
+func decideParallel(b *testing.B, tab *Table) {
 	keys := make([]string, 4096)
 	for i := range keys {
 		keys[i] = "key-" + strconv.Itoa(i)

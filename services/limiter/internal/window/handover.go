@@ -83,25 +83,28 @@ func (t *Table) ExportAll(now time.Time, owner func(key string) string) map[stri
 func (t *Table) Import(states []*limiterv1.KeySnapshot) int {
 	n := 0
 	for _, st := range states {
-		if st.GetKey() == "" {
-			continue
-		}
-		for {
-			ks := t.lookup(st.GetKey(), true)
-			ks.mu.Lock()
-			if ks.dead {
-				ks.mu.Unlock()
-				continue
-			}
-			if !ks.seeded || ks.moved != nil {
-				ks.install(st)
-				n++
-			}
-			ks.mu.Unlock()
-			break
+		if st.GetKey() != "" && t.installFree(st, nil) {
+			n++
 		}
 	}
 	return n
+}
+
+// installFree installs st unless this table holds the key (seeded and not
+// fenced), then lets adjust (if any) change it; it reports whether it
+// installed.
+func (t *Table) installFree(st *limiterv1.KeySnapshot, adjust func(*keyState)) bool {
+	ks := t.lockLive(st.GetKey())
+	defer ks.mu.Unlock()
+	if ks.seeded && ks.moved == nil {
+		return false
+	}
+	ks.install(st)
+	if adjust != nil {
+		adjust(ks)
+	}
+	t.changed(st.GetKey(), ks)
+	return true
 }
 
 // Held reports whether this table decides key: it has its state, seeded

@@ -162,6 +162,8 @@ type Config struct {
 	// rolling window). Seeded tables should retain longer than the ledger
 	// lags behind.
 	Retain time.Duration
+	// Track queues every key that changes for Changed (replication).
+	Track bool
 }
 
 // Table holds the state of many keys.
@@ -175,7 +177,9 @@ const shardCount = 64
 type shard struct {
 	mu   sync.RWMutex
 	keys map[string]*keyState
-	_    [40]byte // keep shards on separate cache lines
+	// queue lists the keys changed since the last Changed (with Track).
+	qmu   sync.Mutex
+	queue []string
 }
 
 // New returns an empty table.
@@ -236,12 +240,25 @@ func (t *Table) lookup(key string, create bool) *keyState {
 	return ks
 }
 
+// lockLive returns key's state, created if missing, locked and live.
+func (t *Table) lockLive(key string) *keyState {
+	for {
+		ks := t.lookup(key, true)
+		ks.mu.Lock()
+		if !ks.dead {
+			return ks
+		}
+		ks.mu.Unlock()
+	}
+}
+
 // keyState is everything about one key. Its own mutex makes each decision
 // atomic across all of the key's windows.
 type keyState struct {
 	mu     sync.Mutex
 	dead   bool // removed from the table; lookups must retry
 	seeded bool
+	queued bool // in its shard's queue for Changed
 	// moved is set once the key's state was handed over: this table no
 	// longer decides the key (Check returns ErrMoved) until an Import
 	// installs state again.
@@ -461,17 +478,13 @@ func (ks *keyState) model(name string) *modelScope {
 // ErrNotSeeded, changing nothing, when the key must be seeded first.
 func (t *Table) Check(now time.Time, r *Request, d *Decision) error {
 	c := newClock(now)
-	for {
-		ks := t.lookup(r.Key, true)
-		ks.mu.Lock()
-		if ks.dead {
-			ks.mu.Unlock()
-			continue
-		}
-		err := t.check(ks, &c, r, d)
-		ks.mu.Unlock()
-		return err
+	ks := t.lockLive(r.Key)
+	err := t.check(ks, &c, r, d)
+	if err == nil && d.Allowed {
+		t.changed(r.Key, ks)
 	}
+	ks.mu.Unlock()
+	return err
 }
 
 func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
@@ -708,6 +721,7 @@ func (t *Table) Finish(key, id string, release bool, tokens, cost int64) (known 
 		return false, ""
 	}
 	delete(ks.res, id)
+	t.changed(key, ks)
 	dr, dt, dc := int64(0), tokens-res.tokens, cost-res.cost
 	if release {
 		dr, dt, dc = -1, -res.tokens, -res.cost
@@ -745,43 +759,36 @@ func (t *Table) Finish(key, id string, release bool, tokens, cost int64) (known 
 // (Model "") and each model's. day is the UTC day and tokens/cost the
 // periods the totals were taken for.
 func (t *Table) Seed(key string, day int64, tokens, cost PeriodID, totals []Totals) {
-	for {
-		ks := t.lookup(key, true)
-		ks.mu.Lock()
-		if ks.dead {
-			ks.mu.Unlock()
-			continue
-		}
-		if ks.moved != nil {
-			// Taken back without its state (its holder did not answer):
-			// the ledger's totals start it again.
-			ks.clear()
-		}
-		for i := range totals {
-			tt := &totals[i]
-			if tt.Model == "" {
-				if ks.seeded {
-					continue
-				}
-				ks.seeded = true
-				ks.global.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
-				ks.tokens = periodCounter{id: tokens, used: tt.PeriodTokens}
-				ks.cost = periodCounter{id: cost, used: tt.PeriodCostMicros}
+	ks := t.lockLive(key)
+	defer ks.mu.Unlock()
+	if ks.moved != nil {
+		// Taken back without its state (its holder did not answer): the
+		// ledger's totals start it again.
+		ks.clear()
+	}
+	for i := range totals {
+		tt := &totals[i]
+		if tt.Model == "" {
+			if ks.seeded {
 				continue
 			}
-			ms := ks.model(tt.Model)
-			if ms == nil {
-				ms = &modelScope{name: tt.Model}
-				ks.models = append(ks.models, ms)
-			}
-			if !ms.seeded {
-				ms.seeded = true
-				ms.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
-			}
+			ks.seeded = true
+			ks.global.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
+			ks.tokens = periodCounter{id: tokens, used: tt.PeriodTokens}
+			ks.cost = periodCounter{id: cost, used: tt.PeriodCostMicros}
+			continue
 		}
-		ks.mu.Unlock()
-		return
+		ms := ks.model(tt.Model)
+		if ms == nil {
+			ms = &modelScope{name: tt.Model}
+			ks.models = append(ks.models, ms)
+		}
+		if !ms.seeded {
+			ms.seeded = true
+			ms.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
+		}
 	}
+	t.changed(key, ks)
 }
 
 // Sweep forgets expired reservations (they stay counted at their
