@@ -82,6 +82,21 @@ type cluster struct {
 	dataDir string
 	// health lists the /healthz URLs of the processes served so far.
 	health []string
+	// etcd lists the `keygate etcd` members started, to kill and restart.
+	etcd []*etcdMember
+}
+
+// etcdMember is one `keygate etcd` process and how to start it again.
+type etcdMember struct {
+	name string
+	args []string
+	p    *proc
+}
+
+// restartEtcd starts member i again with its data dir and URLs.
+func (c *cluster) restartEtcd(i int) {
+	m := c.etcd[i]
+	m.p = c.start("etcd-"+m.name, m.args...)
 }
 
 // newCluster builds the keygate binary; the cluster's processes are
@@ -115,8 +130,9 @@ func (c *cluster) startEtcd(n int) []string {
 	var endpoints []string
 	for _, m := range members {
 		endpoints = append(endpoints, m.client)
-		c.start("etcd-"+m.name, "etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(c.dataDir, "etcd-"+m.name),
-			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ","))
+		args := []string{"etcd", "--etcd-name", m.name, "--data-dir", filepath.Join(c.dataDir, "etcd-"+m.name),
+			"--etcd-client-url", m.client, "--etcd-peer-url", m.peer, "--etcd-initial-cluster", strings.Join(initial, ",")}
+		c.etcd = append(c.etcd, &etcdMember{name: m.name, args: args, p: c.start("etcd-"+m.name, args...)})
 	}
 	c.env = []string{"KEYGATE_ETCD_ENDPOINTS=" + strings.Join(endpoints, ","), "KEYGATE_ROOT_TOKEN=" + c.root, "KEYGATE_LOG_LEVEL=info"}
 	cli := etcdtest.NewClient(t, endpoints)
@@ -183,6 +199,32 @@ func (c *cluster) start(name string, args ...string) *proc {
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
 	return p
+}
+
+// stopTimed sends SIGTERM to every process still running (newest first),
+// waits for each up to 30 s, and returns how long each took.
+func (c *cluster) stopTimed(t *testing.T) map[string]time.Duration {
+	t.Helper()
+	took := map[string]time.Duration{}
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		p := c.procs[i]
+		if p.cmd.ProcessState != nil {
+			continue // killed or stopped already
+		}
+		start := time.Now()
+		require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM), p.name)
+		done := make(chan error, 1)
+		go func() { done <- p.cmd.Wait() }()
+		select {
+		case <-done:
+			took[p.name] = time.Since(start)
+		case <-time.After(30 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+			t.Errorf("%s did not stop within 30 s of SIGTERM:\n%s", p.name, tail(p.out.String(), 3000))
+		}
+	}
+	return took
 }
 
 // stop sends SIGTERM to every process (newest first) and waits.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
@@ -44,6 +45,9 @@ type Config struct {
 	// accepts none. The token's subject acts as that member, with the
 	// member's role in whichever workspace a call names.
 	IDTokens IDTokenVerifier
+	// StorageTimeout bounds the etcd work of one management call; default
+	// 1 s. Past it the call answers Unavailable.
+	StorageTimeout time.Duration
 }
 
 // IDTokenVerifier checks an OIDC ID token and returns its subject.
@@ -84,7 +88,9 @@ type Server struct {
 	rootToken auth.Tokens
 	idTokens  IDTokenVerifier
 	maxKeys   int
-	auditSeq  atomic.Uint32
+	// storageTimeout bounds the etcd work of one management call.
+	storageTimeout time.Duration
+	auditSeq       atomic.Uint32
 
 	verifications metric.Int64Counter
 	changes       metric.Int64Counter
@@ -103,13 +109,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.DefaultMaxKeys < 0 {
 		return nil, errors.New("keystore: DefaultMaxKeys must not be negative")
 	}
+	if cfg.StorageTimeout <= 0 {
+		cfg.StorageTimeout = time.Second
+	}
 	s := &Server{
-		etcd:      cfg.Etcd,
-		clock:     cfg.Clock,
-		log:       cfg.Logger,
-		rootToken: auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
-		idTokens:  cfg.IDTokens,
-		maxKeys:   cfg.DefaultMaxKeys,
+		storageTimeout: cfg.StorageTimeout,
+		etcd:           cfg.Etcd,
+		clock:          cfg.Clock,
+		log:            cfg.Logger,
+		rootToken:      auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
+		idTokens:       cfg.IDTokens,
+		maxKeys:        cfg.DefaultMaxKeys,
 	}
 	if s.clock == nil {
 		s.clock = clock.Real{}

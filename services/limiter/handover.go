@@ -549,8 +549,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// again until nothing is held or being taken over (with no other replica there is
 		// nobody to hand anything to).
 		var pushed, failed int
+		warned := map[string]bool{} // a failing replica is logged once
 		for {
-			p, f := s.push(ctx)
+			p, f := s.push(ctx, warned)
 			pushed, failed = pushed+p, failed+f
 			// A takeover in flight may still install a key: it is pushed
 			// once it has.
@@ -585,7 +586,7 @@ func (s *Server) others() bool {
 // push sends every key this replica holds to its owner among the other
 // replicas (Adopt); a push that fails is undone, so that the new owner
 // can still pull the keys.
-func (s *Server) push(ctx context.Context) (pushed, failed int) {
+func (s *Server) push(ctx context.Context, warned map[string]bool) (pushed, failed int) {
 	byOwner := s.table.ExportAll(s.clock.Now(), s.awayOwner)
 	for addr, st := range byOwner {
 		s.log.Debug("limiter pushing keys", slog.String("self", s.id), slog.String("to", addr), slog.Int("keys", len(st)))
@@ -605,8 +606,11 @@ func (s *Server) push(ctx context.Context) (pushed, failed int) {
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
-					s.log.Warn("limiter could not push keys to their new owner; waiting for it to pull them",
-						slog.String("member", addr), slog.Int("keys", len(batch)), slog.Any("error", err))
+					if !warned[addr] {
+						warned[addr] = true
+						s.log.Warn("limiter could not push keys to their new owner; waiting for it to pull them",
+							slog.String("member", addr), slog.Int("keys", len(batch)), slog.Any("error", err))
+					}
 					s.table.Import(batch)
 					failed += len(batch)
 					return
