@@ -98,6 +98,7 @@ type load struct {
 	mu                                   sync.Mutex
 	other                                []string
 	started                              []time.Time
+	ids                                  map[string]bool // of the requests answered 200
 	stop                                 chan struct{}
 	wg                                   sync.WaitGroup
 }
@@ -106,7 +107,7 @@ type load struct {
 // stopped, max requests are sent in all, or until. The workers' ticks are
 // spread evenly over the interval.
 func startLoad(t *testing.T, edges []string, secret string, workers int, every time.Duration, max int64, until time.Time) *load {
-	l := &load{stop: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), ids: map[string]bool{}}
 	for w := range workers {
 		l.wg.Go(func() {
 			pause(t, time.Duration(w)*every/time.Duration(workers))
@@ -128,20 +129,23 @@ func startLoad(t *testing.T, edges []string, secret string, workers int, every t
 				l.mu.Lock()
 				l.started = append(l.started, time.Now())
 				l.mu.Unlock()
-				code, _, body := chatOnce(t, edges[i%len(edges)], secret)
-				l.count(code, body)
+				code, h, body := chatOnce(t, edges[i%len(edges)], secret)
+				l.count(code, h.Get("X-Request-Id"), body)
 			}
 		})
 	}
 	return l
 }
 
-func (l *load) count(code int, body map[string]any) {
+func (l *load) count(code int, id string, body map[string]any) {
 	e, _ := body["error"].(map[string]any)
 	reason, _ := e["code"].(string)
 	switch {
 	case code == http.StatusOK:
 		l.admitted.Add(1)
+		l.mu.Lock()
+		l.ids[id] = true
+		l.mu.Unlock()
 	case code == http.StatusTooManyRequests:
 		l.limited.Add(1)
 	case code == http.StatusServiceUnavailable && reason == "limiter_unavailable":
