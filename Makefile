@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e fmt tidy
+.PHONY: all tools generate check-generated build image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e bench-chaos fmt tidy
 
 all: lint check-imports build test
 
@@ -107,6 +107,16 @@ bench-usage:
 # (cmd/benche2e); e.g. BENCH_E2E_FLAGS='-duration 5s -conns 1,16 -rounds 1'.
 bench-edge-e2e:
 	go run ./cmd/benche2e $(BENCH_E2E_FLAGS)
+
+# The multi-process fault tests with CHAOS_SCALE times their trials and
+# records, printed as one table (bin/chaos.tsv); about 8 minutes at 5.
+CHAOS_SCALE ?= 5
+CHAOS_TESTS := TestLimiterKill|TestLimiterRollingRestart|TestEdgeKillDuringUsageOutage|TestKeystoreKill|TestUsageAndEtcdMemberKill|TestEtcdQuorumLoss|TestRevocationReachesEdges
+bench-chaos:
+	mkdir -p bin && rm -f bin/chaos.tsv
+	KEYGATE_CHAOS_SCALE=$(CHAOS_SCALE) KEYGATE_CHAOS_REPORT=$(CURDIR)/bin/chaos.tsv \
+		go test -count=1 -timeout 60m -run '^($(CHAOS_TESTS))$$' ./cmd/keygate/
+	@printf 'scenario\ttrials\tadmitted\tlost\tdoubled\t503s\trecovery\tnote\n' | cat - bin/chaos.tsv | column -t -s "$$(printf '\t')"
 
 fmt:
 	gofmt -w cmd services pkg

@@ -16,6 +16,8 @@ import (
 // limited to rpm (and a large rpd) on which the limiter tests put load.
 type limiterCluster struct {
 	c      *cluster
+	api    string
+	keyID  string
 	usage  string
 	lims   []*limiterProc
 	edges  []string
@@ -43,15 +45,23 @@ func newLimiterCluster(t *testing.T, edges int, rpm int) *limiterCluster {
 		a := c.serve(fmt.Sprintf("edge-%d", i), "edge", "--edge-addr", anyPort, "--keystore-addr", ks, "--usage-addr", lc.usage)
 		lc.edges = append(lc.edges, "http://"+a["edge"])
 	}
-	api := "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", lc.usage)["http"]
+	lc.api = "http://" + c.serve("gateway", "gateway", "--http-addr", anyPort, "--keystore-addr", ks, "--usage-addr", lc.usage)["http"]
 	c.waitHealthy()
 
-	seedCatalog(t, api, c.root)
-	code, _, body := rest(t, "POST", api+"/v1/workspaces/acme/keys", c.root,
-		map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm, "rpd": 10_000}})
+	seedCatalog(t, lc.api, c.root)
+	lc.newKey(t, rpm)
+	return lc
+}
+
+// newKey creates a key limited to rpm (and a large rpd); the cluster's
+// tests and load use it from then on.
+func (lc *limiterCluster) newKey(t *testing.T, rpm int) {
+	t.Helper()
+	code, _, body := rest(t, "POST", lc.api+"/v1/workspaces/acme/keys", lc.c.root,
+		map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm, "rpd": max(10_000, rpm)}})
 	require.Equal(t, http.StatusOK, code, body)
 	lc.secret = body["secret"].(string)
-	return lc
+	lc.keyID = body["key"].(map[string]any)["id"].(string)
 }
 
 // warm sends the key's first request through every edge until each
@@ -97,7 +107,7 @@ type load struct {
 	sent, admitted, limited, unavailable atomic.Int64
 	mu                                   sync.Mutex
 	other                                []string
-	started                              []time.Time
+	recs                                 []answer
 	ids                                  map[string]bool // of the requests answered 200
 	stop                                 chan struct{}
 	wg                                   sync.WaitGroup
@@ -126,10 +136,11 @@ func startLoad(t *testing.T, edges []string, secret string, workers int, every t
 					l.sent.Add(-1)
 					return
 				}
-				l.mu.Lock()
-				l.started = append(l.started, time.Now())
-				l.mu.Unlock()
+				start := time.Now()
 				code, h, body := chatOnce(t, edges[i%len(edges)], secret)
+				l.mu.Lock()
+				l.recs = append(l.recs, answer{edge: i % len(edges), start: start, end: time.Now(), code: code})
+				l.mu.Unlock()
 				l.count(code, h.Get("X-Request-Id"), body)
 			}
 		})
@@ -185,13 +196,27 @@ func (l *load) String() string {
 		l.sent.Load(), l.admitted.Load(), l.limited.Load(), l.unavailable.Load(), len(l.other))
 }
 
-// startedSince counts the requests sent from since to until.
-func (l *load) startedSince(since, until time.Time) int64 {
+// answer is one request of a load: the edge it went to, when it was sent
+// and answered, and the status.
+type answer struct {
+	edge       int
+	start, end time.Time
+	code       int
+}
+
+// answers returns the requests answered so far.
+func (l *load) answers() []answer {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return append([]answer(nil), l.recs...)
+}
+
+// startedSince counts the requests sent from since to until, answered or
+// not by now.
+func (l *load) startedSince(since, until time.Time) int64 {
 	n := int64(0)
-	for _, s := range l.started {
-		if !s.Before(since) && !s.After(until) {
+	for _, a := range l.answers() {
+		if !a.start.Before(since) && !a.start.After(until) {
 			n++
 		}
 	}
@@ -225,6 +250,7 @@ func TestLimiterRollingRestart(t *testing.T) {
 	defer ld.wait()
 
 	pause(t, 5*time.Second)
+	var exits []time.Duration
 	for _, l := range lc.lims {
 		// SIGTERM: the limiter hands its keys over and exits promptly.
 		start := time.Now()
@@ -237,6 +263,7 @@ func TestLimiterRollingRestart(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s did not exit within 5 s of SIGTERM:\n%s", l.name, tail(l.p.out.String(), 4000))
 		}
+		exits = append(exits, time.Since(start))
 		t.Logf("%s exited %v after SIGTERM", l.name, time.Since(start).Round(time.Millisecond))
 		// Back on the same address; it takes its keys back from the
 		// replica that took them over.
@@ -254,6 +281,9 @@ func TestLimiterRollingRestart(t *testing.T) {
 	require.EqualValues(t, min(asked, rpm), warm+ld.admitted.Load(),
 		"within one minute the key admits exactly its rpm across the restarts")
 	require.GreaterOrEqual(t, asked, int64(rpm), "the load asked for more than the key's rpm")
+	chaosRow{scenario: "rolling restart of both limiters (SIGTERM) under load", trials: 1,
+		admitted: fmt.Sprintf("%d of %d", warm+ld.admitted.Load(), rpm), unavailable: ld.unavailable.Load(),
+		recovery: durations(exits), note: "recovery: limiter exit after SIGTERM"}.report(t)
 }
 
 // TestLimiterKill: the limiter that owns a key is killed (kill -9) under
@@ -261,20 +291,49 @@ func TestLimiterRollingRestart(t *testing.T) {
 // then started again on its address, and the load goes on within the
 // same minute. The other limiter had the key's replica and starts from
 // it; the restarted one takes the key back by handover. Over the minute
-// the key admits at most its rpm plus 2%, plus the requests in flight at
-// the crash.
+// the key admits at most its rpm plus 2%, plus the requests sent in the
+// last moments before the crash. Each trial uses a fresh key.
 func TestLimiterKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process cluster test")
 	}
 	const rpm = 100
+	trials := chaosScale(t)
 	lc := newLimiterCluster(t, 2, rpm)
+	row := chaosRow{scenario: "kill -9 of the limiter owning a key (rpm 100)", trials: trials}
+	var worst int64
+	var gaps []time.Duration
+	for i := range trials {
+		if i > 0 {
+			lc.newKey(t, rpm)
+		}
+		admitted, unavailable, gap := limiterKillTrial(t, lc, rpm)
+		worst = max(worst, admitted)
+		row.unavailable += unavailable
+		gaps = append(gaps, gap)
+	}
+	row.admitted = fmt.Sprintf("at most %d of %d", worst, rpm)
+	row.recovery = durations(gaps)
+	row.note = "recovery: longest wait for an answer after the kill"
+	row.report(t)
+}
+
+// limiterKillTrial kills the limiter that owns the cluster's key under
+// load and restarts it; it returns what the key admitted within the
+// minute, the 503 answers, and the longest a request sent after the kill
+// waited for its answer.
+func limiterKillTrial(t *testing.T, lc *limiterCluster, rpm int64) (admitted, unavailable int64, gap time.Duration) {
+	t.Helper()
+	decided := map[*limiterProc]int{}
+	for _, l := range lc.lims {
+		decided[l] = metric(l.metrics, "keygate_limiter_decisions_total")
+	}
 	warm := lc.warm(t)
 	warmed := time.Now()
 	mustEnd := warmed.Add(50 * time.Second)
 	var owner *limiterProc
 	for _, l := range lc.lims {
-		if metric(l.metrics, "keygate_limiter_decisions_total") > 0 {
+		if metric(l.metrics, "keygate_limiter_decisions_total") > decided[l] {
 			owner = l
 		}
 	}
@@ -287,21 +346,27 @@ func TestLimiterKill(t *testing.T) {
 	require.Eventually(t, func() bool { return warm+ld.admitted.Load() >= rpm/2 }, 30*time.Second, time.Millisecond)
 	owner.p.kill(t)
 	crashed := time.Now()
-	// What the crash may lose: the decisions of the last replication
-	// interval (10 ms) and of the replication call in flight.
-	recent := ld.startedSince(crashed.Add(-30*time.Millisecond), crashed)
-	t.Logf("killed %s with %d admitted, %d sent in the last 30 ms", owner.name, warm+ld.admitted.Load(), recent)
+	t.Logf("killed %s with %d admitted", owner.name, warm+ld.admitted.Load())
 	pause(t, time.Second)
 	lc.restart(t, owner)
 	t.Logf("%s serving again %v after the kill", owner.name, time.Since(crashed).Round(time.Millisecond))
 	ld.done(mustEnd)
 	require.True(t, time.Now().Before(warmed.Add(time.Minute)), "the load stayed within one minute of the first admission")
+	// What the crash may lose: the decisions of the last replication
+	// interval (10 ms) and of the replication call in flight.
+	recent := ld.startedSince(crashed.Add(-30*time.Millisecond), crashed)
+	for _, a := range ld.answers() {
+		if a.start.After(crashed) {
+			gap = max(gap, a.end.Sub(a.start))
+		}
+	}
 
-	t.Logf("warm %d, %v in %v; restores %d, handovers %d", warm, ld, time.Since(warmed).Round(time.Millisecond),
+	t.Logf("%d sent in the 30 ms before the kill; warm %d, %v in %v; restores %d, handovers %d", recent, warm, ld, time.Since(warmed).Round(time.Millisecond),
 		lc.sumMetric("keygate_limiter_restores_total"), lc.sumMetric("keygate_limiter_handovers_total"))
 	require.Empty(t, ld.other, "no answers but 200, 429 and 503 limiter_unavailable")
 	require.EqualValues(t, total, ld.sent.Load(), "all the load was sent")
-	admitted := warm + ld.admitted.Load()
-	require.GreaterOrEqual(t, admitted, int64(rpm), "the key admitted its limit")
+	admitted = warm + ld.admitted.Load()
+	require.GreaterOrEqual(t, admitted, rpm, "the key admitted its limit")
 	require.LessOrEqual(t, admitted, rpm+rpm/50+recent, "over-admission within 2%% of the limit plus the requests in flight at the crash")
+	return admitted, ld.unavailable.Load(), gap
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -80,6 +81,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, code, "the key disabled before the loss stays rejected: %s", reason)
 	code, reason = chat(unseen)
 	require.Equal(t, http.StatusServiceUnavailable, code, "a key the edge never verified fails closed: %s", reason)
+	var mgmt []time.Duration
 	for _, call := range []struct{ method, path, body string }{
 		{"GET", "/v1/workspaces/acme/keys", ""},
 		{"POST", "/v1/workspaces/acme/keys", `{"name":"new"}`},
@@ -91,6 +93,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 		t.Logf("%s %s without quorum: %d in %v", call.method, call.path, code, took.Round(time.Millisecond))
 		require.Equal(t, http.StatusServiceUnavailable, code, "%s %s: %s", call.method, call.path, body)
 		require.Less(t, took, 5*time.Second, "%s %s fails fast", call.method, call.path)
+		mgmt = append(mgmt, took)
 	}
 
 	c.restartEtcd(1)
@@ -99,7 +102,8 @@ func TestEtcdQuorumLoss(t *testing.T) {
 		code, _ := restRaw(t, "GET", api+"/v1/workspaces/acme/keys", c.root, "")
 		return code == http.StatusOK
 	}, 60*time.Second, 200*time.Millisecond, "management works again once quorum is back")
-	t.Logf("management back %v after the members restarted", time.Since(lost.Add(quorumLoss)).Round(time.Millisecond))
+	back := time.Since(lost.Add(quorumLoss))
+	t.Logf("management back %v after the members restarted", back.Round(time.Millisecond))
 	code, reason = chat(a)
 	require.Equal(t, http.StatusOK, code, reason)
 	code, reason = chat(disabled)
@@ -107,6 +111,10 @@ func TestEtcdQuorumLoss(t *testing.T) {
 	require.Eventually(t, func() bool { code, _ := chat(unseen); return code == http.StatusOK }, 30*time.Second, 100*time.Millisecond,
 		"the key never seen is verified once the keystore reaches etcd")
 	requireLedgerExact(t, c.root, api, []string{edge}, a.id, ids)
+	chaosRow{scenario: fmt.Sprintf("etcd quorum lost for %v", quorumLoss), trials: 1,
+		admitted: fmt.Sprintf("%d of %d answered 200", requests, requests),
+		recovery: fmt.Sprintf("management 503 in %s; back %v after quorum", durations(mgmt), back.Round(time.Millisecond)),
+		note:     "disabled key kept out, unseen key 503, ledger exact after"}.report(t)
 
 	// Told to stop while etcd has no quorum, every process exits within
 	// its shutdown timeout (20 s).
