@@ -98,9 +98,11 @@ type App struct {
 	https   []*http.Server
 	edge    *edge.Server
 	limiter *limiter.Server
-	closers []func() error
-	bg      sync.WaitGroup
-	errc    chan error
+	// limiterAddr is the limiter's advertised address (its member ID).
+	limiterAddr string
+	closers     []func() error
+	bg          sync.WaitGroup
+	errc        chan error
 }
 
 func (a *App) has(r Role) bool {
@@ -279,7 +281,7 @@ func (a *App) Start(ctx context.Context) error {
 			return fmt.Errorf("limiter: %w", err)
 		}
 		lim.Register(a.grpcSrv)
-		a.limiter = lim
+		a.limiter, a.limiterAddr = lim, adv
 		a.closers = append(a.closers, lim.Close)
 		a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	}
@@ -356,7 +358,13 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		MaxUnconfirmed: c.KeyCacheMaxUnconfirmed, Meter: a.tel.MeterProvider(),
 	})
 	a.goBackground(func() { _ = verifier.Run(a.ctx) })
-	lc, err := limitclient.New(ctx, limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")})
+	lcCfg := limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")}
+	if a.limiter != nil {
+		// The limiter in this process decides its keys without a loopback
+		// gRPC round trip.
+		lcCfg.Local = &limitclient.Local{Addr: a.limiterAddr, Server: a.limiter, Token: c.RootToken, Tracer: a.tel.Tracer}
+	}
+	lc, err := limitclient.New(ctx, lcCfg)
 	if err != nil {
 		return fmt.Errorf("limiter client: %w", err)
 	}

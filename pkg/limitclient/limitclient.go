@@ -39,6 +39,8 @@ type Config struct {
 	// DialOptions for the replicas; default plaintext (loopback, tests).
 	DialOptions []grpc.DialOption
 	Logger      *slog.Logger
+	// Local is this process's own limiter replica, if it runs one.
+	Local *Local
 }
 
 // Client routes limiter calls to key owners.
@@ -69,14 +71,26 @@ type Client struct {
 // stream is closed at once.
 const RetireAfter = 10 * time.Second
 
-// peer is one replica's connection and its CheckStream lane.
+// peer is one replica's connection and its CheckStream lane; the
+// in-process replica has neither.
 type peer struct {
 	cc     *grpc.ClientConn
 	client limiterv1.LimiterServiceClient
 	lane   *lane
 }
 
+// state is the connection's; the in-process replica is always ready.
+func (p *peer) state() connectivity.State {
+	if p.cc == nil {
+		return connectivity.Ready
+	}
+	return p.cc.GetState()
+}
+
 func (p *peer) close() error {
+	if p.cc == nil {
+		return nil
+	}
 	// The connection first: that ends a stream Send or open blocked on it.
 	err := p.cc.Close()
 	p.lane.close()
@@ -122,6 +136,9 @@ func (c *Client) Close() error {
 // after RetireAfter (or at Close): a call in flight on it, such as a
 // handover whose answer is a key's only state, is not cut.
 func (c *Client) retire(p *peer) {
+	if p.cc == nil {
+		return
+	}
 	c.retiring.Go(func() {
 		lane := make(chan struct{})
 		go func() { p.lane.close(); close(lane) }()
@@ -156,7 +173,7 @@ func (c *Client) prune(r *ring.Ring) {
 		// its connection waits out a reconnection backoff: a fresh one
 		// tries now. (Not ResetConnectBackoff: it reads the connection's
 		// subchannel map unlocked, racing with a subchannel being made.)
-		if p.cc.GetState() == connectivity.TransientFailure {
+		if p.state() == connectivity.TransientFailure {
 			gone = append(gone, p)
 			delete(c.peers, addr)
 		}
@@ -182,6 +199,14 @@ func (c *Client) peer(addr string) (*peer, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.peers[addr]
+	if p == nil && c.cfg.Local != nil && addr == c.cfg.Local.Addr {
+		l := localClient{srv: c.cfg.Local.Server, token: c.cfg.Local.Token}
+		if c.cfg.Local.Tracer != nil {
+			l.tracer = c.cfg.Local.Tracer.Tracer("github.com/keygate/keygate/pkg/limitclient")
+		}
+		p = &peer{client: l}
+		c.peers[addr] = p
+	}
 	if p == nil {
 		cc, err := grpc.NewClient(addr, c.cfg.DialOptions...)
 		if err != nil {
@@ -220,10 +245,11 @@ func (c *Client) Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*li
 				res []*limiterv1.CheckResult
 				err error
 			)
-			if !unary {
+			direct := unary || p.lane == nil // the in-process replica: a plain call
+			if !direct {
 				res, err = p.lane.check(ctx, sub)
 			}
-			if unary || errors.Is(err, errBatch) {
+			if direct || errors.Is(err, errBatch) {
 				res, err = checkUnary(ctx, p.client, sub)
 			}
 			if err != nil {
@@ -443,7 +469,7 @@ func retryable(ctx context.Context, err error) bool {
 func (c *Client) Reconnect(addr string) {
 	c.mu.Lock()
 	p := c.peers[addr]
-	if p != nil && p.cc.GetState() != connectivity.Ready {
+	if p != nil && p.state() != connectivity.Ready {
 		delete(c.peers, addr)
 	} else {
 		p = nil
@@ -459,7 +485,7 @@ func (c *Client) Ready(addr string) bool {
 	c.mu.Lock()
 	p := c.peers[addr]
 	c.mu.Unlock()
-	return p != nil && p.cc.GetState() == connectivity.Ready
+	return p != nil && p.state() == connectivity.Ready
 }
 
 // Replica returns the client of the replica at addr, over this client's
