@@ -22,6 +22,7 @@ type limiterCluster struct {
 	lims   []*limiterProc
 	edges  []string
 	secret string
+	keys   int // created so far
 }
 
 type limiterProc struct {
@@ -53,12 +54,18 @@ func newLimiterCluster(t *testing.T, edges int, rpm int) *limiterCluster {
 	return lc
 }
 
-// newKey creates a key limited to rpm (and a large rpd); the cluster's
-// tests and load use it from then on.
+// newKey creates a key limited to rpm (and a large rpd), deleting the
+// previous one (the workspace's key cap is 10); the cluster's tests and
+// load use it from then on.
 func (lc *limiterCluster) newKey(t *testing.T, rpm int) {
 	t.Helper()
+	if lc.keyID != "" {
+		code, _, body := rest(t, "DELETE", lc.api+"/v1/workspaces/acme/keys/"+lc.keyID, lc.c.root, nil)
+		require.Equal(t, http.StatusOK, code, body)
+	}
+	lc.keys++
 	code, _, body := rest(t, "POST", lc.api+"/v1/workspaces/acme/keys", lc.c.root,
-		map[string]any{"name": "web", "globalLimits": map[string]any{"rpm": rpm, "rpd": max(10_000, rpm)}})
+		map[string]any{"name": fmt.Sprintf("web-%d", lc.keys), "globalLimits": map[string]any{"rpm": rpm, "rpd": max(10_000, rpm)}})
 	require.Equal(t, http.StatusOK, code, body)
 	lc.secret = body["secret"].(string)
 	lc.keyID = body["key"].(map[string]any)["id"].(string)
