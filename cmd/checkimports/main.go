@@ -1,7 +1,8 @@
 // Command checkimports enforces the one-way dependency rule of the
-// repository: cmd -> services -> pkg -> gen. A service never imports another
-// service, pkg never imports services or cmd, and gen imports nothing of
-// ours. It reads the graph from `go list -deps`.
+// repository: cmd -> services -> internal/pkg -> gen. A service never
+// imports another service, internal and pkg never import services or cmd,
+// pkg (the SDK) never imports internal, and gen imports nothing of ours.
+// It reads the graph from `go list -deps`.
 package main
 
 import (
@@ -38,7 +39,7 @@ func layer(pkg string) (kind, name string) {
 	}
 	parts := strings.SplitN(rest, "/", 3)
 	switch parts[0] {
-	case "gen", "pkg", "cmd":
+	case "gen", "pkg", "cmd", "internal":
 		return parts[0], ""
 	case "services":
 		if len(parts) > 1 {
@@ -56,10 +57,11 @@ func allowed(fromKind, fromName, toKind, toName string) bool {
 	switch fromKind {
 	case "gen":
 		return toKind == "gen"
-	case "pkg":
-		return toKind == "pkg" || toKind == "gen"
+	case "pkg", "internal":
+		// pkg is the Go SDK: it never needs the server-side helpers.
+		return toKind == "pkg" || toKind == "gen" || (fromKind == "internal" && toKind == "internal")
 	case "services":
-		return toKind == "pkg" || toKind == "gen" || (toKind == "services" && toName == fromName)
+		return toKind == "internal" || toKind == "pkg" || toKind == "gen" || (toKind == "services" && toName == fromName)
 	case "cmd":
 		return toKind != "other"
 	}

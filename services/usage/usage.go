@@ -39,6 +39,7 @@ package usage
 import (
 	"errors"
 	"fmt"
+	"github.com/keygate/keygate/internal/period"
 	"time"
 
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
@@ -83,29 +84,17 @@ const dayLayout = "2006-01-02"
 const monthLayout = "2006-01"
 
 // dayStart is 00:00 UTC of t's day.
-func dayStart(t time.Time) time.Time {
-	y, m, d := t.UTC().Date()
-	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-}
+func dayStart(t time.Time) time.Time { return period.DayStart(t) }
 
 // periodBounds returns the start of the reset period containing now and the
-// start of the next one (zero for never). Unspecified counts as never.
+// start of the next one (zero for never). Never's totals count from the
+// epoch.
 func periodBounds(p typev1.ResetPeriod, now time.Time) (start, end time.Time) {
-	day := dayStart(now)
-	switch p {
-	case typev1.ResetPeriod_RESET_PERIOD_DAILY:
-		return day, day.AddDate(0, 0, 1)
-	case typev1.ResetPeriod_RESET_PERIOD_WEEKLY:
-		// Weeks start on Monday: Go's Sunday is 0.
-		back := (int(day.Weekday()) + 6) % 7
-		s := day.AddDate(0, 0, -back)
-		return s, s.AddDate(0, 0, 7)
-	case typev1.ResetPeriod_RESET_PERIOD_MONTHLY:
-		s := time.Date(day.Year(), day.Month(), 1, 0, 0, 0, 0, time.UTC)
-		return s, s.AddDate(0, 1, 0)
-	default:
+	id := period.Of(now, period.Kind(p))
+	if id.Kind == period.Never {
 		return time.Unix(0, 0).UTC(), time.Time{}
 	}
+	return id.Start(), id.End()
 }
 
 // parseDay reads a YYYY-MM-DD date; field names it in the error.

@@ -203,11 +203,11 @@ func exportScope(s *scope) *limiterv1.ScopeState {
 }
 
 func exportPeriod(id PeriodID, used int64) *limiterv1.PeriodState {
-	return &limiterv1.PeriodState{Period: int32(id.Period), Number: id.N, Used: used}
+	return &limiterv1.PeriodState{Period: int32(id.Kind), Number: id.N, Used: used}
 }
 
 func importPeriod(p *limiterv1.PeriodState) PeriodID {
-	return PeriodID{Period: Period(p.GetPeriod()), N: p.GetNumber()}
+	return PeriodID{Kind: Period(p.GetPeriod()), N: p.GetNumber()}
 }
 
 func importScope(s *scope, st *limiterv1.ScopeState) {

@@ -129,7 +129,7 @@ func (m *refModel) windows(now int64, r *Request) []refWindow {
 			}
 		}
 		var reset time.Duration
-		if end := id.end(); end != 0 {
+		if end := periodEnd(id); end != 0 {
 			reset = time.Duration(end - now)
 		}
 		out = append(out, refWindow{kind, false, limit, used, est, -1, reset})

@@ -33,6 +33,7 @@
 package window
 
 import (
+	"github.com/keygate/keygate/internal/period"
 	"sync"
 	"time"
 
@@ -53,17 +54,16 @@ const (
 	KindBudget
 )
 
-// Period is a reset period; values match keygate.type.v1.ResetPeriod.
-// PeriodUnspecified behaves as PeriodNever.
-type Period uint8
+// Period is a reset period (package period owns their arithmetic).
+type Period = period.Kind
 
 // The reset periods.
 const (
-	PeriodUnspecified Period = iota
-	PeriodNever
-	PeriodDaily
-	PeriodWeekly
-	PeriodMonthly
+	PeriodUnspecified = period.Unspecified
+	PeriodNever       = period.Never
+	PeriodDaily       = period.Daily
+	PeriodWeekly      = period.Weekly
+	PeriodMonthly     = period.Monthly
 )
 
 const (
@@ -133,10 +133,7 @@ type Decision struct {
 }
 
 // PeriodID identifies one reset period.
-type PeriodID struct {
-	Period Period
-	N      int64
-}
+type PeriodID = period.ID
 
 // Totals are usage totals from the ledger that seed a key's state.
 type Totals struct {
@@ -380,7 +377,7 @@ type clock struct {
 func newClock(now time.Time) clock {
 	n := now.UnixNano()
 	sec := floorDiv(n, secNanos)
-	day := floorDiv(sec, daySecs)
+	day := period.DayOfUnix(sec)
 	next := (day + 1) * daySecs * secNanos
 	return clock{now: n, sec: sec, day: day, nextDay: next, dayReset: time.Duration(next - n)}
 }
@@ -394,57 +391,19 @@ func floorDiv(a, b int64) int64 {
 }
 
 // DayOf returns the UTC day number of t (days since 1970-01-01).
-func DayOf(t time.Time) int64 { return floorDiv(t.Unix(), daySecs) }
+func DayOf(t time.Time) int64 { return period.Day(t) }
 
 // PeriodOf returns the period p containing t.
-func PeriodOf(t time.Time, p Period) PeriodID {
-	switch normPeriod(p) {
-	case PeriodDaily:
-		return PeriodID{p, floorDiv(t.Unix(), daySecs)}
-	case PeriodWeekly:
-		// 1970-01-01 was a Thursday; shift so weeks start on Monday.
-		return PeriodID{p, floorDiv(floorDiv(t.Unix(), daySecs)+3, 7)}
-	case PeriodMonthly:
-		y, m, _ := t.UTC().Date()
-		return PeriodID{p, int64(y)*12 + int64(m) - 1}
-	default:
-		return PeriodID{PeriodNever, 0}
-	}
-}
+func PeriodOf(t time.Time, p Period) PeriodID { return period.Of(t, p) }
 
-// Start returns when the period begins; the zero time for never.
-func (id PeriodID) Start() time.Time {
-	switch id.Period {
-	case PeriodDaily:
-		return time.Unix(id.N*daySecs, 0).UTC()
-	case PeriodWeekly:
-		return time.Unix((id.N*7-3)*daySecs, 0).UTC()
-	case PeriodMonthly:
-		return time.Date(int(id.N/12), time.Month(id.N%12+1), 1, 0, 0, 0, 0, time.UTC)
-	default:
-		return time.Time{}
-	}
-}
-
-// end returns the unix nanoseconds at which the period ends, or 0 (never).
-func (id PeriodID) end() int64 {
-	switch id.Period {
-	case PeriodDaily:
-		return (id.N + 1) * daySecs * secNanos
-	case PeriodWeekly:
-		return ((id.N+1)*7 - 3) * daySecs * secNanos
-	case PeriodMonthly:
-		return time.Date(int(id.N/12), time.Month(id.N%12+2), 1, 0, 0, 0, 0, time.UTC).UnixNano()
-	default:
+// periodEnd returns the unix nanoseconds at which the period ends, or 0
+// (never).
+func periodEnd(id PeriodID) int64 {
+	end := id.End()
+	if end.IsZero() {
 		return 0
 	}
-}
-
-func normPeriod(p Period) Period {
-	if p == PeriodUnspecified || p > PeriodMonthly {
-		return PeriodNever
-	}
-	return p
+	return end.UnixNano()
 }
 
 func (s *scope) advance(c *clock) {
@@ -677,7 +636,7 @@ func (t *Table) quotas(ks *keyState, ms *modelScope, c *clock, r *Request, d *De
 }
 
 func periodReset(id PeriodID, now int64) time.Duration {
-	end := id.end()
+	end := periodEnd(id)
 	if end == 0 {
 		return 0
 	}
@@ -837,7 +796,7 @@ func (ks *keyState) spent(c *clock) bool {
 		if !limited || p.used == 0 {
 			return false
 		}
-		end := p.id.end()
+		end := periodEnd(p.id)
 		return end == 0 || end > c.now
 	}
 	return !alive(ks.capLimited, ks.tokens) && !alive(ks.budgetLimited, ks.cost)
