@@ -49,7 +49,12 @@ func Parse(s string) (Nanos, error) {
 	}
 	n := Nanos(w * Scale)
 	if frac != "" {
-		f, _ := strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 64)
+		// Scaled by multiplying, not by padding the string: the limiter
+		// parses a budget on every check and must not allocate.
+		f, _ := strconv.ParseInt(frac, 10, 64)
+		for range 9 - len(frac) {
+			f *= 10
+		}
 		n += Nanos(f)
 	}
 	return n, nil

@@ -69,6 +69,7 @@ import (
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/pkg/money"
 	"github.com/keygate/keygate/pkg/ring"
 	"github.com/keygate/keygate/services/limiter/internal/window"
 )
@@ -615,10 +616,11 @@ func toRequest(it *limiterv1.CheckItem, r *window.Request) error {
 		return errors.New("token cap must not be negative")
 	}
 	if amt := p.GetBudget().GetAmountUsd(); amt != "" {
-		var ok bool
-		if r.BudgetMicros, ok = parseMicros(amt); !ok {
-			return errors.New("budget amount_usd must be a decimal such as \"5.00\" with at most 6 decimal places")
+		n, err := money.Parse(amt)
+		if err != nil {
+			return fmt.Errorf("budget amount_usd: %w", err)
 		}
+		r.BudgetMicros = n.Micros()
 	}
 	return nil
 }
@@ -629,43 +631,6 @@ func limits(l *typev1.Limits) (window.Limits, error) {
 		return w, errors.New("limits must not be negative")
 	}
 	return w, nil
-}
-
-// parseMicros reads a non-negative decimal dollar amount with at most 6
-// decimal places as micro-dollars, without allocating.
-func parseMicros(s string) (int64, bool) {
-	var whole, frac int64
-	digits, fracDigits, dot := 0, 0, false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '.' && !dot:
-			dot = true
-		case c >= '0' && c <= '9':
-			if dot {
-				if fracDigits == 6 {
-					return 0, false
-				}
-				frac = frac*10 + int64(c-'0')
-				fracDigits++
-			} else {
-				if whole > (1<<62)/10_000_000 {
-					return 0, false
-				}
-				whole = whole*10 + int64(c-'0')
-				digits++
-			}
-		default:
-			return 0, false
-		}
-	}
-	if digits == 0 || (dot && fracDigits == 0) {
-		return 0, false
-	}
-	for ; fracDigits < 6; fracDigits++ {
-		frac *= 10
-	}
-	return whole*1_000_000 + frac, true
 }
 
 // seedCall is one key's seed in flight; concurrent first requests wait on
