@@ -362,28 +362,28 @@ func (s *Server) hopContextN(ctx context.Context, n int) context.Context {
 // results of local decisions live in sl, so they are valid until sl is
 // reused.
 func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bool, sl *slab) ([]*limiterv1.CheckResult, error) {
-	var req window.Request
+	out := sl.reset(len(items))
 	remote := 0
 	for i, it := range items {
-		if err := toRequest(it, &req); err != nil {
+		if err := toRequest(it, &sl.reqs[i]); err != nil {
 			return nil, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
 		}
-		if !s.local(it.GetKey(), hop) {
+		sl.remote[i] = !s.local(it.GetKey(), hop)
+		if sl.remote[i] {
 			remote++
 		}
 	}
-	out := sl.reset(len(items))
 	if remote == 0 {
 		// The common case: no index lists, no goroutine.
 		return out, s.decideLocal(ctx, items, nil, out, sl)
 	}
 	localIdx := make([]int, 0, len(items)-remote)
 	remoteIdx := make([]int, 0, remote)
-	for i, it := range items {
-		if s.local(it.GetKey(), hop) {
-			localIdx = append(localIdx, i)
-		} else {
+	for i := range items {
+		if sl.remote[i] {
 			remoteIdx = append(remoteIdx, i)
+		} else {
+			localIdx = append(localIdx, i)
 		}
 	}
 	var (
@@ -424,7 +424,6 @@ func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bo
 // decideLocal decides items[idx] (every item when idx is nil) into out.
 func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, idx []int, out []*limiterv1.CheckResult, sl *slab) error {
 	var (
-		req      window.Request
 		d        window.Decision
 		allow    int64
 		deny     int64
@@ -432,8 +431,7 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		moved    []int
 	)
 	decide := func(now time.Time, i int) {
-		_ = toRequest(items[i], &req) // validated by check
-		if err := s.table.Check(now, &req, &d); err != nil {
+		if err := s.table.Check(now, &sl.reqs[i], &d); err != nil {
 			if err == window.ErrMoved && !s.owns(items[i].GetKey()) {
 				moved = append(moved, i)
 			} else {
@@ -496,6 +494,10 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 type slab struct {
 	cells []cell
 	out   []*limiterv1.CheckResult
+	// reqs holds each item converted once, remote whether another replica
+	// decides it.
+	reqs   []window.Request
+	remote []bool
 	// quotas and ptrs are handed out in order, d.N per result.
 	quotas []quotaCell
 	ptrs   []*limiterv1.Quota
@@ -520,10 +522,12 @@ func (sl *slab) reset(n int) []*limiterv1.CheckResult {
 	if cap(sl.out) < n || (n <= maxReuse && cap(sl.out) > maxReuse) {
 		sl.cells = make([]cell, n)
 		sl.out = make([]*limiterv1.CheckResult, n)
+		sl.reqs = make([]window.Request, n)
+		sl.remote = make([]bool, n)
 		sl.quotas, sl.ptrs = nil, nil
 	}
 	sl.used = 0
-	sl.out = sl.out[:n]
+	sl.out, sl.reqs, sl.remote = sl.out[:n], sl.reqs[:n], sl.remote[:n]
 	clear(sl.out)
 	return sl.out
 }
