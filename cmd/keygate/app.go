@@ -363,6 +363,7 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		// The limiter in this process decides its keys without a loopback
 		// gRPC round trip.
 		lcCfg.Local = &limitclient.Local{Addr: a.limiterAddr, Server: a.limiter, Token: c.RootToken, Tracer: a.tel.Tracer}
+		lcCfg.Watcher = a.limiter.Membership() // one membership watcher per process
 	}
 	lc, err := limitclient.New(ctx, lcCfg)
 	if err != nil {

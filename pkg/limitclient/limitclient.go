@@ -41,12 +41,16 @@ type Config struct {
 	Logger      *slog.Logger
 	// Local is this process's own limiter replica, if it runs one.
 	Local *Local
+	// Watcher is the process's membership watcher, shared; nil = the
+	// client follows the membership itself.
+	Watcher *ring.Watcher
 }
 
 // Client routes limiter calls to key owners.
 type Client struct {
-	cfg     Config
-	watcher *ring.Watcher
+	cfg        Config
+	watcher    *ring.Watcher
+	ownWatcher bool // started by New, so closed by Close
 
 	mu    sync.Mutex
 	peers map[string]*peer // by address
@@ -110,17 +114,25 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg: cfg, peers: make(map[string]*peer), down: make(map[string]bool), warned: make(map[string]time.Time),
 		closing: make(chan struct{}),
 	}
+	if cfg.Watcher != nil {
+		c.watcher = cfg.Watcher
+		cfg.Watcher.OnChange(c.prune)
+		return c, nil
+	}
 	w, err := ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: c.prune})
 	if err != nil {
 		return nil, fmt.Errorf("limitclient: %w", err)
 	}
-	c.watcher = w
+	c.watcher, c.ownWatcher = w, true
 	return c, nil
 }
 
 // Close stops following the membership and closes the connections.
 func (c *Client) Close() error {
-	err := c.watcher.Close()
+	var err error
+	if c.ownWatcher {
+		err = c.watcher.Close()
+	}
 	c.mu.Lock()
 	for addr, p := range c.peers {
 		err = errors.Join(err, p.close())
@@ -157,6 +169,11 @@ func (c *Client) retire(p *peer) {
 // prune retires connections and streams to departed members, and
 // connections waiting out a reconnection backoff.
 func (c *Client) prune(r *ring.Ring) {
+	select {
+	case <-c.closing:
+		return // a shared watcher outlives this client
+	default:
+	}
 	live := make(map[string]bool, r.Len())
 	for _, m := range r.Members() {
 		live[m.Addr] = true

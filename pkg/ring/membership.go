@@ -126,13 +126,16 @@ type WatchConfig struct {
 	ProgressInterval time.Duration
 }
 
-// Watcher follows the members under a prefix.
+// Watcher follows the members under a prefix. One watcher serves every
+// part of a process that needs the membership (OnChange adds listeners).
 type Watcher struct {
-	cfg    WatchConfig
-	ring   atomic.Pointer[Ring]
-	synced atomic.Int64 // unix nanos of the last list or watch response
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cfg       WatchConfig
+	ring      atomic.Pointer[Ring]
+	mu        sync.Mutex // orders publishing and adding listeners
+	listeners []func(*Ring)
+	synced    atomic.Int64 // unix nanos of the last list or watch response
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // Watch lists the members, then follows changes until Close. It returns
@@ -151,6 +154,9 @@ func Watch(ctx context.Context, cfg WatchConfig) (*Watcher, error) {
 		cfg.ProgressInterval = 5 * time.Second
 	}
 	w := &Watcher{cfg: cfg}
+	if cfg.OnChange != nil {
+		w.listeners = append(w.listeners, cfg.OnChange)
+	}
 	members, rev, err := w.list(ctx)
 	if err != nil {
 		return nil, err
@@ -164,6 +170,14 @@ func Watch(ctx context.Context, cfg WatchConfig) (*Watcher, error) {
 
 // Ring returns the current members.
 func (w *Watcher) Ring() *Ring { return w.ring.Load() }
+
+// OnChange adds f to the functions called with each new ring, one call at
+// a time; rings published before it was added are not replayed.
+func (w *Watcher) OnChange(f func(*Ring)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.listeners = append(w.listeners, f)
+}
 
 // Close stops watching.
 func (w *Watcher) Close() error {
@@ -191,9 +205,11 @@ func (w *Watcher) publish(members map[string]string) {
 		ms = append(ms, Member{ID: id, Addr: addr})
 	}
 	r := New(ms)
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.ring.Store(r)
-	if w.cfg.OnChange != nil {
-		w.cfg.OnChange(r)
+	for _, f := range w.listeners {
+		f(r)
 	}
 }
 

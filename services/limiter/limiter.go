@@ -209,17 +209,29 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Etcd != nil {
 		s.replicas = window.NewReplicas()
 		var err error
-		if s.peers, err = limitclient.New(ctx, limitclient.Config{Etcd: cfg.Etcd, DialOptions: cfg.DialOptions, Logger: cfg.Logger}); err != nil {
-			return nil, fmt.Errorf("limiter: %w", err)
-		}
 		if s.watcher, err = ring.Watch(ctx, ring.WatchConfig{Etcd: cfg.Etcd, Logger: cfg.Logger, OnChange: s.membershipChanged}); err != nil {
-			_ = s.peers.Close()
 			return nil, fmt.Errorf("limiter: %w", err)
 		}
+		// One membership watcher per process: the peers' client shares it.
+		if s.peers, err = limitclient.New(ctx, limitclient.Config{Etcd: cfg.Etcd, DialOptions: cfg.DialOptions, Logger: cfg.Logger, Watcher: s.watcher}); err != nil {
+			_ = s.watcher.Close()
+			return nil, fmt.Errorf("limiter: %w", err)
+		}
+		seen := s.awaitSelf()
 		if s.reg, err = ring.Register(ctx, cfg.Etcd, ring.DefaultPrefix, ring.Member{ID: s.id, Addr: cfg.AdvertiseAddr}, 0, cfg.Logger); err != nil {
 			_ = s.watcher.Close()
 			_ = s.peers.Close()
 			return nil, fmt.Errorf("limiter: %w", err)
+		}
+		// Clients sharing the watcher route to this replica as soon as New
+		// returns.
+		select {
+		case <-seen:
+		case <-ctx.Done():
+			_ = s.reg.Close()
+			_ = s.watcher.Close()
+			_ = s.peers.Close()
+			return nil, fmt.Errorf("limiter: waiting to see itself in the membership: %w", ctx.Err())
 		}
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -258,6 +270,25 @@ func (s *Server) initMetrics() error {
 	s.denyOpts = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("decision", "deny")))}
 	return nil
 }
+
+// awaitSelf returns a channel closed once the watcher's ring has this
+// replica.
+func (s *Server) awaitSelf() <-chan struct{} {
+	seen := make(chan struct{})
+	var once sync.Once
+	check := func(r *ring.Ring) {
+		if _, ok := r.Member(s.id); ok {
+			once.Do(func() { close(seen) })
+		}
+	}
+	s.watcher.OnChange(check)
+	check(s.watcher.Ring())
+	return seen
+}
+
+// Membership returns the replica's membership watcher (nil when stand-alone),
+// for other parts of the process to share.
+func (s *Server) Membership() *ring.Watcher { return s.watcher }
 
 // Register adds the limiter service to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) { limiterv1.RegisterLimiterServiceServer(r, s) }
