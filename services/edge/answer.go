@@ -42,22 +42,32 @@ func badRequest(msg string) apiError {
 	return apiError{http.StatusBadRequest, "invalid_request_error", "invalid_request_error", msg}
 }
 
+// modelNotFound is OpenAI's answer for a model that does not exist.
+func modelNotFound(id string) apiError {
+	return apiError{http.StatusNotFound, "invalid_request_error", "model_not_found",
+		"The model '" + id + "' does not exist or you do not have access to it. GET /v1/models lists the models this key may use."}
+}
+
 func upstreamError(status int, msg string) apiError {
 	return apiError{status, "server_error", "upstream_error", msg}
 }
 
-// setRateHeaders writes the x-ratelimit-* headers from a Check result;
-// without one (the request never reached the limiter, or the key has no
-// such window) they read 0 and "0s", meaning no window applied. The map is
-// written directly: the names are already canonical.
+// setRateHeaders writes the x-ratelimit-* headers from a Check result, for
+// the dimensions the key limits: a dimension without a window (or a request
+// that never reached the limiter) is not advertised, since clients read
+// "limit 0" as exhausted. The map is written directly: the names are
+// already canonical.
 func setRateHeaders(h http.Header, res *limiterv1.CheckResult) {
-	rq, tq := res.GetRequests(), res.GetTokens()
-	h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(rq.GetLimit(), 10)}
-	h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(rq.GetRemaining(), 0), 10)}
-	h["X-Ratelimit-Reset-Requests"] = []string{formatReset(rq.GetResetAfter())}
-	h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(tq.GetLimit(), 10)}
-	h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(tq.GetRemaining(), 0), 10)}
-	h["X-Ratelimit-Reset-Tokens"] = []string{formatReset(tq.GetResetAfter())}
+	if q := res.GetRequests(); q.GetLimit() > 0 {
+		h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(q.GetLimit(), 10)}
+		h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(q.GetRemaining(), 0), 10)}
+		h["X-Ratelimit-Reset-Requests"] = []string{formatReset(q.GetResetAfter())}
+	}
+	if q := res.GetTokens(); q.GetLimit() > 0 {
+		h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(q.GetLimit(), 10)}
+		h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(q.GetRemaining(), 0), 10)}
+		h["X-Ratelimit-Reset-Tokens"] = []string{formatReset(q.GetResetAfter())}
+	}
 }
 
 // formatReset renders a duration as OpenAI does ("17ms", "1s", "6m0s").

@@ -53,10 +53,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/embeddings":
 		s.serveInference(w, r, embeddingEndpoint)
 	case "/v1/models":
-		s.serveModels(w, r)
+		s.serveModels(w, r, "")
 	case "/healthz":
 		s.serveHealth(w)
 	default:
+		if id, ok := strings.CutPrefix(r.URL.Path, "/v1/models/"); ok && id != "" {
+			s.serveModels(w, r, id)
+			return
+		}
 		c := s.begin(w, r, "unknown route")
 		defer c.end()
 		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "not_found",
@@ -412,8 +416,7 @@ func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endp
 	}
 	rt := cat.byID[req.Model]
 	if rt == nil {
-		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "model_not_found",
-			"The model '" + req.Model + "' does not exist. GET /v1/models lists the models this key may use."})
+		c.fail(modelNotFound(req.Model))
 		return
 	}
 	if allowed := c.key.GetAllowedModels(); len(allowed) > 0 && !slices.Contains(allowed, rt.id) {
@@ -808,20 +811,68 @@ func (c *call) streamLine(rc *http.ResponseController, line []byte, clientUsage 
 			*skip = true
 			return nil
 		}
-		if !usageOnly && !bytes.Equal(data, doneMarker) {
+		if _, err := c.w.Write(line); err != nil {
+			return err
+		}
+		// A chunk is a token the client received once written, and only
+		// when it carries text: the role chunk and the finish chunk do not.
+		if !usageOnly && carriesText(data) {
 			*chunks++
 		}
+		return nil
 	}
 	_, err := c.w.Write(line)
 	return err
 }
 
-// serveModels lists the models the key may use.
-func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+// textFields are the JSON names under which a streamed chunk carries
+// generated text (message text, completion text, tool call arguments, a
+// refusal).
+var textFields = [][]byte{[]byte(`"content"`), []byte(`"text"`), []byte(`"arguments"`), []byte(`"refusal"`)}
+
+// carriesText reports whether a chunk has a non-empty string under one of
+// textFields. A quoted name cannot occur inside a JSON string (its quotes
+// would be escaped), so a byte scan finds only keys.
+func carriesText(data []byte) bool {
+	for _, name := range textFields {
+		for rest := data; ; {
+			i := bytes.Index(rest, name)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(name):]
+			v := bytes.TrimLeft(rest, " \t")
+			if len(v) == 0 || v[0] != ':' {
+				continue
+			}
+			if v = bytes.TrimLeft(v[1:], " \t"); len(v) >= 2 && v[0] == '"' && v[1] != '"' {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// modelJSON is one entry of /v1/models, in OpenAI's shape.
+type modelJSON struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func (rt *route) json() modelJSON {
+	return modelJSON{ID: rt.id, Object: "model", Created: rt.created, OwnedBy: rt.provider}
+}
+
+// serveModels answers GET /v1/models (the models the key may use) and
+// GET /v1/models/{id} (one of them; any other id is not found, whether it
+// does not exist or the key may not use it).
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request, id string) {
 	c := s.begin(w, r, "GET /v1/models")
 	defer c.end()
 	if r.Method != http.MethodGet {
-		c.fail(apiError{http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "Use GET for /v1/models."})
+		c.fail(apiError{http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "Use GET for " + r.URL.Path + "."})
 		return
 	}
 	if !c.authenticate() {
@@ -833,27 +884,33 @@ func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 			"The model registry has not loaded yet; please retry shortly."})
 		return
 	}
-	type model struct {
-		ID      string `json:"id"`
-		Object  string `json:"object"`
-		Created int64  `json:"created"`
-		OwnedBy string `json:"owned_by"`
+	allowed := c.key.GetAllowedModels()
+	if id != "" {
+		rt := cat.byID[id]
+		if rt == nil || len(allowed) > 0 && !slices.Contains(allowed, id) {
+			c.fail(modelNotFound(id))
+			return
+		}
+		c.writeJSON(rt.json())
+		return
 	}
 	list := struct {
-		Object string  `json:"object"`
-		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
-	allowed := c.key.GetAllowedModels()
+		Object string      `json:"object"`
+		Data   []modelJSON `json:"data"`
+	}{Object: "list", Data: []modelJSON{}}
 	for _, rt := range cat.list {
 		if len(allowed) == 0 || slices.Contains(allowed, rt.id) {
-			list.Data = append(list.Data, model{ID: rt.id, Object: "model", Created: rt.created, OwnedBy: rt.provider})
+			list.Data = append(list.Data, rt.json())
 		}
 	}
-	b, _ := json.Marshal(list)
-	h := w.Header()
-	setRateHeaders(h, nil)
-	h["Content-Type"] = []string{"application/json"}
+	c.writeJSON(list)
+}
+
+// writeJSON answers 200 with v.
+func (c *call) writeJSON(v any) {
+	b, _ := json.Marshal(v)
+	c.w.Header()["Content-Type"] = []string{"application/json"}
 	c.status, c.reason = http.StatusOK, "ok"
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(append(b, '\n'))
+	c.w.WriteHeader(http.StatusOK)
+	_, _ = c.w.Write(append(b, '\n'))
 }

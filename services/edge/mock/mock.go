@@ -12,8 +12,11 @@ package mock
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"hash/fnv"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -59,6 +62,7 @@ type request struct {
 	Messages            json.RawMessage `json:"messages"`
 	Prompt              json.RawMessage `json:"prompt"`
 	Input               json.RawMessage `json:"input"`
+	EncodingFormat      string          `json:"encoding_format"`
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -262,28 +266,51 @@ func (s *Server) embed(w http.ResponseWriter, req *request) {
 		writeError(w, http.StatusBadRequest, "input must be a string or an array of strings")
 		return
 	}
+	if req.EncodingFormat != "" && req.EncodingFormat != "float" && req.EncodingFormat != "base64" {
+		writeError(w, http.StatusBadRequest, "encoding_format must be float or base64")
+		return
+	}
 	type embedding struct {
-		Object    string    `json:"object"`
-		Index     int       `json:"index"`
-		Embedding []float64 `json:"embedding"`
+		Object    string `json:"object"`
+		Index     int    `json:"index"`
+		Embedding any    `json:"embedding"`
 	}
 	data := make([]embedding, len(inputs))
 	for i, in := range inputs {
-		h := fnv.New64a()
-		_, _ = h.Write([]byte(in))
-		seed := h.Sum64()
-		vec := make([]float64, 8)
-		for j := range vec {
-			seed = seed*6364136223846793005 + 1442695040888963407
-			vec[j] = float64(int64(seed>>11)%2000-1000) / 1000
+		data[i] = embedding{Object: "embedding", Index: i, Embedding: Vector(in)}
+		if req.EncodingFormat == "base64" {
+			data[i].Embedding = encodeBase64(Vector(in))
 		}
-		data[i] = embedding{Object: "embedding", Index: i, Embedding: vec}
 	}
 	p := PromptTokens(req.Input)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"object": "list", "model": req.Model, "data": data,
 		"usage": map[string]int{"prompt_tokens": p, "total_tokens": p},
 	})
+}
+
+// Vector is the mock's embedding of one input: 8 float32 values in
+// [-1, 1), derived from the input's hash.
+func Vector(input string) []float32 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(input))
+	seed := h.Sum64()
+	vec := make([]float32, 8)
+	for j := range vec {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		vec[j] = float32(int64(seed>>11)%2000-1000) / 1000
+	}
+	return vec
+}
+
+// encodeBase64 is OpenAI's base64 embedding: the little-endian float32
+// values, base64 encoded.
+func encodeBase64(vec []float32) string {
+	b := make([]byte, 0, 4*len(vec))
+	for _, v := range vec {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+	}
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 func wait(ctx context.Context, d time.Duration) bool {
