@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
@@ -13,29 +12,14 @@ import (
 	"github.com/keygate/keygate/pkg/money"
 )
 
-// apiError is an answer in OpenAI's error shape. code doubles as the
-// metric reason.
+// apiError is a refusal: its status, OpenAI's error type and code (each
+// dialect writes it in its own shape), and a message for people. code
+// doubles as the metric reason.
 type apiError struct {
 	status int
 	typ    string
 	code   string
 	msg    string
-}
-
-type errorBody struct {
-	Error struct {
-		Message string  `json:"message"`
-		Type    string  `json:"type"`
-		Param   *string `json:"param"`
-		Code    string  `json:"code"`
-	} `json:"error"`
-}
-
-func (e apiError) body() []byte {
-	var b errorBody
-	b.Error.Message, b.Error.Type, b.Error.Code = e.msg, e.typ, e.code
-	out, _ := json.Marshal(b)
-	return append(out, '\n')
 }
 
 func badRequest(msg string) apiError {
@@ -50,24 +34,6 @@ func modelNotFound(id string) apiError {
 
 func upstreamError(status int, msg string) apiError {
 	return apiError{status, "server_error", "upstream_error", msg}
-}
-
-// setRateHeaders writes the x-ratelimit-* headers from a Check result, for
-// the dimensions the key limits: a dimension without a window (or a request
-// that never reached the limiter) is not advertised, since clients read
-// "limit 0" as exhausted. The map is written directly: the names are
-// already canonical.
-func setRateHeaders(h http.Header, res *limiterv1.CheckResult) {
-	if q := res.GetRequests(); q.GetLimit() > 0 {
-		h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(q.GetLimit(), 10)}
-		h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(q.GetRemaining(), 0), 10)}
-		h["X-Ratelimit-Reset-Requests"] = []string{formatReset(q.GetResetAfter())}
-	}
-	if q := res.GetTokens(); q.GetLimit() > 0 {
-		h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(q.GetLimit(), 10)}
-		h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(q.GetRemaining(), 0), 10)}
-		h["X-Ratelimit-Reset-Tokens"] = []string{formatReset(q.GetResetAfter())}
-	}
 }
 
 // formatReset renders a duration as OpenAI does ("17ms", "1s", "6m0s").

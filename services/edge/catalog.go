@@ -32,6 +32,8 @@ type route struct {
 // upstream is one provider: where to send requests and with which
 // credential.
 type upstream struct {
+	// kinds are the dialect families it speaks (the mock speaks all).
+	kinds  providerKind
 	base   string // without a trailing slash
 	client *http.Client
 	apiKey string
@@ -163,9 +165,9 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 
 func (h *catalogHolder) upstream(p *keystorev1.Provider) *upstream {
 	if p.GetBaseUrl() == "mock" {
-		return &upstream{base: "http://mock/v1", client: h.mock}
+		return &upstream{kinds: kindOpenAI | kindAnthropic, base: "http://mock/v1", client: h.mock}
 	}
-	up := &upstream{base: strings.TrimRight(p.GetBaseUrl(), "/"), client: h.http}
+	up := &upstream{kinds: kindOpenAI, base: strings.TrimRight(p.GetBaseUrl(), "/"), client: h.http}
 	switch {
 	case p.GetApiKeyEnv() != "":
 		up.apiKey = h.getenv(p.GetApiKeyEnv())
