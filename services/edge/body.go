@@ -112,6 +112,25 @@ func jsonString(s string) json.RawMessage {
 	return b
 }
 
+var typePrefix = []byte(`{"type":"`)
+
+// eventType is the "type" of a streamed event's data (OpenAI's Responses
+// and Anthropic's Messages events both name theirs). Providers write it
+// first, which a byte scan reads without decoding the event; anything
+// else is decoded.
+func eventType(data []byte) []byte {
+	if rest, ok := bytes.CutPrefix(data, typePrefix); ok {
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
+			return rest[:i]
+		}
+	}
+	var env struct {
+		Type string `json:"type"`
+	}
+	_ = json.Unmarshal(data, &env)
+	return []byte(env.Type)
+}
+
 // carriesText reports whether an event has a non-empty string under one of
 // the quoted names in fields. A quoted name cannot occur inside a JSON
 // string (its quotes would be escaped), so a byte scan finds only keys.

@@ -99,6 +99,7 @@ var (
 	chatEndpoint       = &endpoint{"POST /v1/chat/completions", "/chat/completions", kindOpenAI, chatDialect{}}
 	completionEndpoint = &endpoint{"POST /v1/completions", "/completions", kindOpenAI, chatDialect{legacy: true}}
 	embeddingEndpoint  = &endpoint{"POST /v1/embeddings", "/embeddings", kindOpenAI, embeddingDialect{}}
+	responsesEndpoint  = &endpoint{"POST /v1/responses", "/responses", kindOpenAI, responsesDialect{}}
 )
 
 // endpoints are the inference routes by path.
@@ -106,6 +107,7 @@ var endpoints = map[string]*endpoint{
 	"/v1/chat/completions": chatEndpoint,
 	"/v1/completions":      completionEndpoint,
 	"/v1/embeddings":       embeddingEndpoint,
+	"/v1/responses":        responsesEndpoint,
 }
 
 // endpointFor names where to send requests for a provider of kinds.

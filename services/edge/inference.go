@@ -38,7 +38,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		c := s.begin(w, r, "unknown route", openaiShape{})
 		defer c.end()
 		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "not_found",
-			"Unknown path " + r.URL.Path + ": the edge serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models and /v1/models/{id}."})
+			"Unknown path " + r.URL.Path + ": the edge serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models and /v1/models/{id}."})
 	}
 }
 
