@@ -106,6 +106,17 @@ func setFields(body []byte, fields map[string]json.RawMessage) ([]byte, error) {
 	return json.Marshal(m)
 }
 
+// renameOnly is the rewrite of a dialect whose providers report usage
+// unasked: only the model is renamed.
+type renameOnly struct{}
+
+func (renameOnly) rewrite(body []byte, p *parsed, upstreamModel string) ([]byte, error) {
+	if upstreamModel == p.model {
+		return body, nil
+	}
+	return setFields(body, map[string]json.RawMessage{"model": jsonString(upstreamModel)})
+}
+
 // jsonString is s as a JSON string.
 func jsonString(s string) json.RawMessage {
 	b, _ := json.Marshal(s)

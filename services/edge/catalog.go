@@ -26,7 +26,10 @@ type route struct {
 	created       int64
 	inPrice       money.Nanos
 	outPrice      money.Nanos
-	up            *upstream
+	// Prices of prompt tokens written to and read from a provider's cache.
+	cacheWritePrice money.Nanos
+	cacheReadPrice  money.Nanos
+	up              *upstream
 }
 
 // upstream is one provider: where to send requests and with which
@@ -148,13 +151,15 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 			continue
 		}
 		r := &route{
-			id:            m.GetId(),
-			upstreamModel: cmp.Or(m.GetUpstreamModel(), m.GetId()),
-			provider:      m.GetProvider(),
-			created:       m.GetCreateTime().GetSeconds(),
-			inPrice:       in,
-			outPrice:      out,
-			up:            up,
+			id:              m.GetId(),
+			upstreamModel:   cmp.Or(m.GetUpstreamModel(), m.GetId()),
+			provider:        m.GetProvider(),
+			created:         m.GetCreateTime().GetSeconds(),
+			inPrice:         in,
+			outPrice:        out,
+			cacheWritePrice: in,
+			cacheReadPrice:  in,
+			up:              up,
 		}
 		c.byID[r.id] = r
 		c.list = append(c.list, r)

@@ -85,6 +85,9 @@ type endpoint struct {
 	path string // after the provider's base URL
 	kind providerKind
 	d    dialect
+	// free: the request uses no tokens (counting them); it is
+	// authenticated and forwarded, not limited or accounted.
+	free bool
 }
 
 // providerKind is the dialect family a provider speaks.
@@ -96,24 +99,28 @@ const (
 )
 
 var (
-	chatEndpoint       = &endpoint{"POST /v1/chat/completions", "/chat/completions", kindOpenAI, chatDialect{}}
-	completionEndpoint = &endpoint{"POST /v1/completions", "/completions", kindOpenAI, chatDialect{legacy: true}}
-	embeddingEndpoint  = &endpoint{"POST /v1/embeddings", "/embeddings", kindOpenAI, embeddingDialect{}}
-	responsesEndpoint  = &endpoint{"POST /v1/responses", "/responses", kindOpenAI, responsesDialect{}}
+	chatEndpoint       = &endpoint{"POST /v1/chat/completions", "/chat/completions", kindOpenAI, chatDialect{}, false}
+	completionEndpoint = &endpoint{"POST /v1/completions", "/completions", kindOpenAI, chatDialect{legacy: true}, false}
+	embeddingEndpoint  = &endpoint{"POST /v1/embeddings", "/embeddings", kindOpenAI, embeddingDialect{}, false}
+	responsesEndpoint  = &endpoint{"POST /v1/responses", "/responses", kindOpenAI, responsesDialect{}, false}
+	messagesEndpoint   = &endpoint{"POST /v1/messages", "/messages", kindAnthropic, messagesDialect{}, false}
+	countEndpoint      = &endpoint{"POST /v1/messages/count_tokens", "/messages/count_tokens", kindAnthropic, messagesDialect{count: true}, true}
 )
 
 // endpoints are the inference routes by path.
 var endpoints = map[string]*endpoint{
-	"/v1/chat/completions": chatEndpoint,
-	"/v1/completions":      completionEndpoint,
-	"/v1/embeddings":       embeddingEndpoint,
-	"/v1/responses":        responsesEndpoint,
+	"/v1/chat/completions":      chatEndpoint,
+	"/v1/completions":           completionEndpoint,
+	"/v1/embeddings":            embeddingEndpoint,
+	"/v1/responses":             responsesEndpoint,
+	"/v1/messages":              messagesEndpoint,
+	"/v1/messages/count_tokens": countEndpoint,
 }
 
 // endpointFor names where to send requests for a provider of kinds.
 func endpointFor(kinds providerKind) string {
 	if kinds&kindOpenAI != 0 {
-		return "POST /v1/chat/completions"
+		return "POST /v1/chat/completions (or /v1/responses)"
 	}
 	return "POST /v1/messages"
 }

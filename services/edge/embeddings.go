@@ -5,7 +5,10 @@ import "encoding/json"
 // embeddingDialect is OpenAI's embeddings (POST /v1/embeddings). Options
 // the edge does not read, encoding_format among them, reach the provider
 // as sent.
-type embeddingDialect struct{ openaiShape }
+type embeddingDialect struct {
+	openaiShape
+	renameOnly
+}
 
 var _ dialect = embeddingDialect{}
 
@@ -24,13 +27,6 @@ func (embeddingDialect) parse(body []byte) (*parsed, *apiError) {
 		return nil, invalid("You must provide an 'input' parameter.")
 	}
 	return &parsed{model: req.Model, promptBytes: len(req.Input), n: 1, noOutput: true}, nil
-}
-
-func (embeddingDialect) rewrite(body []byte, p *parsed, upstreamModel string) ([]byte, error) {
-	if upstreamModel == p.model {
-		return body, nil
-	}
-	return setFields(body, map[string]json.RawMessage{"model": jsonString(upstreamModel)})
 }
 
 func (embeddingDialect) usage(body []byte) (tokens, bool) { return openaiBodyUsage(body) }

@@ -38,7 +38,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		c := s.begin(w, r, "unknown route", openaiShape{})
 		defer c.end()
 		c.fail(apiError{http.StatusNotFound, "invalid_request_error", "not_found",
-			"Unknown path " + r.URL.Path + ": the edge serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models and /v1/models/{id}."})
+			"Unknown path " + r.URL.Path + ": the edge serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens, /v1/models and /v1/models/{id}."})
 	}
 }
 
@@ -155,16 +155,20 @@ func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endp
 		c.fail(badRequest("We could not parse the JSON body of your request."))
 		return
 	}
+	c.rt, c.est = rt, s.estimate(p)
+	if ep.free {
+		// Nothing to limit or account: the answer is all there is.
+		c.accounted = true
+		c.proxy(ep, p, ubody)
+		return
+	}
 	if !c.admitBacklog() {
 		return
 	}
-	est := s.estimate(p)
-	reserved, ok := c.check(rt, est)
-	if !ok {
+	if c.reserved, ok = c.check(rt, c.est); !ok {
 		return
 	}
 	s.keyUse.note(c.key.GetWorkspace(), c.key.GetId(), c.start)
-	c.rt, c.est, c.reserved = rt, est, reserved
 	c.account(c.proxy(ep, p, ubody))
 }
 
@@ -231,7 +235,8 @@ func (c *call) admitBacklog() bool {
 }
 
 func cost(rt *route, t tokens) int64 {
-	return (money.Cost(t.input, rt.inPrice) + money.Cost(t.output, rt.outPrice)).Micros()
+	return (money.Cost(t.input, rt.inPrice) + money.Cost(t.output, rt.outPrice) +
+		money.Cost(t.cacheWrite, rt.cacheWritePrice) + money.Cost(t.cacheRead, rt.cacheReadPrice)).Micros()
 }
 
 // check runs the one limiter Check of the request. It reports whether a
@@ -334,7 +339,7 @@ func (c *call) account(out outcome) {
 		Workspace:           key.GetWorkspace(),
 		Owner:               key.GetOwner(),
 		Model:               rt.id,
-		PromptTokens:        out.used.input,
+		PromptTokens:        out.used.input + out.used.cacheWrite + out.used.cacheRead,
 		CompletionTokens:    out.used.output,
 		Status:              out.status,
 		Latency:             durationpb.New(now.Sub(c.start)),

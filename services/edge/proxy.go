@@ -32,7 +32,7 @@ func (c *call) proxy(ep *endpoint, p *parsed, body []byte) outcome {
 		c.fail(upstreamError(http.StatusBadGateway, "The provider of model '"+rt.id+"' has an invalid base URL."))
 		return failed
 	}
-	ureq.Header = rt.up.header(p.stream)
+	ureq.Header = rt.up.header(c.r.Header, p.stream)
 	resp, err := rt.up.client.Do(ureq)
 	if err != nil {
 		return c.upstreamFailed(ctx, err, failed)
@@ -61,15 +61,30 @@ func (c *call) proxy(ep *endpoint, p *parsed, body []byte) outcome {
 	return out
 }
 
+// anthropicVersion is sent to an Anthropic provider when the client named
+// none.
+const anthropicVersion = "2023-06-01"
+
 // header is the header of a request to the provider: a fresh one, so that
-// nothing of the client's (its key, hop-by-hop headers) goes upstream.
-func (up *upstream) header(stream bool) http.Header {
+// nothing of the client's (its key, hop-by-hop headers) goes upstream but
+// the API version and beta features an Anthropic client chose.
+func (up *upstream) header(client http.Header, stream bool) http.Header {
 	h := http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}}
 	if stream {
 		h["Accept"] = []string{"text/event-stream"}
 	}
+	if up.kinds != kindAnthropic {
+		if up.apiKey != "" {
+			h["Authorization"] = []string{"Bearer " + up.apiKey}
+		}
+		return h
+	}
+	h["Anthropic-Version"] = []string{cmp.Or(client.Get("Anthropic-Version"), anthropicVersion)}
+	if beta := client.Values("Anthropic-Beta"); len(beta) > 0 {
+		h["Anthropic-Beta"] = beta
+	}
 	if up.apiKey != "" {
-		h["Authorization"] = []string{"Bearer " + up.apiKey}
+		h["X-Api-Key"] = []string{up.apiKey}
 	}
 	return h
 }

@@ -8,8 +8,11 @@ import (
 // responsesDialect is OpenAI's Responses API (POST /v1/responses): input
 // and instructions in, output items and usage out; a stream of typed events
 // from response.created to response.completed (or incomplete or failed),
-// whose last event carries the usage.
-type responsesDialect struct{ openaiShape }
+// whose last event carries the usage (unasked).
+type responsesDialect struct {
+	openaiShape
+	renameOnly
+}
 
 var _ dialect = responsesDialect{}
 
@@ -40,14 +43,6 @@ func (responsesDialect) parse(body []byte) (*parsed, *apiError) {
 		p.maxOutput = *req.MaxOutputTokens
 	}
 	return p, nil
-}
-
-// rewrite renames the model: a response reports its usage unasked.
-func (responsesDialect) rewrite(body []byte, p *parsed, upstreamModel string) ([]byte, error) {
-	if upstreamModel == p.model {
-		return body, nil
-	}
-	return setFields(body, map[string]json.RawMessage{"model": jsonString(upstreamModel)})
 }
 
 // responsesUsage is the Responses API's usage object; cached input tokens

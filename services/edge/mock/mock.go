@@ -63,6 +63,7 @@ type request struct {
 	Prompt              json.RawMessage `json:"prompt"`
 	Input               json.RawMessage `json:"input"`
 	MaxOutputTokens     int             `json:"max_output_tokens"`
+	System              json.RawMessage `json:"system"`
 	EncodingFormat      string          `json:"encoding_format"`
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
@@ -93,6 +94,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kind = "embedding"
 	case strings.HasSuffix(path, "/responses"):
 		kind = "responses"
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		kind = "count_tokens"
+	case strings.HasSuffix(path, "/messages"):
+		kind = "messages"
 	default:
 		writeError(w, http.StatusNotFound, "unknown route "+path)
 		return
@@ -119,6 +124,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case "responses":
 		s.responses(r.Context(), w, &req)
+		return
+	case "messages":
+		s.messages(r.Context(), w, &req)
+		return
+	case "count_tokens":
+		u := promptUsage(&req)
+		writeJSON(w, http.StatusOK, map[string]int{"input_tokens": u.InputTokens + u.CacheCreationInputTokens})
 		return
 	}
 	limit := req.MaxTokens
