@@ -24,12 +24,8 @@ type route struct {
 	upstreamModel string
 	provider      string
 	created       int64
-	inPrice       money.Nanos
-	outPrice      money.Nanos
-	// Prices of prompt tokens written to and read from a provider's cache.
-	cacheWritePrice money.Nanos
-	cacheReadPrice  money.Nanos
-	up              *upstream
+	prices        money.Prices
+	up            *upstream
 }
 
 // upstream is one provider: where to send requests and with which
@@ -143,23 +139,20 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 			h.log.Warn("edge: model names an unknown provider; not served", "model", m.GetId(), "provider", m.GetProvider())
 			continue
 		}
-		in, err1 := money.Parse(m.GetInputPricePerMillionUsd())
-		out, err2 := money.Parse(m.GetOutputPricePerMillionUsd())
-		if err1 != nil || err2 != nil {
+		prices, err := money.ParsePrices(m.GetInputPricePerMillionUsd(), m.GetOutputPricePerMillionUsd(),
+			m.GetCacheWritePricePerMillionUsd(), m.GetCacheReadPricePerMillionUsd())
+		if err != nil {
 			// Never served for free: a model without valid prices is skipped.
-			h.log.Warn("edge: model has no valid prices; not served", "model", m.GetId())
+			h.log.Warn("edge: model has no valid prices; not served", "model", m.GetId(), "err", err)
 			continue
 		}
 		r := &route{
-			id:              m.GetId(),
-			upstreamModel:   cmp.Or(m.GetUpstreamModel(), m.GetId()),
-			provider:        m.GetProvider(),
-			created:         m.GetCreateTime().GetSeconds(),
-			inPrice:         in,
-			outPrice:        out,
-			cacheWritePrice: in,
-			cacheReadPrice:  in,
-			up:              up,
+			id:            m.GetId(),
+			upstreamModel: cmp.Or(m.GetUpstreamModel(), m.GetId()),
+			provider:      m.GetProvider(),
+			created:       m.GetCreateTime().GetSeconds(),
+			prices:        prices,
+			up:            up,
 		}
 		c.byID[r.id] = r
 		c.list = append(c.list, r)
@@ -173,6 +166,9 @@ func (h *catalogHolder) upstream(p *keystorev1.Provider) *upstream {
 		return &upstream{kinds: kindOpenAI | kindAnthropic, base: "http://mock/v1", client: h.mock}
 	}
 	up := &upstream{kinds: kindOpenAI, base: strings.TrimRight(p.GetBaseUrl(), "/"), client: h.http}
+	if p.GetKind() == keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC {
+		up.kinds = kindAnthropic
+	}
 	switch {
 	case p.GetApiKeyEnv() != "":
 		up.apiKey = h.getenv(p.GetApiKeyEnv())

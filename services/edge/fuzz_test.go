@@ -17,7 +17,7 @@ import (
 // testdata/fuzz/FuzzParseBody.
 func FuzzParseBody(f *testing.F) {
 	s := &Server{cfg: Config{DefaultMaxTokens: 1024}}
-	price, err := money.Parse("60")
+	prices, err := money.ParsePrices("60", "60", "75", "6")
 	require.NoError(f, err)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, ep := range endpoints {
@@ -42,7 +42,7 @@ func FuzzParseBody(f *testing.F) {
 			require.GreaterOrEqual(t, est.input, int64(0), ep.name)
 			require.GreaterOrEqual(t, est.output, int64(0), ep.name)
 			require.GreaterOrEqual(t, est.total(), int64(0), "%s: estimate overflows", ep.name)
-			rt := &route{id: p.model, upstreamModel: "upstream-model", inPrice: price, outPrice: price}
+			rt := &route{id: p.model, upstreamModel: "upstream-model", prices: prices}
 			require.GreaterOrEqual(t, cost(rt, est), int64(0), "%s: cost overflows", ep.name)
 
 			out, err := ep.d.rewrite(body, p, rt.upstreamModel)

@@ -19,7 +19,6 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/money"
 )
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -235,8 +234,7 @@ func (c *call) admitBacklog() bool {
 }
 
 func cost(rt *route, t tokens) int64 {
-	return (money.Cost(t.input, rt.inPrice) + money.Cost(t.output, rt.outPrice) +
-		money.Cost(t.cacheWrite, rt.cacheWritePrice) + money.Cost(t.cacheRead, rt.cacheReadPrice)).Micros()
+	return rt.prices.Cost(t.input, t.output, t.cacheWrite, t.cacheRead).Micros()
 }
 
 // check runs the one limiter Check of the request. It reports whether a
@@ -341,6 +339,8 @@ func (c *call) account(out outcome) {
 		Model:               rt.id,
 		PromptTokens:        out.used.input + out.used.cacheWrite + out.used.cacheRead,
 		CompletionTokens:    out.used.output,
+		CacheWriteTokens:    out.used.cacheWrite,
+		CacheReadTokens:     out.used.cacheRead,
 		Status:              out.status,
 		Latency:             durationpb.New(now.Sub(c.start)),
 		Time:                timestamppb.New(now),

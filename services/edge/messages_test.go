@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/services/edge"
@@ -229,4 +231,82 @@ func TestMessagesStreamAborted(t *testing.T) {
 	cancel()
 	_ = resp.Body.Close()
 	h.requireRecorded(t, resp.Header.Get("X-Request-Id"), usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED, start.Message.Usage.InputTokens, 1)
+}
+
+// anthropicUpstream serves h as provider "claude" (kind anthropic) with
+// model "claude-x" (upstream "claude-real"), priced with cache prices.
+func anthropicUpstream(tb testing.TB, h http.HandlerFunc) options {
+	tb.Helper()
+	srv := httptest.NewServer(h)
+	tb.Cleanup(srv.Close)
+	return options{
+		providers: []*keystorev1.Provider{{Id: "claude", BaseUrl: srv.URL + "/v1", ApiKeyEnv: "UP_KEY", Kind: keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC}},
+		models: []*keystorev1.Model{{Id: "claude-x", Provider: "claude", UpstreamModel: "claude-real",
+			InputPricePerMillionUsd: "3", OutputPricePerMillionUsd: "15", CacheWritePricePerMillionUsd: "3.75", CacheReadPricePerMillionUsd: "0.30"}},
+	}
+}
+
+// TestMessagesToAnthropic: what reaches an Anthropic provider (its own
+// credential as x-api-key, the client's anthropic-version and -beta, the
+// upstream model name), and cache tokens each at their price.
+func TestMessagesToAnthropic(t *testing.T) {
+	t.Parallel()
+	got := make(chan *http.Request, 1)
+	bodies := make(chan map[string]any, 1)
+	h := startEdge(t, anthropicUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&m)
+		got <- r
+		bodies <- m
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":1000,"cache_creation_input_tokens":2000,"cache_read_input_tokens":10000,"output_tokens":500}}`))
+	}))
+	hdr := anthropicHeaders(goodKey)
+	hdr["anthropic-beta"] = "prompt-caching-2024-07-31"
+	a := h.do(t, http.MethodPost, "/v1/messages", hdr, `{"model":"claude-x","max_tokens":600,"messages":[{"role":"user","content":"hi"}]}`)
+	require.Equal(t, http.StatusOK, a.status, "%s", a.body)
+	r := <-got
+	require.Equal(t, "/v1/messages", r.URL.Path)
+	require.Equal(t, "provider-secret", r.Header.Get("X-Api-Key"))
+	require.Empty(t, r.Header.Get("Authorization"))
+	require.Equal(t, "2023-06-01", r.Header.Get("Anthropic-Version"))
+	require.Equal(t, "prompt-caching-2024-07-31", r.Header.Get("Anthropic-Beta"))
+	require.Equal(t, "claude-real", (<-bodies)["model"])
+
+	id := a.header.Get("X-Request-Id")
+	rec := h.requireRecorded(t, id, usagev1.RequestStatus_REQUEST_STATUS_OK, 13000, 500)
+	require.EqualValues(t, 2000, rec.GetCacheWriteTokens())
+	require.EqualValues(t, 10000, rec.GetCacheReadTokens())
+	s, _ := h.limiter.settled()
+	var cost int64
+	for _, st := range s {
+		if st.GetReservationId() == id {
+			cost = st.GetActualCostMicros()
+		}
+	}
+	// 1000 × $3 + 2000 × $3.75 + 10000 × $0.30 + 500 × $15, per million.
+	require.EqualValues(t, 3000+7500+3000+7500, cost)
+}
+
+// TestWrongDialect: a request in one dialect for a model whose provider
+// speaks only the other is a 400 naming the endpoint to use.
+func TestWrongDialect(t *testing.T) {
+	t.Parallel()
+	o := anthropicUpstream(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	o.providers = append(o.providers, &keystorev1.Provider{Id: "up", BaseUrl: "http://127.0.0.1:1/v1"})
+	o.models = append(o.models, &keystorev1.Model{Id: "up-model", Provider: "up", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "1"})
+	h := startEdge(t, o)
+	t.Run("chat to an Anthropic model", func(t *testing.T) {
+		a := h.post(t, "/v1/chat/completions", goodKey, `{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}`)
+		require.Equal(t, http.StatusBadRequest, a.status)
+		require.Contains(t, string(a.body), "/v1/messages")
+		require.Equal(t, "invalid_request_error", a.errorCode())
+	})
+	t.Run("messages to an OpenAI model", func(t *testing.T) {
+		a := h.do(t, http.MethodPost, "/v1/messages", anthropicHeaders(goodKey), `{"model":"up-model","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)
+		require.Equal(t, http.StatusBadRequest, a.status)
+		require.Equal(t, "invalid_request_error", anthropicErrorType(t, a))
+		require.Contains(t, string(a.body), "/v1/chat/completions")
+	})
+	require.Zero(t, h.limiter.checks(), "refused before the limiter")
 }
