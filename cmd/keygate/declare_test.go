@@ -184,3 +184,11 @@ func TestConfigRefusedAtStart(t *testing.T) {
 	_ = app.Close()
 	require.ErrorContains(t, err, path+":4: providers[0].api_key")
 }
+
+// TestShippedConfigParses: the file the kustomize base ships is valid.
+func TestShippedConfigParses(t *testing.T) {
+	t.Parallel()
+	d, err := loadDeclaration("../../deploy/base/config/keygate.yaml")
+	require.NoError(t, err)
+	require.Len(t, d.models, 2)
+}
