@@ -58,10 +58,13 @@ test: test-deps
 # if missing when we are root with apt-get.
 test-deps: test-deps-npm test-deps-postgres
 
-# The official npm clients the edge is tested with (node 20).
+# The official npm clients the edge is tested with (node 20), each pinned
+# by its lock file: openai, @anthropic-ai/sdk, the Vercel AI SDK.
+NPM_CLIENTS := tests/openai tests/anthropic tests/aisdk
+
 test-deps-npm:
 	@command -v npm >/dev/null 2>&1 || { echo "test-deps: npm (node 20) is needed for the edge's client tests" >&2; exit 1; }
-	npm ci --prefix tests/openai --no-audit --no-fund
+	for d in $(NPM_CLIENTS); do npm ci --prefix $$d --no-audit --no-fund || exit 1; done
 
 test-deps-postgres:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \

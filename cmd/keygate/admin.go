@@ -119,6 +119,8 @@ func runAdmin(ctx context.Context, group string, args []string, getenv func(stri
 		return a.usage(ctx, verb, args[1:])
 	case "models":
 		return a.models(ctx, verb, args[1:])
+	case "providers":
+		return a.providers(ctx, verb, args[1:])
 	}
 	return fmt.Errorf("unknown command %q (run keygate help)", group)
 }
@@ -603,43 +605,4 @@ func (a *admin) usage(ctx context.Context, verb string, args []string) error {
 		return a.table("TIME\tKEY\tOWNER\tMODEL\tTOKENS\tCOST\tSTATUS\tLATENCY", rows)
 	}
 	return fmt.Errorf("unknown command: usage %s (get, list, series, requests)", verb)
-}
-
-func (a *admin) models(ctx context.Context, verb string, args []string) error {
-	provider := a.fs.String("provider", "", "create: provider id")
-	in := a.fs.String("input-price", "", "create: USD per million input tokens")
-	outp := a.fs.String("output-price", "", "create: USD per million output tokens")
-	upstream := a.fs.String("upstream-model", "", "create: model name at the provider")
-	pos, err := a.parse(args)
-	if err != nil {
-		return err
-	}
-	defer a.c.Close()
-	switch verb {
-	case "list":
-		r, err := a.c.Keystore.ListModels(ctx, &keystorev1.ListModelsRequest{})
-		if err != nil {
-			return err
-		}
-		if a.output == "json" {
-			return a.json(r)
-		}
-		rows := make([][]string, 0, len(r.GetModels()))
-		for _, m := range r.GetModels() {
-			rows = append(rows, []string{m.GetId(), m.GetProvider(), m.GetUpstreamModel(), m.GetInputPricePerMillionUsd(), m.GetOutputPricePerMillionUsd()})
-		}
-		return a.table("MODEL\tPROVIDER\tUPSTREAM\tIN $/M\tOUT $/M", rows)
-	case "create":
-		if len(pos) != 1 {
-			return errors.New("usage: keygate models create <id> --provider P --input-price 0.15 --output-price 0.60")
-		}
-		r, err := a.c.Keystore.CreateModel(ctx, &keystorev1.CreateModelRequest{Model: &keystorev1.Model{
-			Id: pos[0], Provider: *provider, UpstreamModel: *upstream, InputPricePerMillionUsd: *in, OutputPricePerMillionUsd: *outp,
-		}})
-		if err != nil {
-			return err
-		}
-		return a.json(r.GetModel())
-	}
-	return fmt.Errorf("unknown command: models %s (list, create)", verb)
 }

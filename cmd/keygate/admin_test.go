@@ -165,6 +165,40 @@ func TestAdminCLI(t *testing.T) {
 		require.Contains(t, cli.ok(t, "models", "list"), "mock-small")
 	})
 
+	t.Run("providers and models", func(t *testing.T) {
+		out := cli.ok(t, "providers", "create", "claude", "--kind", "anthropic", "--base-url", "https://api.anthropic.com/v1", "--api-key-env", "ANTHROPIC_API_KEY")
+		require.Contains(t, out, "anthropic")
+		require.Contains(t, out, "env ANTHROPIC_API_KEY")
+		require.Contains(t, cli.ok(t, "providers", "list"), "claude")
+		got := cli.jsonOut(t, "providers", "get", "claude")
+		require.Equal(t, "PROVIDER_KIND_ANTHROPIC", got["kind"])
+		out = cli.ok(t, "providers", "update", "claude", "--api-key-file", "/run/secrets/anthropic")
+		require.Contains(t, out, "file /run/secrets/anthropic")
+
+		out = cli.ok(t, "models", "create", "sonnet", "--provider", "claude", "--upstream-model", "claude-sonnet-4-5",
+			"--input-price", "3", "--output-price", "15", "--cache-write-price", "3.75", "--cache-read-price", "0.30")
+		require.Contains(t, out, "claude-sonnet-4-5")
+		m := cli.jsonOut(t, "models", "update", "sonnet", "--cache-read-price", "0.25")
+		require.Equal(t, "0.25", m["cacheReadPricePerMillionUsd"])
+		require.Equal(t, "3.75", m["cacheWritePricePerMillionUsd"], "only the named price changes")
+		require.Equal(t, "3", m["inputPricePerMillionUsd"])
+
+		for _, bad := range [][]string{
+			{"providers", "create", "x", "--kind", "gemini", "--base-url", "https://x"},
+			{"providers", "update", "claude"},
+			{"models", "update", "sonnet"},
+			{"models", "create", "y", "--provider", "claude", "--input-price", "1", "--output-price", "1", "--cache-read-price", "free"},
+		} {
+			_, err := cli.run(t, bad...)
+			require.Error(t, err, "%v", bad)
+		}
+		_, err := cli.run(t, "providers", "delete", "claude")
+		require.Error(t, err, "a provider that still serves a model")
+		require.Contains(t, cli.ok(t, "models", "delete", "sonnet"), "deleted model sonnet")
+		require.Contains(t, cli.ok(t, "providers", "delete", "claude"), "deleted provider claude")
+		require.NotContains(t, cli.ok(t, "providers", "list"), "claude")
+	})
+
 	t.Run("expire and delete", func(t *testing.T) {
 		require.Contains(t, cli.ok(t, append([]string{"keys", "expire", keyID}, ws...)...), "EXPIRED")
 		require.Equal(t, "KEY_STATE_EXPIRED", state(t, keyID))

@@ -148,6 +148,13 @@ func (a *App) Start(ctx context.Context) error {
 	if a.tls, err = loadTransport(*c); err != nil {
 		return err
 	}
+	// A wrong config file stops the start before anything runs.
+	var decl *declaration
+	if c.ConfigFile != "" {
+		if decl, err = loadDeclaration(c.ConfigFile); err != nil {
+			return err
+		}
+	}
 	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SampleRatio: c.SampleRatio, SpanProcessors: a.SpanProcessors})
 	if err != nil {
 		return err
@@ -291,6 +298,11 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	if a.EmbedEtcd {
 		if err := a.registerMockModels(ctx, edgeKeystoreConn); err != nil {
+			return err
+		}
+	}
+	if decl != nil {
+		if err := a.applyDeclaration(ctx, decl, keystoreAddr); err != nil {
 			return err
 		}
 	}
@@ -510,6 +522,22 @@ func (a *App) registerMockModels(ctx context.Context, conn *grpc.ClientConn) err
 			return fmt.Errorf("register model %s: %w", m.Id, err)
 		}
 	}
+	return nil
+}
+
+// applyDeclaration applies the config file through the keystore (this
+// process's own, or the configured one, waiting for it to come up).
+func (a *App) applyDeclaration(ctx context.Context, d *declaration, keystoreAddr string) error {
+	conn, err := a.dial(keystoreAddr, true)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.apply(ctx, keystorev1.NewKeystoreServiceClient(conn)); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	a.Logger.Info("config applied", "file", d.path, "providers", len(d.providers), "models", len(d.models), "workspaces", len(d.workspaces), "prune", d.prune)
 	return nil
 }
 

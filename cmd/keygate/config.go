@@ -15,6 +15,9 @@ import (
 // KEYGATE_* environment variable as its default.
 type Config struct {
 	DataDir string
+	// ConfigFile declares providers, models and workspaces, applied at
+	// start (declare.go).
+	ConfigFile string
 	// RequestLog is the usage request log's store ("" = embedded).
 	RequestLog         string
 	RequestLogMaxBytes int64
@@ -147,6 +150,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e := &envFlags{fs: fs, getenv: getenv}
 	var endpoints, level string
 	e.str(&c.DataDir, "data-dir", "keygate-data", "directory for etcd data and the generated root token")
+	e.str(&c.ConfigFile, "config", "", "YAML file of providers, models and workspaces, applied at start (idempotent; all or nothing)")
 	e.str(&c.HTTPAddr, "http-addr", ":8080", "REST gateway listen address")
 	e.str(&c.EdgeAddr, "edge-addr", ":8081", "OpenAI-compatible edge listen address")
 	e.str(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (every service)")

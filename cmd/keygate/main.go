@@ -4,7 +4,7 @@
 //	keygate up                 every service, one process, embedded etcd
 //	keygate serve <role>       one role against an external etcd
 //	keygate etcd               one standalone etcd member
-//	keygate workspaces|keys|audit|usage|models …   admin commands
+//	keygate workspaces|keys|audit|usage|providers|models …   admin commands
 package main
 
 import (
@@ -35,7 +35,7 @@ Servers:
   keygate etcd                     one standalone etcd member for multi-process setups
 
 Administration (talks to a running keygate over gRPC):
-  keygate workspaces|keys|audit|usage|models <command> [flags]
+  keygate workspaces|keys|audit|usage|providers|models <command> [flags]
 
 Run "keygate <command> -h" for flags; every flag has a KEYGATE_* environment variable.
 `

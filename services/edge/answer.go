@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
@@ -13,8 +12,9 @@ import (
 	"github.com/keygate/keygate/pkg/money"
 )
 
-// apiError is an answer in OpenAI's error shape. code doubles as the
-// metric reason.
+// apiError is a refusal: its status, OpenAI's error type and code (each
+// dialect writes it in its own shape), and a message for people. code
+// doubles as the metric reason.
 type apiError struct {
 	status int
 	typ    string
@@ -22,42 +22,18 @@ type apiError struct {
 	msg    string
 }
 
-type errorBody struct {
-	Error struct {
-		Message string  `json:"message"`
-		Type    string  `json:"type"`
-		Param   *string `json:"param"`
-		Code    string  `json:"code"`
-	} `json:"error"`
-}
-
-func (e apiError) body() []byte {
-	var b errorBody
-	b.Error.Message, b.Error.Type, b.Error.Code = e.msg, e.typ, e.code
-	out, _ := json.Marshal(b)
-	return append(out, '\n')
-}
-
 func badRequest(msg string) apiError {
 	return apiError{http.StatusBadRequest, "invalid_request_error", "invalid_request_error", msg}
 }
 
-func upstreamError(status int, msg string) apiError {
-	return apiError{status, "server_error", "upstream_error", msg}
+// modelNotFound is OpenAI's answer for a model that does not exist.
+func modelNotFound(id string) apiError {
+	return apiError{http.StatusNotFound, "invalid_request_error", "model_not_found",
+		"The model '" + id + "' does not exist or you do not have access to it. GET /v1/models lists the models this key may use."}
 }
 
-// setRateHeaders writes the x-ratelimit-* headers from a Check result;
-// without one (the request never reached the limiter, or the key has no
-// such window) they read 0 and "0s", meaning no window applied. The map is
-// written directly: the names are already canonical.
-func setRateHeaders(h http.Header, res *limiterv1.CheckResult) {
-	rq, tq := res.GetRequests(), res.GetTokens()
-	h["X-Ratelimit-Limit-Requests"] = []string{strconv.FormatInt(rq.GetLimit(), 10)}
-	h["X-Ratelimit-Remaining-Requests"] = []string{strconv.FormatInt(max(rq.GetRemaining(), 0), 10)}
-	h["X-Ratelimit-Reset-Requests"] = []string{formatReset(rq.GetResetAfter())}
-	h["X-Ratelimit-Limit-Tokens"] = []string{strconv.FormatInt(tq.GetLimit(), 10)}
-	h["X-Ratelimit-Remaining-Tokens"] = []string{strconv.FormatInt(max(tq.GetRemaining(), 0), 10)}
-	h["X-Ratelimit-Reset-Tokens"] = []string{formatReset(tq.GetResetAfter())}
+func upstreamError(status int, msg string) apiError {
+	return apiError{status, "server_error", "upstream_error", msg}
 }
 
 // formatReset renders a duration as OpenAI does ("17ms", "1s", "6m0s").

@@ -28,9 +28,12 @@ func newBenchPair(b *testing.B) benchPair {
 	b.Helper()
 	up := httptest.NewServer(mock.New(mock.Options{}))
 	b.Cleanup(up.Close)
+	// The same mock behind an OpenAI-kind and an Anthropic-kind provider.
 	h := startEdge(b, options{
-		providers: []*keystorev1.Provider{{Id: "up", BaseUrl: up.URL + "/v1"}},
-		models:    []*keystorev1.Model{{Id: "bench", Provider: "up", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "2"}},
+		providers: []*keystorev1.Provider{{Id: "up", BaseUrl: up.URL + "/v1"},
+			{Id: "upa", BaseUrl: up.URL + "/v1", Kind: keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC}},
+		models: []*keystorev1.Model{{Id: "bench", Provider: "up", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "2"},
+			{Id: "bench-claude", Provider: "upa", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "2"}},
 	})
 	target, err := url.Parse(up.URL)
 	if err != nil {
@@ -49,14 +52,29 @@ func newBenchPair(b *testing.B) benchPair {
 	}
 }
 
-const benchBody = `{"model":"bench","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`
-const benchStreamBody = `{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`
+// benchCall is one kind of request: a dialect's path and body.
+type benchCall struct {
+	name, path, body string
+}
+
+var (
+	benchUnary = []benchCall{
+		{"chat", "/v1/chat/completions", `{"model":"bench","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`},
+		{"responses", "/v1/responses", `{"model":"bench","input":"Say something short.","max_output_tokens":16}`},
+		{"messages", "/v1/messages", `{"model":"bench-claude","messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`},
+	}
+	benchStream = []benchCall{
+		{"chat", "/v1/chat/completions", `{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`},
+		{"responses", "/v1/responses", `{"model":"bench","stream":true,"input":"Say something short.","max_output_tokens":16}`},
+		{"messages", "/v1/messages", `{"model":"bench-claude","stream":true,"messages":[{"role":"user","content":"Say something short."}],"max_tokens":16}`},
+	}
+)
 
 // call sends one request and returns its latency, or the time to the first
 // body line when ttfb is set. It fails the benchmark from the benchmark's
 // own goroutine only.
-func (p benchPair) call(b *testing.B, base, body string, ttfb bool) time.Duration {
-	d, err := p.try(base, body, ttfb)
+func (p benchPair) call(b *testing.B, base string, c benchCall, ttfb bool) time.Duration {
+	d, err := p.try(base, c, ttfb)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -64,8 +82,8 @@ func (p benchPair) call(b *testing.B, base, body string, ttfb bool) time.Duratio
 }
 
 // try is call for load goroutines: it reports failure instead of stopping.
-func (p benchPair) try(base, body string, ttfb bool) (time.Duration, error) {
-	req, err := http.NewRequest(http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
+func (p benchPair) try(base string, c benchCall, ttfb bool) (time.Duration, error) {
+	req, err := http.NewRequest(http.MethodPost, base+c.path, strings.NewReader(c.body))
 	if err != nil {
 		return 0, err
 	}
@@ -96,18 +114,18 @@ func (p benchPair) try(base, body string, ttfb bool) (time.Duration, error) {
 
 // latencyVsBare alternates one bare and one edge request per iteration, so
 // both see the same machine load, and reports percentiles in µs.
-func latencyVsBare(b *testing.B, body string, ttfb bool) {
+func latencyVsBare(b *testing.B, c benchCall, ttfb bool) {
 	p := newBenchPair(b)
 	for range 50 { // warm the connection pools
-		p.call(b, p.bare, body, ttfb)
-		p.call(b, p.edge, body, ttfb)
+		p.call(b, p.bare, c, ttfb)
+		p.call(b, p.edge, c, ttfb)
 	}
 	bare := make([]time.Duration, 0, b.N)
 	edge := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for range b.N {
-		bare = append(bare, p.call(b, p.bare, body, ttfb))
-		edge = append(edge, p.call(b, p.edge, body, ttfb))
+		bare = append(bare, p.call(b, p.bare, c, ttfb))
+		edge = append(edge, p.call(b, p.edge, c, ttfb))
 	}
 	b.StopTimer()
 	bp50, bp99 := loadgen.Percentile(bare, 0.50), loadgen.Percentile(bare, 0.99)
@@ -121,21 +139,45 @@ func latencyVsBare(b *testing.B, body string, ttfb bool) {
 	b.ReportMetric(ep50/bp50, "p50-ratio")
 }
 
-// BenchmarkLatencyVsBareProxy: added latency of a non-streamed chat
-// completion.
-func BenchmarkLatencyVsBareProxy(b *testing.B) { latencyVsBare(b, benchBody, false) }
+// eachCall runs f as a sub-benchmark per call.
+func eachCall(b *testing.B, calls []benchCall, f func(*testing.B, benchCall)) {
+	for _, c := range calls {
+		b.Run(c.name, func(b *testing.B) { f(b, c) })
+	}
+}
 
-// BenchmarkStreamTTFBVsBareProxy: added time to the first streamed byte.
-func BenchmarkStreamTTFBVsBareProxy(b *testing.B) { latencyVsBare(b, benchStreamBody, true) }
+// BenchmarkLatencyVsBareProxy: added latency of a non-streamed answer, per
+// dialect.
+func BenchmarkLatencyVsBareProxy(b *testing.B) {
+	eachCall(b, benchUnary, func(b *testing.B, c benchCall) { latencyVsBare(b, c, false) })
+}
+
+// BenchmarkStreamTTFBVsBareProxy: added time to the first streamed byte,
+// per dialect.
+func BenchmarkStreamTTFBVsBareProxy(b *testing.B) {
+	eachCall(b, benchStream, func(b *testing.B, c benchCall) { latencyVsBare(b, c, true) })
+}
+
+// BenchmarkStreamVsBareProxy: added time to the end of a streamed answer
+// (every event passed through, usage read, the request accounted), per
+// dialect.
+func BenchmarkStreamVsBareProxy(b *testing.B) {
+	eachCall(b, benchStream, func(b *testing.B, c benchCall) { latencyVsBare(b, c, false) })
+}
 
 // BenchmarkThroughputVsBareProxy: b.N requests through each from 32
-// concurrent clients; reports each one's requests per second and the ratio.
+// concurrent clients; reports each one's requests per second and the
+// ratio, per dialect.
 func BenchmarkThroughputVsBareProxy(b *testing.B) {
+	eachCall(b, benchUnary, throughputVsBare)
+}
+
+func throughputVsBare(b *testing.B, c benchCall) {
 	p := newBenchPair(b)
 	var failed int64
 	run := func(base string, n int) float64 {
 		rps, bad := loadgen.Throughput(n, 32, func() error {
-			_, err := p.try(base, benchBody, false)
+			_, err := p.try(base, c, false)
 			return err
 		})
 		failed += bad

@@ -24,14 +24,15 @@ type route struct {
 	upstreamModel string
 	provider      string
 	created       int64
-	inPrice       money.Nanos
-	outPrice      money.Nanos
+	prices        money.Prices
 	up            *upstream
 }
 
 // upstream is one provider: where to send requests and with which
 // credential.
 type upstream struct {
+	// kinds are the dialect families it speaks (the mock speaks all).
+	kinds  providerKind
 	base   string // without a trailing slash
 	client *http.Client
 	apiKey string
@@ -138,11 +139,11 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 			h.log.Warn("edge: model names an unknown provider; not served", "model", m.GetId(), "provider", m.GetProvider())
 			continue
 		}
-		in, err1 := money.Parse(m.GetInputPricePerMillionUsd())
-		out, err2 := money.Parse(m.GetOutputPricePerMillionUsd())
-		if err1 != nil || err2 != nil {
+		prices, err := money.ParsePrices(m.GetInputPricePerMillionUsd(), m.GetOutputPricePerMillionUsd(),
+			m.GetCacheWritePricePerMillionUsd(), m.GetCacheReadPricePerMillionUsd())
+		if err != nil {
 			// Never served for free: a model without valid prices is skipped.
-			h.log.Warn("edge: model has no valid prices; not served", "model", m.GetId())
+			h.log.Warn("edge: model has no valid prices; not served", "model", m.GetId(), "err", err)
 			continue
 		}
 		r := &route{
@@ -150,8 +151,7 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 			upstreamModel: cmp.Or(m.GetUpstreamModel(), m.GetId()),
 			provider:      m.GetProvider(),
 			created:       m.GetCreateTime().GetSeconds(),
-			inPrice:       in,
-			outPrice:      out,
+			prices:        prices,
 			up:            up,
 		}
 		c.byID[r.id] = r
@@ -163,9 +163,12 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 
 func (h *catalogHolder) upstream(p *keystorev1.Provider) *upstream {
 	if p.GetBaseUrl() == "mock" {
-		return &upstream{base: "http://mock/v1", client: h.mock}
+		return &upstream{kinds: kindOpenAI | kindAnthropic, base: "http://mock/v1", client: h.mock}
 	}
-	up := &upstream{base: strings.TrimRight(p.GetBaseUrl(), "/"), client: h.http}
+	up := &upstream{kinds: kindOpenAI, base: strings.TrimRight(p.GetBaseUrl(), "/"), client: h.http}
+	if p.GetKind() == keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC {
+		up.kinds = kindAnthropic
+	}
 	switch {
 	case p.GetApiKeyEnv() != "":
 		up.apiKey = h.getenv(p.GetApiKeyEnv())

@@ -1,4 +1,5 @@
-// Package edge is keygate's OpenAI-compatible data plane. Every request is
+// Package edge is keygate's data plane, speaking OpenAI's and Anthropic's
+// APIs (one dialect a file, dialect.go). Every request is
 // authenticated by the cached verifier, admitted by one limiter Check that
 // covers every limit of the key, forwarded to the model's provider, settled
 // with its actual usage, and handed to a background sender that records it
@@ -234,8 +235,8 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handler serves POST /v1/chat/completions, /v1/completions,
-// /v1/embeddings, GET /v1/models and GET /healthz.
+// Handler serves the inference endpoints (see endpoints), GET /v1/models,
+// GET /v1/models/{id} and GET /healthz.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
 // Run loads the model registry, then refreshes it every ModelRefresh, and

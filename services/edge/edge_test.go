@@ -224,7 +224,12 @@ func TestErrorTable(t *testing.T) {
 			if c.forbidden {
 				require.Equal(t, "false", a.header.Get("X-Should-Retry"))
 			}
-			requireRateHeaders(t, a.header)
+			// Only a Check that found windows advertises them.
+			if c.checked && !c.forbidden && c.code != "limiter_unavailable" {
+				requireRateHeaders(t, a.header)
+			} else {
+				requireNoRateHeaders(t, a.header)
+			}
 			require.NotEmpty(t, a.header.Get("X-Request-Id"))
 			if c.checked {
 				require.Equal(t, 1, h.limiter.checks())
@@ -276,6 +281,21 @@ func TestRateLimitHeaders(t *testing.T) {
 	require.Equal(t, "0", a.header.Get("X-Ratelimit-Remaining-Requests"))
 	require.Equal(t, "31s", a.header.Get("X-Ratelimit-Reset-Requests"))
 	require.Equal(t, "6h0m0s", a.header.Get("X-Ratelimit-Reset-Tokens"))
+
+	t.Run("an unlimited dimension is not advertised", func(t *testing.T) {
+		h.limiter.setDecide(func(*limiterv1.CheckItem) (*limiterv1.CheckResult, error) {
+			// A key with an rpm and no token window.
+			return &limiterv1.CheckResult{Allowed: true,
+				Requests: &limiterv1.Quota{Kind: limiterv1.LimitKind_LIMIT_KIND_RPM, Limit: 5, Remaining: 4, ResetAfter: durationpb.New(time.Second)},
+				Tokens:   &limiterv1.Quota{Kind: limiterv1.LimitKind_LIMIT_KIND_TPM}}, nil
+		})
+		a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
+		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
+		require.Equal(t, "5", a.header.Get("X-Ratelimit-Limit-Requests"))
+		for _, name := range []string{"X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"} {
+			require.Empty(t, a.header.Values(name), name)
+		}
+	})
 }
 
 func TestInferenceThroughMock(t *testing.T) {
@@ -391,7 +411,7 @@ func TestFailOpen(t *testing.T) {
 			h := startEdge(t, options{config: func(c *edge.Config) { c.FailOpen = open }})
 			h.limiter.setDecide(func(*limiterv1.CheckItem) (*limiterv1.CheckResult, error) { return nil, errors.New("no limiter") })
 			a := h.post(t, "/v1/chat/completions", goodKey, chatBody)
-			requireRateHeaders(t, a.header)
+			requireNoRateHeaders(t, a.header)
 			if !open {
 				require.Equal(t, http.StatusServiceUnavailable, a.status)
 				require.Equal(t, "limiter_unavailable", a.errorCode())
@@ -420,7 +440,7 @@ func TestModelsList(t *testing.T) {
 	list := func(key string) []string {
 		a := h.do(t, http.MethodGet, "/v1/models", map[string]string{"Authorization": "Bearer " + key}, "")
 		require.Equal(t, http.StatusOK, a.status, "%s", a.body)
-		requireRateHeaders(t, a.header)
+		requireNoRateHeaders(t, a.header)
 		var resp struct {
 			Object string `json:"object"`
 			Data   []struct {

@@ -9,25 +9,26 @@ import (
 	"github.com/keygate/keygate/pkg/money"
 )
 
-// FuzzParseBody feeds inference bodies to parse for each endpoint. An
+// FuzzParseBody feeds inference bodies to every endpoint's dialect. An
 // accepted body names a model, the model is the one a provider reading the
 // body will see, its estimate is a non-negative token count with a
 // non-negative cost, and the body sent upstream is a JSON object naming the
-// upstream model. Seeds live in testdata/fuzz/FuzzParseBody.
+// upstream model (and, for a chat stream, asking for usage). Seeds live in
+// testdata/fuzz/FuzzParseBody.
 func FuzzParseBody(f *testing.F) {
 	s := &Server{cfg: Config{DefaultMaxTokens: 1024}}
-	price, err := money.Parse("60")
+	prices, err := money.ParsePrices("60", "60", "75", "6")
 	require.NoError(f, err)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, ep := range []*endpoint{chatEndpoint, completionEndpoint, embeddingEndpoint} {
-			req, perr := parse(body, ep)
+		for _, ep := range endpoints {
+			p, perr := ep.d.parse(body)
 			if perr != nil {
-				require.Nil(t, req)
+				require.Nil(t, p)
 				require.Equal(t, 400, perr.status)
 				require.NotEmpty(t, perr.msg)
 				continue
 			}
-			require.NotEmpty(t, req.Model, ep.name)
+			require.NotEmpty(t, p.model, ep.name)
 
 			// A provider reads keys case-sensitively; the edge must authorise
 			// and price the model the provider will serve.
@@ -35,16 +36,16 @@ func FuzzParseBody(f *testing.F) {
 			require.NoError(t, json.Unmarshal(body, &top), ep.name)
 			var upModel string
 			require.NoError(t, json.Unmarshal(top["model"], &upModel), "%s: the provider reads no model", ep.name)
-			require.Equal(t, req.Model, upModel, "%s: the edge and the provider read different models", ep.name)
+			require.Equal(t, p.model, upModel, "%s: the edge and the provider read different models", ep.name)
 
-			est := s.estimate(req, ep)
-			require.GreaterOrEqual(t, est.prompt, int64(0), ep.name)
-			require.GreaterOrEqual(t, est.completion, int64(0), ep.name)
-			require.GreaterOrEqual(t, est.prompt+est.completion, int64(0), "%s: estimate overflows", ep.name)
-			rt := &route{id: req.Model, upstreamModel: "upstream-model", inPrice: price, outPrice: price}
-			require.GreaterOrEqual(t, cost(rt, est.prompt, est.completion), int64(0), "%s: cost overflows", ep.name)
+			est := s.estimate(p)
+			require.GreaterOrEqual(t, est.input, int64(0), ep.name)
+			require.GreaterOrEqual(t, est.output, int64(0), ep.name)
+			require.GreaterOrEqual(t, est.total(), int64(0), "%s: estimate overflows", ep.name)
+			rt := &route{id: p.model, upstreamModel: "upstream-model", prices: prices}
+			require.GreaterOrEqual(t, cost(rt, est), int64(0), "%s: cost overflows", ep.name)
 
-			out, err := upstreamBody(body, req, rt, ep)
+			out, err := ep.d.rewrite(body, p, rt.upstreamModel)
 			require.NoError(t, err, ep.name)
 			var sent struct {
 				Model         string `json:"model"`
@@ -54,7 +55,7 @@ func FuzzParseBody(f *testing.F) {
 			}
 			require.NoError(t, json.Unmarshal(out, &sent), ep.name)
 			require.Equal(t, "upstream-model", sent.Model, ep.name)
-			if req.Stream && !ep.embed {
+			if _, chat := ep.d.(chatDialect); chat && p.stream {
 				require.True(t, sent.StreamOptions.IncludeUsage, "%s: a stream must ask for usage", ep.name)
 			}
 		}

@@ -409,3 +409,12 @@ func requireRateHeaders(tb testing.TB, h http.Header) {
 		require.NotEmpty(tb, h.Get(name), "header %s", name)
 	}
 }
+
+// requireNoRateHeaders: nothing is advertised for a request no limit
+// decided (an unlimited dimension is absent, never 0).
+func requireNoRateHeaders(tb testing.TB, h http.Header) {
+	tb.Helper()
+	for _, name := range rateHeaders {
+		require.Empty(tb, h.Values(name), "header %s", name)
+	}
+}

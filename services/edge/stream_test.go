@@ -106,6 +106,12 @@ type sseUpstream struct {
 }
 
 func newSSEUpstream(n int, withUsage bool) (*sseUpstream, http.HandlerFunc) {
+	return newSSEUpstreamRole(n, withUsage, false)
+}
+
+// newSSEUpstreamRole is newSSEUpstream, first sending OpenAI's role chunk
+// (no text) when role is set.
+func newSSEUpstreamRole(n int, withUsage, role bool) (*sseUpstream, http.HandlerFunc) {
 	u := &sseUpstream{bodies: make(chan map[string]any, 4), release: make(chan struct{}), ended: make(chan error, 4)}
 	return u, func(w http.ResponseWriter, r *http.Request) {
 		var m map[string]any
@@ -113,6 +119,9 @@ func newSSEUpstream(n int, withUsage bool) (*sseUpstream, http.HandlerFunc) {
 		u.bodies <- m
 		w.Header().Set("Content-Type", "text/event-stream")
 		rc := http.NewResponseController(w)
+		if role {
+			_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`+"\n\n")
+		}
 		for i := range n {
 			_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"w`+string(rune('a'+i))+`"}}]}`+"\n\n")
 			_ = rc.Flush()
@@ -179,14 +188,18 @@ func TestStreamClientDisconnect(t *testing.T) {
 		maxTokens string
 		sent      int
 		want      int64
+		role      bool
 	}{
-		{"charged per chunk sent", "", 3, 3},
-		{"capped by max_tokens", `,"max_tokens":2`, 4, 2},
+		{"charged per chunk sent", "", 3, 3, false},
+		{"capped by max_tokens", `,"max_tokens":2`, 4, 2, false},
+		// OpenAI's first chunk carries the role and no text: it is not a
+		// token the client received.
+		{"the role chunk is not a token", "", 3, 3, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			up, handler := newSSEUpstream(c.sent, true)
+			up, handler := newSSEUpstreamRole(c.sent, true, c.role)
 			h := startEdge(t, upstream(t, handler))
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
@@ -197,7 +210,11 @@ func TestStreamClientDisconnect(t *testing.T) {
 			resp, err := http.DefaultClient.Do(req)
 			require.NoError(t, err)
 			br := bufio.NewReader(resp.Body)
-			for range c.sent * 2 {
+			events := c.sent
+			if c.role {
+				events++
+			}
+			for range events * 2 {
 				_, err := br.ReadString('\n')
 				require.NoError(t, err)
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -460,6 +461,7 @@ func TestRegistry(t *testing.T) {
 		{"key instead of env name", &keystorev1.Provider{Id: "x", BaseUrl: "https://x", ApiKeyEnv: "sk-abc def"}, "provider.api_key_env"},
 		{"relative file", &keystorev1.Provider{Id: "x", BaseUrl: "https://x", ApiKeyFile: "key.txt"}, "provider.api_key_file"},
 		{"both", &keystorev1.Provider{Id: "x", BaseUrl: "https://x", ApiKeyFile: "/k", ApiKeyEnv: "K"}, "provider.api_key_env"},
+		{"unknown kind", &keystorev1.Provider{Id: "x", BaseUrl: "https://x", Kind: 7}, "provider.kind"},
 	}
 	for _, c := range providers {
 		t.Run(c.name, func(t *testing.T) {
@@ -476,6 +478,7 @@ func TestRegistry(t *testing.T) {
 		{"no price", &keystorev1.Model{Id: "m", Provider: "mock", InputPricePerMillionUsd: "1"}, "model.output_price_per_million_usd"},
 		{"bad price", &keystorev1.Model{Id: "m", Provider: "mock", InputPricePerMillionUsd: "1,5", OutputPricePerMillionUsd: "1"}, "model.input_price_per_million_usd"},
 		{"unknown provider", &keystorev1.Model{Id: "m", Provider: "nope", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "1"}, "model.provider"},
+		{"bad cache price", &keystorev1.Model{Id: "m", Provider: "mock", InputPricePerMillionUsd: "1", OutputPricePerMillionUsd: "1", CacheReadPricePerMillionUsd: "cheap"}, "model.cache_read_price_per_million_usd"},
 	}
 	for _, c := range models {
 		t.Run(c.name, func(t *testing.T) {
@@ -496,6 +499,36 @@ func TestRegistry(t *testing.T) {
 	_, err = e.client.UpdateModel(ctx, &keystorev1.UpdateModelRequest{Model: "mock-small",
 		Patch: &keystorev1.Model{}, UpdateMask: mask("output_price_per_million_usd")})
 	requireCode(t, codes.InvalidArgument, err)
+
+	up, err = e.client.UpdateModel(ctx, &keystorev1.UpdateModelRequest{Model: "mock-small",
+		Patch:      &keystorev1.Model{CacheWritePricePerMillionUsd: "0.25", CacheReadPricePerMillionUsd: "0.02"},
+		UpdateMask: mask("cache_write_price_per_million_usd", "cache_read_price_per_million_usd")})
+	require.NoError(t, err)
+	require.Equal(t, "0.25", up.GetModel().GetCacheWritePricePerMillionUsd())
+	require.Equal(t, "0.02", up.GetModel().GetCacheReadPricePerMillionUsd())
+
+	t.Run("update provider", func(t *testing.T) {
+		_, err := e.client.CreateProvider(ctx, &keystorev1.CreateProviderRequest{Provider: &keystorev1.Provider{Id: "claude", BaseUrl: "https://api.anthropic.com/v1", ApiKeyEnv: "ANTHROPIC_API_KEY"}})
+		require.NoError(t, err)
+		pr, err := e.client.UpdateProvider(ctx, &keystorev1.UpdateProviderRequest{Provider: "claude",
+			Patch:      &keystorev1.Provider{Kind: keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC, ApiKeyFile: "/run/secrets/anthropic"},
+			UpdateMask: mask("kind", "api_key_file")})
+		require.NoError(t, err)
+		require.Equal(t, keystorev1.ProviderKind_PROVIDER_KIND_ANTHROPIC, pr.GetProvider().GetKind())
+		require.Equal(t, "/run/secrets/anthropic", pr.GetProvider().GetApiKeyFile())
+		require.Empty(t, pr.GetProvider().GetApiKeyEnv(), "one credential reference")
+		got, err := e.client.GetProvider(ctx, &keystorev1.GetProviderRequest{Provider: "claude"})
+		require.NoError(t, err)
+		require.True(t, proto.Equal(pr.GetProvider(), got.GetProvider()))
+		_, err = e.client.UpdateProvider(ctx, &keystorev1.UpdateProviderRequest{Provider: "claude",
+			Patch: &keystorev1.Provider{BaseUrl: "ftp://x"}, UpdateMask: mask("base_url")})
+		requireCode(t, codes.InvalidArgument, err)
+		_, err = e.client.UpdateProvider(ctx, &keystorev1.UpdateProviderRequest{Provider: "nope",
+			Patch: &keystorev1.Provider{BaseUrl: "https://x"}, UpdateMask: mask("base_url")})
+		requireCode(t, codes.NotFound, err)
+		_, err = e.client.DeleteProvider(ctx, &keystorev1.DeleteProviderRequest{Provider: "claude"})
+		require.NoError(t, err)
+	})
 
 	_, err = e.client.DeleteProvider(ctx, &keystorev1.DeleteProviderRequest{Provider: "mock"})
 	requireCode(t, codes.FailedPrecondition, err)

@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -44,6 +45,80 @@ func (s *Server) createProvider(ctx context.Context, p *principal, in *keystorev
 	}
 	s.changes.Add(ctx, 1)
 	return pr, nil
+}
+
+func (s *Server) getProvider(ctx context.Context, id string) (*keystorev1.Provider, int64, error) {
+	resp, err := s.etcd.Get(ctx, providerKey(id))
+	if err != nil {
+		return nil, 0, fmt.Errorf("get provider: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, fmt.Errorf("provider %q: %w", id, ErrNotFound)
+	}
+	pr := &keystorev1.Provider{}
+	if err := unmarshal(resp.Kvs[0], pr); err != nil {
+		return nil, 0, err
+	}
+	return pr, resp.Kvs[0].ModRevision, nil
+}
+
+// updateProvider changes the fields named in the mask; the credential is
+// one reference, so setting one of api_key_env and api_key_file clears the
+// other unless both are named.
+func (s *Server) updateProvider(ctx context.Context, p *principal, req *keystorev1.UpdateProviderRequest) (*keystorev1.Provider, error) {
+	if err := p.requireRoot(); err != nil {
+		return nil, err
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		return nil, invalid("update_mask", "name at least one field: base_url, api_key_env, api_key_file, kind")
+	}
+	old, rev, err := s.getProvider(ctx, req.GetProvider())
+	if err != nil {
+		return nil, err
+	}
+	next := proto.CloneOf(old)
+	patch := req.GetPatch()
+	for _, f := range paths {
+		switch f {
+		case "base_url":
+			next.BaseUrl = patch.GetBaseUrl()
+		case "api_key_env":
+			next.ApiKeyEnv, next.ApiKeyFile = patch.GetApiKeyEnv(), ""
+		case "api_key_file":
+			next.ApiKeyFile, next.ApiKeyEnv = patch.GetApiKeyFile(), ""
+		case "kind":
+			next.Kind = patch.GetKind()
+		default:
+			return nil, invalid("update_mask", "cannot update %q", f)
+		}
+	}
+	if slices.Contains(paths, "api_key_env") && slices.Contains(paths, "api_key_file") {
+		next.ApiKeyEnv, next.ApiKeyFile = patch.GetApiKeyEnv(), patch.GetApiKeyFile()
+	}
+	if err := validProvider(next); err != nil {
+		return nil, err
+	}
+	next.UpdateTime = timestamppb.New(s.clock.Now())
+	val, err := marshal(next)
+	if err != nil {
+		return nil, err
+	}
+	audit, err := s.auditOps(p, registryAudit, "", "provider.update", old, next)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.etcd.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(providerKey(next.Id)), "=", rev),
+	).Then(append([]clientv3.Op{clientv3.OpPut(providerKey(next.Id), val)}, audit...)...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("update provider: %w", err)
+	}
+	if !resp.Succeeded {
+		return nil, fmt.Errorf("provider %q: %w", next.Id, ErrConflict)
+	}
+	s.changes.Add(ctx, 1)
+	return next, nil
 }
 
 func (s *Server) listProviders(ctx context.Context) ([]*keystorev1.Provider, error) {
@@ -195,7 +270,7 @@ func (s *Server) updateModel(ctx context.Context, p *principal, req *keystorev1.
 	}
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 0 {
-		return nil, invalid("update_mask", "name at least one field: provider, upstream_model, input_price_per_million_usd, output_price_per_million_usd")
+		return nil, invalid("update_mask", "name at least one field: provider, upstream_model, input_price_per_million_usd, output_price_per_million_usd, cache_write_price_per_million_usd, cache_read_price_per_million_usd")
 	}
 	old, rev, err := s.getModel(ctx, req.GetModel())
 	if err != nil {
@@ -216,6 +291,10 @@ func (s *Server) updateModel(ctx context.Context, p *principal, req *keystorev1.
 			next.InputPricePerMillionUsd = patch.GetInputPricePerMillionUsd()
 		case "output_price_per_million_usd":
 			next.OutputPricePerMillionUsd = patch.GetOutputPricePerMillionUsd()
+		case "cache_write_price_per_million_usd":
+			next.CacheWritePricePerMillionUsd = patch.GetCacheWritePricePerMillionUsd()
+		case "cache_read_price_per_million_usd":
+			next.CacheReadPricePerMillionUsd = patch.GetCacheReadPricePerMillionUsd()
 		default:
 			return nil, invalid("update_mask", "cannot update %q", f)
 		}

@@ -214,6 +214,20 @@ func (s *Server) ListProviders(ctx context.Context, _ *keystorev1.ListProvidersR
 	})
 }
 
+func (s *Server) GetProvider(ctx context.Context, req *keystorev1.GetProviderRequest) (*keystorev1.GetProviderResponse, error) {
+	return call(s, ctx, func(*principal) (*keystorev1.GetProviderResponse, error) {
+		pr, _, err := s.getProvider(ctx, req.GetProvider())
+		return &keystorev1.GetProviderResponse{Provider: pr}, err
+	})
+}
+
+func (s *Server) UpdateProvider(ctx context.Context, req *keystorev1.UpdateProviderRequest) (*keystorev1.UpdateProviderResponse, error) {
+	return call(s, ctx, func(p *principal) (*keystorev1.UpdateProviderResponse, error) {
+		pr, err := s.updateProvider(ctx, p, req)
+		return &keystorev1.UpdateProviderResponse{Provider: pr}, err
+	})
+}
+
 func (s *Server) DeleteProvider(ctx context.Context, req *keystorev1.DeleteProviderRequest) (*keystorev1.DeleteProviderResponse, error) {
 	return call(s, ctx, func(ctx context.Context, p *principal) (*keystorev1.DeleteProviderResponse, error) {
 		return &keystorev1.DeleteProviderResponse{}, s.deleteProvider(ctx, p, req.GetProvider())

@@ -222,6 +222,9 @@ func validProvider(p *keystorev1.Provider) error {
 			return invalid("provider.base_url", `must be an http(s) URL without credentials, or "mock"`)
 		}
 	}
+	if _, ok := keystorev1.ProviderKind_name[int32(p.GetKind())]; !ok {
+		return invalid("provider.kind", "must be PROVIDER_KIND_OPENAI or PROVIDER_KIND_ANTHROPIC")
+	}
 	if p.GetApiKeyEnv() != "" && p.GetApiKeyFile() != "" {
 		return invalid("provider.api_key_env", "set api_key_env or api_key_file, not both")
 	}
@@ -249,6 +252,16 @@ func validModel(m *keystorev1.Model) error {
 	}
 	if _, err := money.Parse(m.GetOutputPricePerMillionUsd()); err != nil {
 		return invalid("model.output_price_per_million_usd", "a price is required: %v", err)
+	}
+	if v := m.GetCacheWritePricePerMillionUsd(); v != "" {
+		if _, err := money.Parse(v); err != nil {
+			return invalid("model.cache_write_price_per_million_usd", "%v (or leave it empty for the input price)", err)
+		}
+	}
+	if v := m.GetCacheReadPricePerMillionUsd(); v != "" {
+		if _, err := money.Parse(v); err != nil {
+			return invalid("model.cache_read_price_per_million_usd", "%v (or leave it empty for the input price)", err)
+		}
 	}
 	return nil
 }

@@ -19,11 +19,8 @@ type modelLister interface {
 	ListModels(ctx context.Context, in *keystorev1.ListModelsRequest, opts ...grpc.CallOption) (*keystorev1.ListModelsResponse, error)
 }
 
-// price is a model's price per million tokens, as text and as nanos.
-type price struct {
-	inText, outText string
-	in, out         money.Nanos
-}
+// price is a model's prices per million tokens.
+type price struct{ money.Prices }
 
 const (
 	// priceTTL bounds how stale a price may be when a record is charged.
@@ -81,12 +78,12 @@ func (p *priceBook) refresh(ctx context.Context, now time.Time) error {
 	}
 	prices := make(map[string]price, len(resp.GetModels()))
 	for _, m := range resp.GetModels() {
-		in, err1 := money.Parse(m.GetInputPricePerMillionUsd())
-		out, err2 := money.Parse(m.GetOutputPricePerMillionUsd())
-		if err1 != nil || err2 != nil {
+		pr, err := money.ParsePrices(m.GetInputPricePerMillionUsd(), m.GetOutputPricePerMillionUsd(),
+			m.GetCacheWritePricePerMillionUsd(), m.GetCacheReadPricePerMillionUsd())
+		if err != nil {
 			continue // unpriced: records for it are refused
 		}
-		prices[m.GetId()] = price{inText: in.String(), outText: out.String(), in: in, out: out}
+		prices[m.GetId()] = price{pr}
 	}
 	p.prices, p.fetched = prices, now
 	return nil

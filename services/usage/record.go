@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/money"
 )
 
 const (
@@ -112,6 +111,9 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 	if r.GetPromptTokens() > maxTokens || r.GetCompletionTokens() > maxTokens {
 		return invalidf("token counts over %d", int64(maxTokens))
 	}
+	if cw, cr := r.GetCacheWriteTokens(), r.GetCacheReadTokens(); cw < 0 || cr < 0 || cw > r.GetPromptTokens()-cr {
+		return invalidf("cache tokens must be non-negative and part of the prompt tokens")
+	}
 	if _, ok := usagev1.RequestStatus_name[int32(r.GetStatus())]; !ok {
 		return invalidf("unknown status %d", r.GetStatus())
 	}
@@ -146,9 +148,14 @@ func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
 	} else {
 		rec.Time = timestamppb.New(t)
 	}
-	cost := money.Cost(rec.GetPromptTokens(), p.in) + money.Cost(rec.GetCompletionTokens(), p.out)
-	rec.InputPricePerMillionUsd = p.inText
-	rec.OutputPricePerMillionUsd = p.outText
+	cw, cr := rec.GetCacheWriteTokens(), rec.GetCacheReadTokens()
+	cost := p.Cost(rec.GetPromptTokens()-cw-cr, rec.GetCompletionTokens(), cw, cr)
+	rec.InputPricePerMillionUsd = p.Input.String()
+	rec.OutputPricePerMillionUsd = p.Output.String()
+	if cw > 0 || cr > 0 {
+		rec.CacheWritePricePerMillionUsd = p.CacheWrite.String()
+		rec.CacheReadPricePerMillionUsd = p.CacheRead.String()
+	}
 	rec.CostUsd = cost.String()
 	val, err := proto.Marshal(rec)
 	if err != nil {

@@ -216,7 +216,9 @@ func TestCost(t *testing.T) {
 	e := newEnv(t, 0)
 	e.ks.models = append(e.ks.models,
 		&keystorev1.Model{Id: "odd", InputPricePerMillionUsd: "0.000001", OutputPricePerMillionUsd: "3.333333"},
-		&keystorev1.Model{Id: "free", InputPricePerMillionUsd: "0", OutputPricePerMillionUsd: "0"})
+		&keystorev1.Model{Id: "free", InputPricePerMillionUsd: "0", OutputPricePerMillionUsd: "0"},
+		&keystorev1.Model{Id: "cached", InputPricePerMillionUsd: "3", OutputPricePerMillionUsd: "15",
+			CacheWritePricePerMillionUsd: "3.75", CacheReadPricePerMillionUsd: "0.30"})
 	tests := []struct {
 		name, model               string
 		prompt, completion        int64
@@ -243,6 +245,19 @@ func TestCost(t *testing.T) {
 			require.Equal(t, tc.wantOut, got.GetOutputPricePerMillionUsd())
 		})
 	}
+	t.Run("cache tokens at their prices", func(t *testing.T) {
+		// 1M prompt tokens of which 200k written to and 500k read from the
+		// cache, and 100k output: 0.9 + 0.75 + 0.15 + 1.5.
+		r := rec("c-cached", "cached-key", "cached", 1_000_000, 100_000, t0)
+		r.CacheWriteTokens, r.CacheReadTokens = 200_000, 500_000
+		e.record(t, r)
+		l, err := e.cli.ListRequests(member(t.Context()), &usagev1.ListRequestsRequest{Workspace: "acme", Key: "cached-key"})
+		require.NoError(t, err)
+		got := l.GetRequests()[0]
+		require.Equal(t, "3.30", got.GetCostUsd())
+		require.Equal(t, "3.75", got.GetCacheWritePricePerMillionUsd())
+		require.Equal(t, "0.30", got.GetCacheReadPricePerMillionUsd())
+	})
 	t.Run("spend adds exactly", func(t *testing.T) {
 		// 7 records of 1 prompt token at $0.15/M: 7 x 0.00000015.
 		e.ks.setKey(&keystorev1.Key{Id: "sum", Workspace: "acme"})
@@ -478,6 +493,8 @@ func TestRecordUsageBadInput(t *testing.T) {
 		{"model without price", mod(func(r *usagev1.UsageRecord) { r.Model = "unpriced" })},
 		{"negative prompt tokens", mod(func(r *usagev1.UsageRecord) { r.PromptTokens = -1 })},
 		{"negative completion tokens", mod(func(r *usagev1.UsageRecord) { r.CompletionTokens = -1 })},
+		{"more cache tokens than prompt tokens", mod(func(r *usagev1.UsageRecord) { r.CacheReadTokens = 2 })},
+		{"negative cache tokens", mod(func(r *usagev1.UsageRecord) { r.CacheWriteTokens = -1 })},
 		{"unknown status", mod(func(r *usagev1.UsageRecord) { r.Status = 42 })},
 		{"negative latency", mod(func(r *usagev1.UsageRecord) { r.Latency = durationpb.New(-time.Second) })},
 		{"time in the future", mod(func(r *usagev1.UsageRecord) { r.Time = timestamppb.New(t0.Add(time.Hour)) })},

@@ -12,8 +12,11 @@ package mock
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"hash/fnv"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -31,7 +34,7 @@ type Options struct {
 }
 
 // Server is the mock provider, an http.Handler serving /chat/completions,
-// /completions, /embeddings and /models under any prefix (so base URLs
+// /completions, /embeddings, /responses and /models under any prefix (so base URLs
 // "http://host" and "http://host/v1" both work).
 type Server struct {
 	opts Options
@@ -59,6 +62,9 @@ type request struct {
 	Messages            json.RawMessage `json:"messages"`
 	Prompt              json.RawMessage `json:"prompt"`
 	Input               json.RawMessage `json:"input"`
+	MaxOutputTokens     int             `json:"max_output_tokens"`
+	System              json.RawMessage `json:"system"`
+	EncodingFormat      string          `json:"encoding_format"`
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -86,6 +92,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kind = "completion"
 	case strings.HasSuffix(path, "/embeddings"):
 		kind = "embedding"
+	case strings.HasSuffix(path, "/responses"):
+		kind = "responses"
+	case strings.HasSuffix(path, "/messages/count_tokens"):
+		kind = "count_tokens"
+	case strings.HasSuffix(path, "/messages"):
+		kind = "messages"
 	default:
 		writeError(w, http.StatusNotFound, "unknown route "+path)
 		return
@@ -106,18 +118,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !wait(r.Context(), s.opts.Latency) {
 		return
 	}
-	if kind == "embedding" {
+	switch kind {
+	case "embedding":
 		s.embed(w, &req)
 		return
+	case "responses":
+		s.responses(r.Context(), w, &req)
+		return
+	case "messages":
+		s.messages(r.Context(), w, &req)
+		return
+	case "count_tokens":
+		u := promptUsage(&req)
+		writeJSON(w, http.StatusOK, map[string]int{"input_tokens": u.InputTokens + u.CacheCreationInputTokens})
+		return
 	}
-	n := s.opts.Tokens
 	limit := req.MaxTokens
 	if req.MaxCompletionTokens > 0 {
 		limit = req.MaxCompletionTokens
 	}
+	n, limited := s.length(limit)
 	finish := "stop"
-	if limit > 0 && limit < n {
-		n, finish = limit, "length"
+	if limited {
+		finish = "length"
 	}
 	prompt := req.Messages
 	if kind == "completion" {
@@ -147,9 +170,37 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, body)
 }
 
+// length is the answer's length in tokens (words) under the client's cap
+// (0 = none), and whether the cap cut it.
+func (s *Server) length(limit int) (int, bool) {
+	if limit > 0 && limit < s.opts.Tokens {
+		return limit, true
+	}
+	return s.opts.Tokens, false
+}
+
 // PromptTokens is the mock's prompt count: one token per 4 bytes of the
 // prompt's JSON, at least 1.
 func PromptTokens(raw json.RawMessage) int { return len(raw)/4 + 1 }
+
+// eachWord calls f with each of the answer's first n words (a space before
+// all but the first), ChunkDelay apart, until f or the request ends; it
+// reports whether all were sent.
+func (s *Server) eachWord(ctx context.Context, n int, f func(string) bool) bool {
+	for i := range n {
+		if i > 0 && !wait(ctx, s.opts.ChunkDelay) {
+			return false
+		}
+		word := words[i%len(words)]
+		if i > 0 {
+			word = " " + word
+		}
+		if !f(word) {
+			return false
+		}
+	}
+	return true
+}
 
 func answer(n int) string {
 	var b strings.Builder
@@ -199,18 +250,8 @@ type textCompletion struct {
 }
 
 func (s *Server) stream(ctx context.Context, w http.ResponseWriter, kind string, req *request, n int, finish string, usage Usage) {
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	send := func(v any) bool {
-		b, _ := json.Marshal(v)
-		if _, err := w.Write(append(append([]byte("data: "), b...), '\n', '\n')); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
+	sw := startSSE(w)
+	send := func(v any) bool { return sw.send("", v) }
 	chunk := func(delta *message, text string, fin *string) any {
 		if kind == "chat" {
 			return chatCompletion{ID: "chatcmpl-mock", Object: "chat.completion.chunk", Model: req.Model,
@@ -222,17 +263,8 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, kind string,
 	if kind == "chat" && !send(chunk(&message{Role: "assistant"}, "", nil)) {
 		return
 	}
-	for i := range n {
-		if i > 0 && !wait(ctx, s.opts.ChunkDelay) {
-			return
-		}
-		word := words[i%len(words)]
-		if i > 0 {
-			word = " " + word
-		}
-		if !send(chunk(&message{Content: word}, word, nil)) {
-			return
-		}
+	if !s.eachWord(ctx, n, func(word string) bool { return send(chunk(&message{Content: word}, word, nil)) }) {
+		return
 	}
 	if !send(chunk(&message{}, "", &finish)) {
 		return
@@ -248,9 +280,7 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, kind string,
 			return
 		}
 	}
-	if _, err := w.Write([]byte("data: [DONE]\n\n")); err == nil {
-		_ = rc.Flush()
-	}
+	sw.done()
 }
 
 func (s *Server) embed(w http.ResponseWriter, req *request) {
@@ -262,28 +292,56 @@ func (s *Server) embed(w http.ResponseWriter, req *request) {
 		writeError(w, http.StatusBadRequest, "input must be a string or an array of strings")
 		return
 	}
+	if req.EncodingFormat != "" && req.EncodingFormat != "float" && req.EncodingFormat != "base64" {
+		writeError(w, http.StatusBadRequest, "encoding_format must be float or base64")
+		return
+	}
 	type embedding struct {
-		Object    string    `json:"object"`
-		Index     int       `json:"index"`
-		Embedding []float64 `json:"embedding"`
+		Object    string `json:"object"`
+		Index     int    `json:"index"`
+		Embedding any    `json:"embedding"`
 	}
 	data := make([]embedding, len(inputs))
 	for i, in := range inputs {
-		h := fnv.New64a()
-		_, _ = h.Write([]byte(in))
-		seed := h.Sum64()
-		vec := make([]float64, 8)
-		for j := range vec {
-			seed = seed*6364136223846793005 + 1442695040888963407
-			vec[j] = float64(int64(seed>>11)%2000-1000) / 1000
+		data[i] = embedding{Object: "embedding", Index: i, Embedding: Vector(in)}
+		if req.EncodingFormat == "base64" {
+			data[i].Embedding = encodeBase64(Vector(in))
 		}
-		data[i] = embedding{Object: "embedding", Index: i, Embedding: vec}
 	}
 	p := PromptTokens(req.Input)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"object": "list", "model": req.Model, "data": data,
 		"usage": map[string]int{"prompt_tokens": p, "total_tokens": p},
 	})
+}
+
+// Vector is the mock's embedding of one input: 8 float32 values in
+// [-1, 1), derived from the input's hash.
+func Vector(input string) []float32 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(input))
+	seed := h.Sum64()
+	vec := make([]float32, 8)
+	for j := range vec {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		vec[j] = float32(int64(seed>>11)%2000-1000) / 1000
+	}
+	return vec
+}
+
+// encodeBase64 is OpenAI's base64 embedding: the little-endian float32
+// values, base64 encoded.
+func encodeBase64(vec []float32) string {
+	b := make([]byte, 0, 4*len(vec))
+	for _, v := range vec {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+func absentJSON(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
 }
 
 func wait(ctx context.Context, d time.Duration) bool {
@@ -297,6 +355,42 @@ func wait(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// sseWriter writes server-sent events, flushing each.
+type sseWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func startSSE(w http.ResponseWriter) *sseWriter {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	return &sseWriter{w: w, rc: http.NewResponseController(w)}
+}
+
+// send writes one event named event ("" = unnamed) with v as its data; it
+// reports whether the client is still there.
+func (s *sseWriter) send(event string, v any) bool {
+	b, _ := json.Marshal(v)
+	var buf []byte
+	if event != "" {
+		buf = append(append(append(buf, "event: "...), event...), '\n')
+	}
+	buf = append(append(append(buf, "data: "...), b...), '\n', '\n')
+	if _, err := s.w.Write(buf); err != nil {
+		return false
+	}
+	return s.rc.Flush() == nil
+}
+
+// done ends an OpenAI chat or completion stream.
+func (s *sseWriter) done() {
+	if _, err := s.w.Write([]byte("data: [DONE]\n\n")); err == nil {
+		_ = s.rc.Flush()
 	}
 }
 

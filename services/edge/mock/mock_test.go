@@ -1,8 +1,11 @@
 package mock_test
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -78,4 +81,51 @@ func TestMockEmbeddings(t *testing.T) {
 	require.NoError(t, json.Unmarshal(first, &resp))
 	require.Len(t, resp.Data, 2)
 	require.NotEqual(t, resp.Data[0].Embedding, resp.Data[1].Embedding)
+}
+
+// TestMockEmbeddingEncodings: base64 (the default of OpenAI's own clients)
+// is the little-endian float32 vector that float sends as numbers.
+func TestMockEmbeddingEncodings(t *testing.T) {
+	t.Parallel()
+	h := mock.New(mock.Options{})
+	embed := func(t *testing.T, format string) (int, []json.RawMessage) {
+		w := httptest.NewRecorder()
+		body := `{"model":"e","input":"hello","encoding_format":"` + format + `"}`
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/embeddings", strings.NewReader(body)))
+		var resp struct {
+			Data []struct {
+				Embedding json.RawMessage `json:"embedding"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(w.Body.Bytes(), &resp)
+		var out []json.RawMessage
+		for _, d := range resp.Data {
+			out = append(out, d.Embedding)
+		}
+		return w.Code, out
+	}
+	want := mock.Vector("hello")
+	t.Run("float", func(t *testing.T) {
+		code, got := embed(t, "float")
+		require.Equal(t, http.StatusOK, code)
+		var vec []float32
+		require.NoError(t, json.Unmarshal(got[0], &vec))
+		require.Equal(t, want, vec)
+	})
+	t.Run("base64", func(t *testing.T) {
+		code, got := embed(t, "base64")
+		require.Equal(t, http.StatusOK, code)
+		var s string
+		require.NoError(t, json.Unmarshal(got[0], &s))
+		raw, err := base64.StdEncoding.DecodeString(s)
+		require.NoError(t, err)
+		require.Len(t, raw, 4*len(want))
+		for i, v := range want {
+			require.Equal(t, v, math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])), "value %d", i)
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		code, _ := embed(t, "int8")
+		require.Equal(t, http.StatusBadRequest, code)
+	})
 }

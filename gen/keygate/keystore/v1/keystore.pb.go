@@ -176,6 +176,60 @@ func (KeyKind) EnumDescriptor() ([]byte, []int) {
 	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{2}
 }
 
+// The API a provider speaks.
+type ProviderKind int32
+
+const (
+	// Read as PROVIDER_KIND_OPENAI.
+	ProviderKind_PROVIDER_KIND_UNSPECIFIED ProviderKind = 0
+	// OpenAI's API and every OpenAI-compatible server (Azure OpenAI v1,
+	// vLLM, Ollama, LM Studio, OpenRouter, Groq …): Bearer credential.
+	ProviderKind_PROVIDER_KIND_OPENAI ProviderKind = 1
+	// Anthropic's Messages API: x-api-key and anthropic-version.
+	ProviderKind_PROVIDER_KIND_ANTHROPIC ProviderKind = 2
+)
+
+// Enum value maps for ProviderKind.
+var (
+	ProviderKind_name = map[int32]string{
+		0: "PROVIDER_KIND_UNSPECIFIED",
+		1: "PROVIDER_KIND_OPENAI",
+		2: "PROVIDER_KIND_ANTHROPIC",
+	}
+	ProviderKind_value = map[string]int32{
+		"PROVIDER_KIND_UNSPECIFIED": 0,
+		"PROVIDER_KIND_OPENAI":      1,
+		"PROVIDER_KIND_ANTHROPIC":   2,
+	}
+)
+
+func (x ProviderKind) Enum() *ProviderKind {
+	p := new(ProviderKind)
+	*p = x
+	return p
+}
+
+func (x ProviderKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProviderKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[3].Descriptor()
+}
+
+func (ProviderKind) Type() protoreflect.EnumType {
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[3]
+}
+
+func (x ProviderKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProviderKind.Descriptor instead.
+func (ProviderKind) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{3}
+}
+
 type KeyState int32
 
 const (
@@ -212,11 +266,11 @@ func (x KeyState) String() string {
 }
 
 func (KeyState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keygate_keystore_v1_keystore_proto_enumTypes[3].Descriptor()
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[4].Descriptor()
 }
 
 func (KeyState) Type() protoreflect.EnumType {
-	return &file_keygate_keystore_v1_keystore_proto_enumTypes[3]
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[4]
 }
 
 func (x KeyState) Number() protoreflect.EnumNumber {
@@ -225,7 +279,7 @@ func (x KeyState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyState.Descriptor instead.
 func (KeyState) EnumDescriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{3}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{4}
 }
 
 type WatchKeyChangesResponse_Type int32
@@ -271,11 +325,11 @@ func (x WatchKeyChangesResponse_Type) String() string {
 }
 
 func (WatchKeyChangesResponse_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_keygate_keystore_v1_keystore_proto_enumTypes[4].Descriptor()
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[5].Descriptor()
 }
 
 func (WatchKeyChangesResponse_Type) Type() protoreflect.EnumType {
-	return &file_keygate_keystore_v1_keystore_proto_enumTypes[4]
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[5]
 }
 
 func (x WatchKeyChangesResponse_Type) Number() protoreflect.EnumNumber {
@@ -682,6 +736,8 @@ type Provider struct {
 	// ... or the path of a mounted secret file.
 	ApiKeyFile    string                 `protobuf:"bytes,4,opt,name=api_key_file,json=apiKeyFile,proto3" json:"api_key_file,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Kind          ProviderKind           `protobuf:"varint,6,opt,name=kind,proto3,enum=keygate.keystore.v1.ProviderKind" json:"kind,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -751,6 +807,20 @@ func (x *Provider) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Provider) GetKind() ProviderKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ProviderKind_PROVIDER_KIND_UNSPECIFIED
+}
+
+func (x *Provider) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
 type Model struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The model id clients send, e.g. "mock-small".
@@ -764,8 +834,14 @@ type Model struct {
 	OutputPricePerMillionUsd string                 `protobuf:"bytes,5,opt,name=output_price_per_million_usd,json=outputPricePerMillionUsd,proto3" json:"output_price_per_million_usd,omitempty"`
 	CreateTime               *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime               *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// Exact decimal USD per million prompt tokens written to the provider's
+	// prompt cache; empty = the input price.
+	CacheWritePricePerMillionUsd string `protobuf:"bytes,8,opt,name=cache_write_price_per_million_usd,json=cacheWritePricePerMillionUsd,proto3" json:"cache_write_price_per_million_usd,omitempty"`
+	// Exact decimal USD per million prompt tokens read from the cache;
+	// empty = the input price.
+	CacheReadPricePerMillionUsd string `protobuf:"bytes,9,opt,name=cache_read_price_per_million_usd,json=cacheReadPricePerMillionUsd,proto3" json:"cache_read_price_per_million_usd,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *Model) Reset() {
@@ -845,6 +921,20 @@ func (x *Model) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Model) GetCacheWritePricePerMillionUsd() string {
+	if x != nil {
+		return x.CacheWritePricePerMillionUsd
+	}
+	return ""
+}
+
+func (x *Model) GetCacheReadPricePerMillionUsd() string {
+	if x != nil {
+		return x.CacheReadPricePerMillionUsd
+	}
+	return ""
 }
 
 type AuditEvent struct {
@@ -2946,6 +3036,200 @@ func (x *CreateProviderResponse) GetProvider() *Provider {
 	return nil
 }
 
+type GetProviderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderRequest) Reset() {
+	*x = GetProviderRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderRequest) ProtoMessage() {}
+
+func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
+func (*GetProviderRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetProviderRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+type GetProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      *Provider              `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderResponse) Reset() {
+	*x = GetProviderResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderResponse) ProtoMessage() {}
+
+func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
+func (*GetProviderResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetProviderResponse) GetProvider() *Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+// Changes the fields named in update_mask: base_url, api_key_env,
+// api_key_file, kind.
+type UpdateProviderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	Patch         *Provider              `protobuf:"bytes,2,opt,name=patch,proto3" json:"patch,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,3,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProviderRequest) Reset() {
+	*x = UpdateProviderRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProviderRequest) ProtoMessage() {}
+
+func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UpdateProviderRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *UpdateProviderRequest) GetPatch() *Provider {
+	if x != nil {
+		return x.Patch
+	}
+	return nil
+}
+
+func (x *UpdateProviderRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      *Provider              `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProviderResponse) Reset() {
+	*x = UpdateProviderResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProviderResponse) ProtoMessage() {}
+
+func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
+func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *UpdateProviderResponse) GetProvider() *Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
 type ListProvidersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2954,7 +3238,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2966,7 +3250,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2979,7 +3263,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
 }
 
 type ListProvidersResponse struct {
@@ -2991,7 +3275,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3003,7 +3287,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3016,7 +3300,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -3035,7 +3319,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3047,7 +3331,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3060,7 +3344,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DeleteProviderRequest) GetProvider() string {
@@ -3078,7 +3362,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3374,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3387,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
 }
 
 type CreateModelRequest struct {
@@ -3115,7 +3399,7 @@ type CreateModelRequest struct {
 
 func (x *CreateModelRequest) Reset() {
 	*x = CreateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3411,7 @@ func (x *CreateModelRequest) String() string {
 func (*CreateModelRequest) ProtoMessage() {}
 
 func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3424,7 @@ func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelRequest.ProtoReflect.Descriptor instead.
 func (*CreateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateModelRequest) GetModel() *Model {
@@ -3159,7 +3443,7 @@ type CreateModelResponse struct {
 
 func (x *CreateModelResponse) Reset() {
 	*x = CreateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3171,7 +3455,7 @@ func (x *CreateModelResponse) String() string {
 func (*CreateModelResponse) ProtoMessage() {}
 
 func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3184,7 +3468,7 @@ func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelResponse.ProtoReflect.Descriptor instead.
 func (*CreateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateModelResponse) GetModel() *Model {
@@ -3203,7 +3487,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3499,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3512,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GetModelRequest) GetModel() string {
@@ -3247,7 +3531,7 @@ type GetModelResponse struct {
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3543,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3556,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetModelResponse) GetModel() *Model {
@@ -3290,7 +3574,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3586,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3599,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
 }
 
 type ListModelsResponse struct {
@@ -3327,7 +3611,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3623,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3636,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -3373,7 +3657,7 @@ type UpdateModelRequest struct {
 
 func (x *UpdateModelRequest) Reset() {
 	*x = UpdateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3669,7 @@ func (x *UpdateModelRequest) String() string {
 func (*UpdateModelRequest) ProtoMessage() {}
 
 func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3682,7 @@ func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelRequest.ProtoReflect.Descriptor instead.
 func (*UpdateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *UpdateModelRequest) GetModel() string {
@@ -3431,7 +3715,7 @@ type UpdateModelResponse struct {
 
 func (x *UpdateModelResponse) Reset() {
 	*x = UpdateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3443,7 +3727,7 @@ func (x *UpdateModelResponse) String() string {
 func (*UpdateModelResponse) ProtoMessage() {}
 
 func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3456,7 +3740,7 @@ func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelResponse.ProtoReflect.Descriptor instead.
 func (*UpdateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *UpdateModelResponse) GetModel() *Model {
@@ -3475,7 +3759,7 @@ type DeleteModelRequest struct {
 
 func (x *DeleteModelRequest) Reset() {
 	*x = DeleteModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3487,7 +3771,7 @@ func (x *DeleteModelRequest) String() string {
 func (*DeleteModelRequest) ProtoMessage() {}
 
 func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3500,7 +3784,7 @@ func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelRequest.ProtoReflect.Descriptor instead.
 func (*DeleteModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteModelRequest) GetModel() string {
@@ -3518,7 +3802,7 @@ type DeleteModelResponse struct {
 
 func (x *DeleteModelResponse) Reset() {
 	*x = DeleteModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3530,7 +3814,7 @@ func (x *DeleteModelResponse) String() string {
 func (*DeleteModelResponse) ProtoMessage() {}
 
 func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3543,7 +3827,7 @@ func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelResponse.ProtoReflect.Descriptor instead.
 func (*DeleteModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{56}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{60}
 }
 
 type ListAuditEventsRequest struct {
@@ -3559,7 +3843,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +3855,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +3868,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{57}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ListAuditEventsRequest) GetWorkspace() string {
@@ -3625,7 +3909,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3637,7 +3921,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3650,7 +3934,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{58}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -3718,7 +4002,7 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x04etag\x18\x15 \x01(\tR\x04etag\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x02\n" +
 	"\bProvider\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1e\n" +
@@ -3726,7 +4010,10 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\fapi_key_file\x18\x04 \x01(\tR\n" +
 	"apiKeyFile\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xd2\x02\n" +
+	"createTime\x125\n" +
+	"\x04kind\x18\x06 \x01(\x0e2!.keygate.keystore.v1.ProviderKindR\x04kind\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\xe2\x03\n" +
 	"\x05Model\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12%\n" +
@@ -3736,7 +4023,9 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x84\x02\n" +
+	"updateTime\x12G\n" +
+	"!cache_write_price_per_million_usd\x18\b \x01(\tR\x1ccacheWritePricePerMillionUsd\x12E\n" +
+	" cache_read_price_per_million_usd\x18\t \x01(\tR\x1bcacheReadPricePerMillionUsd\"\x84\x02\n" +
 	"\n" +
 	"AuditEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
@@ -3884,6 +4173,17 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x15CreateProviderRequest\x129\n" +
 	"\bprovider\x18\x01 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\bprovider\"S\n" +
 	"\x16CreateProviderResponse\x129\n" +
+	"\bprovider\x18\x01 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\bprovider\"0\n" +
+	"\x12GetProviderRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\"P\n" +
+	"\x13GetProviderResponse\x129\n" +
+	"\bprovider\x18\x01 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\bprovider\"\xa5\x01\n" +
+	"\x15UpdateProviderRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x123\n" +
+	"\x05patch\x18\x02 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\x05patch\x12;\n" +
+	"\vupdate_mask\x18\x03 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"S\n" +
+	"\x16UpdateProviderResponse\x129\n" +
 	"\bprovider\x18\x01 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\bprovider\"\x16\n" +
 	"\x14ListProvidersRequest\"T\n" +
 	"\x15ListProvidersResponse\x12;\n" +
@@ -3935,12 +4235,16 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\aKeyKind\x12\x18\n" +
 	"\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_KIND_STANDARD\x10\x01\x12\x12\n" +
-	"\x0eKEY_KIND_ADMIN\x10\x02*j\n" +
+	"\x0eKEY_KIND_ADMIN\x10\x02*d\n" +
+	"\fProviderKind\x12\x1d\n" +
+	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1b\n" +
+	"\x17PROVIDER_KIND_ANTHROPIC\x10\x02*j\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_DISABLED\x10\x02\x12\x15\n" +
-	"\x11KEY_STATE_EXPIRED\x10\x032\x93\x14\n" +
+	"\x11KEY_STATE_EXPIRED\x10\x032\xe0\x15\n" +
 	"\x0fKeystoreService\x12l\n" +
 	"\x0fCreateWorkspace\x12+.keygate.keystore.v1.CreateWorkspaceRequest\x1a,.keygate.keystore.v1.CreateWorkspaceResponse\x12c\n" +
 	"\fGetWorkspace\x12(.keygate.keystore.v1.GetWorkspaceRequest\x1a).keygate.keystore.v1.GetWorkspaceResponse\x12i\n" +
@@ -3959,8 +4263,10 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\tVerifyKey\x12%.keygate.keystore.v1.VerifyKeyRequest\x1a&.keygate.keystore.v1.VerifyKeyResponse\x12n\n" +
 	"\x0fWatchKeyChanges\x12+.keygate.keystore.v1.WatchKeyChangesRequest\x1a,.keygate.keystore.v1.WatchKeyChangesResponse0\x01\x12c\n" +
 	"\fRecordKeyUse\x12(.keygate.keystore.v1.RecordKeyUseRequest\x1a).keygate.keystore.v1.RecordKeyUseResponse\x12i\n" +
-	"\x0eCreateProvider\x12*.keygate.keystore.v1.CreateProviderRequest\x1a+.keygate.keystore.v1.CreateProviderResponse\x12f\n" +
+	"\x0eCreateProvider\x12*.keygate.keystore.v1.CreateProviderRequest\x1a+.keygate.keystore.v1.CreateProviderResponse\x12`\n" +
+	"\vGetProvider\x12'.keygate.keystore.v1.GetProviderRequest\x1a(.keygate.keystore.v1.GetProviderResponse\x12f\n" +
 	"\rListProviders\x12).keygate.keystore.v1.ListProvidersRequest\x1a*.keygate.keystore.v1.ListProvidersResponse\x12i\n" +
+	"\x0eUpdateProvider\x12*.keygate.keystore.v1.UpdateProviderRequest\x1a+.keygate.keystore.v1.UpdateProviderResponse\x12i\n" +
 	"\x0eDeleteProvider\x12*.keygate.keystore.v1.DeleteProviderRequest\x1a+.keygate.keystore.v1.DeleteProviderResponse\x12`\n" +
 	"\vCreateModel\x12'.keygate.keystore.v1.CreateModelRequest\x1a(.keygate.keystore.v1.CreateModelResponse\x12W\n" +
 	"\bGetModel\x12$.keygate.keystore.v1.GetModelRequest\x1a%.keygate.keystore.v1.GetModelResponse\x12]\n" +
@@ -3983,206 +4289,221 @@ func file_keygate_keystore_v1_keystore_proto_rawDescGZIP() []byte {
 	return file_keygate_keystore_v1_keystore_proto_rawDescData
 }
 
-var file_keygate_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_keygate_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_keygate_keystore_v1_keystore_proto_goTypes = []any{
 	(Role)(0),                         // 0: keygate.keystore.v1.Role
 	(WorkspaceKind)(0),                // 1: keygate.keystore.v1.WorkspaceKind
 	(KeyKind)(0),                      // 2: keygate.keystore.v1.KeyKind
-	(KeyState)(0),                     // 3: keygate.keystore.v1.KeyState
-	(WatchKeyChangesResponse_Type)(0), // 4: keygate.keystore.v1.WatchKeyChangesResponse.Type
-	(*Workspace)(nil),                 // 5: keygate.keystore.v1.Workspace
-	(*Member)(nil),                    // 6: keygate.keystore.v1.Member
-	(*Key)(nil),                       // 7: keygate.keystore.v1.Key
-	(*Provider)(nil),                  // 8: keygate.keystore.v1.Provider
-	(*Model)(nil),                     // 9: keygate.keystore.v1.Model
-	(*AuditEvent)(nil),                // 10: keygate.keystore.v1.AuditEvent
-	(*CreateWorkspaceRequest)(nil),    // 11: keygate.keystore.v1.CreateWorkspaceRequest
-	(*CreateWorkspaceResponse)(nil),   // 12: keygate.keystore.v1.CreateWorkspaceResponse
-	(*GetWorkspaceRequest)(nil),       // 13: keygate.keystore.v1.GetWorkspaceRequest
-	(*GetWorkspaceResponse)(nil),      // 14: keygate.keystore.v1.GetWorkspaceResponse
-	(*ListWorkspacesRequest)(nil),     // 15: keygate.keystore.v1.ListWorkspacesRequest
-	(*ListWorkspacesResponse)(nil),    // 16: keygate.keystore.v1.ListWorkspacesResponse
-	(*UpdateWorkspaceRequest)(nil),    // 17: keygate.keystore.v1.UpdateWorkspaceRequest
-	(*UpdateWorkspaceResponse)(nil),   // 18: keygate.keystore.v1.UpdateWorkspaceResponse
-	(*SetMemberRequest)(nil),          // 19: keygate.keystore.v1.SetMemberRequest
-	(*SetMemberResponse)(nil),         // 20: keygate.keystore.v1.SetMemberResponse
-	(*ListMembersRequest)(nil),        // 21: keygate.keystore.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),       // 22: keygate.keystore.v1.ListMembersResponse
-	(*RemoveMemberRequest)(nil),       // 23: keygate.keystore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),      // 24: keygate.keystore.v1.RemoveMemberResponse
-	(*CreateKeyRequest)(nil),          // 25: keygate.keystore.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),         // 26: keygate.keystore.v1.CreateKeyResponse
-	(*GetKeyRequest)(nil),             // 27: keygate.keystore.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),            // 28: keygate.keystore.v1.GetKeyResponse
-	(*ListKeysRequest)(nil),           // 29: keygate.keystore.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),          // 30: keygate.keystore.v1.ListKeysResponse
-	(*UpdateKeyRequest)(nil),          // 31: keygate.keystore.v1.UpdateKeyRequest
-	(*UpdateKeyResponse)(nil),         // 32: keygate.keystore.v1.UpdateKeyResponse
-	(*DeleteKeyRequest)(nil),          // 33: keygate.keystore.v1.DeleteKeyRequest
-	(*DeleteKeyResponse)(nil),         // 34: keygate.keystore.v1.DeleteKeyResponse
-	(*RotateKeyRequest)(nil),          // 35: keygate.keystore.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),         // 36: keygate.keystore.v1.RotateKeyResponse
-	(*ExpireKeyRequest)(nil),          // 37: keygate.keystore.v1.ExpireKeyRequest
-	(*ExpireKeyResponse)(nil),         // 38: keygate.keystore.v1.ExpireKeyResponse
-	(*VerifyKeyRequest)(nil),          // 39: keygate.keystore.v1.VerifyKeyRequest
-	(*VerifyKeyResponse)(nil),         // 40: keygate.keystore.v1.VerifyKeyResponse
-	(*KeyUse)(nil),                    // 41: keygate.keystore.v1.KeyUse
-	(*RecordKeyUseRequest)(nil),       // 42: keygate.keystore.v1.RecordKeyUseRequest
-	(*RecordKeyUseResponse)(nil),      // 43: keygate.keystore.v1.RecordKeyUseResponse
-	(*WatchKeyChangesRequest)(nil),    // 44: keygate.keystore.v1.WatchKeyChangesRequest
-	(*WatchKeyChangesResponse)(nil),   // 45: keygate.keystore.v1.WatchKeyChangesResponse
-	(*CreateProviderRequest)(nil),     // 46: keygate.keystore.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil),    // 47: keygate.keystore.v1.CreateProviderResponse
-	(*ListProvidersRequest)(nil),      // 48: keygate.keystore.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),     // 49: keygate.keystore.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),     // 50: keygate.keystore.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),    // 51: keygate.keystore.v1.DeleteProviderResponse
-	(*CreateModelRequest)(nil),        // 52: keygate.keystore.v1.CreateModelRequest
-	(*CreateModelResponse)(nil),       // 53: keygate.keystore.v1.CreateModelResponse
-	(*GetModelRequest)(nil),           // 54: keygate.keystore.v1.GetModelRequest
-	(*GetModelResponse)(nil),          // 55: keygate.keystore.v1.GetModelResponse
-	(*ListModelsRequest)(nil),         // 56: keygate.keystore.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),        // 57: keygate.keystore.v1.ListModelsResponse
-	(*UpdateModelRequest)(nil),        // 58: keygate.keystore.v1.UpdateModelRequest
-	(*UpdateModelResponse)(nil),       // 59: keygate.keystore.v1.UpdateModelResponse
-	(*DeleteModelRequest)(nil),        // 60: keygate.keystore.v1.DeleteModelRequest
-	(*DeleteModelResponse)(nil),       // 61: keygate.keystore.v1.DeleteModelResponse
-	(*ListAuditEventsRequest)(nil),    // 62: keygate.keystore.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),   // 63: keygate.keystore.v1.ListAuditEventsResponse
-	nil,                               // 64: keygate.keystore.v1.Key.LabelsEntry
-	nil,                               // 65: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 66: google.protobuf.Timestamp
-	(*v1.Limits)(nil),                 // 67: keygate.type.v1.Limits
-	(*v1.ModelLimits)(nil),            // 68: keygate.type.v1.ModelLimits
-	(*v1.TokenCap)(nil),               // 69: keygate.type.v1.TokenCap
-	(*v1.Budget)(nil),                 // 70: keygate.type.v1.Budget
-	(*fieldmaskpb.FieldMask)(nil),     // 71: google.protobuf.FieldMask
+	(ProviderKind)(0),                 // 3: keygate.keystore.v1.ProviderKind
+	(KeyState)(0),                     // 4: keygate.keystore.v1.KeyState
+	(WatchKeyChangesResponse_Type)(0), // 5: keygate.keystore.v1.WatchKeyChangesResponse.Type
+	(*Workspace)(nil),                 // 6: keygate.keystore.v1.Workspace
+	(*Member)(nil),                    // 7: keygate.keystore.v1.Member
+	(*Key)(nil),                       // 8: keygate.keystore.v1.Key
+	(*Provider)(nil),                  // 9: keygate.keystore.v1.Provider
+	(*Model)(nil),                     // 10: keygate.keystore.v1.Model
+	(*AuditEvent)(nil),                // 11: keygate.keystore.v1.AuditEvent
+	(*CreateWorkspaceRequest)(nil),    // 12: keygate.keystore.v1.CreateWorkspaceRequest
+	(*CreateWorkspaceResponse)(nil),   // 13: keygate.keystore.v1.CreateWorkspaceResponse
+	(*GetWorkspaceRequest)(nil),       // 14: keygate.keystore.v1.GetWorkspaceRequest
+	(*GetWorkspaceResponse)(nil),      // 15: keygate.keystore.v1.GetWorkspaceResponse
+	(*ListWorkspacesRequest)(nil),     // 16: keygate.keystore.v1.ListWorkspacesRequest
+	(*ListWorkspacesResponse)(nil),    // 17: keygate.keystore.v1.ListWorkspacesResponse
+	(*UpdateWorkspaceRequest)(nil),    // 18: keygate.keystore.v1.UpdateWorkspaceRequest
+	(*UpdateWorkspaceResponse)(nil),   // 19: keygate.keystore.v1.UpdateWorkspaceResponse
+	(*SetMemberRequest)(nil),          // 20: keygate.keystore.v1.SetMemberRequest
+	(*SetMemberResponse)(nil),         // 21: keygate.keystore.v1.SetMemberResponse
+	(*ListMembersRequest)(nil),        // 22: keygate.keystore.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),       // 23: keygate.keystore.v1.ListMembersResponse
+	(*RemoveMemberRequest)(nil),       // 24: keygate.keystore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),      // 25: keygate.keystore.v1.RemoveMemberResponse
+	(*CreateKeyRequest)(nil),          // 26: keygate.keystore.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),         // 27: keygate.keystore.v1.CreateKeyResponse
+	(*GetKeyRequest)(nil),             // 28: keygate.keystore.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),            // 29: keygate.keystore.v1.GetKeyResponse
+	(*ListKeysRequest)(nil),           // 30: keygate.keystore.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),          // 31: keygate.keystore.v1.ListKeysResponse
+	(*UpdateKeyRequest)(nil),          // 32: keygate.keystore.v1.UpdateKeyRequest
+	(*UpdateKeyResponse)(nil),         // 33: keygate.keystore.v1.UpdateKeyResponse
+	(*DeleteKeyRequest)(nil),          // 34: keygate.keystore.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),         // 35: keygate.keystore.v1.DeleteKeyResponse
+	(*RotateKeyRequest)(nil),          // 36: keygate.keystore.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),         // 37: keygate.keystore.v1.RotateKeyResponse
+	(*ExpireKeyRequest)(nil),          // 38: keygate.keystore.v1.ExpireKeyRequest
+	(*ExpireKeyResponse)(nil),         // 39: keygate.keystore.v1.ExpireKeyResponse
+	(*VerifyKeyRequest)(nil),          // 40: keygate.keystore.v1.VerifyKeyRequest
+	(*VerifyKeyResponse)(nil),         // 41: keygate.keystore.v1.VerifyKeyResponse
+	(*KeyUse)(nil),                    // 42: keygate.keystore.v1.KeyUse
+	(*RecordKeyUseRequest)(nil),       // 43: keygate.keystore.v1.RecordKeyUseRequest
+	(*RecordKeyUseResponse)(nil),      // 44: keygate.keystore.v1.RecordKeyUseResponse
+	(*WatchKeyChangesRequest)(nil),    // 45: keygate.keystore.v1.WatchKeyChangesRequest
+	(*WatchKeyChangesResponse)(nil),   // 46: keygate.keystore.v1.WatchKeyChangesResponse
+	(*CreateProviderRequest)(nil),     // 47: keygate.keystore.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),    // 48: keygate.keystore.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),        // 49: keygate.keystore.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),       // 50: keygate.keystore.v1.GetProviderResponse
+	(*UpdateProviderRequest)(nil),     // 51: keygate.keystore.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),    // 52: keygate.keystore.v1.UpdateProviderResponse
+	(*ListProvidersRequest)(nil),      // 53: keygate.keystore.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),     // 54: keygate.keystore.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),     // 55: keygate.keystore.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),    // 56: keygate.keystore.v1.DeleteProviderResponse
+	(*CreateModelRequest)(nil),        // 57: keygate.keystore.v1.CreateModelRequest
+	(*CreateModelResponse)(nil),       // 58: keygate.keystore.v1.CreateModelResponse
+	(*GetModelRequest)(nil),           // 59: keygate.keystore.v1.GetModelRequest
+	(*GetModelResponse)(nil),          // 60: keygate.keystore.v1.GetModelResponse
+	(*ListModelsRequest)(nil),         // 61: keygate.keystore.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),        // 62: keygate.keystore.v1.ListModelsResponse
+	(*UpdateModelRequest)(nil),        // 63: keygate.keystore.v1.UpdateModelRequest
+	(*UpdateModelResponse)(nil),       // 64: keygate.keystore.v1.UpdateModelResponse
+	(*DeleteModelRequest)(nil),        // 65: keygate.keystore.v1.DeleteModelRequest
+	(*DeleteModelResponse)(nil),       // 66: keygate.keystore.v1.DeleteModelResponse
+	(*ListAuditEventsRequest)(nil),    // 67: keygate.keystore.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),   // 68: keygate.keystore.v1.ListAuditEventsResponse
+	nil,                               // 69: keygate.keystore.v1.Key.LabelsEntry
+	nil,                               // 70: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),     // 71: google.protobuf.Timestamp
+	(*v1.Limits)(nil),                 // 72: keygate.type.v1.Limits
+	(*v1.ModelLimits)(nil),            // 73: keygate.type.v1.ModelLimits
+	(*v1.TokenCap)(nil),               // 74: keygate.type.v1.TokenCap
+	(*v1.Budget)(nil),                 // 75: keygate.type.v1.Budget
+	(*fieldmaskpb.FieldMask)(nil),     // 76: google.protobuf.FieldMask
 }
 var file_keygate_keystore_v1_keystore_proto_depIdxs = []int32{
-	1,  // 0: keygate.keystore.v1.Workspace.kind:type_name -> keygate.keystore.v1.WorkspaceKind
-	66, // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	66, // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 3: keygate.keystore.v1.Member.role:type_name -> keygate.keystore.v1.Role
-	66, // 4: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 5: keygate.keystore.v1.Key.kind:type_name -> keygate.keystore.v1.KeyKind
-	66, // 6: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	66, // 7: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
-	66, // 8: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
-	66, // 9: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	3,  // 10: keygate.keystore.v1.Key.state:type_name -> keygate.keystore.v1.KeyState
-	64, // 11: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
-	67, // 12: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
-	68, // 13: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
-	69, // 14: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
-	70, // 15: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
-	66, // 16: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
-	66, // 17: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	66, // 18: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
-	66, // 19: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
-	66, // 20: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 21: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
-	5,  // 22: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	5,  // 23: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	0,  // 24: keygate.keystore.v1.GetWorkspaceResponse.caller_role:type_name -> keygate.keystore.v1.Role
-	5,  // 25: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
-	5,  // 26: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
-	71, // 27: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 28: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	0,  // 29: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
-	6,  // 30: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
-	6,  // 31: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
-	2,  // 32: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	66, // 33: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
-	65, // 34: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	67, // 35: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
-	68, // 36: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
-	69, // 37: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
-	70, // 38: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
-	7,  // 39: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 40: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	3,  // 41: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
-	2,  // 42: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	7,  // 43: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
-	7,  // 44: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
-	71, // 45: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 46: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	66, // 47: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
-	7,  // 48: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 49: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	7,  // 50: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	66, // 51: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
-	66, // 52: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
-	41, // 53: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
-	4,  // 54: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
-	8,  // 55: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 56: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	8,  // 57: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
-	9,  // 58: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
-	9,  // 59: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 60: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
-	9,  // 61: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
-	9,  // 62: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
-	71, // 63: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
-	9,  // 64: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	10, // 65: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
-	11, // 66: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
-	13, // 67: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
-	15, // 68: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
-	17, // 69: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
-	19, // 70: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
-	21, // 71: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
-	23, // 72: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
-	25, // 73: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
-	27, // 74: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
-	29, // 75: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
-	31, // 76: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
-	33, // 77: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
-	35, // 78: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
-	37, // 79: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
-	39, // 80: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
-	44, // 81: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
-	42, // 82: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
-	46, // 83: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
-	48, // 84: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
-	50, // 85: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
-	52, // 86: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
-	54, // 87: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
-	56, // 88: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
-	58, // 89: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
-	60, // 90: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
-	62, // 91: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
-	12, // 92: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
-	14, // 93: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
-	16, // 94: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
-	18, // 95: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
-	20, // 96: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
-	22, // 97: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
-	24, // 98: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
-	26, // 99: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
-	28, // 100: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
-	30, // 101: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
-	32, // 102: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
-	34, // 103: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
-	36, // 104: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
-	38, // 105: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
-	40, // 106: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
-	45, // 107: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
-	43, // 108: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
-	47, // 109: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
-	49, // 110: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
-	51, // 111: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
-	53, // 112: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
-	55, // 113: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
-	57, // 114: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
-	59, // 115: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
-	61, // 116: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
-	63, // 117: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
-	92, // [92:118] is the sub-list for method output_type
-	66, // [66:92] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	1,   // 0: keygate.keystore.v1.Workspace.kind:type_name -> keygate.keystore.v1.WorkspaceKind
+	71,  // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	71,  // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	0,   // 3: keygate.keystore.v1.Member.role:type_name -> keygate.keystore.v1.Role
+	71,  // 4: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
+	2,   // 5: keygate.keystore.v1.Key.kind:type_name -> keygate.keystore.v1.KeyKind
+	71,  // 6: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	71,  // 7: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
+	71,  // 8: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
+	71,  // 9: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	4,   // 10: keygate.keystore.v1.Key.state:type_name -> keygate.keystore.v1.KeyState
+	69,  // 11: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
+	72,  // 12: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
+	73,  // 13: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
+	74,  // 14: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
+	75,  // 15: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
+	71,  // 16: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
+	71,  // 17: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	3,   // 18: keygate.keystore.v1.Provider.kind:type_name -> keygate.keystore.v1.ProviderKind
+	71,  // 19: keygate.keystore.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	71,  // 20: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
+	71,  // 21: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
+	71,  // 22: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	6,   // 23: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
+	6,   // 24: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	6,   // 25: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	0,   // 26: keygate.keystore.v1.GetWorkspaceResponse.caller_role:type_name -> keygate.keystore.v1.Role
+	6,   // 27: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
+	6,   // 28: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
+	76,  // 29: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	6,   // 30: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	0,   // 31: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
+	7,   // 32: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
+	7,   // 33: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
+	2,   // 34: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	71,  // 35: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	70,  // 36: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	72,  // 37: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
+	73,  // 38: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
+	74,  // 39: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
+	75,  // 40: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
+	8,   // 41: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	8,   // 42: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	4,   // 43: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
+	2,   // 44: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	8,   // 45: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
+	8,   // 46: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
+	76,  // 47: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,   // 48: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	71,  // 49: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
+	8,   // 50: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	8,   // 51: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	8,   // 52: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	71,  // 53: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
+	71,  // 54: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
+	42,  // 55: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
+	5,   // 56: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
+	9,   // 57: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
+	9,   // 58: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	9,   // 59: keygate.keystore.v1.GetProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	9,   // 60: keygate.keystore.v1.UpdateProviderRequest.patch:type_name -> keygate.keystore.v1.Provider
+	76,  // 61: keygate.keystore.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,   // 62: keygate.keystore.v1.UpdateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	9,   // 63: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
+	10,  // 64: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
+	10,  // 65: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	10,  // 66: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
+	10,  // 67: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
+	10,  // 68: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
+	76,  // 69: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10,  // 70: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	11,  // 71: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
+	12,  // 72: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
+	14,  // 73: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
+	16,  // 74: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
+	18,  // 75: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
+	20,  // 76: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
+	22,  // 77: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
+	24,  // 78: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
+	26,  // 79: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
+	28,  // 80: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
+	30,  // 81: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
+	32,  // 82: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
+	34,  // 83: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
+	36,  // 84: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
+	38,  // 85: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
+	40,  // 86: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
+	45,  // 87: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
+	43,  // 88: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
+	47,  // 89: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
+	49,  // 90: keygate.keystore.v1.KeystoreService.GetProvider:input_type -> keygate.keystore.v1.GetProviderRequest
+	53,  // 91: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
+	51,  // 92: keygate.keystore.v1.KeystoreService.UpdateProvider:input_type -> keygate.keystore.v1.UpdateProviderRequest
+	55,  // 93: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
+	57,  // 94: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
+	59,  // 95: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
+	61,  // 96: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
+	63,  // 97: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
+	65,  // 98: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
+	67,  // 99: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
+	13,  // 100: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
+	15,  // 101: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
+	17,  // 102: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
+	19,  // 103: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
+	21,  // 104: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
+	23,  // 105: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
+	25,  // 106: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
+	27,  // 107: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
+	29,  // 108: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
+	31,  // 109: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
+	33,  // 110: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
+	35,  // 111: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
+	37,  // 112: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
+	39,  // 113: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
+	41,  // 114: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
+	46,  // 115: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
+	44,  // 116: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
+	48,  // 117: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
+	50,  // 118: keygate.keystore.v1.KeystoreService.GetProvider:output_type -> keygate.keystore.v1.GetProviderResponse
+	54,  // 119: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
+	52,  // 120: keygate.keystore.v1.KeystoreService.UpdateProvider:output_type -> keygate.keystore.v1.UpdateProviderResponse
+	56,  // 121: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
+	58,  // 122: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
+	60,  // 123: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
+	62,  // 124: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
+	64,  // 125: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
+	66,  // 126: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
+	68,  // 127: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
+	100, // [100:128] is the sub-list for method output_type
+	72,  // [72:100] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_keygate_keystore_v1_keystore_proto_init() }
@@ -4195,8 +4516,8 @@ func file_keygate_keystore_v1_keystore_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_keystore_v1_keystore_proto_rawDesc), len(file_keygate_keystore_v1_keystore_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   61,
+			NumEnums:      6,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,7 +37,9 @@ const (
 	KeystoreService_WatchKeyChanges_FullMethodName = "/keygate.keystore.v1.KeystoreService/WatchKeyChanges"
 	KeystoreService_RecordKeyUse_FullMethodName    = "/keygate.keystore.v1.KeystoreService/RecordKeyUse"
 	KeystoreService_CreateProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/CreateProvider"
+	KeystoreService_GetProvider_FullMethodName     = "/keygate.keystore.v1.KeystoreService/GetProvider"
 	KeystoreService_ListProviders_FullMethodName   = "/keygate.keystore.v1.KeystoreService/ListProviders"
+	KeystoreService_UpdateProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/UpdateProvider"
 	KeystoreService_DeleteProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/DeleteProvider"
 	KeystoreService_CreateModel_FullMethodName     = "/keygate.keystore.v1.KeystoreService/CreateModel"
 	KeystoreService_GetModel_FullMethodName        = "/keygate.keystore.v1.KeystoreService/GetModel"
@@ -88,7 +90,9 @@ type KeystoreServiceClient interface {
 	RecordKeyUse(ctx context.Context, in *RecordKeyUseRequest, opts ...grpc.CallOption) (*RecordKeyUseResponse, error)
 	// Model registry. Writes need the root token.
 	CreateProvider(ctx context.Context, in *CreateProviderRequest, opts ...grpc.CallOption) (*CreateProviderResponse, error)
+	GetProvider(ctx context.Context, in *GetProviderRequest, opts ...grpc.CallOption) (*GetProviderResponse, error)
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
+	UpdateProvider(ctx context.Context, in *UpdateProviderRequest, opts ...grpc.CallOption) (*UpdateProviderResponse, error)
 	DeleteProvider(ctx context.Context, in *DeleteProviderRequest, opts ...grpc.CallOption) (*DeleteProviderResponse, error)
 	CreateModel(ctx context.Context, in *CreateModelRequest, opts ...grpc.CallOption) (*CreateModelResponse, error)
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*GetModelResponse, error)
@@ -296,10 +300,30 @@ func (c *keystoreServiceClient) CreateProvider(ctx context.Context, in *CreatePr
 	return out, nil
 }
 
+func (c *keystoreServiceClient) GetProvider(ctx context.Context, in *GetProviderRequest, opts ...grpc.CallOption) (*GetProviderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetProviderResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_GetProvider_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keystoreServiceClient) ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListProvidersResponse)
 	err := c.cc.Invoke(ctx, KeystoreService_ListProviders_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) UpdateProvider(ctx context.Context, in *UpdateProviderRequest, opts ...grpc.CallOption) (*UpdateProviderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateProviderResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_UpdateProvider_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +441,9 @@ type KeystoreServiceServer interface {
 	RecordKeyUse(context.Context, *RecordKeyUseRequest) (*RecordKeyUseResponse, error)
 	// Model registry. Writes need the root token.
 	CreateProvider(context.Context, *CreateProviderRequest) (*CreateProviderResponse, error)
+	GetProvider(context.Context, *GetProviderRequest) (*GetProviderResponse, error)
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
+	UpdateProvider(context.Context, *UpdateProviderRequest) (*UpdateProviderResponse, error)
 	DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error)
 	CreateModel(context.Context, *CreateModelRequest) (*CreateModelResponse, error)
 	GetModel(context.Context, *GetModelRequest) (*GetModelResponse, error)
@@ -490,8 +516,14 @@ func (UnimplementedKeystoreServiceServer) RecordKeyUse(context.Context, *RecordK
 func (UnimplementedKeystoreServiceServer) CreateProvider(context.Context, *CreateProviderRequest) (*CreateProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateProvider not implemented")
 }
+func (UnimplementedKeystoreServiceServer) GetProvider(context.Context, *GetProviderRequest) (*GetProviderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetProvider not implemented")
+}
 func (UnimplementedKeystoreServiceServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviders not implemented")
+}
+func (UnimplementedKeystoreServiceServer) UpdateProvider(context.Context, *UpdateProviderRequest) (*UpdateProviderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateProvider not implemented")
 }
 func (UnimplementedKeystoreServiceServer) DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteProvider not implemented")
@@ -852,6 +884,24 @@ func _KeystoreService_CreateProvider_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeystoreService_GetProvider_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetProviderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).GetProvider(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_GetProvider_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).GetProvider(ctx, req.(*GetProviderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeystoreService_ListProviders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListProvidersRequest)
 	if err := dec(in); err != nil {
@@ -866,6 +916,24 @@ func _KeystoreService_ListProviders_Handler(srv interface{}, ctx context.Context
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KeystoreServiceServer).ListProviders(ctx, req.(*ListProvidersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_UpdateProvider_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateProviderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).UpdateProvider(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_UpdateProvider_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).UpdateProvider(ctx, req.(*UpdateProviderRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1072,8 +1140,16 @@ var KeystoreService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KeystoreService_CreateProvider_Handler,
 		},
 		{
+			MethodName: "GetProvider",
+			Handler:    _KeystoreService_GetProvider_Handler,
+		},
+		{
 			MethodName: "ListProviders",
 			Handler:    _KeystoreService_ListProviders_Handler,
+		},
+		{
+			MethodName: "UpdateProvider",
+			Handler:    _KeystoreService_UpdateProvider_Handler,
 		},
 		{
 			MethodName: "DeleteProvider",
