@@ -215,14 +215,14 @@ func (s *Server) ListProviders(ctx context.Context, _ *keystorev1.ListProvidersR
 }
 
 func (s *Server) GetProvider(ctx context.Context, req *keystorev1.GetProviderRequest) (*keystorev1.GetProviderResponse, error) {
-	return call(s, ctx, func(*principal) (*keystorev1.GetProviderResponse, error) {
+	return call(s, ctx, func(ctx context.Context, _ *principal) (*keystorev1.GetProviderResponse, error) {
 		pr, _, err := s.getProvider(ctx, req.GetProvider())
 		return &keystorev1.GetProviderResponse{Provider: pr}, err
 	})
 }
 
 func (s *Server) UpdateProvider(ctx context.Context, req *keystorev1.UpdateProviderRequest) (*keystorev1.UpdateProviderResponse, error) {
-	return call(s, ctx, func(p *principal) (*keystorev1.UpdateProviderResponse, error) {
+	return call(s, ctx, func(ctx context.Context, p *principal) (*keystorev1.UpdateProviderResponse, error) {
 		pr, err := s.updateProvider(ctx, p, req)
 		return &keystorev1.UpdateProviderResponse{Provider: pr}, err
 	})
