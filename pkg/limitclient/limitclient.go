@@ -391,23 +391,28 @@ func route(ctx context.Context, c *Client, n int, key func(int) string,
 			wg       sync.WaitGroup
 			fatalErr error
 		)
+		one := func(m ring.Member, idx []int) {
+			err := c.attempt(ctx, m, idx, call)
+			if err == nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !retryable(ctx, err) {
+				fatalErr = err
+				return
+			}
+			c.markDown(m, err)
+			skip[m.ID] = true
+			lastErr = err
+			pending = append(pending, idx...)
+		}
 		for m, idx := range groups {
-			wg.Go(func() {
-				err := c.attempt(ctx, m, idx, call)
-				if err == nil {
-					return
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if !retryable(ctx, err) {
-					fatalErr = err
-					return
-				}
-				c.markDown(m, err)
-				skip[m.ID] = true
-				lastErr = err
-				pending = append(pending, idx...)
-			})
+			if len(groups) == 1 {
+				one(m, idx) // the common case: no goroutine to wait for
+				continue
+			}
+			wg.Go(func() { one(m, idx) })
 		}
 		wg.Wait()
 		if fatalErr != nil {
