@@ -243,7 +243,7 @@ func (a *App) Start(ctx context.Context) error {
 
 	meter := tel.MeterProvider()
 	if a.has(RoleKeystore) {
-		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens}
+		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout}
 		if c.OIDCIssuer != "" {
 			v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
 			if err != nil {

@@ -54,6 +54,8 @@ type Config struct {
 	// KeyCacheMaxUnconfirmed bounds how long the edge's key cache answers
 	// without its change stream.
 	KeyCacheMaxUnconfirmed time.Duration
+	// StorageTimeout bounds the etcd work of one management call.
+	StorageTimeout time.Duration
 	MockLatency            time.Duration
 	MockChunkDelay         time.Duration
 
@@ -176,6 +178,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.int64(&c.DefaultMaxTokens, "default-max-tokens", 1024, "completion tokens reserved when a request sets no max_tokens")
 	e.duration(&c.RequestTimeout, "request-timeout", 120*time.Second, "deadline of one inference request")
 	e.duration(&c.LimiterTimeout, "limiter-timeout", 2*time.Second, "deadline of the edge's key and limit checks; past it the request answers 503 (or, with --fail-open, goes through)")
+	e.duration(&c.StorageTimeout, "storage-timeout", 2*time.Second, "how long one management call may wait for etcd before it answers 503 unavailable (for example while etcd has no quorum)")
 	e.duration(&c.KeyCacheMaxUnconfirmed, "key-cache-max-unconfirmed", 3*time.Minute, "how long the edge's key cache keeps verifying the keys it knows once its keystore change stream is lost; past it every key check asks the keystore (503 while it is down)")
 	e.duration(&c.MockLatency, "mock-latency", 0, "latency the built-in mock provider adds to each answer")
 	e.duration(&c.MockChunkDelay, "mock-chunk-delay", 0, "delay between the built-in mock provider's streamed chunks")

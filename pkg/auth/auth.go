@@ -7,6 +7,7 @@ package auth
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -15,6 +16,10 @@ import (
 
 // Header is the metadata key of the credential.
 const Header = "authorization"
+
+// ErrUnauthenticated means a call carried no credential, or a wrong one.
+// Services wrap it with what they expect.
+var ErrUnauthenticated = errors.New("missing or invalid credential")
 
 // BearerFromIncoming returns the bearer token of an incoming call, or "".
 func BearerFromIncoming(ctx context.Context) string {

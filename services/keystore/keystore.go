@@ -46,7 +46,7 @@ type Config struct {
 	// member's role in whichever workspace a call names.
 	IDTokens IDTokenVerifier
 	// StorageTimeout bounds the etcd work of one management call; default
-	// 1 s. Past it the call answers Unavailable.
+	// 2 s. Past it the call answers Unavailable.
 	StorageTimeout time.Duration
 }
 
@@ -57,7 +57,7 @@ type IDTokenVerifier interface {
 
 // Domain errors. server.go maps them to gRPC codes.
 var (
-	ErrUnauthenticated  = errors.New("missing or invalid credential: send authorization: Bearer <root token or admin key>")
+	errNoCredential     = fmt.Errorf("%w: send authorization: Bearer <root token or admin key>", auth.ErrUnauthenticated)
 	ErrInvalidKey       = errors.New("invalid API key")
 	ErrPermissionDenied = errors.New("permission denied")
 	ErrNotFound         = errors.New("not found")
@@ -110,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("keystore: DefaultMaxKeys must not be negative")
 	}
 	if cfg.StorageTimeout <= 0 {
-		cfg.StorageTimeout = time.Second
+		cfg.StorageTimeout = 2 * time.Second
 	}
 	s := &Server{
 		storageTimeout: cfg.StorageTimeout,
@@ -183,7 +183,7 @@ const (
 func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	tok := auth.BearerFromIncoming(ctx)
 	if tok == "" {
-		return nil, ErrUnauthenticated
+		return nil, errNoCredential
 	}
 	if s.rootToken.Match(tok) {
 		return &principal{root: true, subject: rootSubject, credential: credRootToken}, nil
@@ -192,7 +192,7 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 		sub, err := s.idTokens.Verify(ctx, tok)
 		if err != nil {
 			if errors.Is(err, oidc.ErrInvalidToken) {
-				return nil, ErrUnauthenticated
+				return nil, errNoCredential
 			}
 			return nil, err
 		}
@@ -202,11 +202,11 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	}
 	k, err := keyformat.Parse(tok)
 	if err != nil || k.Kind != keyformat.Admin {
-		return nil, ErrUnauthenticated
+		return nil, errNoCredential
 	}
 	sk, err := s.verify(ctx, k)
 	if errors.Is(err, ErrInvalidKey) {
-		return nil, ErrUnauthenticated
+		return nil, errNoCredential
 	}
 	if err != nil {
 		return nil, err
@@ -214,7 +214,7 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	role, err := s.memberRole(ctx, sk.key.GetWorkspace(), sk.key.GetOwner())
 	if errors.Is(err, ErrNotFound) {
 		// The owner left the workspace: the key acts for nobody.
-		return nil, ErrUnauthenticated
+		return nil, errNoCredential
 	}
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/pkg/auth"
 )
 
 // toStatus is the one place domain errors become gRPC status codes.
@@ -25,8 +26,8 @@ func (s *Server) toStatus(ctx context.Context, err error) error {
 	case errors.Is(err, ErrInvalidKey):
 		// The same answer for every invalid key, whatever the reason.
 		return status.Error(codes.Unauthenticated, ErrInvalidKey.Error())
-	case errors.Is(err, ErrUnauthenticated):
-		return status.Error(codes.Unauthenticated, ErrUnauthenticated.Error())
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrPermissionDenied):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ErrNotFound):

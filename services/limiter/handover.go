@@ -626,10 +626,10 @@ func (s *Server) push(ctx context.Context, warned map[string]bool) (pushed, fail
 // Handover implements LimiterService.Handover.
 func (s *Server) Handover(ctx context.Context, req *limiterv1.HandoverRequest) (*limiterv1.HandoverResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	if req.GetNewOwner() == "" {
-		return nil, toStatus(fmt.Errorf("%w: new_owner is required", ErrInvalid))
+		return nil, s.toStatus(ctx, fmt.Errorf("%w: new_owner is required", ErrInvalid))
 	}
 	s.serving.Add(1)
 	defer s.serving.Done()
@@ -723,7 +723,7 @@ func (s *Server) takeoversInFlight() bool {
 // Adopt implements LimiterService.Adopt.
 func (s *Server) Adopt(ctx context.Context, req *limiterv1.AdoptRequest) (*limiterv1.AdoptResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	n := s.table.Import(req.GetStates())
 	s.handovers.Add(ctx, int64(n))

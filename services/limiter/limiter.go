@@ -162,8 +162,8 @@ var (
 	// ErrSeed means a key's totals could not be read from the usage ledger,
 	// so it cannot be decided safely.
 	ErrSeed = errors.New("cannot seed key totals from the usage service")
-	// ErrUnauthenticated means the caller did not present the service token.
-	ErrUnauthenticated = errors.New("missing or wrong limiter service token")
+	// errNoToken means the caller did not present the service token.
+	errNoToken = fmt.Errorf("%w: send the limiter service token", auth.ErrUnauthenticated)
 	// errClosing means a key was not taken over because the replica is
 	// leaving: its items go to the key's owner among the other replicas.
 	errClosing = errors.New("limiter replica is leaving")
@@ -350,7 +350,7 @@ func (s *Server) authorize(ctx context.Context) error {
 		got = auth.ParseBearer(v[0])
 	}
 	if !s.tokens.Match(got) {
-		return ErrUnauthenticated
+		return errNoToken
 	}
 	return nil
 }

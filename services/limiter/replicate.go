@@ -80,7 +80,7 @@ func (s *Server) sendReplicas(ctx context.Context, addr string, states []*limite
 // Replicate implements LimiterService.Replicate.
 func (s *Server) Replicate(ctx context.Context, req *limiterv1.ReplicateRequest) (*limiterv1.ReplicateResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	if s.replicas != nil {
 		s.replicas.Put(s.clock.Now(), req.GetStates())

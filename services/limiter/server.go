@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/rpcerr"
 	"github.com/keygate/keygate/pkg/limitclient"
 )
 
@@ -18,14 +20,14 @@ var _ limiterv1.LimiterServiceServer = (*Server)(nil)
 // Check implements LimiterService.Check.
 func (s *Server) Check(ctx context.Context, req *limiterv1.CheckRequest) (*limiterv1.CheckResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	// A unary response is marshalled after this returns, with no hook to
 	// learn when: its results cannot be pooled.
 	var sl slab
 	res, err := s.check(ctx, req.GetItems(), isHop(ctx), &sl)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &limiterv1.CheckResponse{Results: res}, nil
 }
@@ -36,7 +38,7 @@ func (s *Server) Check(ctx context.Context, req *limiterv1.CheckRequest) (*limit
 func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStreamRequest, limiterv1.CheckStreamResponse]) error {
 	ctx := stream.Context()
 	if err := s.authorize(ctx); err != nil {
-		return toStatus(err)
+		return s.toStatus(ctx, err)
 	}
 	hop := isHop(ctx)
 	req := &limiterv1.CheckStreamRequest{}
@@ -56,7 +58,7 @@ func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStre
 		resp.Sequence = req.GetSequence()
 		res, err := s.check(ctx, req.GetItems(), hop, &sl)
 		if err != nil {
-			resp.Error = status.Convert(toStatus(err)).Message()
+			resp.Error = status.Convert(s.toStatus(ctx, err)).Message()
 		} else {
 			resp.Results = res
 		}
@@ -69,11 +71,11 @@ func (s *Server) CheckStream(stream grpc.BidiStreamingServer[limiterv1.CheckStre
 // Settle implements LimiterService.Settle.
 func (s *Server) Settle(ctx context.Context, req *limiterv1.SettleRequest) (*limiterv1.SettleResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	unknown, err := s.settle(ctx, req.GetSettlements(), isHop(ctx))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &limiterv1.SettleResponse{Unknown: unknown}, nil
 }
@@ -81,30 +83,26 @@ func (s *Server) Settle(ctx context.Context, req *limiterv1.SettleRequest) (*lim
 // Release implements LimiterService.Release.
 func (s *Server) Release(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
 	if err := s.authorize(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	unknown, err := s.release(ctx, req.GetReleases(), isHop(ctx))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &limiterv1.ReleaseResponse{Unknown: unknown}, nil
 }
 
-func toStatus(err error) error {
-	if _, ok := status.FromError(err); ok && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrSeed) &&
-		!errors.Is(err, ErrUnauthenticated) && !errors.Is(err, limitclient.ErrUnavailable) {
-		return err // already a status from a peer
-	}
+// toStatus is where the limiter's errors become gRPC status codes; the
+// shared ones (credential, caller gone, a peer's status, anything
+// unexpected, logged with its cause) go through rpcerr.
+func (s *Server) toStatus(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, ErrUnauthenticated):
-		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrSeed), errors.Is(err, limitclient.ErrUnavailable):
+		s.log.WarnContext(ctx, "limiter cannot decide", slog.Any("error", err))
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return status.FromContextError(err).Err()
 	default:
-		return status.Error(codes.Internal, "limiter: internal error")
+		return rpcerr.Status(ctx, s.log, "limiter", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/rpcerr"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
@@ -159,7 +160,7 @@ func (s *Server) Close() error {
 
 func (s *Server) checkService(ctx context.Context) error {
 	if !s.token.Match(auth.BearerFromIncoming(ctx)) {
-		return ErrUnauthenticated
+		return errNoToken
 	}
 	return nil
 }
@@ -167,11 +168,11 @@ func (s *Server) checkService(ctx context.Context) error {
 // RecordUsage implements usagev1.UsageServiceServer.
 func (s *Server) RecordUsage(ctx context.Context, req *usagev1.RecordUsageRequest) (*usagev1.RecordUsageResponse, error) {
 	if err := s.checkService(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	o, err := s.record(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &usagev1.RecordUsageResponse{Accepted: int32(o.accepted), Duplicates: int32(o.duplicates)}, nil
 }
@@ -184,7 +185,7 @@ func (s *Server) GetUsage(ctx context.Context, req *usagev1.GetUsageRequest) (*u
 	}
 	resp, err := s.usage(ctx, k, req.GetModel())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return resp, nil
 }
@@ -197,7 +198,7 @@ func (s *Server) GetUsageSeries(ctx context.Context, req *usagev1.GetUsageSeries
 	}
 	pts, err := s.series(ctx, k.GetId(), req.GetModel(), req.GetStartDate(), req.GetEndDate())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &usagev1.GetUsageSeriesResponse{Points: pts}, nil
 }
@@ -210,7 +211,7 @@ func (s *Server) ListUsage(ctx context.Context, req *usagev1.ListUsageRequest) (
 	}
 	rows, err := s.listUsage(ctx, req.GetWorkspace(), req.GetGroupBy(), req.GetStartDate(), req.GetEndDate(), only)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &usagev1.ListUsageResponse{Rows: rows}, nil
 }
@@ -231,7 +232,7 @@ func (s *Server) ListRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 	}
 	resp, err := s.listRequests(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return resp, nil
 }
@@ -239,11 +240,11 @@ func (s *Server) ListRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 // GetTotals implements usagev1.UsageServiceServer.
 func (s *Server) GetTotals(ctx context.Context, req *usagev1.GetTotalsRequest) (*usagev1.GetTotalsResponse, error) {
 	if err := s.checkService(ctx); err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	t, err := s.totals(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.toStatus(ctx, err)
 	}
 	return &usagev1.GetTotalsResponse{Totals: t}, nil
 }
@@ -303,21 +304,18 @@ func keystoreStatus(err error) error {
 	}
 }
 
-// toStatus maps domain errors to gRPC status.
-func toStatus(err error) error {
+// toStatus is where the ledger's errors become gRPC status codes; the
+// shared ones (credential, caller gone, a peer's status, anything
+// unexpected, logged with its cause) go through rpcerr.
+func (s *Server) toStatus(ctx context.Context, err error) error {
 	var inv *InvalidError
 	switch {
 	case errors.As(err, &inv):
 		return status.Error(codes.InvalidArgument, inv.Msg)
-	case errors.Is(err, ErrUnauthenticated):
-		return status.Error(codes.Unauthenticated, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "request cancelled")
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded; a retry is safe")
 	case errors.Is(err, ErrUnavailable):
+		s.log.WarnContext(ctx, "usage ledger unavailable", slog.Any("error", err))
 		return status.Error(codes.Unavailable, "usage ledger unavailable; a retry is safe")
 	default:
-		return status.Error(codes.Internal, "internal error")
+		return rpcerr.Status(ctx, s.log, "usage", err)
 	}
 }

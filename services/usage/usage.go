@@ -39,17 +39,18 @@ package usage
 import (
 	"errors"
 	"fmt"
-	"github.com/keygate/keygate/internal/period"
 	"time"
 
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	"github.com/keygate/keygate/internal/period"
+	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/money"
 )
 
 // Domain errors; server.go maps them to gRPC status codes.
 var (
-	// ErrUnauthenticated means the caller sent no valid service token.
-	ErrUnauthenticated = errors.New("missing or invalid service token: send authorization: Bearer <service token>")
+	// errNoToken means the caller sent no valid service token.
+	errNoToken = fmt.Errorf("%w: send authorization: Bearer <service token>", auth.ErrUnauthenticated)
 	// ErrUnavailable means a dependency (etcd, keystore) did not answer.
 	ErrUnavailable = errors.New("usage ledger unavailable")
 )

@@ -33,11 +33,11 @@
 package window
 
 import (
-	"github.com/keygate/keygate/internal/period"
 	"sync"
 	"time"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/period"
 )
 
 // Kind names a limit; values match keygate.limiter.v1.LimitKind.
