@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keygate/keygate/pkg/loadgen"
+	"github.com/keygate/keygate/internal/loadgen"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 

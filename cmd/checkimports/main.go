@@ -2,7 +2,8 @@
 // repository: cmd -> services -> internal/pkg -> gen. A service never
 // imports another service, internal and pkg never import services or cmd,
 // pkg (the SDK) never imports internal, and gen imports nothing of ours.
-// It reads the graph from `go list -deps`.
+// The SDK's own dependencies include no server-side module (etcd server,
+// OpenTelemetry SDK, Prometheus). It reads the graph from `go list -deps`.
 package main
 
 import (
@@ -18,6 +19,11 @@ const mod = "github.com/keygate/keygate"
 
 func main() {
 	violations, err := check()
+	if err == nil {
+		var sdk []string
+		sdk, err = checkSDK()
+		violations = append(violations, sdk...)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "checkimports:", err)
 		os.Exit(2)
@@ -90,12 +96,37 @@ func check() ([]string, error) {
 			for _, to := range strings.Fields(imports) {
 				tk, tn := layer(normalize(to))
 				if !allowed(fk, fn, tk, tn) {
-					out = append(out, fmt.Sprintf("%s imports %s: dependencies point cmd -> services -> pkg -> gen, and a service never imports another", from, to))
+					out = append(out, fmt.Sprintf("%s imports %s: dependencies point cmd -> services -> internal/pkg -> gen, the SDK (pkg) never imports internal, and a service never imports another", from, to))
 				}
 			}
 		}
 	}
 	return dedupe(out), nil
+}
+
+// serverOnly are the dependencies an outside program importing the Go
+// SDK (pkg/) must never pull in: they belong to keygate's servers.
+var serverOnly = []string{"go.etcd.io/etcd/server/", "go.opentelemetry.io/otel/sdk", "github.com/prometheus/", "go.opentelemetry.io/otel/exporters/"}
+
+// checkSDK lists every package the SDK's packages (tests excluded) depend
+// on, and reports the server-side ones.
+func checkSDK() ([]string, error) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", mod+"/pkg/...")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("go list the SDK: %w: %s", err, stderr.String())
+	}
+	var out []string
+	for _, dep := range strings.Fields(string(b)) {
+		for _, p := range serverOnly {
+			if strings.HasPrefix(dep, p) {
+				out = append(out, fmt.Sprintf("the Go SDK (pkg/) depends on %s: server-side dependencies belong under internal/", dep))
+			}
+		}
+	}
+	return out, nil
 }
 
 // normalize maps test variants ("p [p.test]", "p_test", "p.test") to p.

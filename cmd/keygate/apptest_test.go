@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/etcdtest"
 )
 
 // MustRunApp runs `keygate up` in-process on free loopback ports with its data

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/pkg/loadgen"
+	"github.com/keygate/keygate/internal/loadgen"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 

@@ -18,7 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/etcdtest"
 )
 
 // proc is one keygate process of the cluster test.

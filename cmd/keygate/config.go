@@ -56,8 +56,8 @@ type Config struct {
 	KeyCacheMaxUnconfirmed time.Duration
 	// StorageTimeout bounds the etcd work of one management call.
 	StorageTimeout time.Duration
-	MockLatency            time.Duration
-	MockChunkDelay         time.Duration
+	MockLatency    time.Duration
+	MockChunkDelay time.Duration
 
 	// Embedded etcd member (keygate etcd, keygate up).
 	EtcdName           string

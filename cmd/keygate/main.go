@@ -23,8 +23,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/keygate/keygate/pkg/etcdembed"
-	"github.com/keygate/keygate/pkg/telemetry"
+	"github.com/keygate/keygate/internal/etcdembed"
+	"github.com/keygate/keygate/internal/telemetry"
 )
 
 const usageText = `keygate: API keys, rate limits and usage accounting for AI gateways.

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/loadgen"
+	"github.com/keygate/keygate/internal/loadgen"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 

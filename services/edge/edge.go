@@ -30,7 +30,7 @@ import (
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/services/edge/internal/spool"
 	"github.com/keygate/keygate/services/edge/mock"
 )

@@ -7,7 +7,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 )
 
 type metrics struct {

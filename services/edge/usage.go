@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/services/edge/internal/spool"
 )
 

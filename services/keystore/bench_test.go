@@ -10,7 +10,7 @@ import (
 	"time"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/keycache"
+	"github.com/keygate/keygate/internal/keycache"
 )
 
 func benchEnv(b *testing.B, maxKeys int32) *env {

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/keycache"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/keycache"
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 

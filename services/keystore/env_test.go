@@ -13,9 +13,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/etcdtest"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/etcdtest"
 	"github.com/keygate/keygate/services/keystore"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/etcdtest"
 	"github.com/keygate/keygate/pkg/money"
 )
 

@@ -21,10 +21,10 @@ import (
 	"google.golang.org/grpc"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/oidc"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/pkg/keyformat"
-	"github.com/keygate/keygate/pkg/oidc"
 )
 
 // Config holds the dependencies of the keystore.

@@ -8,8 +8,8 @@ import (
 	"google.golang.org/grpc/codes"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/oidc"
-	"github.com/keygate/keygate/pkg/oidc/oidctest"
+	"github.com/keygate/keygate/internal/oidc"
+	"github.com/keygate/keygate/internal/oidc/oidctest"
 	"github.com/keygate/keygate/services/keystore"
 )
 

@@ -7,7 +7,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/etcdtest"
 )
 
 // A watch that falls behind a compaction must end (watchKeyChanges then

@@ -19,7 +19,7 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 )
 
 // loadRun is how long each measured load runs; each benchmark iteration

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	"github.com/keygate/keygate/pkg/ring"
+	"github.com/keygate/keygate/internal/ring"
 )
 
 const (

@@ -12,7 +12,7 @@ import (
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
-	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/internal/limitclient"
 )
 
 // TestRollingRestartKeepsWindows: under concurrent Checks routed as an

@@ -66,11 +66,11 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/limitclient"
+	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/limitclient"
 	"github.com/keygate/keygate/pkg/money"
-	"github.com/keygate/keygate/pkg/ring"
 	"github.com/keygate/keygate/services/limiter/internal/window"
 )
 

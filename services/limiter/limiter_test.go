@@ -21,11 +21,11 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/limitclient"
+	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/etcdtest"
-	"github.com/keygate/keygate/pkg/limitclient"
-	"github.com/keygate/keygate/pkg/ring"
 )
 
 var t0 = time.Date(2024, 3, 14, 12, 0, 0, 0, time.UTC)

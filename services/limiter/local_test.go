@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	"github.com/keygate/keygate/pkg/limitclient"
+	"github.com/keygate/keygate/internal/limitclient"
 )
 
 // TestLocalReplica: a limiter client whose process runs a replica decides

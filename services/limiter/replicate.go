@@ -7,7 +7,7 @@ import (
 	"time"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 )
 
 // Replication bounds what a crash (kill -9) of a key's holder can lose.

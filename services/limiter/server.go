@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/limitclient"
 	"github.com/keygate/keygate/internal/rpcerr"
-	"github.com/keygate/keygate/pkg/limitclient"
 )
 
 var _ limiterv1.LimiterServiceServer = (*Server)(nil)

@@ -18,7 +18,7 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/etcdtest"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 

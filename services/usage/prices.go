@@ -9,8 +9,8 @@ import (
 	"google.golang.org/grpc"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/pkg/money"
 )
 

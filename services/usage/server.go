@@ -18,9 +18,9 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/rpcerr"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/clock"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 

@@ -40,7 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
@@ -170,7 +170,7 @@ func New(client keystorev1.KeystoreServiceClient, opts Options) *Verifier {
 }
 
 func (v *Verifier) register(mp metric.MeterProvider) error {
-	_, err := mp.Meter("github.com/keygate/keygate/pkg/keycache").Float64ObservableGauge("keygate.keycache.unconfirmed_seconds",
+	_, err := mp.Meter("github.com/keygate/keygate/internal/keycache").Float64ObservableGauge("keygate.keycache.unconfirmed_seconds",
 		metric.WithUnit("s"),
 		metric.WithDescription("Time since the key cache last heard its change stream, while the stream is down or silent (0 while it is confirmed). Past the configured bound the cache stops answering."),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {

@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/limitclient"
+	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/etcdtest"
-	"github.com/keygate/keygate/pkg/limitclient"
-	"github.com/keygate/keygate/pkg/ring"
 )
 
 const token = "test-service-token"

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/keygate/keygate/pkg/telemetry"
+	"github.com/keygate/keygate/internal/telemetry"
 )
 
 func TestLoggerCarriesTraceID(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/keygate/keygate/pkg/etcdembed"
+	"github.com/keygate/keygate/internal/etcdembed"
 )
 
 // Cluster is a single embedded member and a client connected to it.

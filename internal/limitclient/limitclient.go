@@ -27,7 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	"github.com/keygate/keygate/pkg/ring"
+	"github.com/keygate/keygate/internal/ring"
 )
 
 // ErrUnavailable means no limiter replica could answer.
@@ -219,7 +219,7 @@ func (c *Client) peer(addr string) (*peer, error) {
 	if p == nil && c.cfg.Local != nil && addr == c.cfg.Local.Addr {
 		l := localClient{srv: c.cfg.Local.Server, token: c.cfg.Local.Token}
 		if c.cfg.Local.Tracer != nil {
-			l.tracer = c.cfg.Local.Tracer.Tracer("github.com/keygate/keygate/pkg/limitclient")
+			l.tracer = c.cfg.Local.Tracer.Tracer("github.com/keygate/keygate/internal/limitclient")
 		}
 		p = &peer{client: l}
 		c.peers[addr] = p

@@ -8,7 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keygate/keygate/pkg/loadgen"
+	"github.com/keygate/keygate/internal/loadgen"
 )
 
 func TestPercentile(t *testing.T) {

@@ -10,9 +10,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keygate/keygate/pkg/clock"
-	"github.com/keygate/keygate/pkg/oidc"
-	"github.com/keygate/keygate/pkg/oidc/oidctest"
+	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/oidc"
+	"github.com/keygate/keygate/internal/oidc/oidctest"
 )
 
 func TestVerify(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keygate/keygate/pkg/etcdtest"
+	"github.com/keygate/keygate/internal/etcdtest"
 )
 
 func members(n int) []Member {

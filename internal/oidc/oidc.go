@@ -26,7 +26,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 )
 
 // ErrInvalidToken means the token is malformed, badly signed, expired, or

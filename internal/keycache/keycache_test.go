@@ -22,7 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
-	"github.com/keygate/keygate/pkg/clock"
+	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
