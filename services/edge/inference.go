@@ -332,19 +332,17 @@ func (c *call) account(out outcome) {
 	}
 	now := c.s.clock.Now()
 	c.s.usage.add(&usagev1.UsageRecord{
-		RequestId:           c.id,
-		Key:                 key.GetId(),
-		Workspace:           key.GetWorkspace(),
-		Owner:               key.GetOwner(),
-		Model:               rt.id,
-		PromptTokens:        out.used.input + out.used.cacheWrite + out.used.cacheRead,
-		CompletionTokens:    out.used.output,
-		CacheWriteTokens:    out.used.cacheWrite,
-		CacheReadTokens:     out.used.cacheRead,
-		Status:              out.status,
-		Latency:             durationpb.New(now.Sub(c.start)),
-		Time:                timestamppb.New(now),
-		BudgetResetPeriod:   int32(key.GetBudget().GetResetPeriod()),
-		TokenCapResetPeriod: int32(key.GetTokenCap().GetResetPeriod()),
+		RequestId:        c.id,
+		Key:              key.GetId(),
+		Workspace:        key.GetWorkspace(),
+		Owner:            key.GetOwner(),
+		Model:            rt.id,
+		PromptTokens:     out.used.input + out.used.cacheWrite + out.used.cacheRead,
+		CompletionTokens: out.used.output,
+		CacheWriteTokens: out.used.cacheWrite,
+		CacheReadTokens:  out.used.cacheRead,
+		Status:           out.status,
+		Latency:          durationpb.New(now.Sub(c.start)),
+		Time:             timestamppb.New(now),
 	})
 }

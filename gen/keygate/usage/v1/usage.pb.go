@@ -146,10 +146,6 @@ type UsageRecord struct {
 	OutputPricePerMillionUsd string `protobuf:"bytes,12,opt,name=output_price_per_million_usd,json=outputPricePerMillionUsd,proto3" json:"output_price_per_million_usd,omitempty"`
 	// Set by the ledger: exact decimal USD.
 	CostUsd string `protobuf:"bytes,13,opt,name=cost_usd,json=costUsd,proto3" json:"cost_usd,omitempty"`
-	// Budget reset period of the key at the time, for period aggregates.
-	BudgetResetPeriod int32 `protobuf:"varint,14,opt,name=budget_reset_period,json=budgetResetPeriod,proto3" json:"budget_reset_period,omitempty"`
-	// Token cap reset period of the key at the time.
-	TokenCapResetPeriod int32 `protobuf:"varint,15,opt,name=token_cap_reset_period,json=tokenCapResetPeriod,proto3" json:"token_cap_reset_period,omitempty"`
 	// Of prompt_tokens, those written to and read from the provider's
 	// prompt cache (Anthropic reports them apart), each at its own price.
 	CacheWriteTokens int64 `protobuf:"varint,16,opt,name=cache_write_tokens,json=cacheWriteTokens,proto3" json:"cache_write_tokens,omitempty"`
@@ -280,20 +276,6 @@ func (x *UsageRecord) GetCostUsd() string {
 		return x.CostUsd
 	}
 	return ""
-}
-
-func (x *UsageRecord) GetBudgetResetPeriod() int32 {
-	if x != nil {
-		return x.BudgetResetPeriod
-	}
-	return 0
-}
-
-func (x *UsageRecord) GetTokenCapResetPeriod() int32 {
-	if x != nil {
-		return x.TokenCapResetPeriod
-	}
-	return 0
 }
 
 func (x *UsageRecord) GetCacheWriteTokens() int64 {
@@ -1568,7 +1550,7 @@ var File_keygate_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x06\n" +
+	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x06\n" +
 	"\vUsageRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -1584,13 +1566,11 @@ const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12<\n" +
 	"\x1binput_price_per_million_usd\x18\v \x01(\tR\x17inputPricePerMillionUsd\x12>\n" +
 	"\x1coutput_price_per_million_usd\x18\f \x01(\tR\x18outputPricePerMillionUsd\x12\x19\n" +
-	"\bcost_usd\x18\r \x01(\tR\acostUsd\x12.\n" +
-	"\x13budget_reset_period\x18\x0e \x01(\x05R\x11budgetResetPeriod\x123\n" +
-	"\x16token_cap_reset_period\x18\x0f \x01(\x05R\x13tokenCapResetPeriod\x12,\n" +
+	"\bcost_usd\x18\r \x01(\tR\acostUsd\x12,\n" +
 	"\x12cache_write_tokens\x18\x10 \x01(\x03R\x10cacheWriteTokens\x12*\n" +
 	"\x11cache_read_tokens\x18\x11 \x01(\x03R\x0fcacheReadTokens\x12G\n" +
 	"!cache_write_price_per_million_usd\x18\x12 \x01(\tR\x1ccacheWritePricePerMillionUsd\x12E\n" +
-	" cache_read_price_per_million_usd\x18\x13 \x01(\tR\x1bcacheReadPricePerMillionUsd\"\x90\x01\n" +
+	" cache_read_price_per_million_usd\x18\x13 \x01(\tR\x1bcacheReadPricePerMillionUsdJ\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x13budget_reset_periodR\x16token_cap_reset_period\"\x90\x01\n" +
 	"\x12RecordUsageRequest\x127\n" +
 	"\arecords\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\arecords\x12\x1a\n" +
 	"\bproducer\x18\x02 \x01(\tR\bproducer\x12%\n" +
