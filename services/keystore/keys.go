@@ -472,7 +472,9 @@ func (s *Server) modifyKey(ctx context.Context, p *principal, ws, id, etag, acti
 		if err := change(next); err != nil {
 			return nil, err
 		}
-		next.UpdateTime = timestamppb.New(s.clock.Now())
+		now := s.clock.Now()
+		next.UpdateTime = timestamppb.New(now)
+		next.State = keyState(next, now)
 		nsk := &storedKey{key: next, hash: sk.hash, prevHash: sk.prevHash}
 		if rekey != nil {
 			rekey(nsk)
@@ -481,7 +483,11 @@ func (s *Server) modifyKey(ctx context.Context, p *principal, ws, id, etag, acti
 		if err != nil {
 			return nil, err
 		}
-		audit, err := s.auditOps(p, ws, id, action, old, next)
+		// The audit shows the key after the change; its etag is the
+		// revision of this very write, unknown until it commits.
+		after := proto.Clone(next).(*keystorev1.Key)
+		after.Etag = ""
+		audit, err := s.auditOps(p, ws, id, action, old, after)
 		if err != nil {
 			return nil, err
 		}
@@ -500,7 +506,6 @@ func (s *Server) modifyKey(ctx context.Context, p *principal, ws, id, etag, acti
 		}
 		if resp.Succeeded {
 			next.Etag = strconv.FormatInt(resp.Header.Revision, 10)
-			next.State = keyState(next, s.clock.Now())
 			s.changes.Add(ctx, 1)
 			return next, nil
 		}

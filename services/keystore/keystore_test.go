@@ -384,6 +384,12 @@ func TestAuditListing(t *testing.T) {
 	require.Equal(t, "root", all[0].GetActor())
 	require.Equal(t, "root_token", all[0].GetCredential())
 	require.Contains(t, all[1].GetOldValue(), `"enabled":true`)
+	// The new value is the key after the change: its state, and no stale
+	// etag (the new one is the revision of the write itself).
+	require.Contains(t, all[1].GetOldValue(), `KEY_STATE_ACTIVE`)
+	require.Contains(t, all[1].GetNewValue(), `KEY_STATE_DISABLED`, all[1].GetNewValue())
+	require.Contains(t, all[1].GetOldValue(), `"etag"`)
+	require.NotContains(t, all[1].GetNewValue(), `"etag"`)
 
 	perKey, err := e.client.ListAuditEvents(ctx, &keystorev1.ListAuditEventsRequest{Workspace: "acme", Key: k.GetId()})
 	require.NoError(t, err)
