@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e bench-chaos fmt tidy
+.PHONY: all tools generate check-generated build install image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e bench-chaos fmt tidy
 
 all: lint check-imports build test
 
@@ -48,6 +48,10 @@ manifests:
 
 run: build
 	./bin/keygate up
+
+# Puts the keygate command in $(go env GOPATH)/bin.
+install:
+	go install ./cmd/keygate
 
 # The whole workspace: all three modules, with the race detector.
 test: test-deps
