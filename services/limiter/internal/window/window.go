@@ -447,23 +447,54 @@ func (t *Table) Check(now time.Time, r *Request, d *Decision) error {
 }
 
 func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
+	ms, err := t.modelScopeOf(ks, r)
+	if err != nil {
+		return err
+	}
+	ks.touch(c, r, ms)
+	d.reset(true)
+	if _, dup := ks.res[r.ReservationID]; dup && r.ReservationID != "" {
+		// A retried Check of an admitted reservation: admit again without
+		// charging twice.
+		t.quotas(ks, ms, c, r, d)
+		return nil
+	}
+	judge(ks, ms, c, r, d)
+	if d.Allowed {
+		t.charge(ks, ms, c, r)
+	} else if d.RetryAfter < 0 {
+		d.RetryAfter = 0
+	}
+	t.quotas(ks, ms, c, r, d)
+	return nil
+}
+
+// modelScopeOf returns the scope of r's model when r has model limits (nil
+// otherwise), or why the key cannot be decided here: handed over, or not
+// seeded yet.
+func (t *Table) modelScopeOf(ks *keyState, r *Request) (*modelScope, error) {
 	if ks.moved != nil {
-		return ErrMoved
+		return nil, ErrMoved
 	}
 	var ms *modelScope
 	if r.ModelLimits.Any() {
-		ms = ks.model(r.Model)
-		if ms == nil {
+		if ms = ks.model(r.Model); ms == nil {
 			ms = &modelScope{name: r.Model, seeded: !t.cfg.Seeded}
 			ks.models = append(ks.models, ms)
 		}
 		if !ms.seeded {
-			return ErrNotSeeded
+			return nil, ErrNotSeeded
 		}
 	}
 	if !ks.seeded {
-		return ErrNotSeeded
+		return nil, ErrNotSeeded
 	}
+	return ms, nil
+}
+
+// touch records the time and what the policy limits, and moves the
+// windows and periods on to c.
+func (ks *keyState) touch(c *clock, r *Request, ms *modelScope) {
 	ks.lastTouch = c.now
 	ks.dayLimited = r.Global.RPD > 0 || r.Global.TPD > 0 || r.ModelLimits.RPD > 0 || r.ModelLimits.TPD > 0
 	ks.capLimited, ks.budgetLimited = r.TokenCap > 0, r.BudgetMicros > 0
@@ -474,61 +505,52 @@ func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
 	at := time.Unix(0, c.now)
 	ks.tokens.roll(PeriodOf(at, r.TokenPeriod))
 	ks.cost.roll(PeriodOf(at, r.BudgetPeriod))
+}
 
-	if r.ReservationID != "" {
-		if _, dup := ks.res[r.ReservationID]; dup {
-			// A retried Check of an admitted reservation: admit again
-			// without charging twice.
-			d.reset(true)
-			t.quotas(ks, ms, c, r, d)
-			return nil
-		}
-	}
-
-	d.reset(true)
-	deny := func(k Kind, model bool, wait time.Duration) {
-		// The refusal that lasts longest tells the caller when to retry;
-		// -1 (never within the period) outranks every wait; ties keep the
-		// first.
-		if d.Allowed || (d.RetryAfter >= 0 && (wait < 0 || wait > d.RetryAfter)) {
-			d.DeniedBy, d.DeniedModel, d.RetryAfter = k, model, wait
-		}
-		d.Allowed = false
-	}
-	checkScope := func(s *scope, l *Limits, model bool) {
-		if l.RPM > 0 && !admits(l.RPM, s.roll.reqSum, 1) {
-			deny(KindRPM, model, rollWait(&s.roll, &s.roll.req, l.RPM, 1, c.now))
-		}
-		if l.TPM > 0 && !admits(l.TPM, s.roll.tokSum, r.Tokens) {
-			deny(KindTPM, model, rollWait(&s.roll, &s.roll.tok, l.TPM, r.Tokens, c.now))
-		}
-		if l.RPD > 0 && !admits(l.RPD, s.day.req, 1) {
-			deny(KindRPD, model, dayWait(l.RPD, 1, c))
-		}
-		if l.TPD > 0 && !admits(l.TPD, s.day.tok, r.Tokens) {
-			deny(KindTPD, model, dayWait(l.TPD, r.Tokens, c))
-		}
-	}
-	checkScope(&ks.global, &r.Global, false)
+// judge denies d for every limit r would exceed.
+func judge(ks *keyState, ms *modelScope, c *clock, r *Request, d *Decision) {
+	judgeScope(&ks.global, &r.Global, false, c, r, d)
 	if ms != nil {
-		checkScope(&ms.scope, &r.ModelLimits, true)
+		judgeScope(&ms.scope, &r.ModelLimits, true, c, r, d)
 	}
 	if r.TokenCap > 0 && !admits(r.TokenCap, ks.tokens.used, r.Tokens) {
-		deny(KindTokenCap, false, -1)
+		d.deny(KindTokenCap, false, -1)
 	}
 	if r.BudgetMicros > 0 && !admits(r.BudgetMicros, ks.cost.used, r.CostMicros) {
-		deny(KindBudget, false, -1)
+		d.deny(KindBudget, false, -1)
 	}
-	if !d.Allowed {
-		if d.RetryAfter < 0 {
-			d.RetryAfter = 0
-		}
-		t.quotas(ks, ms, c, r, d)
-		return nil
-	}
+}
 
+func judgeScope(s *scope, l *Limits, model bool, c *clock, r *Request, d *Decision) {
+	if l.RPM > 0 && !admits(l.RPM, s.roll.reqSum, 1) {
+		d.deny(KindRPM, model, rollWait(&s.roll, &s.roll.req, l.RPM, 1, c.now))
+	}
+	if l.TPM > 0 && !admits(l.TPM, s.roll.tokSum, r.Tokens) {
+		d.deny(KindTPM, model, rollWait(&s.roll, &s.roll.tok, l.TPM, r.Tokens, c.now))
+	}
+	if l.RPD > 0 && !admits(l.RPD, s.day.req, 1) {
+		d.deny(KindRPD, model, dayWait(l.RPD, 1, c))
+	}
+	if l.TPD > 0 && !admits(l.TPD, s.day.tok, r.Tokens) {
+		d.deny(KindTPD, model, dayWait(l.TPD, r.Tokens, c))
+	}
+}
+
+// deny refuses the request for limit k. The refusal that lasts longest
+// tells the caller when to retry; -1 (never within the period) outranks
+// every wait; ties keep the first.
+func (d *Decision) deny(k Kind, model bool, wait time.Duration) {
+	if d.Allowed || (d.RetryAfter >= 0 && (wait < 0 || wait > d.RetryAfter)) {
+		d.DeniedBy, d.DeniedModel, d.RetryAfter = k, model, wait
+	}
+	d.Allowed = false
+}
+
+// charge counts an admitted request in every window, and opens its
+// reservation.
+func (t *Table) charge(ks *keyState, ms *modelScope, c *clock, r *Request) {
 	i := c.sec % Buckets
-	charge := func(s *scope) {
+	add := func(s *scope) {
 		s.roll.req[i]++
 		s.roll.reqSum++
 		s.roll.tok[i] += r.Tokens
@@ -537,27 +559,26 @@ func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
 		s.day.req++
 		s.day.tok += r.Tokens
 	}
-	charge(&ks.global)
+	add(&ks.global)
 	if ms != nil {
-		charge(&ms.scope)
+		add(&ms.scope)
 	}
 	// Charged even without a cap or budget, so that one added later
 	// counts the period so far.
 	ks.tokens.used += r.Tokens
 	ks.cost.used += r.CostMicros
-	if r.ReservationID != "" {
-		if ks.res == nil {
-			ks.res = make(map[string]reservation)
-		}
-		ks.res[r.ReservationID] = reservation{
-			model: r.Model, inModel: ms != nil, sec: c.sec, day: c.day,
-			tokenPID: ks.tokens.id, costPID: ks.cost.id,
-			tokens: r.Tokens, cost: r.CostMicros,
-			expires: c.now + int64(t.cfg.ReservationTimeout),
-		}
+	if r.ReservationID == "" {
+		return
 	}
-	t.quotas(ks, ms, c, r, d)
-	return nil
+	if ks.res == nil {
+		ks.res = make(map[string]reservation)
+	}
+	ks.res[r.ReservationID] = reservation{
+		model: r.Model, inModel: ms != nil, sec: c.sec, day: c.day,
+		tokenPID: ks.tokens.id, costPID: ks.cost.id,
+		tokens: r.Tokens, cost: r.CostMicros,
+		expires: c.now + int64(t.cfg.ReservationTimeout),
+	}
 }
 
 // rollWait is how long until est more units fit in a rolling window with
