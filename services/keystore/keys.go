@@ -23,12 +23,40 @@ import (
 var ErrKeyCap = fmt.Errorf("%w: the workspace holds its maximum number of keys; delete a key or raise max_keys", ErrPrecondition)
 
 func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.CreateKeyRequest) (*keystorev1.CreateKeyResponse, error) {
-	ws := req.GetWorkspace()
-	if err := p.inWorkspace(ws); err != nil {
+	kind, owner, err := s.checkCreate(ctx, p, req)
+	if err != nil {
 		return nil, err
 	}
-	if err := validName("name", req.GetName()); err != nil {
+	fkind := keyformat.Standard
+	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN {
+		fkind = keyformat.Admin
+	}
+	id := keyformat.NewID()
+	text, fk := keyformat.New(fkind, id)
+	now := s.clock.Now()
+	k := &keystorev1.Key{
+		Id: id, Workspace: req.GetWorkspace(), Name: req.GetName(), Kind: kind, Owner: owner, Creator: p.subject,
+		CreateTime: timestamppb.New(now), UpdateTime: timestamppb.New(now), ExpireTime: req.GetExpireTime(), Enabled: !req.GetDisabled(),
+		PartialKey: keyformat.Partial(text), AllowedModels: req.GetAllowedModels(), Labels: req.GetLabels(),
+		GlobalLimits: req.GetGlobalLimits(), ModelLimits: req.GetModelLimits(),
+		TokenCap: normCap(req.GetTokenCap()), Budget: normBudget(req.GetBudget()),
+	}
+	k.State = keyState(k, now)
+	if err := s.insertKey(ctx, p, &storedKey{key: k, hash: fk.Hash()}); err != nil {
 		return nil, err
+	}
+	return &keystorev1.CreateKeyResponse{Key: k, Secret: text}, nil
+}
+
+// checkCreate validates a create request and the caller's right to make
+// it; it returns the key's kind and owner.
+func (s *Server) checkCreate(ctx context.Context, p *principal, req *keystorev1.CreateKeyRequest) (keystorev1.KeyKind, string, error) {
+	ws := req.GetWorkspace()
+	if err := p.inWorkspace(ws); err != nil {
+		return 0, "", err
+	}
+	if err := validName("name", req.GetName()); err != nil {
+		return 0, "", err
 	}
 	kind := req.GetKind()
 	switch kind {
@@ -36,78 +64,81 @@ func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.Cr
 		kind = keystorev1.KeyKind_KEY_KIND_STANDARD
 	case keystorev1.KeyKind_KEY_KIND_STANDARD, keystorev1.KeyKind_KEY_KIND_ADMIN:
 	default:
-		return nil, invalid("kind", "must be KEY_KIND_STANDARD or KEY_KIND_ADMIN")
+		return 0, "", invalid("kind", "must be KEY_KIND_STANDARD or KEY_KIND_ADMIN")
 	}
 	owner := req.GetOwner()
 	if owner == "" {
 		owner = p.subject
 	}
 	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && !p.manager() {
-		return nil, fmt.Errorf("%w: only owners and admins create admin keys", ErrPermissionDenied)
+		return 0, "", fmt.Errorf("%w: only owners and admins create admin keys", ErrPermissionDenied)
 	}
 	if owner != p.subject && !p.manager() {
-		return nil, fmt.Errorf("%w: members create keys for themselves only", ErrPermissionDenied)
+		return 0, "", fmt.Errorf("%w: members create keys for themselves only", ErrPermissionDenied)
 	}
 	ks := keySettings{
 		expire: req.GetExpireTime(), allowedModels: req.GetAllowedModels(), labels: req.GetLabels(),
 		global: req.GetGlobalLimits(), modelLimits: req.GetModelLimits(), tokenCap: req.GetTokenCap(), budget: req.GetBudget(),
 	}
 	if err := s.validateKeySettings(ctx, ks, nil); err != nil {
-		return nil, err
+		return 0, "", err
 	}
-	if owner != rootSubject || !p.root {
-		// A key belongs to a member; admin keys act with its role.
-		ownerRole, err := s.memberRole(ctx, ws, owner)
-		if errors.Is(err, ErrNotFound) {
-			if _, _, werr := s.getWorkspace(ctx, ws); werr != nil {
-				return nil, werr
-			}
-			return nil, invalid("owner", "%q is not a member of workspace %q", owner, ws)
-		} else if err != nil {
-			return nil, err
-		}
-		// An admin key acts with its owner's role: nobody mints one for a
-		// member who outranks them.
-		if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && !p.root && roleRank(ownerRole) > roleRank(p.role) {
-			return nil, fmt.Errorf("%w: an admin key for %q would act with a role above yours", ErrPermissionDenied, owner)
-		}
+	if err := s.checkOwner(ctx, p, ws, owner, kind); err != nil {
+		return 0, "", err
 	}
-	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN && owner == rootSubject {
-		return nil, invalid("owner", "an admin key acts for a member: name one")
-	}
+	return kind, owner, nil
+}
 
-	fkind := keyformat.Standard
-	if kind == keystorev1.KeyKind_KEY_KIND_ADMIN {
-		fkind = keyformat.Admin
+// checkOwner checks that a key's owner is a member of the workspace and,
+// for an admin key, that it would not act with a role above the caller's.
+func (s *Server) checkOwner(ctx context.Context, p *principal, ws, owner string, kind keystorev1.KeyKind) error {
+	admin := kind == keystorev1.KeyKind_KEY_KIND_ADMIN
+	if admin && owner == rootSubject {
+		return invalid("owner", "an admin key acts for a member: name one")
 	}
-	id := keyformat.NewID()
-	text, fk := keyformat.New(fkind, id)
-	now := timestamppb.New(s.clock.Now())
-	k := &keystorev1.Key{
-		Id: id, Workspace: ws, Name: req.GetName(), Kind: kind, Owner: owner, Creator: p.subject,
-		CreateTime: now, UpdateTime: now, ExpireTime: req.GetExpireTime(), Enabled: !req.GetDisabled(),
-		PartialKey: keyformat.Partial(text), AllowedModels: req.GetAllowedModels(), Labels: req.GetLabels(),
-		GlobalLimits: req.GetGlobalLimits(), ModelLimits: req.GetModelLimits(),
-		TokenCap: normCap(req.GetTokenCap()), Budget: normBudget(req.GetBudget()),
+	if owner == rootSubject && p.root {
+		return nil
 	}
-	sk := &storedKey{key: k, hash: fk.Hash()}
+	// A key belongs to a member; admin keys act with its role.
+	ownerRole, err := s.memberRole(ctx, ws, owner)
+	if errors.Is(err, ErrNotFound) {
+		if _, _, werr := s.getWorkspace(ctx, ws); werr != nil {
+			return werr
+		}
+		return invalid("owner", "%q is not a member of workspace %q", owner, ws)
+	} else if err != nil {
+		return err
+	}
+	// An admin key acts with its owner's role: nobody mints one for a
+	// member who outranks them.
+	if admin && !p.root && roleRank(ownerRole) > roleRank(p.role) {
+		return fmt.Errorf("%w: an admin key for %q would act with a role above yours", ErrPermissionDenied, owner)
+	}
+	return nil
+}
+
+// insertKey writes a new key, its indexes and its audit event, and counts
+// it against the workspace's cap. The cap holds under concurrency: the
+// counter is compared and swapped in the same transaction that writes the
+// key.
+func (s *Server) insertKey(ctx context.Context, p *principal, sk *storedKey) error {
+	k := sk.key
+	ws, id := k.GetWorkspace(), k.GetId()
 	val, err := encodeKey(sk)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	audit, err := s.auditOps(p, ws, id, "key.create", nil, k)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	// The cap holds under concurrency: the counter is compared and swapped
-	// in the same transaction that writes the key.
 	for {
 		w, countRev, err := s.getWorkspace(ctx, ws)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if w.GetKeyCount() >= w.GetMaxKeys() {
-			return nil, fmt.Errorf("workspace %q (max_keys=%d): %w", ws, w.GetMaxKeys(), ErrKeyCap)
+			return fmt.Errorf("workspace %q (max_keys=%d): %w", ws, w.GetMaxKeys(), ErrKeyCap)
 		}
 		wsRev, _ := strconv.ParseInt(w.GetEtag(), 10, 64)
 		ops := append([]clientv3.Op{
@@ -125,16 +156,15 @@ func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.Cr
 			clientv3.OpGet(nameKey(ws, k.Name), clientv3.WithCountOnly()),
 		).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("create key: %w", err)
+			return fmt.Errorf("create key: %w", err)
 		}
 		if resp.Succeeded {
 			k.Etag = strconv.FormatInt(resp.Header.Revision, 10)
-			k.State = keyState(k, s.clock.Now())
 			s.changes.Add(ctx, 1)
-			return &keystorev1.CreateKeyResponse{Key: k, Secret: text}, nil
+			return nil
 		}
 		if resp.Responses[0].GetResponseRange().Count > 0 {
-			return nil, fmt.Errorf("key named %q in workspace %q: %w", k.Name, ws, ErrAlreadyExists)
+			return fmt.Errorf("key named %q in workspace %q: %w", k.Name, ws, ErrAlreadyExists)
 		}
 	}
 }
