@@ -28,13 +28,18 @@ type relay struct {
 	// event with the answer's usage was seen.
 	used  tokens
 	final bool
-	// delivered counts the events with text written to the client.
-	delivered int64
+	// delivered counts the events with text sent to the client (flushed);
+	// unflushed those written since the last flush.
+	delivered, unflushed int64
+	// br is the provider's stream: events that arrived together are
+	// flushed together.
+	br *bufio.Reader
 	// skip drops the rest of an event the client did not ask for.
 	skip bool
 }
 
-// stream passes an SSE answer through event by event, flushing each. The
+// stream passes an SSE answer through event by event, flushing whenever
+// it has relayed every event the provider has sent so far. The
 // dialect reads usage from the events; when the answer ends early it is
 // charged what was delivered (one token an event with text), capped by the
 // reservation.
@@ -49,7 +54,7 @@ func (c *call) stream(resp *http.Response, d dialect, p *parsed) outcome {
 	// deadline is wall-clock time, not the injected clock's.
 	_ = rl.rc.SetWriteDeadline(time.Now().Add(c.s.cfg.RequestTimeout))
 	clientErr, readErr := rl.run(bufio.NewReaderSize(resp.Body, 16<<10))
-	out := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK, used: rl.outcome()}
+	out := outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK, used: rl.outcome(false)}
 	switch {
 	case clientErr != nil || c.r.Context().Err() != nil:
 		out.status = usagev1.RequestStatus_REQUEST_STATUS_CLIENT_CANCELLED
@@ -64,6 +69,7 @@ func (c *call) stream(resp *http.Response, d dialect, p *parsed) outcome {
 
 // run relays lines until the provider's stream or the client ends.
 func (rl *relay) run(br *bufio.Reader) (clientErr, readErr error) {
+	rl.br = br
 	var long []byte
 	for clientErr == nil {
 		line, err := br.ReadSlice('\n')
@@ -84,6 +90,9 @@ func (rl *relay) run(br *bufio.Reader) (clientErr, readErr error) {
 			clientErr = rl.line(line)
 		}
 		if err != nil {
+			if clientErr == nil {
+				clientErr = rl.flush()
+			}
 			return clientErr, err
 		}
 	}
@@ -92,8 +101,9 @@ func (rl *relay) run(br *bufio.Reader) (clientErr, readErr error) {
 
 // outcome is what the stream used: the provider's usage if it reported
 // it, else what it reported of the prompt (or the estimate) and one token
-// per event with text delivered, capped by the reservation.
-func (rl *relay) outcome() tokens {
+// per event with text delivered, capped by the reservation. A complete
+// answer counts the events written and about to be flushed.
+func (rl *relay) outcome(complete bool) tokens {
 	if rl.final {
 		return rl.used
 	}
@@ -101,8 +111,23 @@ func (rl *relay) outcome() tokens {
 	if u.input == 0 {
 		u.input = rl.c.est.input
 	}
-	u.output = min(rl.delivered, rl.c.est.output)
+	out := rl.delivered
+	if complete {
+		out += rl.unflushed
+	}
+	u.output = min(out, rl.c.est.output)
 	return u
+}
+
+// flush sends what was written; its text events count as delivered once
+// sent.
+func (rl *relay) flush() error {
+	if err := rl.rc.Flush(); err != nil {
+		return err
+	}
+	rl.delivered += rl.unflushed
+	rl.unflushed = 0
+	return nil
 }
 
 // line handles one line of an SSE answer; it returns the client's write
@@ -118,7 +143,10 @@ func (rl *relay) line(line []byte) error {
 		if _, err := c.w.Write(line); err != nil {
 			return err
 		}
-		return rl.rc.Flush()
+		if rl.br.Buffered() > 0 {
+			return nil // the next events are here already: one flush for all
+		}
+		return rl.flush()
 	}
 	if rl.skip {
 		return nil
@@ -135,7 +163,7 @@ func (rl *relay) line(line []byte) error {
 	if info.final {
 		// The answer is complete: account for it before the client
 		// reads its end.
-		c.account(outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK, used: rl.outcome()})
+		c.account(outcome{status: usagev1.RequestStatus_REQUEST_STATUS_OK, used: rl.outcome(true)})
 	}
 	if info.usageOnly && !rl.p.wantsUsage {
 		rl.skip = true
@@ -144,10 +172,10 @@ func (rl *relay) line(line []byte) error {
 	if _, err := c.w.Write(line); err != nil {
 		return err
 	}
-	// An event is a token the client received once written, and only when
+	// An event is a token the client received once flushed, and only when
 	// it carries text (OpenAI's role and finish chunks do not).
 	if info.text {
-		rl.delivered++
+		rl.unflushed++
 	}
 	return nil
 }

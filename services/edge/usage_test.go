@@ -51,7 +51,12 @@ func TestUsageBacklogFull(t *testing.T) {
 	require.Contains(t, h.logs.String(), "usage backlog full")
 
 	h.usage.setDown(false)
-	require.Eventually(t, func() bool { return len(h.usage.ids()) == 3 }, 10*time.Second, 10*time.Millisecond)
+	// Delivered (the ledger has them) and acknowledged (the edge's backlog
+	// is empty again): the ledger records a batch before its answer
+	// reaches the edge.
+	require.Eventually(t, func() bool {
+		return len(h.usage.ids()) == 3 && h.counter(t, "keygate.edge.usage.sent") == 3
+	}, 10*time.Second, 10*time.Millisecond)
 	require.ElementsMatch(t, ids, h.usage.ids())
 	a = h.post(t, "/v1/chat/completions", goodKey, chatBody)
 	require.Equal(t, http.StatusOK, a.status)
