@@ -279,8 +279,12 @@ func TestKeystoreKill(t *testing.T) {
 		keys[name] = key{body["key"].(map[string]any)["id"].(string), body["secret"].(string)}
 	}
 	a, b, kc, d := keys["a"], keys["b"], keys["c"], keys["d"]
+	answeredB := map[string]bool{} // B's requests answered 200, for the ledger check
 	chat := func(k key) (int, string) {
-		code, _, body := chatOnce(t, edge, k.secret)
+		code, h, body := chatOnce(t, edge, k.secret)
+		if code == http.StatusOK && k == b {
+			answeredB[h.Get("X-Request-Id")] = true
+		}
 		e, _ := body["error"].(map[string]any)
 		reason, _ := e["code"].(string)
 		return code, reason
@@ -357,6 +361,7 @@ func TestKeystoreKill(t *testing.T) {
 	}
 	require.True(t, resumed, "the edge resumed its stream:\n%s", tail(edgeProc.out.String(), 4000))
 	require.False(t, resynced, "without a resync")
+	requireLedgerExact(t, c.root, api, []string{edge}, b.id, answeredB)
 	chaosRow{scenario: "kill -9 of the keystore", trials: 1, admitted: fmt.Sprintf("%d of %d cached-key requests answered 200", 2*n, 2*n),
 		note: "disabled key kept out, unseen key 503, stream resumed"}.report(t)
 }
