@@ -3,7 +3,6 @@ package grpctest
 import (
 	"context"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,17 +47,17 @@ func check(ctx context.Context, cc *grpc.ClientConn, service string) error {
 // A served service answers a dialled client, through the server options.
 func TestServeAndDial(t *testing.T) {
 	t.Parallel()
-	var calls atomic.Int64
-	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
-		calls.Add(1)
+	seen := make(chan string, 1)
+	intercept := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		seen <- info.FullMethod
 		return next(ctx, req)
 	}
-	s := Serve(t, newHealth().register, WithServerOptions(grpc.UnaryInterceptor(count)))
+	s := Serve(t, newHealth().register, WithServerOptions(grpc.UnaryInterceptor(intercept)))
 	host, _, err := net.SplitHostPort(s.Addr)
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1", host)
 	require.NoError(t, check(t.Context(), Dial(t, s.Addr), ""))
-	require.EqualValues(t, 1, calls.Load())
+	require.Equal(t, healthpb.Health_Check_FullMethodName, <-seen)
 }
 
 // The end of the test stops the server and closes its listener.
@@ -112,46 +111,44 @@ func TestListenWaitsForAddress(t *testing.T) {
 	require.Equal(t, addr, lis.Addr().String())
 }
 
-// GracefulStop lets a call in flight finish within the grace period and
-// cuts it after.
-func TestGracefulStop(t *testing.T) {
+// heldCall serves a health service and starts a call it holds until
+// h.release is closed; the call's error comes on result.
+func heldCall(t *testing.T) (h *health, s *Server, cc *grpc.ClientConn, result <-chan error) {
+	t.Helper()
+	h = newHealth()
+	s = Serve(t, h.register)
+	cc = Dial(t, s.Addr)
+	res := make(chan error, 1)
+	go func() { res <- check(t.Context(), cc, "hold") }()
+	<-h.held
+	return h, s, cc, res
+}
+
+// GracefulStop refuses new calls at once and lets a call in flight finish.
+func TestGracefulStopWaitsForCalls(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name     string
-		grace    time.Duration
-		finishes bool
-	}{
-		{"call ends within grace", time.Minute, true},
-		{"grace runs out", 10 * time.Millisecond, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			h := newHealth()
-			s := Serve(t, h.register)
-			cc := Dial(t, s.Addr)
-			result := make(chan error, 1)
-			go func() { result <- check(t.Context(), cc, "hold") }()
-			<-h.held
-			stopped := make(chan struct{})
-			go func() {
-				s.GracefulStop(tc.grace)
-				close(stopped)
-			}()
-			// The listener closes first; the call is still held.
-			require.Eventually(t, func() bool { return refused(s.Addr) }, 5*time.Second, time.Millisecond)
-			if tc.finishes {
-				select {
-				case <-stopped:
-					t.Fatal("GracefulStop returned with a call in flight")
-				default:
-				}
-				close(h.release)
-				require.NoError(t, <-result)
-			} else {
-				require.Equal(t, codes.Unavailable, status.Code(<-result))
-			}
-			<-stopped
-			require.Equal(t, codes.Unavailable, status.Code(check(t.Context(), cc, "")), "no new calls")
-		})
+	h, s, _, result := heldCall(t)
+	stopped := make(chan struct{})
+	go func() {
+		s.GracefulStop(time.Minute)
+		close(stopped)
+	}()
+	require.Eventually(t, func() bool { return refused(s.Addr) }, 5*time.Second, time.Millisecond)
+	select {
+	case <-stopped:
+		t.Fatal("GracefulStop returned with a call in flight")
+	default:
 	}
+	close(h.release)
+	require.NoError(t, <-result)
+	<-stopped
+}
+
+// Past its grace period, GracefulStop cuts the calls in flight.
+func TestGracefulStopCutsAfterGrace(t *testing.T) {
+	t.Parallel()
+	_, s, cc, result := heldCall(t)
+	s.GracefulStop(10 * time.Millisecond)
+	require.Equal(t, codes.Unavailable, status.Code(<-result))
+	require.Equal(t, codes.Unavailable, status.Code(check(t.Context(), cc, "")), "no new calls")
 }
