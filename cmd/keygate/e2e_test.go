@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keygate/keygate/internal/grpctest"
 )
 
 // rest sends one JSON request and decodes the JSON answer.
@@ -161,9 +161,7 @@ func TestServerSurface(t *testing.T) {
 	resp.Body.Close()
 	require.Contains(t, string(metrics), "rpc_server")
 
-	cc, err := grpc.NewClient(app.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer cc.Close()
+	cc := grpctest.Dial(t, app.GRPCAddr)
 	for _, svc := range []string{"", "keygate.keystore.v1.KeystoreService", "keygate.limiter.v1.LimiterService", "keygate.usage.v1.UsageService"} {
 		hr, err := healthpb.NewHealthClient(cc).Check(t.Context(), &healthpb.HealthCheckRequest{Service: svc})
 		require.NoError(t, err, svc)

@@ -5,13 +5,12 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/pkg/auth"
 )
 
@@ -28,9 +27,7 @@ func TestRootTokenRotation(t *testing.T) {
 	code, _, _ := rest(t, "GET", api+"/v1/workspaces", "kgr_some-other-token-0123456789", nil)
 	require.Equal(t, http.StatusUnauthorized, code)
 
-	cc, err := grpc.NewClient(app.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer cc.Close()
+	cc := grpctest.Dial(t, app.GRPCAddr)
 	for tok, want := range map[string]codes.Code{previous: codes.OK, app.Config.RootToken: codes.OK, "wrong-token-0123456789": codes.Unauthenticated} {
 		ctx := auth.WithBearer(t.Context(), tok)
 		_, err := usagev1.NewUsageServiceClient(cc).GetTotals(ctx, &usagev1.GetTotalsRequest{})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -17,12 +16,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
@@ -177,16 +176,9 @@ func start(t testing.TB, opts ...func(*Options)) *fixture {
 		keys: map[string]*keystorev1.VerifyKeyResponse{},
 		head: 100, wake: make(chan struct{}), kill: make(chan struct{}),
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	gs := grpc.NewServer()
-	keystorev1.RegisterKeystoreServiceServer(gs, f)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	s := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, f) })
+	conn := grpctest.Dial(t, s.Addr,
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Millisecond, Multiplier: 2, MaxDelay: 20 * time.Millisecond}}))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
 	fx := &fixture{ks: f, clock: clock.NewFake(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)), logs: &recorder{}}
 	o := Options{Clock: fx.clock, Logger: slog.New(fx.logs), MaxStaleness: testMaxStale, MaxUnconfirmed: testMaxUnconfirmed}
 	for _, opt := range opts {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +19,7 @@ import (
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/internal/limitclient"
 	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
@@ -136,16 +136,12 @@ func (s *counter) decision(id string) (bool, bool) {
 	return ok, found
 }
 
-// serve runs srv on addr ("127.0.0.1:0" for a free port) until stopped.
-func serve(t *testing.T, addr string, srv *counter) (*grpc.Server, string) {
+// serve runs srv on addr ("127.0.0.1:0" for a free port; a restart waits
+// for its address to be free) until stopped.
+func serve(t *testing.T, addr string, srv *counter) *grpctest.Server {
 	t.Helper()
-	lis, err := net.Listen("tcp", addr)
-	require.NoError(t, err)
-	gs := grpc.NewServer()
-	limiterv1.RegisterLimiterServiceServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	return gs, lis.Addr().String()
+	return grpctest.Serve(t, func(r grpc.ServiceRegistrar) { limiterv1.RegisterLimiterServiceServer(r, srv) },
+		grpctest.WithListener(grpctest.Listen(t, addr)))
 }
 
 type env struct {
@@ -196,7 +192,7 @@ func TestCheckConcurrent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			srv := newCounter(100)
-			_, addr := serve(t, "127.0.0.1:0", srv)
+			addr := serve(t, "127.0.0.1:0", srv).Addr
 			e.register(t, "a", addr)
 			lc := e.client(t)
 
@@ -243,7 +239,7 @@ func TestCheckConcurrent(t *testing.T) {
 func TestCheckMetadataGoesUnary(t *testing.T) {
 	e := newEnv(t)
 	srv := newCounter(10)
-	_, addr := serve(t, "127.0.0.1:0", srv)
+	addr := serve(t, "127.0.0.1:0", srv).Addr
 	e.register(t, "a", addr)
 	lc := e.client(t)
 
@@ -263,7 +259,7 @@ func TestCheckMetadataGoesUnary(t *testing.T) {
 func TestCheckBadItem(t *testing.T) {
 	e := newEnv(t)
 	srv := newCounter(1000)
-	_, addr := serve(t, "127.0.0.1:0", srv)
+	addr := serve(t, "127.0.0.1:0", srv).Addr
 	e.register(t, "a", addr)
 	lc := e.client(t)
 
@@ -289,7 +285,7 @@ func TestCheckContextEnds(t *testing.T) {
 	e := newEnv(t)
 	srv := newCounter(10)
 	srv.gate = make(chan struct{})
-	_, addr := serve(t, "127.0.0.1:0", srv)
+	addr := serve(t, "127.0.0.1:0", srv).Addr
 	e.register(t, "a", addr)
 	lc := e.client(t)
 
@@ -317,8 +313,8 @@ func TestCheckStreamFails(t *testing.T) {
 	e := newEnv(t)
 	srv := newCounter(1000)
 	srv.gate = make(chan struct{})
-	gs, addr := serve(t, "127.0.0.1:0", srv)
-	e.register(t, "a", addr)
+	gs := serve(t, "127.0.0.1:0", srv)
+	e.register(t, "a", gs.Addr)
 	lc := e.client(t)
 
 	const callers = 20
@@ -336,7 +332,7 @@ func TestCheckStreamFails(t *testing.T) {
 	}
 
 	srv2 := newCounter(1000)
-	serve(t, addr, srv2)
+	serve(t, gs.Addr, srv2)
 	require.Eventually(t, func() bool {
 		_, err := lc.Check(t.Context(), []*limiterv1.CheckItem{item("again", "k")})
 		return err == nil
@@ -348,7 +344,7 @@ func TestCheckStreamFails(t *testing.T) {
 func TestCheckDepartedMember(t *testing.T) {
 	e := newEnv(t)
 	srv := newCounter(10)
-	_, addr := serve(t, "127.0.0.1:0", srv)
+	addr := serve(t, "127.0.0.1:0", srv).Addr
 	reg := e.register(t, "a", addr)
 	lc := e.client(t)
 

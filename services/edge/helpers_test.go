@@ -19,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -27,6 +26,7 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/services/edge"
 )
 
@@ -282,14 +282,11 @@ func startEdge(tb testing.TB, o options) *harness {
 			{Id: "mock-large", Provider: "mock", InputPricePerMillionUsd: "2.50", OutputPricePerMillionUsd: "10.00"},
 		}, o.models...),
 	}
-	gs := grpc.NewServer()
-	usagev1.RegisterUsageServiceServer(gs, h.usage)
-	keystorev1.RegisterKeystoreServiceServer(gs, reg)
-	gln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	go func() { _ = gs.Serve(gln) }()
-	conn, err := grpc.NewClient(gln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(tb, err)
+	gs := grpctest.Serve(tb, func(r grpc.ServiceRegistrar) {
+		usagev1.RegisterUsageServiceServer(r, h.usage)
+		keystorev1.RegisterKeystoreServiceServer(r, reg)
+	})
+	conn := grpctest.Dial(tb, gs.Addr)
 
 	cfg := edge.Config{
 		Verifier:      h.verifier,
@@ -306,6 +303,7 @@ func startEdge(tb testing.TB, o options) *harness {
 	if o.config != nil {
 		o.config(&cfg)
 	}
+	var err error
 	h.srv, err = edge.New(cfg)
 	require.NoError(tb, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"log/slog"
-	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -14,10 +13,10 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/grpctest"
 )
 
 // outageKeystore refuses RecordKeyUse while down, else counts the uses.
@@ -53,14 +52,8 @@ func (k *outageKeystore) received() int {
 func newTestKeyUses(tb testing.TB, limit int) (*keyUses, *outageKeystore, *sdkmetric.ManualReader) {
 	tb.Helper()
 	ks := &outageKeystore{}
-	gs := grpc.NewServer()
-	keystorev1.RegisterKeystoreServiceServer(gs, ks)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	go func() { _ = gs.Serve(ln) }()
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = conn.Close(); gs.Stop() })
+	s := grpctest.Serve(tb, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, ks) })
+	conn := grpctest.Dial(tb, s.Addr)
 	reader := sdkmetric.NewManualReader()
 	u, err := newKeyUses(keystorev1.NewKeystoreServiceClient(conn), limit,
 		sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)), slog.New(slog.DiscardHandler))

@@ -2,7 +2,6 @@ package edge_test
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -11,13 +10,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/services/edge"
 )
 
@@ -58,15 +57,8 @@ func (k *keyUseServer) accepted() []*keystorev1.RecordKeyUseRequest {
 func startKeyUse(tb testing.TB) (*keyUseServer, keystorev1.KeystoreServiceClient) {
 	tb.Helper()
 	k := &keyUseServer{}
-	gs := grpc.NewServer()
-	keystorev1.RegisterKeystoreServiceServer(gs, k)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	go func() { _ = gs.Serve(ln) }()
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = conn.Close(); gs.Stop() })
-	return k, keystorev1.NewKeystoreServiceClient(conn)
+	s := grpctest.Serve(tb, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, k) })
+	return k, keystorev1.NewKeystoreServiceClient(grpctest.Dial(tb, s.Addr))
 }
 
 type usedAt struct {
@@ -163,11 +155,9 @@ func TestKeyUseRun(t *testing.T) {
 func TestKeyUseIntervalMustNotBeNegative(t *testing.T) {
 	t.Parallel()
 	// New dials nothing, so a client of an unused address will do.
-	conn, err := grpc.NewClient("127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := grpctest.Dial(t, "127.0.0.1:1")
 	client := keystorev1.NewKeystoreServiceClient(conn)
-	_, err = edge.New(edge.Config{
+	_, err := edge.New(edge.Config{
 		Verifier: &fakeVerifier{}, ErrInvalidKey: errInvalidKey, Limiter: &fakeLimiter{},
 		Usage: usagev1.NewUsageServiceClient(conn), Registry: client, KeyUse: client, KeyUseInterval: -time.Second,
 	})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,11 +13,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/services/gateway"
 )
 
@@ -48,15 +47,8 @@ func (r *recorder) CreateWorkspace(_ context.Context, req *keystorev1.CreateWork
 
 func start(t *testing.T, rec *recorder) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := grpc.NewServer()
-	keystorev1.RegisterKeystoreServiceServer(srv, rec)
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop)
-	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cc.Close() })
+	s := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, rec) })
+	cc := grpctest.Dial(t, s.Addr)
 	h, err := gateway.New(t.Context(), gateway.Config{Keystore: cc, Usage: cc, MaxBodyBytes: 1024, MaxTimeout: 5 * time.Second})
 	require.NoError(t, err)
 	ts := httptest.NewServer(h)

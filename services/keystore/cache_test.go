@@ -14,10 +14,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/internal/keycache"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/pkg/keyformat"
@@ -50,11 +50,9 @@ func startCacheWith(tb testing.TB, e *env, opts keycache.Options) followed {
 		}
 		return invoker(ctx, method, req, reply, cc, o...)
 	}
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn := grpctest.Dial(tb, e.addr,
 		grpc.WithPerRPCCredentials(auth.Token{Value: rootToken}), grpc.WithUnaryInterceptor(count),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond}}))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = conn.Close() })
 	if opts.Logger == nil {
 		opts.Logger = slog.New(f.logs)
 	}
@@ -213,10 +211,7 @@ func otherReplica(t *testing.T, e *env) keystorev1.KeystoreServiceClient {
 	t.Helper()
 	other := &env{etcd: e.etcd, clock: e.clock}
 	other.serve(t, "127.0.0.1:0")
-	conn, err := grpc.NewClient(other.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	return keystorev1.NewKeystoreServiceClient(conn)
+	return keystorev1.NewKeystoreServiceClient(grpctest.Dial(t, other.addr))
 }
 
 func disable(t *testing.T, ctx context.Context, c keystorev1.KeystoreServiceClient, id string) {

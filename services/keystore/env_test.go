@@ -2,19 +2,18 @@ package keystore_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/services/keystore"
 )
@@ -38,15 +37,13 @@ func newEnv(tb testing.TB, opts ...func(*keystore.Config)) *env {
 	tb.Helper()
 	e := &env{etcd: etcdtest.Start(tb), clock: clock.NewFake(epoch), opts: opts}
 	e.serve(tb, "127.0.0.1:0")
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = conn.Close() })
-	e.conn = conn
-	e.client = keystorev1.NewKeystoreServiceClient(conn)
+	e.conn = grpctest.Dial(tb, e.addr)
+	e.client = keystorev1.NewKeystoreServiceClient(e.conn)
 	return e
 }
 
-// serve starts a keystore gRPC server on addr (":0" picks a port).
+// serve starts a keystore gRPC server on addr (":0" picks a port; a
+// restarted keystore comes back on its address once it is free).
 func (e *env) serve(tb testing.TB, addr string) {
 	tb.Helper()
 	cfg := keystore.Config{Etcd: e.etcd.Client, Clock: e.clock, RootToken: rootToken}
@@ -55,14 +52,9 @@ func (e *env) serve(tb testing.TB, addr string) {
 	}
 	srv, err := keystore.New(tb.Context(), cfg)
 	require.NoError(tb, err)
-	lis, err := net.Listen("tcp", addr)
-	require.NoError(tb, err)
-	e.addr = lis.Addr().String()
-	gs := grpc.NewServer()
-	srv.Register(gs)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	e.stop = func() { gs.Stop(); <-done; _ = srv.Close() }
+	gs := grpctest.Serve(tb, srv.Register, grpctest.WithListener(grpctest.Listen(tb, addr)))
+	e.addr = gs.Addr
+	e.stop = func() { gs.Stop(); _ = srv.Close() }
 	tb.Cleanup(func() { e.stop() })
 }
 

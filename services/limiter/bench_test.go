@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
@@ -20,6 +19,7 @@ import (
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/grpctest"
 )
 
 // loadRun is how long each measured load runs; each benchmark iteration
@@ -274,23 +274,15 @@ func load(b *testing.B, tg target, inflight, batch int, useStream bool) result {
 // plain echo server with the same messages, in the same run.
 func BenchmarkGRPC(b *testing.B) {
 	e := newEcho()
-	echoAddr, _ := serveGRPC(b, func(r grpc.ServiceRegistrar) { r.RegisterService(e.desc(), e) })
+	echo := grpctest.Serve(b, func(r grpc.ServiceRegistrar) { r.RegisterService(e.desc(), e) })
 	s, err := New(context.Background(), Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	limAddr, _ := serveGRPC(b, s.Register)
-	conn := func(addr string) *grpc.ClientConn {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = cc.Close() })
-		return cc
-	}
-	echoT := target{cc: conn(echoAddr), method: "/keygate.bench.Echo/Check", stream: "/keygate.bench.Echo/CheckStream"}
-	limT := target{cc: conn(limAddr), method: "/keygate.limiter.v1.LimiterService/Check", stream: "/keygate.limiter.v1.LimiterService/CheckStream"}
+	lim := grpctest.Serve(b, s.Register)
+	echoT := target{cc: grpctest.Dial(b, echo.Addr), method: "/keygate.bench.Echo/Check", stream: "/keygate.bench.Echo/CheckStream"}
+	limT := target{cc: grpctest.Dial(b, lim.Addr), method: "/keygate.limiter.v1.LimiterService/Check", stream: "/keygate.limiter.v1.LimiterService/CheckStream"}
 	cases := []struct {
 		name      string
 		inflight  int
@@ -337,12 +329,8 @@ func BenchmarkTakeover(b *testing.B) {
 	for i := range 10_000 {
 		l.totals["key-"+strconv.Itoa(i)] = &usagev1.Totals{Key: "key-" + strconv.Itoa(i), RequestsToday: 3}
 	}
-	usageAddr, _ := serveGRPC(b, func(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, l) })
-	cc, err := grpc.NewClient(usageAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cc.Close()
+	usage := grpctest.Serve(b, func(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, l) })
+	cc := grpctest.Dial(b, usage.Addr)
 	p := benchPolicy()
 	var batches [][]*limiterv1.CheckItem
 	for i := 0; i < 10_000; i += 500 {

@@ -3,7 +3,6 @@ package limiter
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -23,6 +21,7 @@ import (
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/internal/limitclient"
 	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
@@ -62,23 +61,10 @@ func (l *ledger) set(key string, requests int64) {
 	l.totals[key] = &usagev1.Totals{Key: key, RequestsToday: requests}
 }
 
-func serveGRPC(t testing.TB, register func(grpc.ServiceRegistrar)) (string, *grpc.Server) {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	gs := grpc.NewServer()
-	register(gs)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	return lis.Addr().String(), gs
-}
-
+// dial returns a limiter client of addr, closed at the end of the test.
 func dial(t testing.TB, addr string, opts ...grpc.DialOption) limiterv1.LimiterServiceClient {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cc.Close() })
-	return limiterv1.NewLimiterServiceClient(cc)
+	return limiterv1.NewLimiterServiceClient(grpctest.Dial(t, addr, opts...))
 }
 
 type cluster struct {
@@ -91,17 +77,14 @@ type cluster struct {
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	c := &cluster{etcd: etcdtest.Start(t), clock: clock.NewFake(t0), ledger: &ledger{totals: map[string]*usagev1.Totals{}}}
-	addr, _ := serveGRPC(t, func(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, c.ledger) })
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cc.Close() })
-	c.usage = usagev1.NewUsageServiceClient(cc)
+	s := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, c.ledger) })
+	c.usage = usagev1.NewUsageServiceClient(grpctest.Dial(t, s.Addr))
 	return c
 }
 
 type replica struct {
 	srv    *Server
-	gs     *grpc.Server
+	gs     *grpctest.Server
 	addr   string
 	client limiterv1.LimiterServiceClient
 	closed bool
@@ -116,17 +99,12 @@ func (c *cluster) start(t *testing.T) *replica {
 // back on its address).
 func (c *cluster) startAt(t *testing.T, addr string) *replica {
 	t.Helper()
-	var lis net.Listener
+	lis := grpctest.Listen(t, addr)
+	r := &replica{addr: lis.Addr().String()}
 	var err error
-	require.Eventually(t, func() bool {
-		lis, err = net.Listen("tcp", addr)
-		return err == nil
-	}, 5*time.Second, 10*time.Millisecond, "listen %s: %v", addr, err)
-	r := &replica{addr: lis.Addr().String(), gs: grpc.NewServer()}
 	r.srv, err = New(t.Context(), Config{Etcd: c.etcd.Client, Clock: c.clock, Usage: c.usage, AdvertiseAddr: r.addr, Logger: testLogger(t)})
 	require.NoError(t, err)
-	r.srv.Register(r.gs)
-	go func() { _ = r.gs.Serve(lis) }()
+	r.gs = grpctest.Serve(t, r.srv.Register, grpctest.WithListener(lis))
 	t.Cleanup(r.stop)
 	r.client = dial(t, r.addr)
 	return r
@@ -140,13 +118,7 @@ func (r *replica) stop() {
 	_ = r.srv.Close()
 	// As the app stops: in-flight calls (handovers) finish; streams of
 	// clients that have not left yet are cut after a grace period.
-	done := make(chan struct{})
-	go func() { r.gs.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(time.Second):
-		r.gs.Stop()
-	}
+	r.gs.GracefulStop(time.Second)
 }
 
 func waitMembers(t *testing.T, n int, rs ...*replica) {
@@ -177,8 +149,7 @@ func standalone(t *testing.T, cfg Config) (*Server, string) {
 	s, err := New(t.Context(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
-	addr, _ := serveGRPC(t, s.Register)
-	return s, addr
+	return s, grpctest.Serve(t, s.Register).Addr
 }
 
 func TestCheckSettleRelease(t *testing.T) {
@@ -494,10 +465,7 @@ func TestClientFailsOver(t *testing.T) {
 	c := newCluster(t)
 	r := c.start(t)
 	// A member that registered but does not answer.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	deadAddr := dead.Addr().String()
-	require.NoError(t, dead.Close())
+	deadAddr := etcdtest.FreeAddr(t)
 	reg, err := ring.Register(t.Context(), c.etcd.Client, ring.DefaultPrefix, ring.Member{ID: deadAddr, Addr: deadAddr}, time.Second, nil)
 	require.NoError(t, err)
 	waitMembers(t, 2, r)

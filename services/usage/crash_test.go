@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,11 +13,11 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
@@ -42,16 +41,13 @@ func TestCrashChild(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = rl.Close() })
 	srv, err := New(t.Context(), Config{
-		Etcd: cli, ServiceToken: serviceToken, Keystore: keystorev1.NewKeystoreServiceClient(dial(t, ksAddr)), RequestLog: rl,
+		Etcd: cli, ServiceToken: serviceToken, Keystore: keystorev1.NewKeystoreServiceClient(grpctest.Dial(t, ksAddr)), RequestLog: rl,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Close() })
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	g := grpc.NewServer()
-	srv.Register(g)
-	fmt.Printf("ADDR=%s\n", lis.Addr())
-	_ = g.Serve(lis)
+	s := grpctest.Serve(t, srv.Register)
+	fmt.Printf("ADDR=%s\n", s.Addr)
+	select {} // serves until the parent kills this process
 }
 
 // startChild runs the usage server as a child process.
@@ -73,7 +69,7 @@ func startChild(t *testing.T, env string) (*exec.Cmd, usagev1.UsageServiceClient
 				for sc.Scan() {
 				}
 			}()
-			return cmd, usagev1.NewUsageServiceClient(dial(t, addr))
+			return cmd, usagev1.NewUsageServiceClient(grpctest.Dial(t, addr))
 		}
 	}
 	t.Fatalf("child exited before serving: %v", sc.Err())

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -14,7 +13,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -23,6 +21,7 @@ import (
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/pkg/auth"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
@@ -109,27 +108,8 @@ func defaultModels() []*keystorev1.Model {
 func startKeystore(tb testing.TB) (*testKeystore, keystorev1.KeystoreServiceClient, string) {
 	tb.Helper()
 	ks := &testKeystore{keys: map[string]*keystorev1.Key{}, models: defaultModels()}
-	addr := serve(tb, func(g *grpc.Server) { keystorev1.RegisterKeystoreServiceServer(g, ks) })
-	return ks, keystorev1.NewKeystoreServiceClient(dial(tb, addr)), addr
-}
-
-func serve(tb testing.TB, register func(*grpc.Server)) string {
-	tb.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(tb, err)
-	g := grpc.NewServer()
-	register(g)
-	go func() { _ = g.Serve(lis) }()
-	tb.Cleanup(g.Stop)
-	return lis.Addr().String()
-}
-
-func dial(tb testing.TB, addr string) *grpc.ClientConn {
-	tb.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = cc.Close() })
-	return cc
+	s := grpctest.Serve(tb, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, ks) })
+	return ks, keystorev1.NewKeystoreServiceClient(grpctest.Dial(tb, s.Addr)), s.Addr
 }
 
 // tbWriter sends the server's logs to the test log.
@@ -214,8 +194,8 @@ func (e *env) replica(tb testing.TB, edit ...func(*Config)) replica {
 	srv, err := New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { _ = srv.Close() })
-	addr := serve(tb, func(g *grpc.Server) { srv.Register(g) })
-	return replica{srv: srv, cli: usagev1.NewUsageServiceClient(dial(tb, addr)), rlog: rl}
+	s := grpctest.Serve(tb, srv.Register)
+	return replica{srv: srv, cli: usagev1.NewUsageServiceClient(grpctest.Dial(tb, s.Addr)), rlog: rl}
 }
 
 func svc(ctx context.Context) context.Context    { return auth.WithBearer(ctx, serviceToken) }

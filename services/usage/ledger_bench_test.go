@@ -14,12 +14,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/etcdtest"
+	"github.com/keygate/keygate/internal/grpctest"
 	"github.com/keygate/keygate/services/usage/internal/reqlog"
 )
 
@@ -90,7 +90,7 @@ func runLedger(b *testing.B, producers, batch, keys, records int) ledgerRun {
 	})
 	require.NoError(b, err)
 	b.Cleanup(func() { _ = srv.Close() })
-	cli := usagev1.NewUsageServiceClient(dial(b, serve(b, func(g *grpc.Server) { srv.Register(g) })))
+	cli := usagev1.NewUsageServiceClient(grpctest.Dial(b, grpctest.Serve(b, srv.Register).Addr))
 
 	// The records of each producer, in batches, built before timing.
 	now := time.Now()
