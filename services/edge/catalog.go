@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	"github.com/keygate/keygate/pkg/money"
 	"github.com/keygate/keygate/services/edge/mock"
@@ -25,7 +27,16 @@ type route struct {
 	provider      string
 	created       int64
 	prices        money.Prices
-	up            *upstream
+	// priced is the usage record's copy of prices and their version,
+	// rendered once per catalog load.
+	priced pricedAt
+	up     *upstream
+}
+
+// pricedAt is what a usage record says about the prices it was charged.
+type pricedAt struct {
+	input, output, cacheWrite, cacheRead string
+	asOf                                 *timestamppb.Timestamp
 }
 
 // upstream is one provider: where to send requests and with which
@@ -152,7 +163,12 @@ func (h *catalogHolder) load(ctx context.Context) (*catalog, error) {
 			provider:      m.GetProvider(),
 			created:       m.GetCreateTime().GetSeconds(),
 			prices:        prices,
-			up:            up,
+			priced: pricedAt{
+				input: prices.Input.String(), output: prices.Output.String(),
+				cacheWrite: prices.CacheWrite.String(), cacheRead: prices.CacheRead.String(),
+				asOf: cmp.Or(m.GetUpdateTime(), m.GetCreateTime()),
+			},
+			up: up,
 		}
 		c.byID[r.id] = r
 		c.list = append(c.list, r)

@@ -18,6 +18,7 @@ import (
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/money"
 	"github.com/keygate/keygate/services/edge"
 )
 
@@ -335,11 +336,20 @@ func TestInferenceThroughMock(t *testing.T) {
 			require.Equal(t, resp.Usage.PromptTokens, rec.GetPromptTokens())
 			require.Equal(t, resp.Usage.CompletionTokens, rec.GetCompletionTokens())
 			require.Equal(t, h.clock.Now(), rec.GetTime().AsTime())
+			// One price decision: the record carries the catalog's prices,
+			// and the budget was settled at exactly what they cost.
+			require.Equal(t, "0.15", rec.GetInputPricePerMillionUsd())
+			require.Equal(t, "0.60", rec.GetOutputPricePerMillionUsd())
+			prices, err := money.ParsePrices(rec.GetInputPricePerMillionUsd(), rec.GetOutputPricePerMillionUsd(),
+				rec.GetCacheWritePricePerMillionUsd(), rec.GetCacheReadPricePerMillionUsd())
+			require.NoError(t, err)
+			wantCost := prices.Cost(rec.GetPromptTokens(), rec.GetCompletionTokens(), 0, 0).Micros()
 			require.Eventually(t, func() bool {
 				s, _ := h.limiter.settled()
 				for _, st := range s {
 					if st.GetReservationId() == id {
-						return st.GetActualTokens() == resp.Usage.PromptTokens+resp.Usage.CompletionTokens && st.GetKey() == "key1"
+						return st.GetActualTokens() == resp.Usage.PromptTokens+resp.Usage.CompletionTokens && st.GetKey() == "key1" &&
+							st.GetActualCostMicros() == wantCost
 					}
 				}
 				return false

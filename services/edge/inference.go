@@ -344,5 +344,12 @@ func (c *call) account(out outcome) {
 		Status:           out.status,
 		Latency:          durationpb.New(now.Sub(c.start)),
 		Time:             timestamppb.New(now),
+		// The prices the budget was just settled at: the ledger charges
+		// the same ones.
+		InputPricePerMillionUsd:      rt.priced.input,
+		OutputPricePerMillionUsd:     rt.priced.output,
+		CacheWritePricePerMillionUsd: rt.priced.cacheWrite,
+		CacheReadPricePerMillionUsd:  rt.priced.cacheRead,
+		PricesAsOf:                   rt.priced.asOf,
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/pkg/money"
 )
 
 const (
@@ -41,7 +42,9 @@ func (s *Server) record(ctx context.Context, req *usagev1.RecordUsageRequest) (o
 			s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
 			return outcome{}, invalidf("record %d (request id %q): %v", i, r.GetRequestId(), err)
 		}
-		models[r.GetModel()] = price{}
+		if r.GetInputPricePerMillionUsd() == "" {
+			models[r.GetModel()] = price{} // not priced by the edge: the book's
+		}
 	}
 	if len(recs) == 0 {
 		return outcome{}, nil
@@ -55,7 +58,12 @@ func (s *Server) record(ctx context.Context, req *usagev1.RecordUsageRequest) (o
 	}
 	entries := make([]*entry, len(recs))
 	for i, r := range recs {
-		e, err := newEntry(r, models[r.GetModel()], now)
+		p, err := recordPrice(r, models)
+		if err != nil {
+			s.com.m.records.Add(ctx, int64(len(recs)), s.com.m.rejected)
+			return outcome{}, invalidf("record %d (request id %q): %v", i, r.GetRequestId(), err)
+		}
+		e, err := newEntry(r, p, now)
 		if err != nil {
 			return outcome{}, err
 		}
@@ -136,6 +144,20 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// recordPrice is the price a record is charged at: the one the edge
+// charged the key's budget at, when it says so, else the price book's.
+func recordPrice(r *usagev1.UsageRecord, book map[string]price) (price, error) {
+	if r.GetInputPricePerMillionUsd() == "" {
+		return book[r.GetModel()], nil
+	}
+	p, err := money.ParsePrices(r.GetInputPricePerMillionUsd(), r.GetOutputPricePerMillionUsd(),
+		r.GetCacheWritePricePerMillionUsd(), r.GetCacheReadPricePerMillionUsd())
+	if err != nil {
+		return price{}, err
+	}
+	return price{p}, nil
 }
 
 // newEntry prices a valid record: the stored copy keeps the prices it was

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -257,6 +258,28 @@ func TestCost(t *testing.T) {
 		require.Equal(t, "3.30", got.GetCostUsd())
 		require.Equal(t, "3.75", got.GetCacheWritePricePerMillionUsd())
 		require.Equal(t, "0.30", got.GetCacheReadPricePerMillionUsd())
+	})
+	t.Run("the edge's prices, not the book's", func(t *testing.T) {
+		// The edge charged the key's budget at the prices it decided with
+		// (here a catalog version the book no longer has): the ledger
+		// charges the same, so budget and spend agree.
+		r := rec("c-edge", "edge-priced", "mock-small", 1_000_000, 1_000_000, t0)
+		r.InputPricePerMillionUsd, r.OutputPricePerMillionUsd = "1.00", "2.00"
+		e.record(t, r)
+		l, err := e.cli.ListRequests(member(t.Context()), &usagev1.ListRequestsRequest{Workspace: "acme", Key: "edge-priced"})
+		require.NoError(t, err)
+		got := l.GetRequests()[0]
+		require.Equal(t, "3.00", got.GetCostUsd())
+		require.Equal(t, "1.00", got.GetInputPricePerMillionUsd())
+
+		bad := rec("c-bad", "edge-priced", "mock-small", 1, 1, t0)
+		bad.InputPricePerMillionUsd, bad.OutputPricePerMillionUsd = "1.00", "-2"
+		_, err = send(t.Context(), e.cli, testProducer, e.reserve(1), []*usagev1.UsageRecord{bad})
+		require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+		require.ErrorContains(t, err, "output price")
+		l, err = e.cli.ListRequests(member(t.Context()), &usagev1.ListRequestsRequest{Workspace: "acme", Key: "edge-priced"})
+		require.NoError(t, err)
+		require.Len(t, l.GetRequests(), 1, "a refused record changes nothing")
 	})
 	t.Run("spend adds exactly", func(t *testing.T) {
 		// 7 records of 1 prompt token at $0.15/M: 7 x 0.00000015.

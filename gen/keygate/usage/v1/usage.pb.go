@@ -141,7 +141,11 @@ type UsageRecord struct {
 	Status           RequestStatus          `protobuf:"varint,8,opt,name=status,proto3,enum=keygate.usage.v1.RequestStatus" json:"status,omitempty"`
 	Latency          *durationpb.Duration   `protobuf:"bytes,9,opt,name=latency,proto3" json:"latency,omitempty"`
 	Time             *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=time,proto3" json:"time,omitempty"`
-	// Set by the ledger: prices charged (exact decimal USD per million).
+	// The prices charged (exact decimal USD per million): set by the edge
+	// from the catalog it decided the request with, the prices it settled
+	// the key's budget at, so the ledger's spend and the limiter's budget
+	// agree. The ledger prices a record that carries none from its own
+	// price book.
 	InputPricePerMillionUsd  string `protobuf:"bytes,11,opt,name=input_price_per_million_usd,json=inputPricePerMillionUsd,proto3" json:"input_price_per_million_usd,omitempty"`
 	OutputPricePerMillionUsd string `protobuf:"bytes,12,opt,name=output_price_per_million_usd,json=outputPricePerMillionUsd,proto3" json:"output_price_per_million_usd,omitempty"`
 	// Set by the ledger: exact decimal USD.
@@ -150,11 +154,14 @@ type UsageRecord struct {
 	// prompt cache (Anthropic reports them apart), each at its own price.
 	CacheWriteTokens int64 `protobuf:"varint,16,opt,name=cache_write_tokens,json=cacheWriteTokens,proto3" json:"cache_write_tokens,omitempty"`
 	CacheReadTokens  int64 `protobuf:"varint,17,opt,name=cache_read_tokens,json=cacheReadTokens,proto3" json:"cache_read_tokens,omitempty"`
-	// Set by the ledger: the cache prices charged.
+	// The cache prices charged, set as the prices above.
 	CacheWritePricePerMillionUsd string `protobuf:"bytes,18,opt,name=cache_write_price_per_million_usd,json=cacheWritePricePerMillionUsd,proto3" json:"cache_write_price_per_million_usd,omitempty"`
 	CacheReadPricePerMillionUsd  string `protobuf:"bytes,19,opt,name=cache_read_price_per_million_usd,json=cacheReadPricePerMillionUsd,proto3" json:"cache_read_price_per_million_usd,omitempty"`
-	unknownFields                protoimpl.UnknownFields
-	sizeCache                    protoimpl.SizeCache
+	// When the model's prices the edge charged were last changed in the
+	// catalog: which version of the prices this request was charged at.
+	PricesAsOf    *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=prices_as_of,json=pricesAsOf,proto3" json:"prices_as_of,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UsageRecord) Reset() {
@@ -304,6 +311,13 @@ func (x *UsageRecord) GetCacheReadPricePerMillionUsd() string {
 		return x.CacheReadPricePerMillionUsd
 	}
 	return ""
+}
+
+func (x *UsageRecord) GetPricesAsOf() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PricesAsOf
+	}
+	return nil
 }
 
 type RecordUsageRequest struct {
@@ -1550,7 +1564,7 @@ var File_keygate_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x06\n" +
+	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x06\n" +
 	"\vUsageRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -1570,7 +1584,9 @@ const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"\x12cache_write_tokens\x18\x10 \x01(\x03R\x10cacheWriteTokens\x12*\n" +
 	"\x11cache_read_tokens\x18\x11 \x01(\x03R\x0fcacheReadTokens\x12G\n" +
 	"!cache_write_price_per_million_usd\x18\x12 \x01(\tR\x1ccacheWritePricePerMillionUsd\x12E\n" +
-	" cache_read_price_per_million_usd\x18\x13 \x01(\tR\x1bcacheReadPricePerMillionUsdJ\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x13budget_reset_periodR\x16token_cap_reset_period\"\x90\x01\n" +
+	" cache_read_price_per_million_usd\x18\x13 \x01(\tR\x1bcacheReadPricePerMillionUsd\x12<\n" +
+	"\fprices_as_of\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"pricesAsOfJ\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x13budget_reset_periodR\x16token_cap_reset_period\"\x90\x01\n" +
 	"\x12RecordUsageRequest\x127\n" +
 	"\arecords\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\arecords\x12\x1a\n" +
 	"\bproducer\x18\x02 \x01(\tR\bproducer\x12%\n" +
@@ -1735,37 +1751,38 @@ var file_keygate_usage_v1_usage_proto_depIdxs = []int32{
 	0,  // 0: keygate.usage.v1.UsageRecord.status:type_name -> keygate.usage.v1.RequestStatus
 	20, // 1: keygate.usage.v1.UsageRecord.latency:type_name -> google.protobuf.Duration
 	21, // 2: keygate.usage.v1.UsageRecord.time:type_name -> google.protobuf.Timestamp
-	2,  // 3: keygate.usage.v1.RecordUsageRequest.records:type_name -> keygate.usage.v1.UsageRecord
-	21, // 4: keygate.usage.v1.GetUsageResponse.token_period_start:type_name -> google.protobuf.Timestamp
-	21, // 5: keygate.usage.v1.GetUsageResponse.budget_period_start:type_name -> google.protobuf.Timestamp
-	21, // 6: keygate.usage.v1.GetUsageResponse.budget_period_end:type_name -> google.protobuf.Timestamp
-	5,  // 7: keygate.usage.v1.GetUsageResponse.models:type_name -> keygate.usage.v1.ModelUsage
-	8,  // 8: keygate.usage.v1.GetUsageSeriesResponse.points:type_name -> keygate.usage.v1.UsagePoint
-	1,  // 9: keygate.usage.v1.ListUsageRequest.group_by:type_name -> keygate.usage.v1.GroupBy
-	11, // 10: keygate.usage.v1.ListUsageResponse.rows:type_name -> keygate.usage.v1.UsageRow
-	0,  // 11: keygate.usage.v1.ListRequestsRequest.status:type_name -> keygate.usage.v1.RequestStatus
-	2,  // 12: keygate.usage.v1.ListRequestsResponse.requests:type_name -> keygate.usage.v1.UsageRecord
-	21, // 13: keygate.usage.v1.TotalsQuery.token_period_start:type_name -> google.protobuf.Timestamp
-	21, // 14: keygate.usage.v1.TotalsQuery.budget_period_start:type_name -> google.protobuf.Timestamp
-	16, // 15: keygate.usage.v1.GetTotalsRequest.queries:type_name -> keygate.usage.v1.TotalsQuery
-	17, // 16: keygate.usage.v1.GetTotalsResponse.totals:type_name -> keygate.usage.v1.Totals
-	3,  // 17: keygate.usage.v1.UsageService.RecordUsage:input_type -> keygate.usage.v1.RecordUsageRequest
-	6,  // 18: keygate.usage.v1.UsageService.GetUsage:input_type -> keygate.usage.v1.GetUsageRequest
-	9,  // 19: keygate.usage.v1.UsageService.GetUsageSeries:input_type -> keygate.usage.v1.GetUsageSeriesRequest
-	12, // 20: keygate.usage.v1.UsageService.ListUsage:input_type -> keygate.usage.v1.ListUsageRequest
-	14, // 21: keygate.usage.v1.UsageService.ListRequests:input_type -> keygate.usage.v1.ListRequestsRequest
-	18, // 22: keygate.usage.v1.UsageService.GetTotals:input_type -> keygate.usage.v1.GetTotalsRequest
-	4,  // 23: keygate.usage.v1.UsageService.RecordUsage:output_type -> keygate.usage.v1.RecordUsageResponse
-	7,  // 24: keygate.usage.v1.UsageService.GetUsage:output_type -> keygate.usage.v1.GetUsageResponse
-	10, // 25: keygate.usage.v1.UsageService.GetUsageSeries:output_type -> keygate.usage.v1.GetUsageSeriesResponse
-	13, // 26: keygate.usage.v1.UsageService.ListUsage:output_type -> keygate.usage.v1.ListUsageResponse
-	15, // 27: keygate.usage.v1.UsageService.ListRequests:output_type -> keygate.usage.v1.ListRequestsResponse
-	19, // 28: keygate.usage.v1.UsageService.GetTotals:output_type -> keygate.usage.v1.GetTotalsResponse
-	23, // [23:29] is the sub-list for method output_type
-	17, // [17:23] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	21, // 3: keygate.usage.v1.UsageRecord.prices_as_of:type_name -> google.protobuf.Timestamp
+	2,  // 4: keygate.usage.v1.RecordUsageRequest.records:type_name -> keygate.usage.v1.UsageRecord
+	21, // 5: keygate.usage.v1.GetUsageResponse.token_period_start:type_name -> google.protobuf.Timestamp
+	21, // 6: keygate.usage.v1.GetUsageResponse.budget_period_start:type_name -> google.protobuf.Timestamp
+	21, // 7: keygate.usage.v1.GetUsageResponse.budget_period_end:type_name -> google.protobuf.Timestamp
+	5,  // 8: keygate.usage.v1.GetUsageResponse.models:type_name -> keygate.usage.v1.ModelUsage
+	8,  // 9: keygate.usage.v1.GetUsageSeriesResponse.points:type_name -> keygate.usage.v1.UsagePoint
+	1,  // 10: keygate.usage.v1.ListUsageRequest.group_by:type_name -> keygate.usage.v1.GroupBy
+	11, // 11: keygate.usage.v1.ListUsageResponse.rows:type_name -> keygate.usage.v1.UsageRow
+	0,  // 12: keygate.usage.v1.ListRequestsRequest.status:type_name -> keygate.usage.v1.RequestStatus
+	2,  // 13: keygate.usage.v1.ListRequestsResponse.requests:type_name -> keygate.usage.v1.UsageRecord
+	21, // 14: keygate.usage.v1.TotalsQuery.token_period_start:type_name -> google.protobuf.Timestamp
+	21, // 15: keygate.usage.v1.TotalsQuery.budget_period_start:type_name -> google.protobuf.Timestamp
+	16, // 16: keygate.usage.v1.GetTotalsRequest.queries:type_name -> keygate.usage.v1.TotalsQuery
+	17, // 17: keygate.usage.v1.GetTotalsResponse.totals:type_name -> keygate.usage.v1.Totals
+	3,  // 18: keygate.usage.v1.UsageService.RecordUsage:input_type -> keygate.usage.v1.RecordUsageRequest
+	6,  // 19: keygate.usage.v1.UsageService.GetUsage:input_type -> keygate.usage.v1.GetUsageRequest
+	9,  // 20: keygate.usage.v1.UsageService.GetUsageSeries:input_type -> keygate.usage.v1.GetUsageSeriesRequest
+	12, // 21: keygate.usage.v1.UsageService.ListUsage:input_type -> keygate.usage.v1.ListUsageRequest
+	14, // 22: keygate.usage.v1.UsageService.ListRequests:input_type -> keygate.usage.v1.ListRequestsRequest
+	18, // 23: keygate.usage.v1.UsageService.GetTotals:input_type -> keygate.usage.v1.GetTotalsRequest
+	4,  // 24: keygate.usage.v1.UsageService.RecordUsage:output_type -> keygate.usage.v1.RecordUsageResponse
+	7,  // 25: keygate.usage.v1.UsageService.GetUsage:output_type -> keygate.usage.v1.GetUsageResponse
+	10, // 26: keygate.usage.v1.UsageService.GetUsageSeries:output_type -> keygate.usage.v1.GetUsageSeriesResponse
+	13, // 27: keygate.usage.v1.UsageService.ListUsage:output_type -> keygate.usage.v1.ListUsageResponse
+	15, // 28: keygate.usage.v1.UsageService.ListRequests:output_type -> keygate.usage.v1.ListRequestsResponse
+	19, // 29: keygate.usage.v1.UsageService.GetTotals:output_type -> keygate.usage.v1.GetTotalsResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_keygate_usage_v1_usage_proto_init() }
