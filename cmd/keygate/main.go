@@ -28,24 +28,29 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, errUsage) {
-			fmt.Fprintln(os.Stderr, "keygate:", describe(err))
-		}
-		os.Exit(1)
+	os.Exit(report(err, os.Stderr))
+}
+
+// report tells the user what went wrong, if anything, and returns the exit
+// status: 0, or 1 after any error.
+func report(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
 	}
+	if !errors.Is(err, errUsage) {
+		fmt.Fprintln(stderr, "keygate:", describe(err))
+	}
+	return 1
 }
 
 // run runs keygate with args, as main does with the command line.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	root := newRootCmd(getenv)
+	root := newRootCmd(getenv, stdout, stderr)
 	if args == nil {
 		// Cobra reads os.Args when given none.
 		args = []string{}
 	}
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
 	return root.ExecuteContext(ctx)
 }
 

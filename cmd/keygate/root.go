@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -12,7 +13,7 @@ import (
 // the exit status is 1 and no message follows.
 var errUsage = errors.New("usage shown")
 
-const rootLong = `keygate: API keys, rate limits and usage accounting for AI gateways.
+const rootLong = `API keys, rate limits and usage accounting for AI gateways.
 
 The server commands run keygate; the administration commands talk to a
 running keygate over gRPC. Every server flag has a KEYGATE_* environment
@@ -30,7 +31,7 @@ const adminEnvHelp = `Environment of the administration commands (each is the de
 
 // newRootCmd builds the whole command tree: the server commands, which
 // run keygate, and the administration commands, which talk to one.
-func newRootCmd(getenv func(string) string) *cobra.Command {
+func newRootCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "keygate",
 		Short: "API keys, rate limits and usage accounting for AI gateways",
@@ -40,6 +41,9 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		SilenceUsage:  true,
 		RunE:          showUsage,
 	}
+	// Before the completion command, which keeps the writer it finds.
+	root.SetOut(stdout)
+	root.SetErr(stderr)
 	root.SetFlagErrorFunc(flagError)
 	root.AddGroup(&cobra.Group{ID: "servers", Title: "Servers:"}, &cobra.Group{ID: "admin", Title: "Administration:"})
 	for _, c := range serverCmds(getenv) {
@@ -50,7 +54,34 @@ func newRootCmd(getenv func(string) string) *cobra.Command {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}
+	root.SetHelpCommand(helpCmd())
+	// Made now rather than when the tree runs, so that it answers an
+	// unknown shell as the other nouns answer an unknown verb.
+	root.InitDefaultCompletionCmd()
+	if completion, _, err := root.Find([]string{"completion"}); err == nil {
+		completion.Args = cobra.ArbitraryArgs
+		completion.RunE = needVerb
+	}
 	return root
+}
+
+// helpCmd is keygate help [command]. Cobra's own answers a command it does
+// not know with the root's help and success.
+func helpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := cmd.Root().Find(args)
+			if err != nil {
+				return fmt.Errorf("help: %w", err)
+			}
+			if len(rest) > 0 {
+				return needVerb(target, rest)
+			}
+			return target.Help()
+		},
+	}
 }
 
 // showUsage answers keygate without a command: the usage on stderr and a
