@@ -140,6 +140,8 @@ func TestCompletion(t *testing.T) {
 		{[]string{"keys", "create", "--bud"}, []string{"--budget", "--budget-period"}},
 		{[]string{"keys", "list", "--work"}, []string{"--workspace"}},
 		{[]string{"workspaces", "add-member", "acme", "bob", ""}, []string{"owner", "admin", "member"}},
+		{[]string{"help", "ke"}, []string{"keys"}},
+		{[]string{"help", "keys", "ro"}, []string{"rotate"}},
 	} {
 		out, errOut, code := cliRun(t, nil, append([]string{cobra.ShellCompRequestCmd}, c.args...)...)
 		require.Zero(t, code, errOut)

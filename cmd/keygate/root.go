@@ -69,8 +69,9 @@ func newRootCmd(getenv func(string) string, stdout, stderr io.Writer) *cobra.Com
 // not know with the root's help and success.
 func helpCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "help [command]",
-		Short: "Help about any command",
+		Use:               "help [command]",
+		Short:             "Help about any command",
+		ValidArgsFunction: completeCommands,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target, rest, err := cmd.Root().Find(args)
 			if err != nil {
@@ -82,6 +83,22 @@ func helpCmd() *cobra.Command {
 			return target.Help()
 		},
 	}
+}
+
+// completeCommands completes help's arguments: the commands under those
+// already typed.
+func completeCommands(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	target, _, err := cmd.Root().Find(args)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var names []cobra.Completion
+	for _, c := range target.Commands() {
+		if c.IsAvailableCommand() && strings.HasPrefix(c.Name(), toComplete) {
+			names = append(names, cobra.CompletionWithDesc(c.Name(), c.Short))
+		}
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
 }
 
 // showUsage answers keygate without a command: the usage on stderr and a
