@@ -141,6 +141,8 @@ func TestCompletion(t *testing.T) {
 		{[]string{"keys", "list", "--work"}, []string{"--workspace"}},
 		{[]string{"workspaces", "add-member", "acme", "bob", ""}, []string{"owner", "admin", "member"}},
 		{[]string{"help", "ke"}, []string{"keys"}},
+		{[]string{"up", "--grp"}, []string{"--grpc-addr"}},
+		{[]string{"serve", "edge", "--edge"}, []string{"--edge-addr"}},
 		{[]string{"help", "keys", "ro"}, []string{"rotate"}},
 	} {
 		out, errOut, code := cliRun(t, nil, append([]string{cobra.ShellCompRequestCmd}, c.args...)...)
