@@ -106,6 +106,21 @@ func TestAdminCLI(t *testing.T) {
 		require.Equal(t, "web", got["name"])
 	})
 
+	// KEYGATE_WORKSPACE and KEYGATE_OUTPUT stand for their flags; a flag wins.
+	t.Run("settings from the environment", func(t *testing.T) {
+		env := adminCLI{env: map[string]string{
+			"KEYGATE_ADDR": app.GRPCAddr, "KEYGATE_TOKEN": app.Config.RootToken,
+			"KEYGATE_WORKSPACE": "acme", "KEYGATE_OUTPUT": "json",
+		}}
+		var list map[string]any
+		out := env.ok(t, "keys", "list")
+		require.NoError(t, json.Unmarshal([]byte(out), &list), out)
+		require.Len(t, list["keys"], 2)
+		require.Contains(t, env.ok(t, "keys", "get", keyID, "--output", "table"), "RPM/RPD/TPM/TPD")
+		_, err := env.run(t, "keys", "list", "--workspace", "other")
+		require.Error(t, err, "--workspace wins over KEYGATE_WORKSPACE")
+	})
+
 	t.Run("keys update", func(t *testing.T) {
 		require.Contains(t, cli.ok(t, append([]string{"keys", "update", keyID, "--rpm", "7"}, ws...)...), "7/0/0/100000")
 		cli.ok(t, append([]string{"keys", "update", keyID, "--model", "mock-small", "--rpm", "2"}, ws...)...)

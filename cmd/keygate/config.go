@@ -90,8 +90,12 @@ type envFlags struct {
 	errs   []error
 }
 
-func (e *envFlags) env(name string) string {
-	return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+func (e *envFlags) env(name string) string { return envName(name) }
+
+// envName is the environment variable of a flag: --grpc-addr has
+// KEYGATE_GRPC_ADDR.
+func envName(flag string) string {
+	return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 func (e *envFlags) str(p *string, name, def, usage string) {
@@ -147,21 +151,37 @@ func (e *envFlags) duration(p *time.Duration, name string, def time.Duration, us
 
 // parseConfig reads flags for a server command (up, serve, etcd).
 func parseConfig(name string, args []string, getenv func(string) string) (Config, []string, error) {
-	var c Config
+	return newServerFlags(name, getenv).parse(args)
+}
+
+// serverFlags is the flag set of a server command and the values it fills
+// in. It is built apart from parsing so that help can show the flags.
+type serverFlags struct {
+	fs  *flag.FlagSet
+	env *envFlags
+	c   Config
+	// Parsed into Config after the flags.
+	endpoints, previous, level string
+}
+
+// newServerFlags registers every server flag, its default taken from its
+// KEYGATE_* variable when set.
+func newServerFlags(name string, getenv func(string) string) *serverFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	e := &envFlags{fs: fs, getenv: getenv}
-	var endpoints, level string
+	s := &serverFlags{fs: fs, env: &envFlags{fs: fs, getenv: getenv}}
+	c, e := &s.c, s.env
 	e.str(&c.DataDir, "data-dir", "keygate-data", "directory for etcd data and the generated root token")
 	e.str(&c.ConfigFile, "config", "", "YAML file of providers, models and workspaces, applied at start (idempotent; all or nothing)")
 	e.str(&c.HTTPAddr, "http-addr", ":8080", "REST gateway listen address")
 	e.str(&c.EdgeAddr, "edge-addr", ":8081", "OpenAI-compatible edge listen address")
 	e.str(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address (every service)")
 	e.str(&c.MetricsAddr, "metrics-addr", ":9464", "/metrics and /healthz for roles without an HTTP port")
-	e.str(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty in `keygate up` runs an embedded member")
-	e.str(&c.RootToken, "root-token", "", "bootstrap root token; `keygate up` generates one under the data dir when empty")
-	var previous string
-	e.str(&previous, "previous-root-tokens", "", "comma-separated root tokens still accepted while a new one rolls out to every process")
-	e.str(&level, "log-level", "info", "debug, info, warn or error")
+	// No backquotes in a usage: flag help would take the quoted words for
+	// the value's name.
+	e.str(&s.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty in keygate up runs an embedded member")
+	e.str(&c.RootToken, "root-token", "", "bootstrap root token; keygate up generates one under the data dir when empty")
+	e.str(&s.previous, "previous-root-tokens", "", "comma-separated root tokens still accepted while a new one rolls out to every process")
+	e.str(&s.level, "log-level", "info", "debug, info, warn or error")
 	e.str(&c.OTLPEndpoint, "otlp-endpoint", getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTLP/gRPC trace collector host:port; empty disables export")
 	e.boolean(&c.OTLPInsecure, "otlp-insecure", true, "send traces without TLS")
 	e.float(&c.SampleRatio, "trace-sample-ratio", 1, "share of requests traced when exporting (sampled requests check limits unary, with per-request limiter spans)")
@@ -198,24 +218,37 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	e.str(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	e.str(&c.TLSCA, "tls-ca", "", "PEM CA bundle that signs the other services' certificates (and clients', for mutual TLS)")
 	e.duration(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests may finish on SIGTERM")
-	if err := fs.Parse(args); err != nil {
-		return c, nil, err
+	return s
+}
+
+// given reports whether the command line named the flag.
+func (s *serverFlags) given(name string) bool {
+	found := false
+	s.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// parse parses args and checks the settings.
+func (s *serverFlags) parse(args []string) (Config, []string, error) {
+	if err := s.fs.Parse(args); err != nil {
+		return s.c, nil, err
 	}
-	if len(e.errs) > 0 {
-		return c, nil, errors.Join(e.errs...)
+	c := s.c
+	if len(s.env.errs) > 0 {
+		return c, nil, errors.Join(s.env.errs...)
 	}
-	for _, ep := range strings.Split(endpoints, ",") {
+	for _, ep := range strings.Split(s.endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			c.EtcdEndpoints = append(c.EtcdEndpoints, ep)
 		}
 	}
-	for _, p := range strings.Split(previous, ",") {
+	for _, p := range strings.Split(s.previous, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			c.PreviousRootTokens = append(c.PreviousRootTokens, p)
 		}
 	}
-	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
-		return c, nil, fmt.Errorf("--log-level: want debug, info, warn or error, got %q", level)
+	if err := c.LogLevel.UnmarshalText([]byte(s.level)); err != nil {
+		return c, nil, fmt.Errorf("--log-level: want debug, info, warn or error, got %q", s.level)
 	}
 	if c.SampleRatio <= 0 || c.SampleRatio > 1 {
 		return c, nil, errors.New("--trace-sample-ratio must be in (0, 1]")
@@ -239,7 +272,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (Config
 	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSFile == "") == (c.OIDCJWKSURL == "")) {
 		return c, nil, errors.New("--oidc-issuer needs --oidc-audience and one of --oidc-jwks-file, --oidc-jwks-url")
 	}
-	return c, fs.Args(), nil
+	return c, s.fs.Args(), nil
 }
 
 func osGetenv(k string) string { return os.Getenv(k) }
