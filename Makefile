@@ -11,7 +11,7 @@ MODULES  := . ./gen ./pkg
 PKGS     := github.com/keygate/keygate/... github.com/keygate/keygate/gen/... github.com/keygate/keygate/pkg/...
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all tools generate check-generated build install image manifests run test test-deps test-deps-npm test-deps-postgres vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e bench-chaos fmt tidy
+.PHONY: all tools generate check-generated console check-console build install image manifests run test test-deps test-deps-npm test-deps-postgres test-deps-chromium vet lint check-imports bench bench-limiter bench-edge bench-keystore bench-usage bench-edge-e2e bench-chaos fmt tidy
 
 all: lint check-imports build test
 
@@ -37,6 +37,24 @@ check-generated: generate
 build:
 	go build -o bin/keygate ./cmd/keygate
 
+# The web console: TypeScript in web/console, types generated from the
+# gateway's OpenAPI document, type-checked, bundled by esbuild into
+# services/gateway/console/dist. The built files are committed and embedded,
+# so a plain `go build` needs no node; this target (node 20's npm, pinned
+# tools) rebuilds them.
+console:
+	@command -v npm >/dev/null 2>&1 || { echo "console: npm (node 20) is needed to build the console" >&2; exit 1; }
+	npm ci --prefix web/console --no-audit --no-fund
+	cd web/console && npx --no-install openapi-typescript ../../services/gateway/openapi.json --output src/api.gen.ts
+	cd web/console && npx --no-install tsc --noEmit
+	cd web/console && node build.mjs
+
+# Fails when the committed console differs from a fresh build (sources or
+# the OpenAPI document changed without `make console`).
+check-console: console
+	git diff --exit-code -- web/console/src/api.gen.ts services/gateway/console/dist
+	test -z "$$(git status --porcelain -- web/console/src services/gateway/console/dist)"
+
 # The container image (multi-stage, static, non-root); needs a Docker engine.
 IMAGE ?= keygate:dev
 image:
@@ -60,15 +78,32 @@ test: test-deps
 # The request log's PostgreSQL tests run a throwaway server: they need the
 # server binaries (initdb, postgres) of the Debian package, installed here
 # if missing when we are root with apt-get.
-test-deps: test-deps-npm test-deps-postgres
+test-deps: test-deps-npm test-deps-postgres test-deps-chromium
 
 # The official npm clients the edge is tested with (node 20), each pinned
-# by its lock file: openai, @anthropic-ai/sdk, the Vercel AI SDK.
-NPM_CLIENTS := tests/openai tests/anthropic tests/aisdk
+# by its lock file: openai, @anthropic-ai/sdk, the Vercel AI SDK; and
+# playwright-core, which drives Chromium through the console's tests.
+NPM_CLIENTS := tests/openai tests/anthropic tests/aisdk tests/console
 
 test-deps-npm:
 	@command -v npm >/dev/null 2>&1 || { echo "test-deps: npm (node 20) is needed for the edge's client tests" >&2; exit 1; }
 	for d in $(NPM_CLIENTS); do npm ci --prefix $$d --no-audit --no-fund || exit 1; done
+
+# The console's browser tests run Debian's Chromium (playwright-core
+# downloads no browser), installed here if missing when we are root.
+test-deps-chromium:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium (apt-get install -y chromium)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium || \
+			{ apt-get update && apt-get install -y --no-install-recommends chromium; } || exit 1; \
+		command -v chromium >/dev/null 2>&1 || { echo "test-deps: chromium installed but not on PATH" >&2; exit 1; }; \
+	else \
+		echo "test-deps: Chromium is missing; the console's browser tests need it." >&2; \
+		echo "  install it as root: apt-get install -y chromium" >&2; \
+		exit 1; \
+	fi
 
 test-deps-postgres:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \

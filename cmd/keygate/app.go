@@ -41,6 +41,7 @@ import (
 	"github.com/keygate/keygate/services/edge"
 	"github.com/keygate/keygate/services/edge/mock"
 	"github.com/keygate/keygate/services/gateway"
+	"github.com/keygate/keygate/services/gateway/console"
 	"github.com/keygate/keygate/services/keystore"
 	"github.com/keygate/keygate/services/limiter"
 	"github.com/keygate/keygate/services/usage"
@@ -330,6 +331,10 @@ func (a *App) Start(ctx context.Context) error {
 		if a.HTTPAddr, err = a.serveHTTP("gateway", c.HTTPAddr, h, 60*time.Second); err != nil {
 			return err
 		}
+		if a.EmbedEtcd {
+			// Beside the root token `up` printed: where to use it.
+			fmt.Fprintf(a.Out, "keygate: web console at %s (sign in with the root token)\n", consoleURL(a.HTTPAddr))
+		}
 	}
 	if !a.has(RoleEdge) && !a.has(RoleGateway) {
 		// gRPC-only roles still answer /metrics and /healthz over HTTP.
@@ -342,7 +347,7 @@ func (a *App) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "edge", a.EdgeAddr, "metrics", a.MetricsAddr, "pprof", a.PprofAddr)
+	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "console", consoleURL(a.HTTPAddr), "edge", a.EdgeAddr, "metrics", a.MetricsAddr, "pprof", a.PprofAddr)
 	return nil
 }
 
@@ -629,6 +634,15 @@ func healthz(h *health.Server) http.Handler {
 		_, _ = io.WriteString(w, `{"status":"SERVING"}`)
 	})
 	return mux
+}
+
+// consoleURL is where a browser on this machine finds the web console the
+// gateway serves; empty without a gateway.
+func consoleURL(httpAddr string) string {
+	if httpAddr == "" {
+		return ""
+	}
+	return "http://" + loopback(httpAddr) + console.Prefix
 }
 
 // loopback turns a bound listen address into one this process can dial.

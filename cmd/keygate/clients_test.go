@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -99,27 +97,10 @@ func (ck clientKeys) requireLedgerMatches(t *testing.T, toldPath string) {
 // runNodeClient runs `node --test file` in tests/dir against a fresh
 // keygate up and compares the ledger with what the client was told.
 func runNodeClient(t *testing.T, dir, file string, modules ...string) {
-	abs, err := filepath.Abs(filepath.Join("../../tests", dir))
-	require.NoError(t, err)
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatalf("node (20) is needed for the client tests: %v", err)
-	}
-	for _, m := range modules {
-		if _, err := os.Stat(filepath.Join(abs, "node_modules", m)); err != nil {
-			t.Fatalf("the npm client %s is not installed: run make test-deps (npm ci --prefix tests/%s)", m, dir)
-		}
-	}
+	js := needNodeTest(t, dir, modules...)
 	ck := newClientKeys(t)
 	toldPath := filepath.Join(t.TempDir(), "told.jsonl")
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", file)
-	cmd.Dir = abs
-	cmd.Env = append(os.Environ(), "KEYGATE_EDGE_URL=http://"+ck.app.EdgeAddr, "KEYGATE_KEY="+ck.key,
+	js.run(t, 2*time.Minute, file, "KEYGATE_EDGE_URL=http://"+ck.app.EdgeAddr, "KEYGATE_KEY="+ck.key,
 		"KEYGATE_LIMITED_KEY="+ck.limited, "KEYGATE_TOLD="+toldPath)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "node --test:\n%s", out)
-	t.Logf("node --test:\n%s", out)
 	ck.requireLedgerMatches(t, toldPath)
 }

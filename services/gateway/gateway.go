@@ -1,5 +1,5 @@
 // Package gateway serves the management APIs as REST (grpc-gateway) with the
-// OpenAPI document at /openapi.json. It holds no state: every call goes to
+// OpenAPI document at /openapi.json, and the web console at /console/. It holds no state: every call goes to
 // the keystore and usage services over gRPC with the caller's credential.
 package gateway
 
@@ -25,6 +25,7 @@ import (
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/pkg/protocheck"
+	"github.com/keygate/keygate/services/gateway/console"
 )
 
 //go:embed openapi.json
@@ -85,6 +86,11 @@ func New(ctx context.Context, c Config) (http.Handler, error) {
 		_, _ = w.Write(openapi)
 	})
 	root.Handle("/v1/", limit(c.MaxBodyBytes, c.MaxTimeout, mux))
+	root.Handle("GET "+console.Prefix, console.Handler())
+	// A person who types the gateway's address lands in the console.
+	for _, p := range []string{"/{$}", "/console"} {
+		root.Handle("GET "+p, http.RedirectHandler(console.Prefix, http.StatusFound))
+	}
 	return root, nil
 }
 

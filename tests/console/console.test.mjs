@@ -1,0 +1,287 @@
+// The web console in Chromium against keygate up (started by the Go test
+// TestConsoleInChromium, which passes its addresses). Every control is found
+// by its role and accessible name, as a screen-reader user finds it; every
+// change a person makes is checked where it matters, at the edge.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir } from "node:fs/promises";
+import { chromium } from "playwright-core";
+
+const api = process.env.KEYGATE_URL;
+const edge = process.env.KEYGATE_EDGE_URL;
+const root = process.env.KEYGATE_ROOT_TOKEN;
+const shots = process.env.KEYGATE_SCREENSHOTS;
+assert.ok(api && edge && root && shots && process.env.CHROMIUM, "run through go test -run TestConsoleInChromium ./cmd/keygate");
+
+let browser;
+let page;
+const pageErrors = [];
+
+before(async () => {
+  await mkdir(shots, { recursive: true });
+  // --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ["--no-sandbox"] });
+  page = await newPage(1280);
+  await seed();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+async function newPage(width) {
+  const context = await browser.newContext({ viewport: { width, height: 900 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: api });
+  const p = await context.newPage();
+  p.setDefaultTimeout(10000);
+  // A CSP violation or a script error shows up here; the console has none.
+  // (A refused call is not one: the sign-in test sends a wrong credential.)
+  p.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) pageErrors.push(m.text()); });
+  p.on("pageerror", (e) => pageErrors.push(String(e)));
+  return p;
+}
+
+async function rest(method, path, token, body) {
+  const resp = await fetch(api + path, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await resp.text();
+  return { status: resp.status, body: text ? JSON.parse(text) : {} };
+}
+
+async function must(method, path, token, body) {
+  const r = await rest(method, path, token, body);
+  assert.equal(r.status, 200, `${method} ${path}: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+// chat sends one inference request through the edge; its HTTP status.
+async function chat(secret, model = "mock-small") {
+  const resp = await fetch(`${edge}/v1/chat/completions`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${secret}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ model, messages: [{ role: "user", content: "hi" }] }),
+  });
+  await resp.text();
+  return resp.status;
+}
+
+// until waits for a condition, checking it again and again up to a bound
+// (changes reach every edge within a second; the bound is generous).
+async function until(what, check, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await check();
+    if (last === true) return;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function edgeAnswers(secret, status) {
+  await until(`the edge to answer ${status}`, async () => (await chat(secret)) === status || (await chat(secret)));
+}
+
+async function shot(name, p = page) {
+  await p.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+}
+
+// Fixtures made over REST: a workspace with a member (bob) who has an
+// admin key of his own, one key of his, and a second workspace with its
+// own owner and admin key.
+const fixtures = {};
+async function seed() {
+  await must("POST", "/v1/workspaces", root, { id: "acme", name: "Acme" });
+  await must("PUT", "/v1/workspaces/acme/members/bob", root, { role: "ROLE_MEMBER" });
+  fixtures.bobAdmin = (await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-console", kind: "KEY_KIND_ADMIN", owner: "bob" })).secret;
+  await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-batch", owner: "bob" });
+  await must("POST", "/v1/workspaces/acme/keys", root, { name: "ops-internal" });
+  await must("POST", "/v1/workspaces", root, { id: "other", name: "Other Co" });
+  await must("PUT", "/v1/workspaces/other/members/carol", root, { role: "ROLE_OWNER" });
+  fixtures.carolAdmin = (await must("POST", "/v1/workspaces/other/keys", root, { name: "carol-console", kind: "KEY_KIND_ADMIN", owner: "carol" })).secret;
+  await must("POST", "/v1/workspaces/other/keys", root, { name: "other-web", owner: "carol" });
+}
+
+async function signIn(p, credential) {
+  await p.goto(`${api}/console/`);
+  await p.getByRole("heading", { name: "Sign in to keygate" }).waitFor();
+  await p.getByLabel("Root token or admin key").fill(credential);
+  await p.getByRole("button", { name: "Sign in" }).click();
+  await p.getByRole("heading", { name: "API keys", level: 1 }).waitFor();
+}
+
+function row(name, p = page) {
+  return p.getByRole("row").filter({ has: p.getByRole("cell", { name, exact: true }) });
+}
+
+let secret = "";
+
+test("sign in with the root token; a wrong credential is refused in words", async () => {
+  await page.goto(`${api}/console/`);
+  await shot("sign-in");
+  await page.getByLabel("Root token or admin key").fill("kgr_wrong");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
+  await signIn(page, root);
+  await row("ops-internal").waitFor();
+  assert.equal(await page.getByText("3 of 10 keys").count(), 1);
+  // The credential lives in sessionStorage only, never in localStorage or a cookie.
+  assert.equal(await page.evaluate(() => localStorage.length), 0);
+  assert.deepEqual(await page.context().cookies(), []);
+});
+
+test("create a key: the secret is shown once, copied, then gone", async () => {
+  await page.getByRole("button", { name: "Create API key" }).click();
+  const dialog = page.getByRole("dialog", { name: "Create API key" });
+  await dialog.getByLabel("Name", { exact: true }).fill("web");
+  await shot("create-key-dialog");
+  await dialog.getByRole("button", { name: "Create key" }).click();
+  const box = dialog.getByRole("textbox", { name: "Secret of web" });
+  await box.waitFor();
+  secret = await box.inputValue();
+  assert.match(secret, /^kg_/);
+  await dialog.getByText("will not be shown again").waitFor();
+  await dialog.getByRole("button", { name: "Copy" }).click();
+  await dialog.getByText("Copied to the clipboard.").waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
+  await dialog.getByRole("button", { name: "Done" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").waitFor();
+  assert.ok(!(await page.content()).includes(secret), "the secret left the page");
+  assert.equal(await chat(secret), 200);
+  await shot("keys");
+});
+
+test("Escape closes a dialog and focus returns to the button that opened it", async () => {
+  const open = page.getByRole("button", { name: "Create API key" });
+  await open.focus();
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog", { name: "Create API key" });
+  await dialog.waitFor();
+  assert.ok(await dialog.getByLabel("Name", { exact: true }).evaluate((el) => el === document.activeElement), "focus starts in the dialog");
+  // Tab from the last control wraps to the first, inside the dialog.
+  await dialog.getByRole("button", { name: "Create key" }).focus();
+  await page.keyboard.press("Tab");
+  assert.ok(await dialog.evaluate((el) => el.contains(document.activeElement)), "focus stays in the dialog");
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "detached" });
+  await until("focus back on Create API key", () => open.evaluate((el) => el === document.activeElement));
+});
+
+test("disable a key and the edge refuses it; enable it and the edge serves it", async () => {
+  const toggle = page.getByRole("switch", { name: "Enabled: web" });
+  assert.equal(await toggle.getAttribute("aria-checked"), "true");
+  await toggle.click();
+  await until("the switch to be off", async () => (await toggle.getAttribute("aria-checked")) === "false");
+  await row("web").getByText("disabled", { exact: true }).waitFor();
+  await edgeAnswers(secret, 401);
+  await page.getByRole("switch", { name: "Enabled: web" }).click();
+  await until("the switch to be on", async () => (await toggle.getAttribute("aria-checked")) === "true");
+  await edgeAnswers(secret, 200);
+});
+
+test("edit limits and the edge applies them", async () => {
+  await page.getByRole("button", { name: "Edit limits web" }).click();
+  const dialog = page.getByRole("dialog", { name: "Edit limits of web" });
+  await dialog.getByRole("textbox", { name: "Requests per minute", exact: true }).fill("x");
+  await dialog.getByRole("button", { name: "Save limits" }).click();
+  await dialog.getByText("Enter a whole number").waitFor();
+  await dialog.getByRole("textbox", { name: "Requests per minute", exact: true }).fill("1");
+  await dialog.getByRole("button", { name: "Save limits" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").getByText("1 rpm").waitFor();
+  // The key made requests this minute: with 1 rpm the next is refused.
+  await edgeAnswers(secret, 429);
+  await page.getByRole("button", { name: "Edit limits web" }).click();
+  await dialog.getByRole("textbox", { name: "Requests per minute", exact: true }).fill("");
+  await dialog.getByRole("button", { name: "Save limits" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").getByText("unlimited").waitFor();
+  await edgeAnswers(secret, 200);
+});
+
+test("rotate: a new secret, once; the old one stops at once", async () => {
+  await page.getByRole("button", { name: "Rotate web" }).click();
+  const dialog = page.getByRole("dialog", { name: "Rotate web" });
+  await dialog.getByLabel("The old secret stops working").selectOption({ label: "At once" });
+  await dialog.getByRole("button", { name: "Rotate key" }).click();
+  const box = dialog.getByRole("textbox", { name: "Secret of web" });
+  await box.waitFor();
+  const fresh = await box.inputValue();
+  assert.notEqual(fresh, secret);
+  await dialog.getByRole("button", { name: "Done" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await edgeAnswers(secret, 401);
+  await edgeAnswers(fresh, 200);
+  secret = fresh;
+});
+
+test("expire now: the record stays, the edge refuses the key", async () => {
+  await page.getByRole("button", { name: "Expire web" }).click();
+  const dialog = page.getByRole("dialog", { name: "Expire web" });
+  await dialog.getByRole("button", { name: "Expire key" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").getByText("expired", { exact: true }).waitFor();
+  await edgeAnswers(secret, 401);
+});
+
+test("delete after typing the key's name", async () => {
+  await page.getByRole("button", { name: "Delete web" }).click();
+  const dialog = page.getByRole("dialog", { name: "Delete web" });
+  const confirm = dialog.getByRole("button", { name: "Delete key" });
+  assert.ok(await confirm.isDisabled(), "nothing to delete before the name is typed");
+  await dialog.getByLabel("Type web to confirm").fill("web");
+  await confirm.click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").waitFor({ state: "detached" });
+  assert.equal(await page.getByText("3 of 10 keys").count(), 1);
+});
+
+test("filter by status and search by name", async () => {
+  await page.getByLabel("Search by name").fill("bob");
+  await row("bob-batch").waitFor();
+  assert.equal(await row("ops-internal").count(), 0);
+  await page.getByLabel("Search by name").fill("");
+  await page.getByLabel("Status").selectOption({ label: "Expired" });
+  await page.getByText("No key matches the filters.").waitFor();
+  await page.getByLabel("Status").selectOption({ label: "All" });
+  await row("ops-internal").waitFor();
+});
+
+test("a member sees only their own keys", async () => {
+  const p = await newPage(1280);
+  await signIn(p, fixtures.bobAdmin);
+  await row("bob-batch", p).waitFor();
+  await row("bob-console", p).waitFor();
+  assert.equal(await row("ops-internal", p).count(), 0);
+  await p.getByText("Signed in as bob (member, own keys only)").waitFor();
+  await shot("keys-member", p);
+  await p.context().close();
+});
+
+test("an admin key of another workspace sees nothing of this one", async () => {
+  const p = await newPage(390);
+  await signIn(p, fixtures.carolAdmin);
+  await row("other-web", p).waitFor();
+  assert.equal(await row("ops-internal", p).count(), 0);
+  assert.equal(await row("bob-batch", p).count(), 0);
+  const options = await p.getByLabel("Workspace").locator("option").allTextContents();
+  assert.deepEqual(options, ["Other Co (other)"]);
+  await shot("keys-390px", p);
+  await p.context().close();
+});
+
+test("sign out forgets the credential", async () => {
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in to keygate" }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  await page.reload();
+  await page.getByRole("heading", { name: "Sign in to keygate" }).waitFor();
+});
+
+test("no script error or CSP violation on any page", () => {
+  assert.deepEqual(pageErrors, []);
+});

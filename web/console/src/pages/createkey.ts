@@ -1,0 +1,71 @@
+// The "Create API key" dialog: name, optional expiration date, kind (admin
+// keys only for owners and admins), owner, limits; then the secret, once.
+import { ApiError, call, type CreateKeyBody, explain, type Model } from "../api";
+import { buttons, openDialog } from "../dialog";
+import { field, h, select } from "../dom";
+import { today } from "../format";
+import { FieldError, Fields, settingsFields } from "../keyform";
+import type { Page } from "../main";
+import { manager } from "../session";
+import { showSecret } from "../secret";
+
+export async function models(): Promise<Model[]> {
+  try {
+    return (await call("get", "/v1/models", {})).models ?? [];
+  } catch {
+    return []; // per-model choices are optional; the rest of the form works
+  }
+}
+
+export async function openCreateKey(p: Page, refresh: () => void): Promise<void> {
+  const catalog = await models();
+  const general = h("p", { class: "error", role: "alert" });
+  const fields = new Fields(general);
+  const name = h("input", { type: "text", required: true, autocomplete: "off", maxlength: 63 });
+  fields.add("name", name);
+  const expires = h("input", { type: "date", min: today() });
+  fields.add("expire_time", expires);
+  const isManager = manager(p.session);
+  const kindSel = select(isManager ? [["KEY_KIND_STANDARD", "Standard (inference)"], ["KEY_KIND_ADMIN", "Admin (management)"]] : [["KEY_KIND_STANDARD", "Standard (inference)"]]);
+  fields.add("kind", kindSel);
+  const owner = h("input", { type: "text", autocomplete: "off", placeholder: p.session.root ? "root" : p.session.caller });
+  fields.add("owner", owner);
+  const settings = settingsFields(fields, catalog);
+  const submit = h("button", { type: "submit", class: "primary" }, "Create key");
+  const form = h("form", { novalidate: true },
+    general,
+    field("Name", name, "Unique in the workspace: letters, digits, dashes."),
+    h("div", { class: "grid2" },
+      field("Expiration date (optional)", expires, "The key stops working at the end of this day, UTC."),
+      field("Kind", kindSel, isManager ? "Admin keys manage keys over the REST API; they never serve inference." : "Only owners and admins create admin keys."),
+    ),
+    isManager ? field("Owner (optional)", owner, "The member the key belongs to; empty for yourself.") : null,
+    settings.el,
+    buttons(h("button", { type: "button", onclick: () => d.close() }, "Cancel"), submit),
+  );
+  const d = openDialog("Create API key", form);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    fields.clear();
+    let body: CreateKeyBody;
+    try {
+      if (!name.value.trim()) throw new FieldError("name", "Give the key a name.");
+      body = { name: name.value.trim(), kind: kindSel.value as CreateKeyBody["kind"], ...settings.read() };
+      if (expires.value) body.expireTime = `${expires.value}T23:59:59Z`;
+      if (owner.value.trim()) body.owner = owner.value.trim();
+    } catch (e) {
+      if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const resp = await call("post", "/v1/workspaces/{workspace}/keys", { path: { workspace: p.session.workspace }, body });
+      d.onClose(refresh);
+      showSecret(d, resp.key?.name ?? body.name ?? "", resp.secret ?? "");
+    } catch (e) {
+      submit.disabled = false;
+      const c = e instanceof ApiError && e.field ? fields.show(e.field, e.message) : fields.show("", explain(e, "create the key"));
+      (c ?? name).focus();
+    }
+  });
+}
