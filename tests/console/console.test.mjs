@@ -119,6 +119,11 @@ function row(name, p = page) {
 
 let secret = "";
 
+async function keyId(name) {
+  const keys = (await must("GET", "/v1/workspaces/acme/keys", root)).keys ?? [];
+  return keys.find((k) => k.name === name)?.id;
+}
+
 test("sign in with the root token; a wrong credential is refused in words", async () => {
   await page.goto(`${api}/console/`);
   await shot("sign-in");
@@ -201,6 +206,45 @@ test("edit limits and the edge applies them", async () => {
   await dialog.waitFor({ state: "detached" });
   await row("web").getByText("unlimited").waitFor();
   await edgeAnswers(secret, 200);
+});
+
+test("a request made through the edge appears in usage and in the request log", async () => {
+  const usage = `/v1/workspaces/acme/keys/${await keyId("web")}/usage`;
+  let today = 0;
+  await until("the ledger to count the key's requests", async () => {
+    today = Number((await must("GET", usage, root)).requestsToday ?? 0);
+    return today > 0;
+  });
+  await page.getByRole("link", { name: "Usage" }).click();
+  await page.getByRole("heading", { name: "Usage", level: 1 }).waitFor();
+  await page.getByRole("heading", { name: "By key" }).waitFor();
+  await page.getByRole("img", { name: /^Requests per day/ }).waitFor();
+  await shot("usage-workspace");
+  await page.getByLabel("Key", { exact: true }).selectOption({ label: "web" });
+  await page.getByRole("heading", { name: /^Today .* for web$/ }).waitFor();
+  // Requests still being counted may have landed since: at least as many.
+  const card = await page.getByRole("group", { name: "Requests today" }).textContent();
+  assert.ok(Number(/Requests today(\d+)/.exec(card)?.[1]) >= today, card);
+  await page.getByRole("region", { name: "Usage per model today" }).getByRole("cell", { name: "mock-small" }).waitFor();
+  await shot("usage-key");
+
+  await page.getByRole("link", { name: "Request log" }).click();
+  await page.getByLabel("Key", { exact: true }).selectOption({ label: "web" });
+  const log = page.getByRole("region", { name: "Request log" });
+  await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
+  await page.getByLabel("Model").selectOption({ label: "mock-large" });
+  await page.getByText("No request matches the filters.").waitFor();
+  await page.getByLabel("Model").selectOption({ label: "All models" });
+  await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
+  await shot("request-log");
+
+  await page.getByRole("link", { name: "Audit log" }).click();
+  const audit = page.getByRole("region", { name: "Audit log" });
+  await audit.getByRole("row").filter({ hasText: "key.create" }).filter({ hasText: "web" }).first().waitFor();
+  assert.ok(!(await page.content()).includes(secret), "no secret in the audit log");
+  await shot("audit-log");
+  await page.getByRole("link", { name: "API keys" }).click();
+  await row("web").waitFor();
 });
 
 test("rotate: a new secret, once; the old one stops at once", async () => {

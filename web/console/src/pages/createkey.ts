@@ -8,13 +8,12 @@ import { FieldError, Fields, settingsFields } from "../keyform";
 import type { Page } from "../main";
 import { manager } from "../session";
 import { showSecret } from "../secret";
+import { listModels } from "../data";
 
+// models is the catalog for the per-model choices; without it (an error)
+// the rest of the form still works.
 export async function models(): Promise<Model[]> {
-  try {
-    return (await call("get", "/v1/models", {})).models ?? [];
-  } catch {
-    return []; // per-model choices are optional; the rest of the form works
-  }
+  return listModels().catch(() => []);
 }
 
 export async function openCreateKey(p: Page, refresh: () => void): Promise<void> {

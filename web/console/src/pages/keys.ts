@@ -8,6 +8,7 @@ import type { Page } from "../main";
 import { manager } from "../session";
 import { keyActions, enableSwitch } from "./keyactions";
 import { openCreateKey } from "./createkey";
+import { listKeys } from "../data";
 
 // Filters survive re-rendering after an action.
 let filterState = "";
@@ -22,13 +23,12 @@ export async function renderKeys(p: Page): Promise<void> {
     replace(p.main, h("h1", {}, "API keys"), notice("info", "No workspace yet. Create one on the Workspaces page."));
     return;
   }
-  const [wsResp, keysResp, usage] = await Promise.all([
+  const [wsResp, keys, usage] = await Promise.all([
     call("get", "/v1/workspaces/{workspace}", { path: { workspace: ws } }),
-    call("get", "/v1/workspaces/{workspace}/keys", { path: { workspace: ws }, query: { pageSize: 1000 } }),
+    listKeys(ws),
     todayUsage(ws),
   ]);
   const workspace = wsResp.workspace ?? {};
-  const keys = keysResp.keys ?? [];
   const region = h("div", {});
   const redraw = () => replace(region, keyTable(p, keys, usage));
   const refresh = () => renderKeys(p);
