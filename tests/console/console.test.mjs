@@ -295,6 +295,65 @@ test("filter by status and search by name", async () => {
   await row("ops-internal").waitFor();
 });
 
+test("workspaces: root creates one; its owner adds a member, changes the role, removes them", async () => {
+  await page.getByRole("link", { name: "Workspaces" }).click();
+  await page.getByRole("heading", { name: "Members of acme" }).waitFor();
+  await page.getByRole("region", { name: "Members of acme" }).getByRole("cell", { name: "bob", exact: true }).waitFor();
+  await shot("workspaces");
+  await page.getByLabel("Workspace ID").fill("beta");
+  await page.getByLabel("Name", { exact: true }).fill("Beta");
+  await page.getByRole("button", { name: "Create workspace" }).click();
+  await page.getByRole("heading", { name: "Members of beta" }).waitFor();
+  assert.equal(await page.getByLabel("Workspace", { exact: true }).inputValue(), "beta");
+  await page.getByLabel("Member", { exact: true }).fill("dave@example.com");
+  await page.getByRole("button", { name: "Add member" }).click();
+  const role = page.getByRole("combobox", { name: "Role of dave@example.com" });
+  await role.waitFor();
+  assert.equal(await role.inputValue(), "ROLE_MEMBER");
+  await role.selectOption({ label: "admin" });
+  await until("dave to be an admin", async () => {
+    const m = (await must("GET", "/v1/workspaces/beta/members", root)).members ?? [];
+    return m.some((x) => x.member === "dave@example.com" && x.role === "ROLE_ADMIN");
+  });
+  await page.getByRole("button", { name: "Remove dave@example.com" }).click();
+  await page.getByRole("combobox", { name: "Role of dave@example.com" }).waitFor({ state: "detached" });
+  await page.getByLabel("Workspace", { exact: true }).selectOption("acme");
+  await page.getByRole("heading", { name: "Members of acme" }).waitFor();
+  await page.getByRole("link", { name: "API keys" }).click();
+  await row("ops-internal").waitFor();
+});
+
+test("at the key cap, Create API key explains itself", async () => {
+  await page.getByRole("link", { name: "Workspaces" }).click();
+  await page.getByRole("spinbutton", { name: "Key cap of Acme" }).fill("3");
+  await page.getByRole("row").filter({ hasText: "acme" }).getByRole("button", { name: "Save cap" }).click();
+  await until("the cap to be 3", async () => (await must("GET", "/v1/workspaces/acme", root)).workspace?.maxKeys === 3);
+  await page.getByRole("link", { name: "API keys" }).click();
+  await page.getByText("3 of 3 keys").waitFor();
+  const create = page.getByRole("button", { name: "Create API key" });
+  assert.equal(await create.getAttribute("aria-disabled"), "true");
+  assert.match(await create.evaluate((el) => el.getAttribute("aria-describedby").split(" ").map((id) => document.getElementById(id).textContent).join(" ")), /at its cap/);
+  // Still focusable (aria-disabled, not disabled), so the reason is found.
+  await create.focus();
+  await page.keyboard.press("Enter");
+  assert.equal(await page.getByRole("dialog").count(), 0, "no dialog at the cap");
+  await shot("keys-at-cap");
+  await must("PATCH", "/v1/workspaces/acme?updateMask=max_keys", root, { maxKeys: 10 });
+  await page.reload();
+  await page.getByText("3 of 10 keys").waitFor();
+});
+
+test("models: the root token reprices a model", async () => {
+  await page.getByRole("link", { name: "Models" }).click();
+  const input = page.getByRole("textbox", { name: "Input price of mock-large, USD per million tokens" });
+  await input.fill("3.00");
+  await page.getByRole("button", { name: "Save prices of mock-large" }).click();
+  await until("the new price", async () => (await must("GET", "/v1/models/mock-large", root)).model?.inputPricePerMillionUsd === "3.00");
+  await shot("models");
+  await page.getByRole("link", { name: "API keys" }).click();
+  await row("ops-internal").waitFor();
+});
+
 test("a member sees only their own keys", async () => {
   const p = await newPage(1280);
   await signIn(p, fixtures.bobAdmin);
@@ -303,6 +362,13 @@ test("a member sees only their own keys", async () => {
   assert.equal(await row("ops-internal", p).count(), 0);
   await p.getByText("Signed in as bob (member, own keys only)").waitFor();
   await shot("keys-member", p);
+  // The catalog is read-only for anyone but the root token.
+  await p.getByRole("link", { name: "Models" }).click();
+  await p.getByText("Only the root token edits models and providers.").waitFor();
+  assert.equal(await p.getByRole("button", { name: /^Save prices/ }).count(), 0);
+  // Members see their workspace's members but do not manage them.
+  await p.getByRole("link", { name: "Workspaces" }).click();
+  await p.getByText("Owners add and remove members and change roles.").waitFor();
   await p.context().close();
 });
 

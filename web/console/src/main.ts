@@ -16,7 +16,7 @@ import { renderModels } from "./pages/models";
 export interface Page {
   session: Session;
   main: HTMLElement;
-  reload(): Promise<void>;
+  reload(workspace?: string): Promise<void>;
 }
 
 const pages: { path: string; title: string; render: (p: Page) => Promise<void> }[] = [
@@ -81,13 +81,14 @@ function showShell(): void {
   const main = h("main", { id: "main", tabindex: -1 });
   const nav = h("nav", { class: "pages", "aria-label": "Pages" }, h("ul", {}, pages.map((p) => h("li", {}, h("a", { href: `#/${p.path}`, "data-page": p.path }, p.title)))));
   const wsPicker = select(s.workspaces.map((w) => [w.id ?? "", w.name ? `${w.name} (${w.id})` : (w.id ?? "")]), s.workspace);
+  wsPicker.id = "workspace-picker";
   wsPicker.addEventListener("change", async () => {
     await reload(wsPicker.value);
     announce(`Workspace ${wsPicker.value}`);
   });
   const header = h("header", { class: "top" },
     h("span", { class: "brand" }, "keygate console"),
-    s.workspaces.length ? h("label", {}, "Workspace", wsPicker) : null,
+    s.workspaces.length ? h("span", { class: "picker" }, h("label", { for: "workspace-picker" }, "Workspace"), wsPicker) : null,
     h("span", { class: "who" }, s.root ? "Signed in with the root token" : `Signed in as ${s.caller} (${roleName(s.role)}${manager(s) ? "" : ", own keys only"})`),
     h("button", { type: "button", onclick: () => { signOut(); session = null; showSignIn(""); announce("Signed out"); } }, "Sign out"),
   );
@@ -117,7 +118,7 @@ async function route(main: HTMLElement, moveFocus: boolean): Promise<void> {
   document.title = `${page.title} · keygate console`;
   replace(main, h("h1", {}, page.title), h("p", { class: "hint" }, "Loading…"));
   try {
-    await page.render({ session, main, reload: () => reload() });
+    await page.render({ session, main, reload: (w?: string) => reload(w) });
   } catch (e) {
     replace(main, h("h1", {}, page.title), notice("error", explain(e, `load ${page.title.toLowerCase()}`)));
   }
