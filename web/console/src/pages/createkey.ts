@@ -20,7 +20,7 @@ export async function openCreateKey(p: Page, refresh: () => void): Promise<void>
   const catalog = await models();
   const general = h("p", { class: "error", role: "alert" });
   const fields = new Fields(general);
-  const name = h("input", { type: "text", required: true, autocomplete: "off", maxlength: 63 });
+  const name = h("input", { type: "text", required: true, autocomplete: "off", maxlength: 100 });
   fields.add("name", name);
   const expires = h("input", { type: "date", min: today() });
   fields.add("expire_time", expires);
@@ -33,7 +33,7 @@ export async function openCreateKey(p: Page, refresh: () => void): Promise<void>
   const submit = h("button", { type: "submit", class: "primary" }, "Create key");
   const form = h("form", { novalidate: true },
     general,
-    field("Name", name, "Unique in the workspace: letters, digits, dashes."),
+    field("Name", name, "Unique in the workspace; any printable text but '/'."),
     h("div", { class: "grid2" },
       field("Expiration date (optional)", expires, "The key stops working at the end of this day, UTC."),
       field("Kind", kindSel, isManager ? "Admin keys manage keys over the REST API; they never serve inference." : "Only owners and admins create admin keys."),

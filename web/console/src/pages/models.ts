@@ -79,7 +79,7 @@ function addModel(c: Ctx, providers: Provider[]): HTMLElement {
       inputPricePerMillionUsd: input.value.trim(), outputPricePerMillionUsd: output.value.trim(),
     } }));
   });
-  return h("section", { "aria-label": "Add a model" }, form);
+  return h("section", { "aria-labelledby": "add-model" }, h("h3", { id: "add-model" }, "Add a model"), form);
 }
 
 function providerTable(c: Ctx, providers: Provider[], root: boolean): HTMLElement {
@@ -106,5 +106,5 @@ function addProvider(c: Ctx): HTMLElement {
     ev.preventDefault();
     act(c, `add the provider ${id.value}`, `Provider ${id.value} added`, () => call("post", "/v1/providers", { body: { id: id.value.trim(), baseUrl: base.value.trim(), apiKeyEnv: env.value.trim() } }));
   });
-  return h("section", { "aria-label": "Add a provider" }, form);
+  return h("section", { "aria-labelledby": "add-provider" }, h("h3", { id: "add-provider" }, "Add a provider"), form);
 }
