@@ -53,6 +53,15 @@ func TestOIDCSignIn(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, keystorev1.Role_ROLE_OWNER, gw.GetCallerRole())
 
+	// Signed in with SSO, a person lists the workspaces they belong to.
+	lw, err := e.client.ListWorkspaces(carol, &keystorev1.ListWorkspacesRequest{})
+	require.NoError(t, err)
+	require.Len(t, lw.GetWorkspaces(), 1)
+	require.Equal(t, "acme", lw.GetWorkspaces()[0].GetId())
+	lw, err = e.client.ListWorkspaces(as(t.Context(), iss.Token("nobody@example.com", now, nil)), &keystorev1.ListWorkspacesRequest{})
+	require.NoError(t, err)
+	require.Empty(t, lw.GetWorkspaces())
+
 	// Another workspace answers as if it did not exist.
 	_, err = e.client.GetWorkspace(alice, &keystorev1.GetWorkspaceRequest{Workspace: "other"})
 	requireCode(t, codes.NotFound, err)

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -94,6 +95,9 @@ func (s *Server) readWorkspace(ctx context.Context, p *principal, ws string) (*k
 }
 
 func (s *Server) listWorkspaces(ctx context.Context, p *principal, req *keystorev1.ListWorkspacesRequest) (*keystorev1.ListWorkspacesResponse, error) {
+	if p.roleIn != nil && p.workspace == "" {
+		return s.memberWorkspaces(ctx, p.subject)
+	}
 	if !p.root {
 		w, _, err := s.getWorkspace(ctx, p.workspace)
 		if err != nil {
@@ -128,6 +132,33 @@ func (s *Server) listWorkspaces(ctx context.Context, p *principal, req *keystore
 	}
 	if resp.More && len(out.Workspaces) > 0 {
 		out.NextPageToken = pageToken(out.Workspaces[len(out.Workspaces)-1].GetId())
+	}
+	return out, nil
+}
+
+// memberWorkspaces lists the workspaces subject is a member of: what an
+// SSO user, who belongs to no one workspace, may open (the console asks
+// at sign-in). It reads every membership, once per sign-in.
+func (s *Server) memberWorkspaces(ctx context.Context, subject string) (*keystorev1.ListWorkspacesResponse, error) {
+	resp, err := s.etcd.Get(ctx, membersDir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list memberships: %w", err)
+	}
+	out := &keystorev1.ListWorkspacesResponse{}
+	for _, kv := range resp.Kvs {
+		// member/<workspace>/<member>: workspace ids hold no '/'.
+		ws, member, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), membersDir), "/")
+		if !ok || member != subject {
+			continue
+		}
+		w, _, err := s.getWorkspace(ctx, ws)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out.Workspaces = append(out.Workspaces, w)
 	}
 	return out, nil
 }
