@@ -324,7 +324,8 @@ func (a *App) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		h, err := gateway.New(a.ctx, gateway.Config{Keystore: gwKeystore, Usage: gwUsage, Logger: log.With("service", "gateway")})
+		h, err := gateway.New(a.ctx, gateway.Config{Keystore: gwKeystore, Usage: gwUsage, Logger: log.With("service", "gateway"),
+			SSO: &console.SSO{Issuer: c.OIDCIssuer, ClientID: c.OIDCAudience}})
 		if err != nil {
 			return err
 		}

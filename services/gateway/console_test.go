@@ -86,3 +86,22 @@ func TestConsoleRedirects(t *testing.T) {
 func idle() *recorder {
 	return &recorder{md: make(chan metadata.MD, 1), deadline: make(chan time.Duration, 1)}
 }
+
+// TestConsoleWithoutSSO: with no issuer configured the console is told so,
+// and the code exchange does not exist.
+func TestConsoleWithoutSSO(t *testing.T) {
+	t.Parallel()
+	url := start(t, idle())
+	resp, err := http.Get(url + "/console/config.json")
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.JSONEq(t, `{"sso":false}`, string(b))
+	require.NotEmpty(t, resp.Header.Get("Content-Security-Policy"))
+
+	resp, err = http.Post(url+"/console/sso/token", "application/json", strings.NewReader(`{"code":"c","codeVerifier":"v"}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+}

@@ -42,6 +42,8 @@ type Config struct {
 	// MaxTimeout caps every call's deadline, whatever the client asks for
 	// (Grpc-Timeout is ignored). Default 30s.
 	MaxTimeout time.Duration
+	// SSO is the console's single sign-on; nil or without an issuer, off.
+	SSO *console.SSO
 }
 
 // New returns the gateway's HTTP handler.
@@ -86,7 +88,7 @@ func New(ctx context.Context, c Config) (http.Handler, error) {
 		_, _ = w.Write(openapi)
 	})
 	root.Handle("/v1/", limit(c.MaxBodyBytes, c.MaxTimeout, mux))
-	root.Handle("GET "+console.Prefix, console.Handler())
+	root.Handle(console.Prefix, console.Handler(c.SSO))
 	// A person who types the gateway's address lands in the console.
 	for _, p := range []string{"/{$}", "/console"} {
 		root.Handle("GET "+p, http.RedirectHandler(console.Prefix, http.StatusFound))

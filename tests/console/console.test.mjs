@@ -4,58 +4,20 @@
 // change a person makes is checked where it matters, at the edge.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir } from "node:fs/promises";
-import { chromium } from "playwright-core";
-
-const api = process.env.KEYGATE_URL;
-const edge = process.env.KEYGATE_EDGE_URL;
-const root = process.env.KEYGATE_ROOT_TOKEN;
-const shots = process.env.KEYGATE_SCREENSHOTS;
-assert.ok(api && edge && root && shots && process.env.CHROMIUM, "run through go test -run TestConsoleInChromium ./cmd/keygate");
+import { api, edge, launch, must, newPage, pageErrors, root, row as rowOf, shot as shotOf, until } from "./helpers.mjs";
 
 let browser;
 let page;
-const pageErrors = [];
 
 before(async () => {
-  await mkdir(shots, { recursive: true });
-  // --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ["--no-sandbox"] });
-  page = await newPage(1280);
+  browser = await launch();
+  page = await newPage(browser, 1280);
   await seed();
 });
 
 after(async () => {
   await browser?.close();
 });
-
-async function newPage(width) {
-  const context = await browser.newContext({ viewport: { width, height: 900 } });
-  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: api });
-  const p = await context.newPage();
-  p.setDefaultTimeout(10000);
-  // A CSP violation or a script error shows up here; the console has none.
-  // (A refused call is not one: the sign-in test sends a wrong credential.)
-  p.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) pageErrors.push(m.text()); });
-  p.on("pageerror", (e) => pageErrors.push(String(e)));
-  return p;
-}
-
-async function rest(method, path, token, body) {
-  const resp = await fetch(api + path, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await resp.text();
-  return { status: resp.status, body: text ? JSON.parse(text) : {} };
-}
-
-async function must(method, path, token, body) {
-  const r = await rest(method, path, token, body);
-  assert.equal(r.status, 200, `${method} ${path}: ${JSON.stringify(r.body)}`);
-  return r.body;
-}
 
 // chat sends one inference request through the edge; its HTTP status.
 async function chat(secret, model = "mock-small") {
@@ -68,25 +30,8 @@ async function chat(secret, model = "mock-small") {
   return resp.status;
 }
 
-// until waits for a condition, checking it again and again up to a bound
-// (changes reach every edge within a second; the bound is generous).
-async function until(what, check, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await check();
-    if (last === true) return;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 async function edgeAnswers(secret, status) {
   await until(`the edge to answer ${status}`, async () => (await chat(secret)) === status || (await chat(secret)));
-}
-
-async function shot(name, p = page) {
-  await p.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
 }
 
 // Fixtures made over REST: a workspace with a member (bob) who has an
@@ -113,9 +58,8 @@ async function signIn(p, credential) {
   await p.getByRole("heading", { name: "API keys", level: 1 }).waitFor();
 }
 
-function row(name, p = page) {
-  return p.getByRole("row").filter({ has: p.getByRole("cell", { name, exact: true }) });
-}
+const row = (name, p = page) => rowOf(p, name);
+const shot = (name, p = page) => shotOf(p, name);
 
 let secret = "";
 
@@ -362,7 +306,7 @@ test("models: the root token reprices a model", async () => {
 });
 
 test("a member sees only their own keys", async () => {
-  const p = await newPage(1280);
+  const p = await newPage(browser, 1280);
   await signIn(p, fixtures.bobAdmin);
   await row("bob-batch", p).waitFor();
   await row("bob-console", p).waitFor();
@@ -380,7 +324,7 @@ test("a member sees only their own keys", async () => {
 });
 
 test("an admin key of another workspace sees nothing of this one", async () => {
-  const p = await newPage(390);
+  const p = await newPage(browser, 390);
   await signIn(p, fixtures.carolAdmin);
   await row("other-web", p).waitFor();
   assert.equal(await row("ops-internal", p).count(), 0);

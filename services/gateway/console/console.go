@@ -22,13 +22,19 @@ const Prefix = "/console/"
 const policy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
-// Handler serves the console under Prefix with its security headers.
-func Handler() http.Handler {
+// Handler serves the console under Prefix with its security headers: its
+// files, its settings (config.json) and, with sso set, the code exchange
+// of single sign-on (sso/token).
+func Handler(sso *SSO) http.Handler {
 	files, err := fs.Sub(dist, "dist")
 	if err != nil {
 		panic(err) // dist is embedded at build time: it is always there
 	}
-	return secure(http.StripPrefix(Prefix, http.FileServerFS(files)))
+	mux := http.NewServeMux()
+	mux.Handle("GET "+Prefix, http.StripPrefix(Prefix, http.FileServerFS(files)))
+	mux.HandleFunc("GET "+Prefix+"config.json", sso.config)
+	mux.HandleFunc("POST "+Prefix+"sso/token", sso.token)
+	return secure(mux)
 }
 
 // secure adds the headers every console answer carries. The credential the

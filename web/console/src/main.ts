@@ -4,6 +4,7 @@
 import { ApiError, explain, whenUnauthorized } from "./api";
 import { announce, field, h, notice, replace, select } from "./dom";
 import { load, manager, roleName, savedToken, type Session, signIn, signOut } from "./session";
+import { finishSSO, ssoConfig, startSSO } from "./sso";
 import { renderKeys } from "./pages/keys";
 import { renderUsage } from "./pages/usage";
 import { renderRequests } from "./pages/requests";
@@ -39,7 +40,12 @@ whenUnauthorized(() => {
 });
 
 async function start(): Promise<void> {
-  const token = savedToken();
+  let token = savedToken();
+  try {
+    token = (await finishSSO()) || token;
+  } catch (e) {
+    return showSignIn(e instanceof Error ? e.message : String(e));
+  }
   if (!token) return showSignIn("");
   try {
     session = await signIn(token);
@@ -72,8 +78,25 @@ function showSignIn(message: string): void {
     }
   });
   document.title = "Sign in · keygate console";
-  replace(app, h("main", { id: "main", class: "signin", tabindex: -1 }, h("h1", {}, "Sign in to keygate"), err, form));
+  const sso = h("div", {});
+  replace(app, h("main", { id: "main", class: "signin", tabindex: -1 }, h("h1", {}, "Sign in to keygate"), err, form, sso));
   input.focus();
+  offerSSO(sso, err);
+}
+
+// offerSSO adds the single sign-on button when the gateway has an issuer.
+async function offerSSO(slot: HTMLElement, err: HTMLElement): Promise<void> {
+  const c = await ssoConfig();
+  if (!c.sso) return;
+  const button = h("button", { type: "button", class: "primary" }, "Sign in with single sign-on");
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    startSSO(c).catch((e) => {
+      button.disabled = false;
+      replace(err, notice("error", `Could not start single sign-on: ${e}`));
+    });
+  });
+  replace(slot, h("p", { class: "or" }, "or"), button);
 }
 
 function showShell(): void {
