@@ -332,6 +332,15 @@ test("an admin key of another workspace sees nothing of this one", async () => {
   const options = await p.getByLabel("Workspace").locator("option").allTextContents();
   assert.deepEqual(options, ["Other Co (other)"]);
   await shot("keys-390px", p);
+  await p.getByRole("button", { name: "Create API key" }).click();
+  const dialog = p.getByRole("dialog", { name: "Create API key" });
+  // A name already taken in this workspace is said beside the name.
+  await dialog.getByLabel("Name", { exact: true }).fill("other-web");
+  await dialog.getByRole("button", { name: "Create key" }).click();
+  await until("the name to be marked taken", async () => (await dialog.getByLabel("Name", { exact: true }).getAttribute("aria-invalid")) === "true");
+  await shot("create-key-dialog-390px", p);
+  await p.keyboard.press("Escape");
+  await dialog.waitFor({ state: "detached" });
   await p.context().close();
 });
 

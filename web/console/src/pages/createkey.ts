@@ -63,7 +63,9 @@ export async function openCreateKey(p: Page, refresh: () => void): Promise<void>
       showSecret(d, resp.key?.name ?? body.name ?? "", resp.secret ?? "");
     } catch (e) {
       submit.disabled = false;
-      const c = e instanceof ApiError && e.field ? fields.show(e.field, e.message) : fields.show("", explain(e, "create the key"));
+      // A 400 names its field; a taken name is the name field's problem.
+      const taken = e instanceof ApiError && e.code === "ALREADY_EXISTS";
+      const c = e instanceof ApiError && e.field ? fields.show(e.field, e.message) : fields.show(taken ? "name" : "", explain(e, "create the key"));
       (c ?? name).focus();
     }
   });
