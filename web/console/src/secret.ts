@@ -18,7 +18,6 @@ export function showSecret(d: Dialog, keyName: string, secret: string): void {
     status,
     buttons(done),
   );
-  secret = "";
   d.onClose(() => {
     input.value = "";
   });
