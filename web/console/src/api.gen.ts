@@ -21,7 +21,9 @@ export interface paths {
     post: operations["KeystoreService_CreateProvider"];
   };
   "/v1/providers/{provider}": {
+    get: operations["KeystoreService_GetProvider"];
     delete: operations["KeystoreService_DeleteProvider"];
+    patch: operations["KeystoreService_UpdateProvider"];
   };
   "/v1/workspaces": {
     get: operations["KeystoreService_ListWorkspaces"];
@@ -159,6 +161,9 @@ export interface definitions {
   };
   v1GetModelResponse: {
     model?: definitions["v1Model"];
+  };
+  v1GetProviderResponse: {
+    provider?: definitions["v1Provider"];
   };
   v1GetUsageResponse: {
     key?: string;
@@ -351,6 +356,16 @@ export interface definitions {
     createTime?: string;
     /** Format: date-time */
     updateTime?: string;
+    /**
+     * @description Exact decimal USD per million prompt tokens written to the provider's
+     * prompt cache; empty = the input price.
+     */
+    cacheWritePricePerMillionUsd?: string;
+    /**
+     * @description Exact decimal USD per million prompt tokens read from the cache;
+     * empty = the input price.
+     */
+    cacheReadPricePerMillionUsd?: string;
   };
   /** @description ModelLimits apply to requests for one model, on top of the global limits. */
   v1ModelLimits: {
@@ -383,7 +398,24 @@ export interface definitions {
     apiKeyFile?: string;
     /** Format: date-time */
     createTime?: string;
+    kind?: definitions["v1ProviderKind"];
+    /** Format: date-time */
+    updateTime?: string;
   };
+  /**
+   * @description The API a provider speaks.
+   *
+   *  - PROVIDER_KIND_UNSPECIFIED: Read as PROVIDER_KIND_OPENAI.
+   *  - PROVIDER_KIND_OPENAI: OpenAI's API and every OpenAI-compatible server (Azure OpenAI v1,
+   * vLLM, Ollama, LM Studio, OpenRouter, Groq …): Bearer credential.
+   *  - PROVIDER_KIND_ANTHROPIC: Anthropic's Messages API: x-api-key and anthropic-version.
+   * @default PROVIDER_KIND_UNSPECIFIED
+   * @enum {string}
+   */
+  v1ProviderKind:
+    | "PROVIDER_KIND_UNSPECIFIED"
+    | "PROVIDER_KIND_OPENAI"
+    | "PROVIDER_KIND_ANTHROPIC";
   v1RemoveMemberResponse: { [key: string]: unknown };
   /**
    * @description  - REQUEST_STATUS_CLIENT_CANCELLED: The client went away mid-answer; usage counted from what was produced.
@@ -433,6 +465,9 @@ export interface definitions {
   v1UpdateModelResponse: {
     model?: definitions["v1Model"];
   };
+  v1UpdateProviderResponse: {
+    provider?: definitions["v1Provider"];
+  };
   v1UpdateWorkspaceResponse: {
     workspace?: definitions["v1Workspace"];
   };
@@ -477,6 +512,17 @@ export interface definitions {
      * @description Token cap reset period of the key at the time.
      */
     tokenCapResetPeriod?: number;
+    /**
+     * Format: int64
+     * @description Of prompt_tokens, those written to and read from the provider's
+     * prompt cache (Anthropic reports them apart), each at its own price.
+     */
+    cacheWriteTokens?: string;
+    /** Format: int64 */
+    cacheReadTokens?: string;
+    /** @description Set by the ledger: the cache prices charged. */
+    cacheWritePricePerMillionUsd?: string;
+    cacheReadPricePerMillionUsd?: string;
   };
   v1UsageRow: {
     /** @description The key id, model id or owner, as grouped. */
@@ -658,6 +704,23 @@ export interface operations {
       };
     };
   };
+  KeystoreService_GetProvider: {
+    parameters: {
+      path: {
+        provider: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1GetProviderResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
   KeystoreService_DeleteProvider: {
     parameters: {
       path: {
@@ -668,6 +731,26 @@ export interface operations {
       /** A successful response. */
       200: {
         schema: definitions["v1DeleteProviderResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_UpdateProvider: {
+    parameters: {
+      path: {
+        provider: string;
+      };
+      body: {
+        patch: definitions["v1Provider"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1UpdateProviderResponse"];
       };
       /** An unexpected error response. */
       default: {

@@ -11,6 +11,7 @@ export type Member = definitions["v1Member"];
 export type Role = definitions["v1Role"];
 export type Model = definitions["v1Model"];
 export type Provider = definitions["v1Provider"];
+export type ProviderKind = definitions["v1ProviderKind"];
 export type ResetPeriod = definitions["v1ResetPeriod"];
 export type Budget = definitions["v1Budget"];
 export type TokenCap = definitions["v1TokenCap"];
