@@ -25,14 +25,10 @@ func TestConsoleServedWithSecurityHeaders(t *testing.T) {
 		{"/console/console.css", "text/css", ""},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
-			resp, err := http.Get(url + tc.path)
-			require.NoError(t, err)
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			require.NoError(t, err)
+			resp, b := get(t, url+tc.path)
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			require.Contains(t, resp.Header.Get("Content-Type"), tc.contentType)
-			require.Contains(t, string(b), tc.body)
+			require.Contains(t, b, tc.body)
 			csp := resp.Header.Get("Content-Security-Policy")
 			for _, want := range []string{"default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"} {
 				require.Contains(t, csp, want)
@@ -50,13 +46,7 @@ func TestConsoleServedWithSecurityHeaders(t *testing.T) {
 // style, which the CSP would block.
 func TestConsoleHasNoInlineCode(t *testing.T) {
 	t.Parallel()
-	url := start(t, idle())
-	resp, err := http.Get(url + "/console/")
-	require.NoError(t, err)
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.NoError(t, err)
-	page := string(b)
+	_, page := get(t, start(t, idle())+"/console/")
 	require.NotContains(t, page, "<style")
 	require.NotContains(t, page, " style=")
 	require.NotContains(t, page, " on")
@@ -92,16 +82,24 @@ func idle() *recorder {
 func TestConsoleWithoutSSO(t *testing.T) {
 	t.Parallel()
 	url := start(t, idle())
-	resp, err := http.Get(url + "/console/config.json")
-	require.NoError(t, err)
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, b := get(t, url+"/console/config.json")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.JSONEq(t, `{"sso":false}`, string(b))
+	require.JSONEq(t, `{"sso":false}`, b)
 	require.NotEmpty(t, resp.Header.Get("Content-Security-Policy"))
 
-	resp, err = http.Post(url+"/console/sso/token", "application/json", strings.NewReader(`{"code":"c","codeVerifier":"v"}`))
+	resp, err := http.Post(url+"/console/sso/token", "application/json", strings.NewReader(`{"code":"c","codeVerifier":"v"}`))
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+}
+
+// get fetches url and reads its whole body.
+func get(t *testing.T, url string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	return resp, string(b)
 }

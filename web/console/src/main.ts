@@ -20,11 +20,13 @@ export interface Page {
   reload(workspace?: string): Promise<void>;
 }
 
-const pages: { path: string; title: string; render: (p: Page) => Promise<void> }[] = [
-  { path: "keys", title: "API keys", render: renderKeys },
-  { path: "usage", title: "Usage", render: renderUsage },
-  { path: "requests", title: "Request log", render: renderRequests },
-  { path: "audit", title: "Audit log", render: renderAudit },
+// inWorkspace pages show one workspace's data: with none yet (a root
+// token on a fresh keygate) they say where to create one.
+const pages: { path: string; title: string; render: (p: Page) => Promise<void>; inWorkspace?: boolean }[] = [
+  { path: "keys", title: "API keys", render: renderKeys, inWorkspace: true },
+  { path: "usage", title: "Usage", render: renderUsage, inWorkspace: true },
+  { path: "requests", title: "Request log", render: renderRequests, inWorkspace: true },
+  { path: "audit", title: "Audit log", render: renderAudit, inWorkspace: true },
   { path: "workspaces", title: "Workspaces", render: renderWorkspaces },
   { path: "models", title: "Models", render: renderModels },
 ];
@@ -139,6 +141,10 @@ async function route(main: HTMLElement, moveFocus: boolean): Promise<void> {
     else a.removeAttribute("aria-current");
   }
   document.title = `${page.title} · keygate console`;
+  if (page.inWorkspace && !session.workspace) {
+    replace(main, h("h1", {}, page.title), notice("info", "No workspace yet. Create one on the Workspaces page."));
+    return;
+  }
   replace(main, h("h1", {}, page.title), h("p", { class: "hint" }, "Loading…"));
   try {
     await page.render({ session, main, reload: (w?: string) => reload(w) });

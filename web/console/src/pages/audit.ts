@@ -10,10 +10,6 @@ let filterKey = "";
 
 export async function renderAudit(p: Page): Promise<void> {
   const ws = p.session.workspace;
-  if (!ws) {
-    replace(p.main, h("h1", {}, "Audit log"), notice("info", "No workspace yet. Create one on the Workspaces page."));
-    return;
-  }
   const keys = await listKeys(ws);
   const keySel = select(keyOptions(keys, "Every event"), filterKey);
   const out = h("div", {});

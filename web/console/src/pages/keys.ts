@@ -2,7 +2,7 @@
 // use, filters, the count against the workspace's cap, and the Create
 // dialog. Row actions live in keyactions.ts.
 import { call, type Key, type UsageRow, type Workspace } from "../api";
-import { announce, field, h, notice, replace, select, table, uid } from "../dom";
+import { announce, field, h, replace, select, table, uid } from "../dom";
 import { count, date, kind, keyLimits, num, state, today } from "../format";
 import type { Page } from "../main";
 import { manager } from "../session";
@@ -19,10 +19,6 @@ export async function renderKeys(p: Page): Promise<void> {
   // A dialog or switch that changed a key returns focus to its control,
   // which this render replaces: focus its successor (same id) instead.
   const focusId = document.activeElement?.id ?? "";
-  if (!ws) {
-    replace(p.main, h("h1", {}, "API keys"), notice("info", "No workspace yet. Create one on the Workspaces page."));
-    return;
-  }
   const [wsResp, keys, usage] = await Promise.all([
     call("get", "/v1/workspaces/{workspace}", { path: { workspace: ws } }),
     listKeys(ws),

@@ -17,10 +17,6 @@ const statusNames: Record<string, string> = {
 
 export async function renderRequests(p: Page): Promise<void> {
   const ws = p.session.workspace;
-  if (!ws) {
-    replace(p.main, h("h1", {}, "Request log"), notice("info", "No workspace yet. Create one on the Workspaces page."));
-    return;
-  }
   const [keys, models] = await Promise.all([listKeys(ws), listModels().catch(() => [])]);
   const keySel = select(keyOptions(keys, "All keys"), filters.key);
   const owner = h("input", { type: "text", value: filters.owner, autocomplete: "off", placeholder: "any member" });

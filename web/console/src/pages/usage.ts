@@ -14,10 +14,6 @@ const view = { key: "", from: daysAgo(13), to: today(), metric: "requests" as Me
 
 export async function renderUsage(p: Page): Promise<void> {
   const ws = p.session.workspace;
-  if (!ws) {
-    replace(p.main, h("h1", {}, "Usage"), notice("info", "No workspace yet. Create one on the Workspaces page."));
-    return;
-  }
   const keys = await listKeys(ws);
   if (view.key && !keys.some((k) => k.id === view.key)) view.key = "";
   const keySel = select(keyOptions(keys, "Whole workspace"), view.key);
