@@ -12,7 +12,6 @@ let page;
 before(async () => {
   browser = await launch();
   page = await newPage(browser, 1280);
-  await seed();
 });
 
 after(async () => {
@@ -34,12 +33,11 @@ async function edgeAnswers(secret, status) {
   await until(`the edge to answer ${status}`, async () => (await chat(secret)) === status || (await chat(secret)));
 }
 
-// Fixtures made over REST: a workspace with a member (bob) who has an
-// admin key of his own, one key of his, and a second workspace with its
-// own owner and admin key.
+// Fixtures made over REST, once the first test has created workspace
+// acme in the console: a member (bob) with an admin key of his own and one
+// key of his, and a second workspace with its own owner and admin key.
 const fixtures = {};
 async function seed() {
-  await must("POST", "/v1/workspaces", root, { id: "acme", name: "Acme" });
   await must("PUT", "/v1/workspaces/acme/members/bob", root, { role: "ROLE_MEMBER" });
   fixtures.bobAdmin = (await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-console", kind: "KEY_KIND_ADMIN", owner: "bob" })).secret;
   await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-batch", owner: "bob" });
@@ -68,13 +66,21 @@ async function keyId(name) {
   return keys.find((k) => k.name === name)?.id;
 }
 
-test("sign in with the root token; a wrong credential is refused in words", async () => {
+test("a fresh keygate: the root token signs in and creates the first workspace", async () => {
   await page.goto(`${api}/console/`);
   await shot("sign-in");
   await page.getByLabel("Root token or admin key").fill("kgr_wrong");
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
   await signIn(page, root);
+  await page.getByText("No workspace yet. Create one on the Workspaces page.").waitFor();
+  await page.getByRole("link", { name: "Workspaces" }).click();
+  await page.getByLabel("Workspace ID").fill("acme");
+  await page.getByLabel("Name", { exact: true }).fill("Acme");
+  await page.getByRole("button", { name: "Create workspace" }).click();
+  await page.getByRole("heading", { name: "Members of acme" }).waitFor();
+  await seed();
+  await page.getByRole("link", { name: "API keys" }).click();
   await row("ops-internal").waitFor();
   assert.equal(await page.getByText("3 of 10 keys").count(), 1);
   // The credential lives in sessionStorage only, never in localStorage or a cookie.
