@@ -139,7 +139,9 @@ test("disable a key and the edge refuses it; enable it and the edge serves it", 
   await until("the switch to be off", async () => (await toggle.getAttribute("aria-checked")) === "false");
   await row("web").getByText("disabled", { exact: true }).waitFor();
   await edgeAnswers(secret, 401);
-  await page.getByRole("switch", { name: "Enabled: web" }).click();
+  // From the keyboard this time: Space toggles a focused switch.
+  await page.getByRole("switch", { name: "Enabled: web" }).focus();
+  await page.keyboard.press("Space");
   await until("the switch to be on", async () => (await toggle.getAttribute("aria-checked")) === "true");
   await edgeAnswers(secret, 200);
 });
@@ -192,6 +194,13 @@ test("a request made through the edge appears in usage and in the request log", 
   await page.getByText("No request matches the filters.").waitFor();
   await page.getByLabel("Model").selectOption({ label: "All models" });
   await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
+  // By member, the key's owner: web is root's, so bob has none of these.
+  await page.getByLabel("Member (key owner)").fill("bob");
+  await page.getByRole("button", { name: "Apply filters" }).click();
+  await page.getByText("No request matches the filters.").waitFor();
+  await page.getByLabel("Member (key owner)").fill("root");
+  await page.getByRole("button", { name: "Apply filters" }).click();
+  await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
   await shot("request-log");
 
   await page.getByRole("link", { name: "Audit log" }).click();
@@ -204,17 +213,30 @@ test("a request made through the edge appears in usage and in the request log", 
   await shot("keys");
 });
 
-test("rotate: a new secret, once; the old one stops at once", async () => {
+// rotate rotates web in the console and returns the new secret, shown once.
+async function rotate(grace) {
   await page.getByRole("button", { name: "Rotate web" }).click();
   const dialog = page.getByRole("dialog", { name: "Rotate web" });
-  await dialog.getByLabel("The old secret stops working").selectOption({ label: "At once" });
+  await dialog.getByLabel("The old secret stops working").selectOption({ label: grace });
   await dialog.getByRole("button", { name: "Rotate key" }).click();
   const box = dialog.getByRole("textbox", { name: "Secret of web" });
   await box.waitFor();
   const fresh = await box.inputValue();
-  assert.notEqual(fresh, secret);
   await dialog.getByRole("button", { name: "Done" }).click();
   await dialog.waitFor({ state: "detached" });
+  return fresh;
+}
+
+test("rotate with a grace period: both secrets work until it ends", async () => {
+  const fresh = await rotate("In 1 hour");
+  assert.notEqual(fresh, secret);
+  await edgeAnswers(fresh, 200);
+  assert.equal(await chat(secret), 200, "the old secret works during the grace period");
+  secret = fresh;
+});
+
+test("rotate at once: the old secret stops at once", async () => {
+  const fresh = await rotate("At once");
   await edgeAnswers(secret, 401);
   await edgeAnswers(fresh, 200);
   secret = fresh;
