@@ -64,7 +64,8 @@ export async function shot(p, name) {
   await p.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
 }
 
-// row is the keys table's row of the key with this name.
+// row is the keys table's row of the key with this name (only in that
+// table: other pages name keys too).
 export function row(p, name) {
-  return p.getByRole("row").filter({ has: p.getByRole("cell", { name, exact: true }) });
+  return p.getByRole("region", { name: "API keys" }).getByRole("row").filter({ has: p.getByRole("cell", { name, exact: true }) });
 }
