@@ -187,6 +187,8 @@ test("a request made through the edge appears in usage and in the request log", 
   await shot("usage-key");
 
   await page.getByRole("link", { name: "Request log" }).click();
+  await page.getByRole("heading", { name: "Request log", level: 1 }).waitFor();
+  await page.getByLabel("Member (key owner)").waitFor();
   await page.getByLabel("Key", { exact: true }).selectOption({ label: "web" });
   const log = page.getByRole("region", { name: "Request log" });
   await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
