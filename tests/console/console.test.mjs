@@ -347,6 +347,13 @@ test("a member sees only their own keys", async () => {
   await p.getByRole("link", { name: "Models" }).click();
   await p.getByText("Only the root token edits models and providers.").waitFor();
   assert.equal(await p.getByRole("button", { name: /^Save prices/ }).count(), 0);
+  // Usage and the request log answer a member too (for their own keys).
+  await p.getByRole("link", { name: "Usage" }).click();
+  await p.getByRole("heading", { name: "By key" }).waitFor();
+  await p.getByRole("link", { name: "Request log" }).click();
+  await p.getByRole("heading", { name: "Request log", level: 1 }).waitFor();
+  await p.getByText("No request matches the filters.").waitFor();
+  assert.equal(await p.getByRole("alert").count(), 0, await p.getByRole("main").textContent());
   // Members see their workspace's members but do not manage them.
   await p.getByRole("link", { name: "Workspaces" }).click();
   await p.getByText("Owners add and remove members and change roles.").waitFor();

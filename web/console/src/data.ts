@@ -10,6 +10,12 @@ export async function listModels(): Promise<Model[]> {
   return (await call("get", "/v1/models", {})).models ?? [];
 }
 
+// inferenceKeys are the keys that can have usage: admin keys never serve
+// inference (and a member may not read another's admin key at all).
+export function inferenceKeys(keys: Key[]): Key[] {
+  return keys.filter((k) => k.kind !== "KEY_KIND_ADMIN");
+}
+
 // keyNames maps key ids to names, for tables that hold ids.
 export function keyNames(keys: Key[]): Map<string, string> {
   return new Map(keys.map((k) => [k.id ?? "", k.name ?? ""]));

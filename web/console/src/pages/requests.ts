@@ -2,7 +2,7 @@
 // key, by member (the key's owner) and by model. Prompts and secrets are
 // never recorded, so there are none to show.
 import { call, explain, type Key, type UsageRecord } from "../api";
-import { keyNames, keyOptions, listKeys, listModels } from "../data";
+import { inferenceKeys, keyNames, keyOptions, listKeys, listModels } from "../data";
 import { field, h, notice, replace, select, table } from "../dom";
 import { count, dateTime, usd } from "../format";
 import type { Page } from "../main";
@@ -17,7 +17,7 @@ const statusNames: Record<string, string> = {
 
 export async function renderRequests(p: Page): Promise<void> {
   const ws = p.session.workspace;
-  const [keys, models] = await Promise.all([listKeys(ws), listModels().catch(() => [])]);
+  const [keys, models] = await Promise.all([listKeys(ws).then(inferenceKeys), listModels().catch(() => [])]);
   const keySel = select(keyOptions(keys, "All keys"), filters.key);
   const owner = h("input", { type: "text", value: filters.owner, autocomplete: "off", placeholder: "any member" });
   const modelSel = select([["", "All models"], ...models.map((m): [string, string] => [m.id ?? "", m.id ?? ""])], filters.model);

@@ -4,7 +4,7 @@
 // and member.
 import { call, explain, type Key, type Usage, type UsagePoint } from "../api";
 import { barChart } from "../chart";
-import { keyNames, keyOptions, listKeys } from "../data";
+import { inferenceKeys, keyNames, keyOptions, listKeys } from "../data";
 import { field, h, notice, replace, select, table } from "../dom";
 import { count, daysAgo, num, today, usd } from "../format";
 import type { Page } from "../main";
@@ -14,7 +14,7 @@ const view = { key: "", from: daysAgo(13), to: today(), metric: "requests" as Me
 
 export async function renderUsage(p: Page): Promise<void> {
   const ws = p.session.workspace;
-  const keys = await listKeys(ws);
+  const keys = inferenceKeys(await listKeys(ws));
   if (view.key && !keys.some((k) => k.id === view.key)) view.key = "";
   const keySel = select(keyOptions(keys, "Whole workspace"), view.key);
   const from = h("input", { type: "date", value: view.from, max: today() });
