@@ -342,6 +342,9 @@ test("a member sees only their own keys", async () => {
   await row("bob-console", p).waitFor();
   assert.equal(await row("ops-internal", p).count(), 0);
   await p.getByText("Signed in as bob (member, own keys only)").waitFor();
+  // His admin key is shown but not his to change; his standard key is.
+  assert.equal(await p.getByRole("switch", { name: "Enabled: bob-console" }).count(), 0);
+  await p.getByRole("switch", { name: "Enabled: bob-batch" }).waitFor();
   await shot("keys-member", p);
   // The catalog is read-only for anyone but the root token.
   await p.getByRole("link", { name: "Models" }).click();

@@ -94,11 +94,16 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
     h("code", {}, k.partialKey ?? ""),
     kind(k),
     keyLimits(k),
-    todayCell(k, usage.get(k.id ?? "")),
-    enableSwitch(p, k, refresh),
-    keyActions(p, k, refresh),
+    k.kind === "KEY_KIND_ADMIN" ? "— (no inference)" : todayCell(k, usage.get(k.id ?? "")),
+    ...(locked(p, k) ? [k.enabled ? "on" : "off", h("span", { class: "hint" }, "Owners and admins manage admin keys")] : [enableSwitch(p, k, refresh), keyActions(p, k, refresh)]),
   ]);
   return h("div", {}, summary, table("API keys", ["Name", "Owner", "Creator", "Created", "Expires", "Status", "Key", "Kind", "Limits", "Today", "Enabled", "Actions"], rows));
+}
+
+// locked: a member sees their admin keys (made for them by an owner) but
+// may not change them.
+function locked(p: Page, k: Key): boolean {
+  return !manager(p.session) && k.kind === "KEY_KIND_ADMIN";
 }
 
 // todayCell shows requests and tokens today against the daily limits.
