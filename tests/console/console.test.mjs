@@ -41,7 +41,9 @@ async function seed() {
   await must("PUT", "/v1/workspaces/acme/members/bob", root, { role: "ROLE_MEMBER" });
   fixtures.bobAdmin = (await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-console", kind: "KEY_KIND_ADMIN", owner: "bob" })).secret;
   await must("POST", "/v1/workspaces/acme/keys", root, { name: "bob-batch", owner: "bob" });
-  await must("POST", "/v1/workspaces/acme/keys", root, { name: "ops-internal" });
+  await must("POST", "/v1/workspaces/acme/keys", root, {
+    name: "ops-internal", globalLimits: { rpm: 60, tpd: 100000 }, budget: { amountUsd: "5.00", resetPeriod: "RESET_PERIOD_MONTHLY" },
+  });
   await must("POST", "/v1/workspaces", root, { id: "other", name: "Other Co" });
   await must("PUT", "/v1/workspaces/other/members/carol", root, { role: "ROLE_OWNER" });
   fixtures.carolAdmin = (await must("POST", "/v1/workspaces/other/keys", root, { name: "carol-console", kind: "KEY_KIND_ADMIN", owner: "carol" })).secret;

@@ -93,7 +93,7 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
     h("span", { class: `badge ${state(k)}` }, state(k)),
     h("code", {}, k.partialKey ?? ""),
     kind(k),
-    keyLimits(k),
+    h("span", { class: "wraps" }, keyLimits(k)),
     k.kind === "KEY_KIND_ADMIN" ? "— (no inference)" : todayCell(k, usage.get(k.id ?? "")),
     ...(locked(p, k) ? [k.enabled ? "on" : "off", h("span", { class: "hint" }, "Owners and admins manage admin keys")] : [enableSwitch(p, k, refresh), keyActions(p, k, refresh)]),
   ]);
