@@ -45,13 +45,19 @@ async function load(ws: string, keys: Key[], out: HTMLElement, pageToken: string
   }
   const names = keyNames(keys);
   const rows = (resp.requests ?? []).map((r: UsageRecord) => [dateTime(r.time), names.get(r.key ?? "") ?? r.key ?? "", r.owner ?? "", r.model ?? "",
-    statusNames[r.status ?? ""] ?? "", count(r.promptTokens), count(r.completionTokens), r.latency ?? "", usd(r.costUsd), h("code", {}, r.requestId ?? "")]);
+    statusNames[r.status ?? ""] ?? "", count(r.promptTokens), count(r.completionTokens), latency(r.latency), usd(r.costUsd), h("code", {}, r.requestId ?? "")]);
   const more = resp.nextPageToken
     ? h("button", { type: "button", onclick: () => { more?.remove(); load(ws, keys, out, resp.nextPageToken ?? ""); } }, "Load more")
     : null;
   const part = rows.length
-    ? table(pageToken ? "Request log, more" : "Request log", ["Time", "Key", "Member", "Model", "Status", "Prompt tokens", "Completion tokens", "Latency", "Cost", "Request id"], rows, [5, 6, 8])
+    ? table(pageToken ? "Request log, more" : "Request log", ["Time", "Key", "Member", "Model", "Status", "Prompt tokens", "Completion tokens", "Latency", "Cost", "Request id"], rows, [5, 6, 7, 8])
     : h("p", { class: "empty" }, pageToken ? "No more requests." : "No request matches the filters.");
   if (pageToken) out.append(part, more ?? "");
   else replace(out, part, more);
+}
+
+// latency reads a protobuf duration ("0.0014s") in milliseconds.
+function latency(d?: string): string {
+  const secs = Number.parseFloat(d ?? "");
+  return Number.isFinite(secs) ? `${(secs * 1000).toLocaleString(undefined, { maximumFractionDigits: 1 })} ms` : "—";
 }
