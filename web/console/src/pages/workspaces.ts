@@ -11,7 +11,9 @@ const roles: [Role, string][] = [["ROLE_MEMBER", "member"], ["ROLE_ADMIN", "admi
 
 export async function renderWorkspaces(p: Page): Promise<void> {
   const s = p.session;
-  const parts: (Node | null)[] = [h("h1", {}, "Workspaces"), workspaceTable(p, s.workspaces)];
+  // Read afresh: key counts change, and the session's list is from sign-in.
+  const list = (await call("get", "/v1/workspaces", { query: { pageSize: 1000 } })).workspaces ?? [];
+  const parts: (Node | null)[] = [h("h1", {}, "Workspaces"), workspaceTable(p, list)];
   if (s.root) parts.push(createWorkspace(p));
   if (s.workspace) parts.push(await members(p));
   replace(p.main, ...parts);
@@ -28,7 +30,7 @@ function workspaceTable(p: Page, list: Workspace[]): HTMLElement {
 function capEditor(p: Page, w: Workspace): HTMLElement {
   const input = h("input", { type: "number", min: 1, max: 100000, value: String(w.maxKeys ?? 10), "aria-label": `Key cap of ${w.name ?? w.id}`, class: "narrow" });
   const save = h("button", { type: "submit" }, "Save cap");
-  const form = h("form", { class: "row-actions" }, `${count(w.keyCount)} of `, input, save);
+  const form = h("form", { class: "cap" }, `${count(w.keyCount)} of `, input, save);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
