@@ -2,7 +2,7 @@
 // limits dialog: global and per-model limits, token cap, budget and allowed
 // models. Each control is registered under the request field it sets
 // (global_limits.rpm …), so a 400 naming that field shows beside it.
-import type { Budget, Key, Limits, Model, ModelLimits, ResetPeriod, TokenCap } from "./api";
+import { ApiError, type Budget, explain, type Key, type Limits, type Model, type ModelLimits, type ResetPeriod, type TokenCap } from "./api";
 import { h, field, select, setFieldError, uid } from "./dom";
 import { type LimitName, limitLabels, limitNames, num, periods } from "./format";
 
@@ -44,6 +44,15 @@ export class Fields {
   clear(): void {
     this.general.textContent = "";
     for (const c of this.controls.values()) setFieldError(c, "");
+  }
+
+  // fail shows why a call failed: a 400 beside the field it names, a name
+  // already taken beside the name, anything else in words at the top. It
+  // returns the control to focus.
+  fail(e: unknown, doing: string): HTMLElement | null {
+    if (e instanceof ApiError && e.field) return this.show(e.field, e.message);
+    const taken = e instanceof ApiError && e.code === "ALREADY_EXISTS";
+    return this.show(taken ? "name" : "", explain(e, doing));
   }
 }
 

@@ -1,6 +1,6 @@
 // The "Create API key" dialog: name, optional expiration date, kind (admin
 // keys only for owners and admins), owner, limits; then the secret, once.
-import { ApiError, call, type CreateKeyBody, explain, type Model } from "../api";
+import { call, type CreateKeyBody, type Model } from "../api";
 import { buttons, openDialog } from "../dialog";
 import { field, h, select } from "../dom";
 import { today } from "../format";
@@ -17,7 +17,34 @@ export async function models(): Promise<Model[]> {
 }
 
 export async function openCreateKey(p: Page, refresh: () => void): Promise<void> {
-  const catalog = await models();
+  const f = createForm(p, await models());
+  const d = openDialog("Create API key", f.form);
+  f.cancel.addEventListener("click", () => d.close());
+  f.form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    f.fields.clear();
+    let body: CreateKeyBody;
+    try {
+      body = f.read();
+    } catch (e) {
+      if (e instanceof FieldError) f.fields.show(e.field, e.message)?.focus();
+      return;
+    }
+    f.submit.disabled = true;
+    try {
+      const resp = await call("post", "/v1/workspaces/{workspace}/keys", { path: { workspace: p.session.workspace }, body });
+      d.onClose(refresh);
+      showSecret(d, resp.key?.name ?? body.name ?? "", resp.secret ?? "");
+    } catch (e) {
+      f.submit.disabled = false;
+      (f.fields.fail(e, "create the key") ?? f.name).focus();
+    }
+  });
+}
+
+// createForm builds the dialog's form; read() turns it into a request, or
+// throws a FieldError naming what to fix.
+function createForm(p: Page, catalog: Model[]) {
   const general = h("p", { class: "error", role: "alert" });
   const fields = new Fields(general);
   const name = h("input", { type: "text", required: true, autocomplete: "off", maxlength: 100 });
@@ -25,12 +52,15 @@ export async function openCreateKey(p: Page, refresh: () => void): Promise<void>
   const expires = h("input", { type: "date", min: today() });
   fields.add("expire_time", expires);
   const isManager = manager(p.session);
-  const kindSel = select(isManager ? [["KEY_KIND_STANDARD", "Standard (inference)"], ["KEY_KIND_ADMIN", "Admin (management)"]] : [["KEY_KIND_STANDARD", "Standard (inference)"]]);
+  const kinds: [string, string][] = [["KEY_KIND_STANDARD", "Standard (inference)"]];
+  if (isManager) kinds.push(["KEY_KIND_ADMIN", "Admin (management)"]);
+  const kindSel = select(kinds);
   fields.add("kind", kindSel);
   const owner = h("input", { type: "text", autocomplete: "off", placeholder: p.session.root ? "root" : p.session.caller });
   fields.add("owner", owner);
   const settings = settingsFields(fields, catalog);
   const submit = h("button", { type: "submit", class: "primary" }, "Create key");
+  const cancel = h("button", { type: "button" }, "Cancel");
   const form = h("form", { novalidate: true },
     general,
     field("Name", name, "Unique in the workspace; any printable text but '/'."),
@@ -40,33 +70,14 @@ export async function openCreateKey(p: Page, refresh: () => void): Promise<void>
     ),
     isManager ? field("Owner (optional)", owner, "The member the key belongs to; empty for yourself.") : null,
     settings.el,
-    buttons(h("button", { type: "button", onclick: () => d.close() }, "Cancel"), submit),
+    buttons(cancel, submit),
   );
-  const d = openDialog("Create API key", form);
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    fields.clear();
-    let body: CreateKeyBody;
-    try {
-      if (!name.value.trim()) throw new FieldError("name", "Give the key a name.");
-      body = { name: name.value.trim(), kind: kindSel.value as CreateKeyBody["kind"], ...settings.read() };
-      if (expires.value) body.expireTime = `${expires.value}T23:59:59Z`;
-      if (owner.value.trim()) body.owner = owner.value.trim();
-    } catch (e) {
-      if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
-      return;
-    }
-    submit.disabled = true;
-    try {
-      const resp = await call("post", "/v1/workspaces/{workspace}/keys", { path: { workspace: p.session.workspace }, body });
-      d.onClose(refresh);
-      showSecret(d, resp.key?.name ?? body.name ?? "", resp.secret ?? "");
-    } catch (e) {
-      submit.disabled = false;
-      // A 400 names its field; a taken name is the name field's problem.
-      const taken = e instanceof ApiError && e.code === "ALREADY_EXISTS";
-      const c = e instanceof ApiError && e.field ? fields.show(e.field, e.message) : fields.show(taken ? "name" : "", explain(e, "create the key"));
-      (c ?? name).focus();
-    }
-  });
+  const read = (): CreateKeyBody => {
+    if (!name.value.trim()) throw new FieldError("name", "Give the key a name.");
+    const body: CreateKeyBody = { name: name.value.trim(), kind: kindSel.value as CreateKeyBody["kind"], ...settings.read() };
+    if (expires.value) body.expireTime = `${expires.value}T23:59:59Z`;
+    if (owner.value.trim()) body.owner = owner.value.trim();
+    return body;
+  };
+  return { form, fields, name, submit, cancel, read };
 }

@@ -100,8 +100,7 @@ async function editLimits(p: Page, k: Key, refresh: () => void): Promise<void> {
       announce(`Limits of ${k.name} saved`);
     } catch (e) {
       submit.disabled = false;
-      const c = e instanceof ApiError && e.field ? fields.show(e.field, e.message) : fields.show("", explain(e, `save the limits of ${k.name}`));
-      c?.focus();
+      fields.fail(e, `save the limits of ${k.name}`)?.focus();
     }
   });
 }
