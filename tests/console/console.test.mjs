@@ -4,6 +4,7 @@
 // change a person makes is checked where it matters, at the edge.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { axeContext, violations } from "./a11y.mjs";
 import { api, edge, launch, must, newPage, pageErrors, root, row as rowOf, shot as shotOf, until } from "./helpers.mjs";
 
 let browser;
@@ -392,6 +393,34 @@ test("sign out forgets the credential", async () => {
   assert.equal(await page.evaluate(() => sessionStorage.length), 0);
   await page.reload();
   await page.getByRole("heading", { name: "Sign in to keygate" }).waitFor();
+});
+
+test("axe finds no WCAG 2.1 A or AA violation on any page, at 1280 and 390 pixels", async () => {
+  const found = [];
+  for (const width of [1280, 390]) {
+    const ctx = await axeContext(browser, width);
+    const p = await ctx.newPage();
+    p.setDefaultTimeout(10000);
+    const check = async (what) => found.push(...(await violations(p)).map((v) => `${width}px ${what}: ${v}`));
+    await p.goto(`${api}/console/`);
+    await check("sign-in");
+    await signIn(p, root);
+    await row("ops-internal", p).waitFor();
+    await check("API keys");
+    await p.getByRole("button", { name: "Create API key" }).click();
+    await p.getByRole("dialog", { name: "Create API key" }).getByRole("button", { name: "Add a per-model limit" }).click();
+    await check("Create API key dialog");
+    await p.keyboard.press("Escape");
+    await p.getByRole("dialog").waitFor({ state: "detached" });
+    for (const [link, ready] of [["Usage", "By key"], ["Request log", "Request log"], ["Audit log", "Audit log"], ["Workspaces", "Members of acme"], ["Models", "Providers"]]) {
+      await p.getByRole("link", { name: link }).click();
+      await p.getByRole("heading", { name: ready }).first().waitFor();
+      await p.getByText("Loading…").waitFor({ state: "detached" });
+      await check(link);
+    }
+    await ctx.close();
+  }
+  assert.deepEqual(found, []);
 });
 
 test("no script error or CSP violation on any page", () => {
