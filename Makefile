@@ -82,7 +82,7 @@ test-deps: test-deps-npm test-deps-postgres test-deps-chromium
 
 # The official npm clients the edge is tested with (node 20), each pinned
 # by its lock file: openai, @anthropic-ai/sdk, the Vercel AI SDK; and
-# playwright-core, which drives Chromium through the console's tests.
+# playwright-core and axe-core, which drive and check the console in Chromium.
 NPM_CLIENTS := tests/openai tests/anthropic tests/aisdk tests/console
 
 test-deps-npm:
