@@ -167,6 +167,18 @@ test("edit limits and the edge applies them", async () => {
   await dialog.waitFor({ state: "detached" });
   await row("web").getByText("unlimited").waitFor();
   await edgeAnswers(secret, 200);
+
+  // A per-model limit picked from the catalog, and a budget.
+  await page.getByRole("button", { name: "Edit limits web" }).click();
+  await dialog.getByRole("button", { name: "Add a per-model limit" }).click();
+  await dialog.getByRole("group", { name: "Model limit 1" }).getByLabel("Model", { exact: true }).selectOption("mock-large");
+  await dialog.getByRole("textbox", { name: "Requests per minute (model limit 1)" }).fill("1");
+  await dialog.getByLabel("Budget (USD)").fill("5.00");
+  await dialog.getByRole("button", { name: "Save limits" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("web").getByText("mock-large: 1 rpm; $5.00 monthly").waitFor();
+  await until("mock-large to allow one request a minute", async () => (await chat(secret, "mock-large")) === 429);
+  assert.equal(await chat(secret), 200, "mock-small is not limited");
 });
 
 test("a request made through the edge appears in usage and in the request log", async () => {
@@ -196,7 +208,9 @@ test("a request made through the edge appears in usage and in the request log", 
   const log = page.getByRole("region", { name: "Request log" });
   await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
   await page.getByLabel("Model").selectOption({ label: "mock-large" });
-  await page.getByText("No request matches the filters.").waitFor();
+  await until("only mock-large requests", async () =>
+    (await log.getByRole("row").filter({ hasText: "mock-small" }).count()) === 0 &&
+    (await log.getByRole("row").filter({ hasText: "mock-large" }).count()) > 0);
   await page.getByLabel("Model").selectOption({ label: "All models" });
   await log.getByRole("row").filter({ hasText: "mock-small" }).first().waitFor();
   // By member, the key's owner: web is root's, so bob has none of these.
