@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/keygate/keygate/pkg/oidc/oidctest"
+	"github.com/keygate/keygate/internal/oidc/oidctest"
 	"github.com/keygate/keygate/services/gateway/console"
 )
 

@@ -503,16 +503,6 @@ export interface definitions {
     /** @description Set by the ledger: exact decimal USD. */
     costUsd?: string;
     /**
-     * Format: int32
-     * @description Budget reset period of the key at the time, for period aggregates.
-     */
-    budgetResetPeriod?: number;
-    /**
-     * Format: int32
-     * @description Token cap reset period of the key at the time.
-     */
-    tokenCapResetPeriod?: number;
-    /**
      * Format: int64
      * @description Of prompt_tokens, those written to and read from the provider's
      * prompt cache (Anthropic reports them apart), each at its own price.
