@@ -497,7 +497,13 @@ export interface definitions {
     latency?: string;
     /** Format: date-time */
     time?: string;
-    /** @description Set by the ledger: prices charged (exact decimal USD per million). */
+    /**
+     * @description The prices charged (exact decimal USD per million): set by the edge
+     * from the catalog it decided the request with, the prices it settled
+     * the key's budget at, so the ledger's spend and the limiter's budget
+     * agree. The ledger prices a record that carries none from its own
+     * price book.
+     */
     inputPricePerMillionUsd?: string;
     outputPricePerMillionUsd?: string;
     /** @description Set by the ledger: exact decimal USD. */
@@ -510,9 +516,15 @@ export interface definitions {
     cacheWriteTokens?: string;
     /** Format: int64 */
     cacheReadTokens?: string;
-    /** @description Set by the ledger: the cache prices charged. */
+    /** @description The cache prices charged, set as the prices above. */
     cacheWritePricePerMillionUsd?: string;
     cacheReadPricePerMillionUsd?: string;
+    /**
+     * Format: date-time
+     * @description When the model's prices the edge charged were last changed in the
+     * catalog: which version of the prices this request was charged at.
+     */
+    pricesAsOf?: string;
   };
   v1UsageRow: {
     /** @description The key id, model id or owner, as grouped. */
