@@ -181,7 +181,11 @@ func (a *App) Start(ctx context.Context) error {
 		if len(c.EtcdEndpoints) == 0 {
 			return errors.New("no etcd: set KEYGATE_ETCD_ENDPOINTS (or run `keygate up`, which embeds one)")
 		}
-		a.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: nil})
+		etcdTLS, err := etcdClientTLS(*c)
+		if err != nil {
+			return err
+		}
+		a.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second, TLS: etcdTLS, Logger: nil})
 		if err != nil {
 			return fmt.Errorf("etcd client: %w", err)
 		}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keygate/keygate/internal/etcdembed"
 )
 
 // Config is every setting of the binary, parsed once from flags, each with a
@@ -68,6 +70,16 @@ type Config struct {
 	EtcdListenClient   string
 	EtcdListenPeer     string
 	EtcdLogLevel       string
+	// The member's TLS (keygate etcd): its client URL, and its peer URL.
+	EtcdServerTLS etcdembed.TLSFiles
+	EtcdPeerTLS   etcdembed.TLSFiles
+	// EtcdListenMetrics serves /metrics, /livez and /readyz in plaintext,
+	// for probes and scrapes that hold no client certificate.
+	EtcdListenMetrics string
+	// How the roles dial EtcdEndpoints over TLS.
+	EtcdCA   string
+	EtcdCert string
+	EtcdKey  string
 
 	// SSO: OIDC ID tokens from one issuer authenticate console users.
 	OIDCIssuer   string
@@ -210,6 +222,16 @@ func newServerFlags(name string, getenv func(string) string) *serverFlags {
 	e.str(&c.EtcdListenClient, "etcd-listen-client-url", "", "client URL to bind when it differs from --etcd-client-url, e.g. http://0.0.0.0:2379")
 	e.str(&c.EtcdListenPeer, "etcd-listen-peer-url", "", "peer URL to bind when it differs from --etcd-peer-url")
 	e.str(&c.EtcdLogLevel, "etcd-log-level", "error", "level of the embedded etcd member's own logs: debug, info, warn, error, panic or fatal")
+	e.str(&c.EtcdServerTLS.CertFile, "etcd-server-cert", "", "keygate etcd: PEM certificate of the member's client URL (https)")
+	e.str(&c.EtcdServerTLS.KeyFile, "etcd-server-key", "", "keygate etcd: PEM private key of --etcd-server-cert")
+	e.str(&c.EtcdServerTLS.CAFile, "etcd-server-ca", "", "keygate etcd: PEM CA bundle; when set, clients must present a certificate it signed")
+	e.str(&c.EtcdPeerTLS.CertFile, "etcd-peer-cert", "", "keygate etcd: PEM certificate of the member's peer URL (https; usable as server and client)")
+	e.str(&c.EtcdPeerTLS.KeyFile, "etcd-peer-key", "", "keygate etcd: PEM private key of --etcd-peer-cert")
+	e.str(&c.EtcdPeerTLS.CAFile, "etcd-peer-ca", "", "keygate etcd: PEM CA bundle that signs every member's peer certificate (mutual TLS)")
+	e.str(&c.EtcdListenMetrics, "etcd-listen-metrics-url", "", "keygate etcd: plaintext URL serving /metrics, /livez and /readyz, e.g. http://0.0.0.0:2381")
+	e.str(&c.EtcdCA, "etcd-ca", "", "PEM CA bundle that signs the etcd members' certificates (dial --etcd-endpoints over https)")
+	e.str(&c.EtcdCert, "etcd-cert", "", "PEM client certificate presented to etcd")
+	e.str(&c.EtcdKey, "etcd-key", "", "PEM private key of --etcd-cert")
 	e.str(&c.OIDCIssuer, "oidc-issuer", "", "issuer (iss) of trusted OIDC ID tokens; empty disables SSO sign-in")
 	e.str(&c.OIDCAudience, "oidc-audience", "", "audience (aud) the ID tokens must carry: the console's client id")
 	e.str(&c.OIDCJWKSFile, "oidc-jwks-file", "", "the issuer's JSON Web Key Set, as a file")
@@ -266,13 +288,33 @@ func (s *serverFlags) parse(args []string) (Config, []string, error) {
 		// The keystore confirms the cache every second.
 		return c, nil, errors.New("--key-cache-max-unconfirmed must be at least 2s")
 	}
-	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return c, nil, errors.New("--tls-cert and --tls-key go together")
+	if err := checkTLSFlags(c); err != nil {
+		return c, nil, err
 	}
 	if c.OIDCIssuer != "" && (c.OIDCAudience == "" || (c.OIDCJWKSFile == "") == (c.OIDCJWKSURL == "")) {
 		return c, nil, errors.New("--oidc-issuer needs --oidc-audience and one of --oidc-jwks-file, --oidc-jwks-url")
 	}
 	return c, s.fs.Args(), nil
+}
+
+// checkTLSFlags: every certificate comes with its key, and a member's CA
+// (which requires client certificates) only with a certificate to serve.
+func checkTLSFlags(c Config) error {
+	pairs := []struct{ cert, key, ca, name string }{
+		{c.TLSCert, c.TLSKey, "", "--tls-cert and --tls-key"},
+		{c.EtcdCert, c.EtcdKey, "", "--etcd-cert and --etcd-key"},
+		{c.EtcdServerTLS.CertFile, c.EtcdServerTLS.KeyFile, c.EtcdServerTLS.CAFile, "--etcd-server-cert and --etcd-server-key"},
+		{c.EtcdPeerTLS.CertFile, c.EtcdPeerTLS.KeyFile, c.EtcdPeerTLS.CAFile, "--etcd-peer-cert and --etcd-peer-key"},
+	}
+	for _, p := range pairs {
+		if (p.cert == "") != (p.key == "") {
+			return errors.New(p.name + " go together")
+		}
+		if p.ca != "" && p.cert == "" {
+			return errors.New(p.name + " are needed with their CA")
+		}
+	}
+	return nil
 }
 
 func osGetenv(k string) string { return os.Getenv(k) }

@@ -137,11 +137,7 @@ environment variable; flags win.`,
 
 func runEtcd(ctx context.Context, cfg Config, stderr io.Writer) error {
 	log := telemetry.NewLogger(stderr, cfg.LogLevel)
-	srv, err := etcdembed.Start(ctx, etcdembed.Config{
-		Name: cfg.EtcdName, DataDir: filepath.Join(cfg.DataDir, "etcd"), ClientURL: cfg.EtcdClientURL,
-		PeerURL: cfg.EtcdPeerURL, ListenClientURL: cfg.EtcdListenClient, ListenPeerURL: cfg.EtcdListenPeer, LogLevel: cfg.EtcdLogLevel,
-		InitialCluster: cfg.EtcdInitialCluster, Existing: cfg.EtcdExisting,
-	})
+	srv, err := etcdembed.Start(ctx, memberConfig(cfg))
 	if err != nil {
 		return err
 	}
@@ -152,5 +148,15 @@ func runEtcd(ctx context.Context, cfg Config, stderr io.Writer) error {
 		return nil
 	case err := <-srv.Err():
 		return err
+	}
+}
+
+// memberConfig is the etcd member that `keygate etcd` runs.
+func memberConfig(cfg Config) etcdembed.Config {
+	return etcdembed.Config{
+		Name: cfg.EtcdName, DataDir: filepath.Join(cfg.DataDir, "etcd"), ClientURL: cfg.EtcdClientURL,
+		PeerURL: cfg.EtcdPeerURL, ListenClientURL: cfg.EtcdListenClient, ListenPeerURL: cfg.EtcdListenPeer, LogLevel: cfg.EtcdLogLevel,
+		InitialCluster: cfg.EtcdInitialCluster, Existing: cfg.EtcdExisting,
+		ClientTLS: cfg.EtcdServerTLS, PeerTLS: cfg.EtcdPeerTLS, ListenMetricsURL: cfg.EtcdListenMetrics,
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 
@@ -23,28 +22,54 @@ func loadTransport(c Config) (transport, error) {
 	if c.TLSCert == "" {
 		return transport{client: insecure.NewCredentials()}, nil
 	}
-	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	cli, err := clientTLS(c.TLSCert, c.TLSKey, c.TLSCA)
 	if err != nil {
-		return transport{}, fmt.Errorf("tls: load certificate: %w", err)
+		return transport{}, fmt.Errorf("tls: %w", err)
 	}
-	var pool *x509.CertPool
-	if c.TLSCA != "" {
-		pem, err := os.ReadFile(c.TLSCA)
-		if err != nil {
-			return transport{}, fmt.Errorf("tls: read CA: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return transport{}, errors.New("tls: the CA file holds no PEM certificate")
-		}
-	}
-	srv := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if pool != nil {
+	srv := &tls.Config{Certificates: cli.Certificates, MinVersion: tls.VersionTLS12}
+	if cli.RootCAs != nil {
 		// Services present their certificates to each other (mutual TLS);
 		// callers without one still reach the API with a bearer credential.
-		srv.ClientCAs = pool
+		srv.ClientCAs = cli.RootCAs
 		srv.ClientAuth = tls.VerifyClientCertIfGiven
 	}
-	cli := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
 	return transport{server: credentials.NewTLS(srv), client: credentials.NewTLS(cli), secure: true}, nil
+}
+
+// clientTLS is the client side of one TLS link (gRPC between services, the
+// roles to etcd): an optional certificate to present and an optional CA to
+// verify the server with (default: the system's roots).
+func clientTLS(cert, key, ca string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("load certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("read CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", ca)
+		}
+	}
+	return cfg, nil
+}
+
+// etcdClientTLS is how the roles dial etcd: nil (plaintext) unless a CA or a
+// client certificate is set.
+func etcdClientTLS(c Config) (*tls.Config, error) {
+	if c.EtcdCA == "" && c.EtcdCert == "" {
+		return nil, nil
+	}
+	cfg, err := clientTLS(c.EtcdCert, c.EtcdKey, c.EtcdCA)
+	if err != nil {
+		return nil, fmt.Errorf("etcd tls: %w", err)
+	}
+	return cfg, nil
 }

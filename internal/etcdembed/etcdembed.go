@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -39,6 +40,22 @@ type Config struct {
 	LogLevel string
 	// ReadyTimeout bounds the wait for the member to serve; default 60s.
 	ReadyTimeout time.Duration
+	// ClientTLS and PeerTLS secure the client and peer URLs (which then use
+	// https). A CA makes the member require certificates it signed.
+	ClientTLS TLSFiles
+	PeerTLS   TLSFiles
+	// ListenMetricsURL serves /metrics, /livez and /readyz in plaintext,
+	// for probes and scrapes that hold no client certificate.
+	ListenMetricsURL string
+}
+
+// TLSFiles are the PEM files of one listener; no CertFile means plaintext.
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
+}
+
+func (f TLSFiles) info() transport.TLSInfo {
+	return transport.TLSInfo{CertFile: f.CertFile, KeyFile: f.KeyFile, TrustedCAFile: f.CAFile, ClientCertAuth: f.CAFile != ""}
 }
 
 // Server is a running member.
@@ -47,6 +64,7 @@ type Server struct {
 	// closing is set by Close: etcd then logs its listeners' shutdown as
 	// errors, which a clean stop should not show.
 	closing *atomic.Bool
+	scheme  string // of the client URLs: http or https
 }
 
 // Start starts a member and waits until it serves clients.
@@ -79,6 +97,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
 	cfg.ListenPeerUrls = []url.URL{*lpu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.ClientTLSInfo = c.ClientTLS.info()
+	cfg.PeerTLSInfo = c.PeerTLS.info()
+	if c.ListenMetricsURL != "" {
+		mu, err := url.Parse(c.ListenMetricsURL)
+		if err != nil {
+			return nil, fmt.Errorf("etcd listen metrics url: %w", err)
+		}
+		cfg.ListenMetricsUrls = []url.URL{*mu}
+	}
 	cfg.InitialCluster = c.InitialCluster
 	if cfg.InitialCluster == "" {
 		cfg.InitialCluster = cfg.Name + "=" + pu.String()
@@ -116,7 +143,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	defer t.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{etcd: e, closing: closing}, nil
+		return &Server{etcd: e, closing: closing, scheme: cu.Scheme}, nil
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("etcd failed: %w", err)
@@ -133,7 +160,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 func (s *Server) Endpoints() []string {
 	out := make([]string, 0, len(s.etcd.Clients))
 	for _, l := range s.etcd.Clients {
-		out = append(out, "http://"+l.Addr().String())
+		out = append(out, s.scheme+"://"+l.Addr().String())
 	}
 	return out
 }
