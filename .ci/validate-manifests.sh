@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Renders every kustomize overlay under deploy/ and validates every object
-# against the Kubernetes JSON schemas, offline; checks the Prometheus rules
-# (PromQL included) and the Grafana dashboard JSON.
+# Renders every kustomize overlay under deploy/ and the Helm chart
+# deploy/helm/keygate (default and production values) and validates every
+# object against the Kubernetes JSON schemas, offline; checks that the chart
+# renders the objects kustomize does; checks the Prometheus rules (PromQL
+# included) and the Grafana dashboard JSON.
 #
 # Needs only Go: the tools come through the Go module proxy with `go install`,
 # and the Kubernetes schemas are generated from the OpenAPI document that the
@@ -18,6 +20,7 @@ KUSTOMIZE_VERSION=v5.8.2    # sigs.k8s.io/kustomize/kustomize/v5
 KUBECONFORM_VERSION=v0.8.0  # github.com/yannh/kubeconform
 KUBERNETES_VERSION=v1.35.4  # k8s.io/kubernetes: the API the schemas describe
 PROMETHEUS_VERSION=v0.316.0 # github.com/prometheus/prometheus: rule and PromQL parser
+HELM_VERSION=v3.21.4        # helm.sh/helm/v3: lint and template
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${KEYGATE_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keygate-ci}
@@ -47,6 +50,7 @@ install() {
 
 kustomize=$(install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION")
 kubeconform=$(install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION")
+helm=$(install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION")
 
 # Kubernetes schemas: one strict, self-contained JSON schema per kind.
 schemas=$cache/schemas/kubernetes-$KUBERNETES_VERSION
@@ -96,6 +100,56 @@ for dir in "${targets[@]}"; do
 	# generate a (publicly known, throw-away) Secret.
 	if [[ $name != overlays/dev ]] && grep -q '^kind: Secret$' "$file"; then
 		echo "$name renders a Secret; create production secrets out of band (deploy/README.md)" >&2
+		exit 1
+	fi
+done
+
+# The chart links the rules and the dashboard (files/ -> deploy/prometheus,
+# deploy/grafana) rather than copy them; helm says so on every run.
+helmq() {
+	local err=$out/helm.stderr
+	"$helm" "$@" 2>"$err" || { cat "$err" >&2; return 1; }
+	grep -v 'found symbolic link in path' "$err" >&2 || true
+}
+# Keep helm's own state out of $HOME: nothing here uses a repository.
+export HELM_CACHE_HOME=$out/helm/cache HELM_CONFIG_HOME=$out/helm/config HELM_DATA_HOME=$out/helm/data
+
+log "linting and rendering the Helm chart"
+chart=$root/deploy/helm/keygate
+declare -A chart_values=(
+	[default]=""
+	[production]="-f $chart/values-production.yaml"
+	[external-etcd]="--set etcd.bundled=false --set etcd.external.endpoints={https://etcd-0.example.internal:2379} --set etcd.tls.enabled=true"
+)
+for name in default production external-etcd; do
+	read -ra args <<<"${chart_values[$name]}"
+	helmq lint --strict --quiet "$chart" "${args[@]}"
+	file=$out/helm_$name.yaml
+	helmq template keygate "$chart" --namespace keygate \
+		--kube-version "${KUBERNETES_VERSION#v}" "${args[@]}" >"$file"
+	printf '%-28s %3d objects\n' "helm ($name)" "$(grep -c '^kind:' "$file")"
+	if [[ $name == production ]] && grep -q '^kind: Secret$' "$file"; then
+		echo "helm ($name) renders a Secret; production values name existing Secrets (deploy/README.md)" >&2
+		exit 1
+	fi
+done
+
+# The chart and kustomize describe one install: the same kinds and names,
+# apart from the namespace, Secrets (created out of band or by the chart)
+# and the providers ConfigMap (set by values in the chart).
+objects() {
+	awk '/^---/ {kind = ""; meta = 0}
+		/^kind:/ {kind = $2}
+		/^metadata:/ {meta = 1; next}
+		/^[^ #]/ {meta = 0}
+		meta && /^  name:/ {print kind "/" $2; meta = 0}' "$1" |
+		sed -E 's#^(ConfigMap/.*)-[a-z0-9]{10}$#\1#' |
+		grep -Ev '^(Namespace|Secret)/|^ConfigMap/.*-registry$' | sort
+}
+for pair in base:default overlays_production:production; do
+	if ! diff <(objects "$out/${pair%%:*}.yaml") <(objects "$out/helm_${pair#*:}.yaml") >"$out/parity.diff"; then
+		echo "kustomize ${pair%%:*} and helm (${pair#*:}) render different objects (< kustomize, > helm):" >&2
+		cat "$out/parity.diff" >&2
 		exit 1
 	fi
 done
