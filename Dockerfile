@@ -3,7 +3,12 @@
 # keygate: one static binary for every role (`keygate up`, `keygate serve
 # <role>`, `keygate etcd`). Build: `make image` (docker build -t keygate:dev .).
 #
-# Pin the base images by digest in your registry mirror for reproducible
+# CI builds the same image without Docker or a registry: `make image-oci`
+# (cmd/ociimage writes an OCI archive), and checks that this file's final
+# stage has the same user, entrypoint, command, ports and environment. Both
+# lay out the files with `ociimage rootfs`.
+#
+# Pin the base image by digest in your registry mirror for reproducible
 # builds (FROM golang:1.26@sha256:...).
 
 FROM golang:1.26 AS build
@@ -21,14 +26,19 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags "-s -w" -o /out/keygate ./cmd/keygate
-# The data directory (embedded etcd in `keygate up`), owned by the nonroot user.
-RUN mkdir -p /out/data && chown 65532:65532 /out/data
+# The image's files: the binary, Debian's CA bundle (the golang image is
+# Debian with ca-certificates), the nonroot user, /tmp and the data dir.
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    go run ./cmd/ociimage rootfs -binary /out/keygate \
+      -certs /etc/ssl/certs/ca-certificates.crt -out /out/rootfs
 
-# Static, no shell, no package manager; user 65532 (nonroot).
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/keygate /keygate
-COPY --from=build --chown=65532:65532 /out/data /var/lib/keygate
-ENV KEYGATE_DATA_DIR=/var/lib/keygate
+# Empty base: no shell, no package manager, no libc.
+FROM scratch
+COPY --from=build /out/rootfs/ /
+COPY --from=build --chown=65532:65532 /out/rootfs/var/lib/keygate /var/lib/keygate
+COPY --from=build --chown=65532:65532 /out/rootfs/home/nonroot /home/nonroot
+ENV PATH=/ SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt KEYGATE_DATA_DIR=/var/lib/keygate
 USER 65532:65532
 # 8080 REST gateway, 8081 edge, 9090 gRPC, 9464 metrics, 2379/2380 etcd.
 EXPOSE 8080 8081 9090 9464 2379 2380
