@@ -3,6 +3,8 @@ BUF_VERSION              := v1.75.0
 PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPC_GATEWAY_VERSION     := v2.33.0
+# go-containerregistry's crane reads the image CI builds, as registries will.
+CRANE_VERSION            := v0.22.1
 
 GOBIN  ?= $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
@@ -63,18 +65,24 @@ image:
 # The same image without Docker or a registry (cmd/ociimage): an OCI archive
 # (bin/keygate-image.tar) of the static binary, Debian's CA bundle and a
 # nonroot user on an empty base; checked (digests, user, entrypoint, ports,
-# no shell, static binary, the Dockerfile's final stage), then the binary
+# no shell, static binary, the Dockerfile's final stage; crane validates it
+# independently), then the binary
 # taken out of it runs `keygate up` on free ports until /healthz answers.
 CA_CERTS ?= /etc/ssl/certs/ca-certificates.crt
-image-oci: image-deps
+CRANE    := bin/tools/crane-$(CRANE_VERSION)/crane
+image-oci: image-deps $(CRANE)
 	mkdir -p bin/image
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o bin/image/keygate ./cmd/keygate
 	go build -o bin/ociimage ./cmd/ociimage
 	bin/ociimage build -binary bin/image/keygate -certs $(CA_CERTS) -tag $(IMAGE) -out bin/keygate-image.tar
 	bin/ociimage check -extract bin/image/keygate-from-image bin/keygate-image.tar
+	$(CRANE) validate --tarball bin/keygate-image.tar
 	bin/ociimage dockerfile Dockerfile
 	bin/ociimage smoke bin/image/keygate-from-image
 	@echo "image-oci: bin/keygate-image.tar ($(IMAGE)) OK"
+
+$(CRANE):
+	GOWORK=off GOFLAGS=-mod=mod GOBIN=$(CURDIR)/$(dir $(CRANE)) go install github.com/google/go-containerregistry/cmd/crane@$(CRANE_VERSION)
 
 # Debian's ca-certificates package provides the image's CA bundle; installed
 # here if missing when we are root with apt-get.
