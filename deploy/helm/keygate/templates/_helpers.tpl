@@ -52,7 +52,10 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
 {{- end -}}
 {{- join "," $urls -}}
 {{- else -}}
-{{- required "etcd.external.endpoints: list the client URLs of your etcd (or set etcd.bundled)" .Values.etcd.external.endpoints | join "," -}}
+{{- if not .Values.etcd.external.endpoints -}}
+{{- fail "etcd.bundled is false: list the client URLs of your etcd in etcd.external.endpoints" -}}
+{{- end -}}
+{{- join "," .Values.etcd.external.endpoints -}}
 {{- end -}}
 {{- end -}}
 
