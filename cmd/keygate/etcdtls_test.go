@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,6 +74,59 @@ func TestEtcdTLS(t *testing.T) {
 		res.Body.Close()
 		require.Equal(t, http.StatusOK, res.StatusCode)
 	})
+}
+
+// TestEtcdPeerTLS forms a 3-member cluster whose members talk to each other
+// over mutual TLS only, as the chart's StatefulSet does, and reads on one
+// member what was written on another.
+func TestEtcdPeerTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	const n = 3
+	var clients, peers, cluster []string
+	for i := range n {
+		clients = append(clients, "https://"+etcdtest.FreeAddr(t))
+		peers = append(peers, "https://"+etcdtest.FreeAddr(t))
+		cluster = append(cluster, fmt.Sprintf("m%d=%s", i, peers[i]))
+	}
+	errs := make(chan error, n)
+	for i := range n {
+		member, _, err := parseConfig("etcd", []string{
+			"--data-dir", t.TempDir(), "--etcd-name", fmt.Sprintf("m%d", i),
+			"--etcd-client-url", clients[i], "--etcd-peer-url", peers[i],
+			"--etcd-initial-cluster", strings.Join(cluster, ","),
+			"--etcd-server-cert", pki.cert, "--etcd-server-key", pki.key,
+			"--etcd-peer-cert", pki.cert, "--etcd-peer-key", pki.key, "--etcd-peer-ca", pki.ca,
+		}, func(string) string { return "" })
+		require.NoError(t, err)
+		// Members start together: each waits for a quorum.
+		go func() {
+			srv, err := etcdembed.Start(t.Context(), memberConfig(member))
+			if err == nil {
+				t.Cleanup(srv.Close)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	role, _, err := parseConfig("serve", []string{"--etcd-endpoints", strings.Join(clients, ","), "--etcd-ca", pki.ca}, func(string) string { return "" })
+	require.NoError(t, err)
+	tlsCfg, err := etcdClientTLS(role)
+	require.NoError(t, err)
+	for i, ep := range clients {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, TLS: tlsCfg, DialTimeout: 2 * time.Second})
+		require.NoError(t, err)
+		defer cli.Close()
+		if i == 0 {
+			_, err = cli.Put(t.Context(), "peer", "tls")
+			require.NoError(t, err)
+			continue
+		}
+		res, err := cli.Get(t.Context(), "peer")
+		require.NoError(t, err)
+		require.Len(t, res.Kvs, 1)
+	}
 }
 
 func TestEtcdTLSFlagsGoTogether(t *testing.T) {
