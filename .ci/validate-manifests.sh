@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Renders every kustomize overlay under deploy/ and the Helm chart
-# deploy/helm/keygate (default and production values) and validates every
-# object against the Kubernetes JSON schemas, offline; checks that the chart
-# renders the objects kustomize does; checks the Prometheus rules (PromQL
-# included) and the Grafana dashboard JSON.
+# deploy/helm/keygate (default, production and external-etcd values) and
+# validates every object against the Kubernetes JSON schemas, offline; checks
+# that the chart renders the objects kustomize does; checks the Prometheus
+# rules (PromQL included) and the Grafana dashboard JSON.
 #
 # Needs only Go: the tools come through the Go module proxy with `go install`,
 # and the Kubernetes schemas are generated from the OpenAPI document that the
@@ -119,7 +119,7 @@ chart=$root/deploy/helm/keygate
 declare -A chart_values=(
 	[default]=""
 	[production]="-f $chart/values-production.yaml"
-	[external-etcd]="--set etcd.bundled=false --set etcd.external.endpoints={https://etcd-0.example.internal:2379} --set etcd.tls.enabled=true"
+	[external-etcd]="-f $chart/values-production.yaml --set etcd.bundled=false --set etcd.external.endpoints={https://etcd-0.example.internal:2379}"
 )
 for name in default production external-etcd; do
 	read -ra args <<<"${chart_values[$name]}"
@@ -128,7 +128,7 @@ for name in default production external-etcd; do
 	helmq template keygate "$chart" --namespace keygate \
 		--kube-version "${KUBERNETES_VERSION#v}" "${args[@]}" >"$file"
 	printf '%-28s %3d objects\n' "helm ($name)" "$(grep -c '^kind:' "$file")"
-	if [[ $name == production ]] && grep -q '^kind: Secret$' "$file"; then
+	if [[ $name != default ]] && grep -q '^kind: Secret$' "$file"; then
 		echo "helm ($name) renders a Secret; production values name existing Secrets (deploy/README.md)" >&2
 		exit 1
 	fi
@@ -146,7 +146,7 @@ objects() {
 		sed -E 's#^(ConfigMap/.*)-[a-z0-9]{10}$#\1#' |
 		grep -Ev '^(Namespace|Secret)/|^ConfigMap/.*-registry$' | sort
 }
-for pair in base:default overlays_production:production; do
+for pair in base:default overlays_production:production overlays_external-etcd:external-etcd; do
 	if ! diff <(objects "$out/${pair%%:*}.yaml") <(objects "$out/helm_${pair#*:}.yaml") >"$out/parity.diff"; then
 		echo "kustomize ${pair%%:*} and helm (${pair#*:}) render different objects (< kustomize, > helm):" >&2
 		cat "$out/parity.diff" >&2
