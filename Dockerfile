@@ -36,8 +36,10 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 # Empty base: no shell, no package manager, no libc.
 FROM scratch
 COPY --from=build /out/rootfs/ /
-COPY --from=build --chown=65532:65532 /out/rootfs/var/lib/keygate /var/lib/keygate
-COPY --from=build --chown=65532:65532 /out/rootfs/home/nonroot /home/nonroot
+# The nonroot user's directories, owned by it. Copying their parents'
+# contents makes the directories themselves copies, so --chown reaches them.
+COPY --from=build --chown=65532:65532 /out/rootfs/var/lib/ /var/lib/
+COPY --from=build --chown=65532:65532 /out/rootfs/home/ /home/
 ENV PATH=/ SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt KEYGATE_DATA_DIR=/var/lib/keygate
 USER 65532:65532
 # 8080 REST gateway, 8081 edge, 9090 gRPC, 9464 metrics, 2379/2380 etcd.
