@@ -74,6 +74,20 @@ func TestImage(t *testing.T) {
 	})
 }
 
+// TestRootfs: the Dockerfile copies this directory; it holds what the layer
+// holds.
+func TestRootfs(t *testing.T) {
+	t.Parallel()
+	bin := staticBinary(t)
+	dir := t.TempDir()
+	require.NoError(t, writeRootfs(dir, entries(bin, bin)))
+	for _, e := range entries(bin, bin) {
+		fi, err := os.Stat(filepath.Join(dir, e.path))
+		require.NoError(t, err, e.path)
+		require.Equal(t, e.mode, fi.Mode()&(os.ModeDir|os.ModeSticky|os.ModePerm), e.path)
+	}
+}
+
 func TestDockerfileMatchesImage(t *testing.T) {
 	t.Parallel()
 	require.NoError(t, checkDockerfile(filepath.Join("..", "..", "Dockerfile")))
