@@ -31,7 +31,7 @@ var exposedPorts = []string{"8080/tcp", "8081/tcp", "9090/tcp", "9464/tcp", "237
 
 var (
 	entrypoint = []string{"/" + binaryPath}
-	cmd        = []string{"up"}
+	defaultCmd = []string{"up"}
 	env        = []string{
 		"PATH=/",
 		"SSL_CERT_FILE=/" + certsPath,
@@ -91,5 +91,5 @@ func runConfig() imageConfig {
 	for _, p := range exposedPorts {
 		ports[p] = struct{}{}
 	}
-	return imageConfig{User: user, ExposedPorts: ports, Env: env, Entrypoint: entrypoint, Cmd: cmd, WorkingDir: "/"}
+	return imageConfig{User: user, ExposedPorts: ports, Env: env, Entrypoint: entrypoint, Cmd: defaultCmd, WorkingDir: "/"}
 }

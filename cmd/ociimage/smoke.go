@@ -35,7 +35,7 @@ func smoke(ctx context.Context, binary string) error {
 		return err
 	}
 	defer os.RemoveAll(data)
-	up := exec.CommandContext(ctx, binary, append(cmd,
+	up := exec.CommandContext(ctx, binary, append(defaultCmd,
 		"--data-dir", data, "--etcd-peer-url", "http://"+peer,
 		"--http-addr", "127.0.0.1:0", "--edge-addr", "127.0.0.1:0",
 		"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")...)
