@@ -22,9 +22,10 @@ import (
 // print its help, answer /healthz on the gateway and the edge, and stop on
 // SIGTERM.
 func smoke(ctx context.Context, binary string) error {
-	help, err := exec.CommandContext(ctx, binary, "help").Output()
-	if err != nil || !bytes.Contains(help, []byte("keygate up")) {
-		return fmt.Errorf("keygate help: %v\n%s", err, help)
+	// The help of the command the image runs, naming the flags used below.
+	help, err := exec.CommandContext(ctx, binary, "up", "--help").CombinedOutput()
+	if err != nil || !bytes.Contains(help, []byte("--etcd-peer-url")) {
+		return fmt.Errorf("keygate up --help: %v\n%s", err, help)
 	}
 	peer, err := freeAddr()
 	if err != nil {
