@@ -273,6 +273,9 @@ func (p *principal) canManageKey(k *keystorev1.Key) error {
 		if own && p.manager() || p.role == keystorev1.Role_ROLE_OWNER {
 			return nil
 		}
+		if own {
+			return fmt.Errorf("%w: owners and admins manage admin keys, a member's own included", ErrPermissionDenied)
+		}
 		return fmt.Errorf("%w: only owners manage another member's admin keys", ErrPermissionDenied)
 	case p.manager() || own:
 		return nil

@@ -323,3 +323,19 @@ func TestCrossWorkspaceNotFound(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, betaKey.GetEtag(), got.GetKey().GetEtag(), "beta's key is untouched")
 }
+
+// TestMemberOwnAdminKey: a member's admin key is managed by owners and
+// admins; the member who owns it is refused with words that fit.
+func TestMemberOwnAdminKey(t *testing.T) {
+	e := newEnv(t)
+	secrets := e.workspace(t, "acme", 10, map[string]keystorev1.Role{
+		"alice": keystorev1.Role_ROLE_OWNER, "carol": keystorev1.Role_ROLE_MEMBER,
+	})
+	k, _ := e.createKey(t, e.root(t), &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "carols-admin",
+		Owner: "carol", Kind: keystorev1.KeyKind_KEY_KIND_ADMIN})
+	_, err := e.client.GetKey(as(t.Context(), secrets["carol"]), &keystorev1.GetKeyRequest{Workspace: "acme", Key: k.GetId()})
+	requireCode(t, codes.PermissionDenied, err)
+	require.ErrorContains(t, err, "a member's own included")
+	_, err = e.client.GetKey(as(t.Context(), secrets["alice"]), &keystorev1.GetKeyRequest{Workspace: "acme", Key: k.GetId()})
+	require.NoError(t, err)
+}
