@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -131,102 +132,188 @@ func (a *App) Run(ctx context.Context) error {
 
 // Start binds every listener and starts serving; it returns once serving.
 func (a *App) Start(ctx context.Context) error {
-	c := &a.Config
+	a.defaults(ctx)
+	decl, err := a.prepare(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.connectEtcd(); err != nil {
+		return err
+	}
+	grpcLis, err := a.listenGRPC()
+	if err != nil {
+		return err
+	}
+	conns, err := a.connections()
+	if err != nil {
+		return err
+	}
+	// The roles, in the order they depend on each other.
+	for _, start := range []struct {
+		role Role
+		run  func(context.Context, *roleConns) error
+	}{
+		{RoleKeystore, a.startKeystore},
+		{RoleUsage, a.startUsage},
+		{RoleLimiter, a.startLimiter},
+	} {
+		if a.has(start.role) {
+			if err := start.run(ctx, conns); err != nil {
+				return err
+			}
+		}
+	}
+	if a.grpcSrv != nil {
+		a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		a.goServe("grpc", func() error { return a.grpcSrv.Serve(grpcLis) })
+	}
+	if a.EmbedEtcd {
+		if err := a.registerMockModels(ctx, conns.edgeKeystore); err != nil {
+			return err
+		}
+	}
+	if decl != nil {
+		if err := a.applyDeclaration(ctx, decl, conns.keystoreAddr); err != nil {
+			return err
+		}
+	}
+	if a.has(RoleEdge) {
+		if err := a.startEdge(ctx, conns.edgeKeystore, conns.usage); err != nil {
+			return err
+		}
+	}
+	if a.has(RoleGateway) {
+		if err := a.startGateway(conns); err != nil {
+			return err
+		}
+	}
+	if err := a.serveOperations(); err != nil {
+		return err
+	}
+	a.Logger.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "console", consoleURL(a.HTTPAddr), "edge", a.EdgeAddr, "metrics", a.MetricsAddr, "pprof", a.PprofAddr)
+	return nil
+}
+
+// defaults fills what the caller left unset and the app's own lifetime.
+func (a *App) defaults(ctx context.Context) {
 	if a.Clock == nil {
 		a.Clock = clock.Real{}
 	}
 	if a.Logger == nil {
-		a.Logger = telemetry.NewLogger(os.Stderr, c.LogLevel)
+		a.Logger = telemetry.NewLogger(os.Stderr, a.Config.LogLevel)
 	}
 	if a.Out == nil {
 		a.Out = os.Stdout
 	}
 	a.errc = make(chan error, 8)
 	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	log := a.Logger
+}
 
+// prepare loads TLS and the config file (a wrong one stops the start
+// before anything runs), sets telemetry up, starts the embedded etcd and
+// settles the root token.
+func (a *App) prepare(ctx context.Context) (*declaration, error) {
+	c := &a.Config
 	var err error
 	if a.tls, err = loadTransport(*c); err != nil {
-		return err
+		return nil, err
 	}
-	// A wrong config file stops the start before anything runs.
 	var decl *declaration
 	if c.ConfigFile != "" {
 		if decl, err = loadDeclaration(c.ConfigFile); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SampleRatio: c.SampleRatio, SpanProcessors: a.SpanProcessors})
-	if err != nil {
-		return err
+	if a.tel, err = telemetry.Setup(ctx, telemetry.Options{ServiceName: "keygate", OTLPEndpoint: c.OTLPEndpoint, OTLPInsecure: c.OTLPInsecure, SampleRatio: c.SampleRatio, SpanProcessors: a.SpanProcessors}); err != nil {
+		return nil, err
 	}
-	a.tel = tel
-
 	if a.EmbedEtcd {
 		if err := a.startEmbeddedEtcd(ctx); err != nil {
-			return err
+			return nil, err
 		}
 		if c.RootToken == "" {
 			if c.RootToken, err = loadOrCreateRootToken(c.DataDir, a.Out); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
 	// The gateway alone holds no token: it forwards each caller's.
 	if c.RootToken == "" && !(len(a.Roles) == 1 && a.has(RoleGateway)) {
-		return errors.New("no root token: set KEYGATE_ROOT_TOKEN (the services use it to call each other)")
+		return nil, errors.New("no root token: set KEYGATE_ROOT_TOKEN (the services use it to call each other)")
 	}
-	needEtcd := a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage) || a.has(RoleEdge)
-	if needEtcd {
-		if len(c.EtcdEndpoints) == 0 {
-			return errors.New("no etcd: set KEYGATE_ETCD_ENDPOINTS (or run `keygate up`, which embeds one)")
-		}
-		etcdTLS, err := etcdClientTLS(*c)
-		if err != nil {
-			return err
-		}
-		a.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second, TLS: etcdTLS, Logger: nil})
-		if err != nil {
-			return fmt.Errorf("etcd client: %w", err)
-		}
-	}
+	return decl, nil
+}
 
-	grpcRoles := a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage)
-	var grpcLis net.Listener
-	if grpcRoles {
-		if grpcLis, err = net.Listen("tcp", c.GRPCAddr); err != nil {
-			return fmt.Errorf("grpc listen %s: %w", c.GRPCAddr, err)
-		}
-		a.GRPCAddr = grpcLis.Addr().String()
-		opts := append(tel.ServerOptions(log),
-			// Clients ping idle connections to find dead peers early;
-			// allow it at the rate they use.
-			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
-		if a.tls.server != nil {
-			opts = append(opts, grpc.Creds(a.tls.server))
-		}
-		a.grpcSrv = grpc.NewServer(opts...)
-		a.health = health.NewServer()
-		healthpb.RegisterHealthServer(a.grpcSrv, a.health)
-		reflection.Register(a.grpcSrv)
+// connectEtcd opens the etcd client, for the roles that keep state there.
+func (a *App) connectEtcd() error {
+	c := &a.Config
+	if !(a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage) || a.has(RoleEdge)) {
+		return nil
 	}
-	// Where this process reaches each service: itself over loopback, or the
-	// configured address.
-	self := loopback(a.GRPCAddr)
-	keystoreAddr, usageAddr := c.KeystoreAddr, c.UsageAddr
+	if len(c.EtcdEndpoints) == 0 {
+		return errors.New("no etcd: set KEYGATE_ETCD_ENDPOINTS (or run `keygate up`, which embeds one)")
+	}
+	etcdTLS, err := etcdClientTLS(*c)
+	if err != nil {
+		return err
+	}
+	a.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second, TLS: etcdTLS, Logger: nil})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	return nil
+}
+
+// listenGRPC makes the gRPC server of the keystore, usage and limiter
+// roles and binds its address; nil when this process has none of them.
+func (a *App) listenGRPC() (net.Listener, error) {
+	if !(a.has(RoleKeystore) || a.has(RoleLimiter) || a.has(RoleUsage)) {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", a.Config.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("grpc listen %s: %w", a.Config.GRPCAddr, err)
+	}
+	a.GRPCAddr = lis.Addr().String()
+	opts := append(a.tel.ServerOptions(a.Logger),
+		// Clients ping idle connections to find dead peers early; allow
+		// it at the rate they use.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	if a.tls.server != nil {
+		opts = append(opts, grpc.Creds(a.tls.server))
+	}
+	a.grpcSrv = grpc.NewServer(opts...)
+	a.health = health.NewServer()
+	healthpb.RegisterHealthServer(a.grpcSrv, a.health)
+	reflection.Register(a.grpcSrv)
+	return lis, nil
+}
+
+// roleConns are where this process reaches each service and the
+// connections its roles use.
+type roleConns struct {
+	self, keystoreAddr, usageAddr string
+	// keystore carries no token of its own (the usage service calls with
+	// the caller's credential, or its own token explicitly); edgeKeystore
+	// and usage carry the service token.
+	keystore, edgeKeystore, usage *grpc.ClientConn
+}
+
+// connections dials the services this process's roles call: itself over
+// loopback, or the configured addresses.
+func (a *App) connections() (*roleConns, error) {
+	c := &a.Config
+	rc := &roleConns{self: loopback(a.GRPCAddr), keystoreAddr: c.KeystoreAddr, usageAddr: c.UsageAddr}
 	if a.has(RoleKeystore) {
-		keystoreAddr = self
+		rc.keystoreAddr = rc.self
 	}
 	if a.has(RoleUsage) {
-		usageAddr = self
+		rc.usageAddr = rc.self
 	}
-	// The usage service calls the keystore with the caller's credential
-	// (or, for prices, its own token, explicitly), so its connection adds
-	// none; the edge's calls are all the service's own.
-	var keystoreConn, edgeKeystoreConn, usageConn *grpc.ClientConn
+	var err error
 	if a.has(RoleUsage) {
-		if keystoreConn, err = a.dial(keystoreAddr, false); err != nil {
-			return err
+		if rc.keystore, err = a.dial(rc.keystoreAddr, false); err != nil {
+			return nil, err
 		}
 	}
 	if a.has(RoleEdge) || a.EmbedEtcd {
@@ -234,115 +321,114 @@ func (a *App) Start(ctx context.Context) error {
 		// a keystore's return, whatever the outage's length: the stream's
 		// reconnection is bounded by the cache's backoff, not by gRPC's
 		// (which grows to two minutes).
-		if edgeKeystoreConn, err = a.dial(keystoreAddr, true, grpc.WithConnectParams(grpc.ConnectParams{
+		if rc.edgeKeystore, err = a.dial(rc.keystoreAddr, true, grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 		})); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if a.has(RoleLimiter) || a.has(RoleEdge) {
-		if usageConn, err = a.dial(usageAddr, true); err != nil {
-			return err
+		if rc.usage, err = a.dial(rc.usageAddr, true); err != nil {
+			return nil, err
 		}
 	}
+	return rc, nil
+}
 
-	meter := tel.MeterProvider()
-	if a.has(RoleKeystore) {
-		kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "keystore"), Meter: meter, RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout}
-		if c.OIDCIssuer != "" {
-			v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
-			if err != nil {
-				return err
-			}
-			kc.IDTokens = v
-		}
-		ks, err := keystore.New(ctx, kc)
-		if err != nil {
-			return fmt.Errorf("keystore: %w", err)
-		}
-		ks.Register(a.grpcSrv)
-		a.closers = append(a.closers, ks.Close)
-		a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	}
-	if a.has(RoleUsage) {
-		rlog, err := usage.OpenRequestLog(ctx, c.RequestLog, filepath.Join(c.DataDir, "request-log"), c.RequestLogMaxBytes, log.With("service", "usage"))
+func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
+	c := &a.Config
+	kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: a.Logger.With("service", "keystore"), Meter: a.tel.MeterProvider(),
+		RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout}
+	if c.OIDCIssuer != "" {
+		v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
 		if err != nil {
 			return err
 		}
-		a.closers = append(a.closers, rlog.Close)
-		us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "usage"), Meter: meter, ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens, Keystore: keystorev1.NewKeystoreServiceClient(keystoreConn), RequestLog: rlog})
-		if err != nil {
-			return fmt.Errorf("usage: %w", err)
-		}
-		us.Register(a.grpcSrv)
-		a.closers = append(a.closers, us.Close)
-		a.health.SetServingStatus(usagev1.UsageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+		kc.IDTokens = v
 	}
-	if a.has(RoleLimiter) {
-		adv := c.AdvertiseAddr
-		if adv == "" {
-			adv = self
-		}
-		lim, err := limiter.New(ctx, limiter.Config{
-			Etcd: a.etcd, Clock: a.Clock, Logger: log.With("service", "limiter"), Meter: meter,
-			Usage: usagev1.NewUsageServiceClient(usageConn), AdvertiseAddr: adv,
-			// The limiter adds the service token to forwarded calls itself.
-			DialOptions: a.dialOptions(false), ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens,
-		})
-		if err != nil {
-			return fmt.Errorf("limiter: %w", err)
-		}
-		lim.Register(a.grpcSrv)
-		a.limiter, a.limiterAddr = lim, adv
-		a.closers = append(a.closers, lim.Close)
-		a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	ks, err := keystore.New(ctx, kc)
+	if err != nil {
+		return fmt.Errorf("keystore: %w", err)
 	}
-	if a.grpcSrv != nil {
-		a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		a.goServe("grpc", func() error { return a.grpcSrv.Serve(grpcLis) })
+	ks.Register(a.grpcSrv)
+	a.closers = append(a.closers, ks.Close)
+	a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return nil
+}
+
+func (a *App) startUsage(ctx context.Context, rc *roleConns) error {
+	c := &a.Config
+	log := a.Logger.With("service", "usage")
+	rlog, err := usage.OpenRequestLog(ctx, c.RequestLog, filepath.Join(c.DataDir, "request-log"), c.RequestLogMaxBytes, log)
+	if err != nil {
+		return err
+	}
+	a.closers = append(a.closers, rlog.Close)
+	us, err := usage.New(ctx, usage.Config{Etcd: a.etcd, Clock: a.Clock, Logger: log, Meter: a.tel.MeterProvider(),
+		ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens,
+		Keystore: keystorev1.NewKeystoreServiceClient(rc.keystore), RequestLog: rlog})
+	if err != nil {
+		return fmt.Errorf("usage: %w", err)
+	}
+	us.Register(a.grpcSrv)
+	a.closers = append(a.closers, us.Close)
+	a.health.SetServingStatus(usagev1.UsageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return nil
+}
+
+func (a *App) startLimiter(ctx context.Context, rc *roleConns) error {
+	c := &a.Config
+	adv := cmp.Or(c.AdvertiseAddr, rc.self)
+	lim, err := limiter.New(ctx, limiter.Config{
+		Etcd: a.etcd, Clock: a.Clock, Logger: a.Logger.With("service", "limiter"), Meter: a.tel.MeterProvider(),
+		Usage: usagev1.NewUsageServiceClient(rc.usage), AdvertiseAddr: adv,
+		// The limiter adds the service token to forwarded calls itself.
+		DialOptions: a.dialOptions(false), ServiceToken: c.RootToken, PreviousServiceTokens: c.PreviousRootTokens,
+	})
+	if err != nil {
+		return fmt.Errorf("limiter: %w", err)
+	}
+	lim.Register(a.grpcSrv)
+	a.limiter, a.limiterAddr = lim, adv
+	a.closers = append(a.closers, lim.Close)
+	a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return nil
+}
+
+// startGateway serves the REST gateway and the console. Its connections
+// carry no token of their own: every call holds exactly the caller's
+// credential.
+func (a *App) startGateway(rc *roleConns) error {
+	c := &a.Config
+	gwKeystore, err := a.dial(rc.keystoreAddr, false)
+	if err != nil {
+		return err
+	}
+	gwUsage, err := a.dial(rc.usageAddr, false)
+	if err != nil {
+		return err
+	}
+	h, err := gateway.New(a.ctx, gateway.Config{Keystore: gwKeystore, Usage: gwUsage, Logger: a.Logger.With("service", "gateway"),
+		SSO: &console.SSO{Issuer: c.OIDCIssuer, ClientID: c.OIDCAudience}})
+	if err != nil {
+		return err
+	}
+	if a.HTTPAddr, err = a.serveHTTP("gateway", c.HTTPAddr, h, 60*time.Second); err != nil {
+		return err
 	}
 	if a.EmbedEtcd {
-		if err := a.registerMockModels(ctx, edgeKeystoreConn); err != nil {
-			return err
-		}
+		// Beside the root token `up` printed: where to use it.
+		fmt.Fprintf(a.Out, "keygate: web console at %s (sign in with the root token)\n", consoleURL(a.HTTPAddr))
 	}
-	if decl != nil {
-		if err := a.applyDeclaration(ctx, decl, keystoreAddr); err != nil {
-			return err
-		}
-	}
+	return nil
+}
 
-	if a.has(RoleEdge) {
-		if err := a.startEdge(ctx, edgeKeystoreConn, usageConn); err != nil {
-			return err
-		}
-	}
-	if a.has(RoleGateway) {
-		// The gateway's connections carry no token of their own: every call
-		// holds exactly the caller's credential.
-		gwKeystore, err := a.dial(keystoreAddr, false)
-		if err != nil {
-			return err
-		}
-		gwUsage, err := a.dial(usageAddr, false)
-		if err != nil {
-			return err
-		}
-		h, err := gateway.New(a.ctx, gateway.Config{Keystore: gwKeystore, Usage: gwUsage, Logger: log.With("service", "gateway"),
-			SSO: &console.SSO{Issuer: c.OIDCIssuer, ClientID: c.OIDCAudience}})
-		if err != nil {
-			return err
-		}
-		if a.HTTPAddr, err = a.serveHTTP("gateway", c.HTTPAddr, h, 60*time.Second); err != nil {
-			return err
-		}
-		if a.EmbedEtcd {
-			// Beside the root token `up` printed: where to use it.
-			fmt.Fprintf(a.Out, "keygate: web console at %s (sign in with the root token)\n", consoleURL(a.HTTPAddr))
-		}
-	}
+// serveOperations serves /metrics and /healthz for gRPC-only roles (the
+// edge and gateway serve them on their own listeners) and the profiles.
+func (a *App) serveOperations() error {
+	c := &a.Config
+	var err error
 	if !a.has(RoleEdge) && !a.has(RoleGateway) {
-		// gRPC-only roles still answer /metrics and /healthz over HTTP.
 		if a.MetricsAddr, err = a.serveHTTP("metrics", c.MetricsAddr, healthz(a.health), 10*time.Second); err != nil {
 			return err
 		}
@@ -352,7 +438,6 @@ func (a *App) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	log.Info("keygate serving", "roles", fmt.Sprint(a.Roles), "grpc", a.GRPCAddr, "http", a.HTTPAddr, "console", consoleURL(a.HTTPAddr), "edge", a.EdgeAddr, "metrics", a.MetricsAddr, "pprof", a.PprofAddr)
 	return nil
 }
 
