@@ -350,9 +350,7 @@ func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("keystore: %w", err)
 	}
-	ks.Register(a.grpcSrv)
-	a.closers = append(a.closers, ks.Close)
-	a.health.SetServingStatus(keystorev1.KeystoreService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
 	return nil
 }
 
@@ -370,9 +368,7 @@ func (a *App) startUsage(ctx context.Context, rc *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
-	us.Register(a.grpcSrv)
-	a.closers = append(a.closers, us.Close)
-	a.health.SetServingStatus(usagev1.UsageService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	a.addService(usagev1.UsageService_ServiceDesc.ServiceName, us.Register, us.Close)
 	return nil
 }
 
@@ -388,11 +384,17 @@ func (a *App) startLimiter(ctx context.Context, rc *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("limiter: %w", err)
 	}
-	lim.Register(a.grpcSrv)
 	a.limiter, a.limiterAddr = lim, adv
-	a.closers = append(a.closers, lim.Close)
-	a.health.SetServingStatus(limiterv1.LimiterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	a.addService(limiterv1.LimiterService_ServiceDesc.ServiceName, lim.Register, lim.Close)
 	return nil
+}
+
+// addService registers a role's service on the gRPC server, closes it with
+// the app and reports it serving.
+func (a *App) addService(name string, register func(grpc.ServiceRegistrar), close func() error) {
+	register(a.grpcSrv)
+	a.closers = append(a.closers, close)
+	a.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 }
 
 // startGateway serves the REST gateway and the console. Its connections
