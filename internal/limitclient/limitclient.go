@@ -374,16 +374,19 @@ func route(ctx context.Context, c *Client, n int, key func(int) string,
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(err, lastErr))
 		}
-		groups := map[ring.Member][]int{}
-		for _, i := range pending {
-			m, ok := r.OwnerExcept(key(i), skip)
-			if !ok {
-				if lastErr == nil {
-					lastErr = errors.New("no limiter registered")
-				}
-				return fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
+		groups, ok := groupByOwner(r, skip, pending, key)
+		if !ok {
+			// Every member of this ring failed. While members come and go
+			// (a rolling restart) the next ring may have one that answers:
+			// route the rest afresh on it.
+			if nr := c.nextRing(ctx, r); nr != nil {
+				r, skip = nr, map[string]bool{}
+				continue
 			}
-			groups[m] = append(groups[m], i)
+			if lastErr == nil {
+				lastErr = errors.New("no limiter registered")
+			}
+			return fmt.Errorf("%w: %w", ErrUnavailable, lastErr)
 		}
 		pending = pending[:0]
 		var (
@@ -417,6 +420,40 @@ func route(ctx context.Context, c *Client, n int, key func(int) string,
 		wg.Wait()
 		if fatalErr != nil {
 			return fatalErr
+		}
+	}
+	return nil
+}
+
+// groupByOwner groups the pending items by their owner among the members
+// not skipped; false when an item has none.
+func groupByOwner(r *ring.Ring, skip map[string]bool, pending []int, key func(int) string) (map[ring.Member][]int, bool) {
+	groups := map[ring.Member][]int{}
+	for _, i := range pending {
+		m, ok := r.OwnerExcept(key(i), skip)
+		if !ok {
+			return nil, false
+		}
+		groups[m] = append(groups[m], i)
+	}
+	return groups, true
+}
+
+// ringWait bounds how long a call whose every member failed waits for the
+// membership to change.
+const ringWait = time.Second
+
+// nextRing waits (up to ringWait, within ctx) for a ring other than r and
+// returns it; nil if none came.
+func (c *Client) nextRing(ctx context.Context, r *ring.Ring) *ring.Ring {
+	deadline := time.Now().Add(ringWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if nr := c.watcher.Ring(); nr != r && nr.Len() > 0 {
+			return nr
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	return nil
