@@ -447,19 +447,12 @@ func (v *Verifier) follow(ctx context.Context) (heard bool, err error) {
 // watchdog ends the stream when it was not heard from for maxStale: a
 // peer that vanished without closing the connection, or a stuck keystore.
 func (v *Verifier) watchdog(ctx context.Context, cancel context.CancelCauseFunc, last *atomic.Int64) {
-	t := time.NewTicker(min(max(time.Duration(v.maxStale)/5, 10*time.Millisecond), time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if v.clock.Now().UnixNano()-last.Load() > v.maxStale {
-				cancel(errSilent)
-				return
-			}
+	// Cancelling ends ctx, and with it the loop.
+	clock.Every(ctx, min(max(time.Duration(v.maxStale)/5, 10*time.Millisecond), time.Second), func() {
+		if v.clock.Now().UnixNano()-last.Load() > v.maxStale {
+			cancel(errSilent)
 		}
-	}
+	})
 }
 
 // reset drops everything: the cache now stands for revision rev.
