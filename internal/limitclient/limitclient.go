@@ -217,7 +217,7 @@ func (c *Client) peer(addr string) (*peer, error) {
 	defer c.mu.Unlock()
 	p := c.peers[addr]
 	if p == nil && c.cfg.Local != nil && addr == c.cfg.Local.Addr {
-		l := localClient{srv: c.cfg.Local.Server, token: c.cfg.Local.Token}
+		l := newLocalClient(c.cfg.Local)
 		if c.cfg.Local.Tracer != nil {
 			l.tracer = c.cfg.Local.Tracer.Tracer("github.com/keygate/keygate/internal/limitclient")
 		}

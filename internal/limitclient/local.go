@@ -41,18 +41,31 @@ type LocalServer interface {
 // replica: the call's outgoing metadata (a hop header) and the service
 // token arrive as the server's incoming metadata.
 type localClient struct {
-	srv    LocalServer
-	token  string
+	srv LocalServer
+	// creds is the incoming metadata of a call that carries none of its
+	// own: the service token, built once and only ever read.
+	creds  metadata.MD
 	tracer trace.Tracer // nil = none
+}
+
+func newLocalClient(l *Local) localClient {
+	c := localClient{srv: l.Server, creds: metadata.MD{}}
+	if l.Token != "" {
+		c.creds.Set(auth.Header, "Bearer "+l.Token)
+	}
+	return c
 }
 
 var _ limiterv1.LimiterServiceClient = localClient{}
 
 func (l localClient) incoming(ctx context.Context) context.Context {
-	md, _ := metadata.FromOutgoingContext(ctx)
+	md, ok := metadata.FromOutgoingContext(ctx)
+	if !ok {
+		return metadata.NewIncomingContext(ctx, l.creds) // the common case: nothing to copy
+	}
 	md = md.Copy()
-	if l.token != "" {
-		md.Set(auth.Header, "Bearer "+l.token)
+	for k, v := range l.creds {
+		md[k] = v // the service token, in place of any the call carries
 	}
 	return metadata.NewIncomingContext(ctx, md)
 }
