@@ -35,6 +35,7 @@ type LocalServer interface {
 	Check(context.Context, *limiterv1.CheckRequest) (*limiterv1.CheckResponse, error)
 	Settle(context.Context, *limiterv1.SettleRequest) (*limiterv1.SettleResponse, error)
 	Release(context.Context, *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
+	Explain(context.Context, *limiterv1.ExplainRequest) (*limiterv1.ExplainResponse, error)
 }
 
 // localClient calls a LocalServer as a LimiterServiceClient would call the
@@ -96,6 +97,10 @@ func (l localClient) Settle(ctx context.Context, in *limiterv1.SettleRequest, _ 
 
 func (l localClient) Release(ctx context.Context, in *limiterv1.ReleaseRequest, _ ...grpc.CallOption) (*limiterv1.ReleaseResponse, error) {
 	return direct(ctx, l, "Release", l.srv.Release, in)
+}
+
+func (l localClient) Explain(ctx context.Context, in *limiterv1.ExplainRequest, _ ...grpc.CallOption) (*limiterv1.ExplainResponse, error) {
+	return direct(ctx, l, "Explain", l.srv.Explain, in)
 }
 
 // The replicas' own calls never go to a Local replica: a replica does not

@@ -7,6 +7,7 @@
 package keystorev1
 
 import (
+	v11 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	v1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -230,6 +231,169 @@ func (ProviderKind) EnumDescriptor() ([]byte, []int) {
 	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{3}
 }
 
+// Who may change the limits and budgets of a standard key.
+type LimitEditors int32
+
+const (
+	// Read as LIMIT_EDITORS_KEY_OWNERS, the behaviour before the setting.
+	LimitEditors_LIMIT_EDITORS_UNSPECIFIED LimitEditors = 0
+	// Owners and admins, and members for the keys they own.
+	LimitEditors_LIMIT_EDITORS_KEY_OWNERS LimitEditors = 1
+	// Owners and admins only.
+	LimitEditors_LIMIT_EDITORS_ADMINS LimitEditors = 2
+)
+
+// Enum value maps for LimitEditors.
+var (
+	LimitEditors_name = map[int32]string{
+		0: "LIMIT_EDITORS_UNSPECIFIED",
+		1: "LIMIT_EDITORS_KEY_OWNERS",
+		2: "LIMIT_EDITORS_ADMINS",
+	}
+	LimitEditors_value = map[string]int32{
+		"LIMIT_EDITORS_UNSPECIFIED": 0,
+		"LIMIT_EDITORS_KEY_OWNERS":  1,
+		"LIMIT_EDITORS_ADMINS":      2,
+	}
+)
+
+func (x LimitEditors) Enum() *LimitEditors {
+	p := new(LimitEditors)
+	*p = x
+	return p
+}
+
+func (x LimitEditors) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LimitEditors) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[4].Descriptor()
+}
+
+func (LimitEditors) Type() protoreflect.EnumType {
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[4]
+}
+
+func (x LimitEditors) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LimitEditors.Descriptor instead.
+func (LimitEditors) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{4}
+}
+
+type CreditEntryKind int32
+
+const (
+	CreditEntryKind_CREDIT_ENTRY_KIND_UNSPECIFIED CreditEntryKind = 0
+	// Money added; the amount is positive.
+	CreditEntryKind_CREDIT_ENTRY_KIND_TOP_UP CreditEntryKind = 1
+	// A correction, positive or negative.
+	CreditEntryKind_CREDIT_ENTRY_KIND_ADJUSTMENT CreditEntryKind = 2
+)
+
+// Enum value maps for CreditEntryKind.
+var (
+	CreditEntryKind_name = map[int32]string{
+		0: "CREDIT_ENTRY_KIND_UNSPECIFIED",
+		1: "CREDIT_ENTRY_KIND_TOP_UP",
+		2: "CREDIT_ENTRY_KIND_ADJUSTMENT",
+	}
+	CreditEntryKind_value = map[string]int32{
+		"CREDIT_ENTRY_KIND_UNSPECIFIED": 0,
+		"CREDIT_ENTRY_KIND_TOP_UP":      1,
+		"CREDIT_ENTRY_KIND_ADJUSTMENT":  2,
+	}
+)
+
+func (x CreditEntryKind) Enum() *CreditEntryKind {
+	p := new(CreditEntryKind)
+	*p = x
+	return p
+}
+
+func (x CreditEntryKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CreditEntryKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[5].Descriptor()
+}
+
+func (CreditEntryKind) Type() protoreflect.EnumType {
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[5]
+}
+
+func (x CreditEntryKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CreditEntryKind.Descriptor instead.
+func (CreditEntryKind) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{5}
+}
+
+type AlertDeliveryState int32
+
+const (
+	AlertDeliveryState_ALERT_DELIVERY_STATE_UNSPECIFIED AlertDeliveryState = 0
+	// In the outbox, waiting for its next attempt.
+	AlertDeliveryState_ALERT_DELIVERY_STATE_PENDING AlertDeliveryState = 1
+	// Every webhook answered 2xx.
+	AlertDeliveryState_ALERT_DELIVERY_STATE_DELIVERED AlertDeliveryState = 2
+	// Retries exhausted for at least one webhook.
+	AlertDeliveryState_ALERT_DELIVERY_STATE_FAILED AlertDeliveryState = 3
+	// The workspace had no webhook when it was raised.
+	AlertDeliveryState_ALERT_DELIVERY_STATE_NO_WEBHOOK AlertDeliveryState = 4
+)
+
+// Enum value maps for AlertDeliveryState.
+var (
+	AlertDeliveryState_name = map[int32]string{
+		0: "ALERT_DELIVERY_STATE_UNSPECIFIED",
+		1: "ALERT_DELIVERY_STATE_PENDING",
+		2: "ALERT_DELIVERY_STATE_DELIVERED",
+		3: "ALERT_DELIVERY_STATE_FAILED",
+		4: "ALERT_DELIVERY_STATE_NO_WEBHOOK",
+	}
+	AlertDeliveryState_value = map[string]int32{
+		"ALERT_DELIVERY_STATE_UNSPECIFIED": 0,
+		"ALERT_DELIVERY_STATE_PENDING":     1,
+		"ALERT_DELIVERY_STATE_DELIVERED":   2,
+		"ALERT_DELIVERY_STATE_FAILED":      3,
+		"ALERT_DELIVERY_STATE_NO_WEBHOOK":  4,
+	}
+)
+
+func (x AlertDeliveryState) Enum() *AlertDeliveryState {
+	p := new(AlertDeliveryState)
+	*p = x
+	return p
+}
+
+func (x AlertDeliveryState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AlertDeliveryState) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[6].Descriptor()
+}
+
+func (AlertDeliveryState) Type() protoreflect.EnumType {
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[6]
+}
+
+func (x AlertDeliveryState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AlertDeliveryState.Descriptor instead.
+func (AlertDeliveryState) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{6}
+}
+
 type KeyState int32
 
 const (
@@ -266,11 +430,11 @@ func (x KeyState) String() string {
 }
 
 func (KeyState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keygate_keystore_v1_keystore_proto_enumTypes[4].Descriptor()
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[7].Descriptor()
 }
 
 func (KeyState) Type() protoreflect.EnumType {
-	return &file_keygate_keystore_v1_keystore_proto_enumTypes[4]
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[7]
 }
 
 func (x KeyState) Number() protoreflect.EnumNumber {
@@ -279,7 +443,7 @@ func (x KeyState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyState.Descriptor instead.
 func (KeyState) EnumDescriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{4}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{7}
 }
 
 type WatchKeyChangesResponse_Type int32
@@ -294,6 +458,12 @@ const (
 	WatchKeyChangesResponse_TYPE_DELETED WatchKeyChangesResponse_Type = 3
 	// Nothing changed up to revision; bounds how stale a cache can be.
 	WatchKeyChangesResponse_TYPE_PROGRESS WatchKeyChangesResponse_Type = 4
+	// The workspace (its limits, credits, settings) changed: drop what is
+	// cached for every key of it.
+	WatchKeyChangesResponse_TYPE_WORKSPACE_UPDATED WatchKeyChangesResponse_Type = 5
+	// A member (its limits or role) changed or was removed: drop what is
+	// cached for every key it owns.
+	WatchKeyChangesResponse_TYPE_MEMBER_UPDATED WatchKeyChangesResponse_Type = 6
 )
 
 // Enum value maps for WatchKeyChangesResponse_Type.
@@ -304,13 +474,17 @@ var (
 		2: "TYPE_UPDATED",
 		3: "TYPE_DELETED",
 		4: "TYPE_PROGRESS",
+		5: "TYPE_WORKSPACE_UPDATED",
+		6: "TYPE_MEMBER_UPDATED",
 	}
 	WatchKeyChangesResponse_Type_value = map[string]int32{
-		"TYPE_UNSPECIFIED": 0,
-		"TYPE_RESET":       1,
-		"TYPE_UPDATED":     2,
-		"TYPE_DELETED":     3,
-		"TYPE_PROGRESS":    4,
+		"TYPE_UNSPECIFIED":       0,
+		"TYPE_RESET":             1,
+		"TYPE_UPDATED":           2,
+		"TYPE_DELETED":           3,
+		"TYPE_PROGRESS":          4,
+		"TYPE_WORKSPACE_UPDATED": 5,
+		"TYPE_MEMBER_UPDATED":    6,
 	}
 )
 
@@ -325,11 +499,11 @@ func (x WatchKeyChangesResponse_Type) String() string {
 }
 
 func (WatchKeyChangesResponse_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_keygate_keystore_v1_keystore_proto_enumTypes[5].Descriptor()
+	return file_keygate_keystore_v1_keystore_proto_enumTypes[8].Descriptor()
 }
 
 func (WatchKeyChangesResponse_Type) Type() protoreflect.EnumType {
-	return &file_keygate_keystore_v1_keystore_proto_enumTypes[5]
+	return &file_keygate_keystore_v1_keystore_proto_enumTypes[8]
 }
 
 func (x WatchKeyChangesResponse_Type) Number() protoreflect.EnumNumber {
@@ -338,7 +512,7 @@ func (x WatchKeyChangesResponse_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchKeyChangesResponse_Type.Descriptor instead.
 func (WatchKeyChangesResponse_Type) EnumDescriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40, 0}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{68, 0}
 }
 
 type Workspace struct {
@@ -348,13 +522,28 @@ type Workspace struct {
 	Name string        `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Kind WorkspaceKind `protobuf:"varint,3,opt,name=kind,proto3,enum=keygate.keystore.v1.WorkspaceKind" json:"kind,omitempty"`
 	// Most keys the workspace may hold; 0 on create means the default, 10.
-	MaxKeys       int32                  `protobuf:"varint,4,opt,name=max_keys,json=maxKeys,proto3" json:"max_keys,omitempty"`
-	KeyCount      int32                  `protobuf:"varint,5,opt,name=key_count,json=keyCount,proto3" json:"key_count,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	Etag          string                 `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxKeys    int32                  `protobuf:"varint,4,opt,name=max_keys,json=maxKeys,proto3" json:"max_keys,omitempty"`
+	KeyCount   int32                  `protobuf:"varint,5,opt,name=key_count,json=keyCount,proto3" json:"key_count,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Etag       string                 `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
+	// The workspace level: limits on all its keys together.
+	Limits *v1.Policy `protobuf:"bytes,9,opt,name=limits,proto3" json:"limits,omitempty"`
+	// Workspace-level limits in report (shadow) mode.
+	ReportLimits  *v1.Policy   `protobuf:"bytes,10,opt,name=report_limits,json=reportLimits,proto3" json:"report_limits,omitempty"`
+	LimitOverride *v1.Override `protobuf:"bytes,11,opt,name=limit_override,json=limitOverride,proto3" json:"limit_override,omitempty"`
+	// Who may change a standard key's limits and budgets.
+	LimitEditors LimitEditors `protobuf:"varint,12,opt,name=limit_editors,json=limitEditors,proto3,enum=keygate.keystore.v1.LimitEditors" json:"limit_editors,omitempty"`
+	// Most request-log records kept for this workspace; 0 = the global cap.
+	RequestLogCap int64 `protobuf:"varint,13,opt,name=request_log_cap,json=requestLogCap,proto3" json:"request_log_cap,omitempty"`
+	// Percentages of any budget, token cap or daily limit, at any level in
+	// this workspace, whose first crossing in a period raises an alert.
+	AlertThresholds []int32 `protobuf:"varint,14,rep,packed,name=alert_thresholds,json=alertThresholds,proto3" json:"alert_thresholds,omitempty"`
+	// Output only: the credits granted so far (top-ups and adjustments),
+	// exact decimal USD; empty when the workspace has never held credits.
+	CreditsGrantedUsd string `protobuf:"bytes,15,opt,name=credits_granted_usd,json=creditsGrantedUsd,proto3" json:"credits_granted_usd,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Workspace) Reset() {
@@ -443,13 +632,67 @@ func (x *Workspace) GetEtag() string {
 	return ""
 }
 
+func (x *Workspace) GetLimits() *v1.Policy {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Workspace) GetReportLimits() *v1.Policy {
+	if x != nil {
+		return x.ReportLimits
+	}
+	return nil
+}
+
+func (x *Workspace) GetLimitOverride() *v1.Override {
+	if x != nil {
+		return x.LimitOverride
+	}
+	return nil
+}
+
+func (x *Workspace) GetLimitEditors() LimitEditors {
+	if x != nil {
+		return x.LimitEditors
+	}
+	return LimitEditors_LIMIT_EDITORS_UNSPECIFIED
+}
+
+func (x *Workspace) GetRequestLogCap() int64 {
+	if x != nil {
+		return x.RequestLogCap
+	}
+	return 0
+}
+
+func (x *Workspace) GetAlertThresholds() []int32 {
+	if x != nil {
+		return x.AlertThresholds
+	}
+	return nil
+}
+
+func (x *Workspace) GetCreditsGrantedUsd() string {
+	if x != nil {
+		return x.CreditsGrantedUsd
+	}
+	return ""
+}
+
 type Member struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
 	// The member's subject: a user id, an email, or the OIDC `sub`.
-	Member        string                 `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
-	Role          Role                   `protobuf:"varint,3,opt,name=role,proto3,enum=keygate.keystore.v1.Role" json:"role,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Member     string                 `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	Role       Role                   `protobuf:"varint,3,opt,name=role,proto3,enum=keygate.keystore.v1.Role" json:"role,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The member level: limits on all the keys this member owns together.
+	Limits        *v1.Policy             `protobuf:"bytes,5,opt,name=limits,proto3" json:"limits,omitempty"`
+	ReportLimits  *v1.Policy             `protobuf:"bytes,6,opt,name=report_limits,json=reportLimits,proto3" json:"report_limits,omitempty"`
+	LimitOverride *v1.Override           `protobuf:"bytes,7,opt,name=limit_override,json=limitOverride,proto3" json:"limit_override,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,6 +755,34 @@ func (x *Member) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Member) GetLimits() *v1.Policy {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *Member) GetReportLimits() *v1.Policy {
+	if x != nil {
+		return x.ReportLimits
+	}
+	return nil
+}
+
+func (x *Member) GetLimitOverride() *v1.Override {
+	if x != nil {
+		return x.LimitOverride
+	}
+	return nil
+}
+
+func (x *Member) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
 type Key struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Public, stable id; part of the secret.
@@ -543,7 +814,13 @@ type Key struct {
 	// While set and in the future, the secret before the last rotation works too.
 	PreviousSecretExpireTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=previous_secret_expire_time,json=previousSecretExpireTime,proto3" json:"previous_secret_expire_time,omitempty"`
 	// Changes on every write; send it back on update for optimistic concurrency.
-	Etag          string `protobuf:"bytes,21,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,21,opt,name=etag,proto3" json:"etag,omitempty"`
+	// The key's limits in report (shadow) mode.
+	ReportLimits  *v1.Policy   `protobuf:"bytes,22,opt,name=report_limits,json=reportLimits,proto3" json:"report_limits,omitempty"`
+	LimitOverride *v1.Override `protobuf:"bytes,23,opt,name=limit_override,json=limitOverride,proto3" json:"limit_override,omitempty"`
+	// Imported from another system (ImportKeys): its secret has that
+	// system's format. Output only.
+	Legacy        bool `protobuf:"varint,24,opt,name=legacy,proto3" json:"legacy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -725,6 +1002,380 @@ func (x *Key) GetEtag() string {
 	return ""
 }
 
+func (x *Key) GetReportLimits() *v1.Policy {
+	if x != nil {
+		return x.ReportLimits
+	}
+	return nil
+}
+
+func (x *Key) GetLimitOverride() *v1.Override {
+	if x != nil {
+		return x.LimitOverride
+	}
+	return nil
+}
+
+func (x *Key) GetLegacy() bool {
+	if x != nil {
+		return x.Legacy
+	}
+	return false
+}
+
+// CreditEntry is one movement of a workspace's credits.
+type CreditEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller: the idempotency id, 1-128 characters of
+	// letters, digits, '-', '_', '.', ':'.
+	Id   string          `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind CreditEntryKind `protobuf:"varint,2,opt,name=kind,proto3,enum=keygate.keystore.v1.CreditEntryKind" json:"kind,omitempty"`
+	// Exact decimal USD, at most 6 decimal places; negative only for
+	// adjustments.
+	AmountUsd string `protobuf:"bytes,3,opt,name=amount_usd,json=amountUsd,proto3" json:"amount_usd,omitempty"`
+	// At most 512 characters.
+	Note string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	// Output only.
+	Actor         string                 `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditEntry) Reset() {
+	*x = CreditEntry{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditEntry) ProtoMessage() {}
+
+func (x *CreditEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditEntry.ProtoReflect.Descriptor instead.
+func (*CreditEntry) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreditEntry) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreditEntry) GetKind() CreditEntryKind {
+	if x != nil {
+		return x.Kind
+	}
+	return CreditEntryKind_CREDIT_ENTRY_KIND_UNSPECIFIED
+}
+
+func (x *CreditEntry) GetAmountUsd() string {
+	if x != nil {
+		return x.AmountUsd
+	}
+	return ""
+}
+
+func (x *CreditEntry) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *CreditEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *CreditEntry) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type Webhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Output only.
+	Id        string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Workspace string `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// http or https, with a host and no user or password.
+	Url         string                 `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Description string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only: when the signing secret was last issued.
+	SecretTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=secret_time,json=secretTime,proto3" json:"secret_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Webhook) Reset() {
+	*x = Webhook{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Webhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Webhook) ProtoMessage() {}
+
+func (x *Webhook) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
+func (*Webhook) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Webhook) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Webhook) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *Webhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Webhook) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Webhook) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Webhook) GetSecretTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SecretTime
+	}
+	return nil
+}
+
+// Alert is one threshold crossing. Its JSON (protojson) is the webhook
+// payload, signed as the Webhook-Signature header documents.
+type Alert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Stable across retries: receivers deduplicate by it.
+	Id        string        `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Workspace string        `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Level     v1.LimitLevel `protobuf:"varint,3,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	// The key id or member subject; the workspace id for the workspace level.
+	LevelId string `protobuf:"bytes,4,opt,name=level_id,json=levelId,proto3" json:"level_id,omitempty"`
+	// "rpd", "tpd", "token_cap", "budget" or "credits".
+	Limit string `protobuf:"bytes,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Set for a per-model daily limit.
+	Model            string `protobuf:"bytes,6,opt,name=model,proto3" json:"model,omitempty"`
+	ThresholdPercent int32  `protobuf:"varint,7,opt,name=threshold_percent,json=thresholdPercent,proto3" json:"threshold_percent,omitempty"`
+	// Budgets and credits in exact decimal USD; the others as integers.
+	LimitValue string `protobuf:"bytes,8,opt,name=limit_value,json=limitValue,proto3" json:"limit_value,omitempty"`
+	Used       string `protobuf:"bytes,9,opt,name=used,proto3" json:"used,omitempty"`
+	// "day", "week", "month" or "never".
+	Period      string                 `protobuf:"bytes,10,opt,name=period,proto3" json:"period,omitempty"`
+	PeriodStart *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=period_start,json=periodStart,proto3" json:"period_start,omitempty"`
+	// Unset for "never".
+	ResetTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=reset_time,json=resetTime,proto3" json:"reset_time,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=time,proto3" json:"time,omitempty"`
+	// Delivery, output only in ListAlerts (not in the payload).
+	DeliveryState AlertDeliveryState `protobuf:"varint,14,opt,name=delivery_state,json=deliveryState,proto3,enum=keygate.keystore.v1.AlertDeliveryState" json:"delivery_state,omitempty"`
+	Attempts      int32              `protobuf:"varint,15,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// A sample sent by TestWebhook.
+	Test          bool `protobuf:"varint,16,opt,name=test,proto3" json:"test,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alert) Reset() {
+	*x = Alert{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alert) ProtoMessage() {}
+
+func (x *Alert) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alert.ProtoReflect.Descriptor instead.
+func (*Alert) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Alert) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Alert) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *Alert) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *Alert) GetLevelId() string {
+	if x != nil {
+		return x.LevelId
+	}
+	return ""
+}
+
+func (x *Alert) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *Alert) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *Alert) GetThresholdPercent() int32 {
+	if x != nil {
+		return x.ThresholdPercent
+	}
+	return 0
+}
+
+func (x *Alert) GetLimitValue() string {
+	if x != nil {
+		return x.LimitValue
+	}
+	return ""
+}
+
+func (x *Alert) GetUsed() string {
+	if x != nil {
+		return x.Used
+	}
+	return ""
+}
+
+func (x *Alert) GetPeriod() string {
+	if x != nil {
+		return x.Period
+	}
+	return ""
+}
+
+func (x *Alert) GetPeriodStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PeriodStart
+	}
+	return nil
+}
+
+func (x *Alert) GetResetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResetTime
+	}
+	return nil
+}
+
+func (x *Alert) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Alert) GetDeliveryState() AlertDeliveryState {
+	if x != nil {
+		return x.DeliveryState
+	}
+	return AlertDeliveryState_ALERT_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *Alert) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Alert) GetTest() bool {
+	if x != nil {
+		return x.Test
+	}
+	return false
+}
+
 type Provider struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Lower-case letters, digits and dashes.
@@ -744,7 +1395,7 @@ type Provider struct {
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[3]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1407,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[3]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1420,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{3}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Provider) GetId() string {
@@ -846,7 +1497,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[4]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1509,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[4]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1522,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{4}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Model) GetId() string {
@@ -959,7 +1610,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[5]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1622,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[5]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1635,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{5}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuditEvent) GetId() string {
@@ -1061,7 +1712,7 @@ type CreateWorkspaceRequest struct {
 
 func (x *CreateWorkspaceRequest) Reset() {
 	*x = CreateWorkspaceRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[6]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1724,7 @@ func (x *CreateWorkspaceRequest) String() string {
 func (*CreateWorkspaceRequest) ProtoMessage() {}
 
 func (x *CreateWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[6]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1737,7 @@ func (x *CreateWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*CreateWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{6}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateWorkspaceRequest) GetWorkspace() *Workspace {
@@ -1112,7 +1763,7 @@ type CreateWorkspaceResponse struct {
 
 func (x *CreateWorkspaceResponse) Reset() {
 	*x = CreateWorkspaceResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[7]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1775,7 @@ func (x *CreateWorkspaceResponse) String() string {
 func (*CreateWorkspaceResponse) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[7]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1788,7 @@ func (x *CreateWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*CreateWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{7}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateWorkspaceResponse) GetWorkspace() *Workspace {
@@ -1156,7 +1807,7 @@ type GetWorkspaceRequest struct {
 
 func (x *GetWorkspaceRequest) Reset() {
 	*x = GetWorkspaceRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[8]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1819,7 @@ func (x *GetWorkspaceRequest) String() string {
 func (*GetWorkspaceRequest) ProtoMessage() {}
 
 func (x *GetWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[8]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1832,7 @@ func (x *GetWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*GetWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{8}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetWorkspaceRequest) GetWorkspace() string {
@@ -1205,7 +1856,7 @@ type GetWorkspaceResponse struct {
 
 func (x *GetWorkspaceResponse) Reset() {
 	*x = GetWorkspaceResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[9]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1868,7 @@ func (x *GetWorkspaceResponse) String() string {
 func (*GetWorkspaceResponse) ProtoMessage() {}
 
 func (x *GetWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[9]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1881,7 @@ func (x *GetWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*GetWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{9}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetWorkspaceResponse) GetWorkspace() *Workspace {
@@ -1264,7 +1915,7 @@ type ListWorkspacesRequest struct {
 
 func (x *ListWorkspacesRequest) Reset() {
 	*x = ListWorkspacesRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[10]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1927,7 @@ func (x *ListWorkspacesRequest) String() string {
 func (*ListWorkspacesRequest) ProtoMessage() {}
 
 func (x *ListWorkspacesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[10]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1940,7 @@ func (x *ListWorkspacesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkspacesRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkspacesRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{10}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListWorkspacesRequest) GetPageSize() int32 {
@@ -1316,7 +1967,7 @@ type ListWorkspacesResponse struct {
 
 func (x *ListWorkspacesResponse) Reset() {
 	*x = ListWorkspacesResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[11]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1979,7 @@ func (x *ListWorkspacesResponse) String() string {
 func (*ListWorkspacesResponse) ProtoMessage() {}
 
 func (x *ListWorkspacesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[11]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1992,7 @@ func (x *ListWorkspacesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkspacesResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkspacesResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{11}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListWorkspacesResponse) GetWorkspaces() []*Workspace {
@@ -1370,7 +2021,7 @@ type UpdateWorkspaceRequest struct {
 
 func (x *UpdateWorkspaceRequest) Reset() {
 	*x = UpdateWorkspaceRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[12]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +2033,7 @@ func (x *UpdateWorkspaceRequest) String() string {
 func (*UpdateWorkspaceRequest) ProtoMessage() {}
 
 func (x *UpdateWorkspaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[12]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +2046,7 @@ func (x *UpdateWorkspaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateWorkspaceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateWorkspaceRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{12}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateWorkspaceRequest) GetWorkspace() string {
@@ -1435,7 +2086,7 @@ type UpdateWorkspaceResponse struct {
 
 func (x *UpdateWorkspaceResponse) Reset() {
 	*x = UpdateWorkspaceResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[13]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +2098,7 @@ func (x *UpdateWorkspaceResponse) String() string {
 func (*UpdateWorkspaceResponse) ProtoMessage() {}
 
 func (x *UpdateWorkspaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[13]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +2111,7 @@ func (x *UpdateWorkspaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateWorkspaceResponse.ProtoReflect.Descriptor instead.
 func (*UpdateWorkspaceResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{13}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateWorkspaceResponse) GetWorkspace() *Workspace {
@@ -1481,7 +2132,7 @@ type SetMemberRequest struct {
 
 func (x *SetMemberRequest) Reset() {
 	*x = SetMemberRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[14]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +2144,7 @@ func (x *SetMemberRequest) String() string {
 func (*SetMemberRequest) ProtoMessage() {}
 
 func (x *SetMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[14]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +2157,7 @@ func (x *SetMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberRequest.ProtoReflect.Descriptor instead.
 func (*SetMemberRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{14}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetMemberRequest) GetWorkspace() string {
@@ -1539,7 +2190,7 @@ type SetMemberResponse struct {
 
 func (x *SetMemberResponse) Reset() {
 	*x = SetMemberResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[15]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +2202,7 @@ func (x *SetMemberResponse) String() string {
 func (*SetMemberResponse) ProtoMessage() {}
 
 func (x *SetMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[15]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +2215,7 @@ func (x *SetMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberResponse.ProtoReflect.Descriptor instead.
 func (*SetMemberResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{15}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetMemberResponse) GetMember() *Member {
@@ -1583,7 +2234,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[16]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +2246,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[16]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +2259,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{16}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListMembersRequest) GetWorkspace() string {
@@ -1627,7 +2278,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[17]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +2290,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[17]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +2303,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{17}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -1672,7 +2323,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[18]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +2335,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[18]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +2348,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{18}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoveMemberRequest) GetWorkspace() string {
@@ -1722,7 +2373,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[19]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2385,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[19]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2398,1458 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{19}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{22}
+}
+
+type UpdateMemberRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member    string                 `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	// Fields to set, as named by update_mask: limits, report_limits,
+	// limit_override.
+	Patch         *Member                `protobuf:"bytes,3,opt,name=patch,proto3" json:"patch,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMemberRequest) Reset() {
+	*x = UpdateMemberRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMemberRequest) ProtoMessage() {}
+
+func (x *UpdateMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMemberRequest.ProtoReflect.Descriptor instead.
+func (*UpdateMemberRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UpdateMemberRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *UpdateMemberRequest) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *UpdateMemberRequest) GetPatch() *Member {
+	if x != nil {
+		return x.Patch
+	}
+	return nil
+}
+
+func (x *UpdateMemberRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMemberResponse) Reset() {
+	*x = UpdateMemberResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMemberResponse) ProtoMessage() {}
+
+func (x *UpdateMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMemberResponse.ProtoReflect.Descriptor instead.
+func (*UpdateMemberResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdateMemberResponse) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+// ImportedKey is a key of another system, known by its secret's hash.
+type ImportedKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique in the workspace, as for CreateKey.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Lower-case hex SHA-256 of the secret as clients send it.
+	SecretSha256 string `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	// Last characters of the secret for display (at most 4); optional.
+	PartialKey string `protobuf:"bytes,3,opt,name=partial_key,json=partialKey,proto3" json:"partial_key,omitempty"`
+	// Defaults to the caller.
+	Owner         string                 `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	AllowedModels []string               `protobuf:"bytes,5,rep,name=allowed_models,json=allowedModels,proto3" json:"allowed_models,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	GlobalLimits  *v1.Limits             `protobuf:"bytes,7,opt,name=global_limits,json=globalLimits,proto3" json:"global_limits,omitempty"`
+	ModelLimits   []*v1.ModelLimits      `protobuf:"bytes,8,rep,name=model_limits,json=modelLimits,proto3" json:"model_limits,omitempty"`
+	TokenCap      *v1.TokenCap           `protobuf:"bytes,9,opt,name=token_cap,json=tokenCap,proto3" json:"token_cap,omitempty"`
+	Budget        *v1.Budget             `protobuf:"bytes,10,opt,name=budget,proto3" json:"budget,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportedKey) Reset() {
+	*x = ImportedKey{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportedKey) ProtoMessage() {}
+
+func (x *ImportedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportedKey.ProtoReflect.Descriptor instead.
+func (*ImportedKey) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ImportedKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportedKey) GetSecretSha256() string {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return ""
+}
+
+func (x *ImportedKey) GetPartialKey() string {
+	if x != nil {
+		return x.PartialKey
+	}
+	return ""
+}
+
+func (x *ImportedKey) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ImportedKey) GetAllowedModels() []string {
+	if x != nil {
+		return x.AllowedModels
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetGlobalLimits() *v1.Limits {
+	if x != nil {
+		return x.GlobalLimits
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetModelLimits() []*v1.ModelLimits {
+	if x != nil {
+		return x.ModelLimits
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetTokenCap() *v1.TokenCap {
+	if x != nil {
+		return x.TokenCap
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetBudget() *v1.Budget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *ImportedKey) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+type ImportKeysRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// At most 100 per call; all or none are imported.
+	Keys          []*ImportedKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportKeysRequest) Reset() {
+	*x = ImportKeysRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportKeysRequest) ProtoMessage() {}
+
+func (x *ImportKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportKeysRequest.ProtoReflect.Descriptor instead.
+func (*ImportKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ImportKeysRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ImportKeysRequest) GetKeys() []*ImportedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type ImportKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportKeysResponse) Reset() {
+	*x = ImportKeysResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportKeysResponse) ProtoMessage() {}
+
+func (x *ImportKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportKeysResponse.ProtoReflect.Descriptor instead.
+func (*ImportKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ImportKeysResponse) GetKeys() []*Key {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type ExplainKeyRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// The model to judge a request for; empty judges the global limits only.
+	Model string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	// Tokens the request would reserve (prompt estimate + max_tokens);
+	// default 1.
+	EstimatedTokens int64 `protobuf:"varint,4,opt,name=estimated_tokens,json=estimatedTokens,proto3" json:"estimated_tokens,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ExplainKeyRequest) Reset() {
+	*x = ExplainKeyRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainKeyRequest) ProtoMessage() {}
+
+func (x *ExplainKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainKeyRequest.ProtoReflect.Descriptor instead.
+func (*ExplainKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ExplainKeyRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ExplainKeyRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ExplainKeyRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ExplainKeyRequest) GetEstimatedTokens() int64 {
+	if x != nil {
+		return x.EstimatedTokens
+	}
+	return 0
+}
+
+type ExplainKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every limit at every level, with its live state.
+	Limits     []*v11.LimitState `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	WouldAdmit bool              `protobuf:"varint,2,opt,name=would_admit,json=wouldAdmit,proto3" json:"would_admit,omitempty"`
+	// When it would not: the level and limit that would deny.
+	DeniedLevel v1.LimitLevel `protobuf:"varint,3,opt,name=denied_level,json=deniedLevel,proto3,enum=keygate.type.v1.LimitLevel" json:"denied_level,omitempty"`
+	DeniedBy    v11.LimitKind `protobuf:"varint,4,opt,name=denied_by,json=deniedBy,proto3,enum=keygate.limiter.v1.LimitKind" json:"denied_by,omitempty"`
+	DeniedModel string        `protobuf:"bytes,5,opt,name=denied_model,json=deniedModel,proto3" json:"denied_model,omitempty"`
+	// The cost the estimate was priced at, exact decimal USD.
+	EstimatedCostUsd string `protobuf:"bytes,6,opt,name=estimated_cost_usd,json=estimatedCostUsd,proto3" json:"estimated_cost_usd,omitempty"`
+	// Report-mode limits that would deny it.
+	Reported      []*v11.Reported `protobuf:"bytes,7,rep,name=reported,proto3" json:"reported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainKeyResponse) Reset() {
+	*x = ExplainKeyResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainKeyResponse) ProtoMessage() {}
+
+func (x *ExplainKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainKeyResponse.ProtoReflect.Descriptor instead.
+func (*ExplainKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExplainKeyResponse) GetLimits() []*v11.LimitState {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *ExplainKeyResponse) GetWouldAdmit() bool {
+	if x != nil {
+		return x.WouldAdmit
+	}
+	return false
+}
+
+func (x *ExplainKeyResponse) GetDeniedLevel() v1.LimitLevel {
+	if x != nil {
+		return x.DeniedLevel
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *ExplainKeyResponse) GetDeniedBy() v11.LimitKind {
+	if x != nil {
+		return x.DeniedBy
+	}
+	return v11.LimitKind(0)
+}
+
+func (x *ExplainKeyResponse) GetDeniedModel() string {
+	if x != nil {
+		return x.DeniedModel
+	}
+	return ""
+}
+
+func (x *ExplainKeyResponse) GetEstimatedCostUsd() string {
+	if x != nil {
+		return x.EstimatedCostUsd
+	}
+	return ""
+}
+
+func (x *ExplainKeyResponse) GetReported() []*v11.Reported {
+	if x != nil {
+		return x.Reported
+	}
+	return nil
+}
+
+type AddCreditEntryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Entry         *CreditEntry           `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddCreditEntryRequest) Reset() {
+	*x = AddCreditEntryRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddCreditEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddCreditEntryRequest) ProtoMessage() {}
+
+func (x *AddCreditEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddCreditEntryRequest.ProtoReflect.Descriptor instead.
+func (*AddCreditEntryRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AddCreditEntryRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *AddCreditEntryRequest) GetEntry() *CreditEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type AddCreditEntryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Entry *CreditEntry           `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// True when the id was already recorded (this is the first entry).
+	Replayed      bool `protobuf:"varint,2,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddCreditEntryResponse) Reset() {
+	*x = AddCreditEntryResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddCreditEntryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddCreditEntryResponse) ProtoMessage() {}
+
+func (x *AddCreditEntryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddCreditEntryResponse.ProtoReflect.Descriptor instead.
+func (*AddCreditEntryResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *AddCreditEntryResponse) GetEntry() *CreditEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *AddCreditEntryResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+type GetCreditsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCreditsRequest) Reset() {
+	*x = GetCreditsRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCreditsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCreditsRequest) ProtoMessage() {}
+
+func (x *GetCreditsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCreditsRequest.ProtoReflect.Descriptor instead.
+func (*GetCreditsRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetCreditsRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetCreditsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exact decimal USD: granted - spent = balance (may be negative by what
+	// settlements added above their estimates).
+	GrantedUsd string `protobuf:"bytes,1,opt,name=granted_usd,json=grantedUsd,proto3" json:"granted_usd,omitempty"`
+	SpentUsd   string `protobuf:"bytes,2,opt,name=spent_usd,json=spentUsd,proto3" json:"spent_usd,omitempty"`
+	BalanceUsd string `protobuf:"bytes,3,opt,name=balance_usd,json=balanceUsd,proto3" json:"balance_usd,omitempty"`
+	// Whether the workspace holds credits (any entry recorded).
+	Enabled       bool `protobuf:"varint,4,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCreditsResponse) Reset() {
+	*x = GetCreditsResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCreditsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCreditsResponse) ProtoMessage() {}
+
+func (x *GetCreditsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCreditsResponse.ProtoReflect.Descriptor instead.
+func (*GetCreditsResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetCreditsResponse) GetGrantedUsd() string {
+	if x != nil {
+		return x.GrantedUsd
+	}
+	return ""
+}
+
+func (x *GetCreditsResponse) GetSpentUsd() string {
+	if x != nil {
+		return x.SpentUsd
+	}
+	return ""
+}
+
+func (x *GetCreditsResponse) GetBalanceUsd() string {
+	if x != nil {
+		return x.BalanceUsd
+	}
+	return ""
+}
+
+func (x *GetCreditsResponse) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+type ListCreditEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCreditEntriesRequest) Reset() {
+	*x = ListCreditEntriesRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCreditEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCreditEntriesRequest) ProtoMessage() {}
+
+func (x *ListCreditEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCreditEntriesRequest.ProtoReflect.Descriptor instead.
+func (*ListCreditEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListCreditEntriesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ListCreditEntriesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCreditEntriesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListCreditEntriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Entries       []*CreditEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	NextPageToken string         `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCreditEntriesResponse) Reset() {
+	*x = ListCreditEntriesResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCreditEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCreditEntriesResponse) ProtoMessage() {}
+
+func (x *ListCreditEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCreditEntriesResponse.ProtoReflect.Descriptor instead.
+func (*ListCreditEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListCreditEntriesResponse) GetEntries() []*CreditEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListCreditEntriesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CreateWebhookRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Webhook       *Webhook               `protobuf:"bytes,2,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWebhookRequest) Reset() {
+	*x = CreateWebhookRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWebhookRequest) ProtoMessage() {}
+
+func (x *CreateWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWebhookRequest.ProtoReflect.Descriptor instead.
+func (*CreateWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CreateWebhookRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *CreateWebhookRequest) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+type CreateWebhookResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Webhook *Webhook               `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// The signing secret, shown once ("whsec_…").
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWebhookResponse) Reset() {
+	*x = CreateWebhookResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWebhookResponse) ProtoMessage() {}
+
+func (x *CreateWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWebhookResponse.ProtoReflect.Descriptor instead.
+func (*CreateWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CreateWebhookResponse) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *CreateWebhookResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type ListWebhooksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksRequest) Reset() {
+	*x = ListWebhooksRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksRequest) ProtoMessage() {}
+
+func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
+func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListWebhooksRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ListWebhooksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Webhooks      []*Webhook             `protobuf:"bytes,1,rep,name=webhooks,proto3" json:"webhooks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksResponse) Reset() {
+	*x = ListWebhooksResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksResponse) ProtoMessage() {}
+
+func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
+func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
+	if x != nil {
+		return x.Webhooks
+	}
+	return nil
+}
+
+type DeleteWebhookRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Webhook       string                 `protobuf:"bytes,2,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookRequest) Reset() {
+	*x = DeleteWebhookRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookRequest) ProtoMessage() {}
+
+func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DeleteWebhookRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *DeleteWebhookRequest) GetWebhook() string {
+	if x != nil {
+		return x.Webhook
+	}
+	return ""
+}
+
+type DeleteWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookResponse) Reset() {
+	*x = DeleteWebhookResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookResponse) ProtoMessage() {}
+
+func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{41}
+}
+
+type RotateWebhookSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Webhook       string                 `protobuf:"bytes,2,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateWebhookSecretRequest) Reset() {
+	*x = RotateWebhookSecretRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateWebhookSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateWebhookSecretRequest) ProtoMessage() {}
+
+func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateWebhookSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateWebhookSecretRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RotateWebhookSecretRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *RotateWebhookSecretRequest) GetWebhook() string {
+	if x != nil {
+		return x.Webhook
+	}
+	return ""
+}
+
+type RotateWebhookSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Webhook       *Webhook               `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	Secret        string                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateWebhookSecretResponse) Reset() {
+	*x = RotateWebhookSecretResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateWebhookSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateWebhookSecretResponse) ProtoMessage() {}
+
+func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateWebhookSecretResponse.ProtoReflect.Descriptor instead.
+func (*RotateWebhookSecretResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RotateWebhookSecretResponse) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *RotateWebhookSecretResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type TestWebhookRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Webhook       string                 `protobuf:"bytes,2,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestWebhookRequest) Reset() {
+	*x = TestWebhookRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestWebhookRequest) ProtoMessage() {}
+
+func (x *TestWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestWebhookRequest.ProtoReflect.Descriptor instead.
+func (*TestWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *TestWebhookRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *TestWebhookRequest) GetWebhook() string {
+	if x != nil {
+		return x.Webhook
+	}
+	return ""
+}
+
+type TestWebhookResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The receiver's HTTP status; 0 when it could not be reached.
+	StatusCode int32 `protobuf:"varint,1,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Delivered  bool  `protobuf:"varint,2,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Why not, when not delivered.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestWebhookResponse) Reset() {
+	*x = TestWebhookResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestWebhookResponse) ProtoMessage() {}
+
+func (x *TestWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestWebhookResponse.ProtoReflect.Descriptor instead.
+func (*TestWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *TestWebhookResponse) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *TestWebhookResponse) GetDelivered() bool {
+	if x != nil {
+		return x.Delivered
+	}
+	return false
+}
+
+func (x *TestWebhookResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ListAlertsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAlertsRequest) Reset() {
+	*x = ListAlertsRequest{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAlertsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAlertsRequest) ProtoMessage() {}
+
+func (x *ListAlertsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAlertsRequest.ProtoReflect.Descriptor instead.
+func (*ListAlertsRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListAlertsRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ListAlertsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAlertsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAlertsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Alerts        []*Alert               `protobuf:"bytes,1,rep,name=alerts,proto3" json:"alerts,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAlertsResponse) Reset() {
+	*x = ListAlertsResponse{}
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAlertsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAlertsResponse) ProtoMessage() {}
+
+func (x *ListAlertsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAlertsResponse.ProtoReflect.Descriptor instead.
+func (*ListAlertsResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListAlertsResponse) GetAlerts() []*Alert {
+	if x != nil {
+		return x.Alerts
+	}
+	return nil
+}
+
+func (x *ListAlertsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type CreateKeyRequest struct {
@@ -1766,14 +3868,16 @@ type CreateKeyRequest struct {
 	TokenCap      *v1.TokenCap           `protobuf:"bytes,10,opt,name=token_cap,json=tokenCap,proto3" json:"token_cap,omitempty"`
 	Budget        *v1.Budget             `protobuf:"bytes,11,opt,name=budget,proto3" json:"budget,omitempty"`
 	// Create disabled.
-	Disabled      bool `protobuf:"varint,12,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	Disabled      bool         `protobuf:"varint,12,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	ReportLimits  *v1.Policy   `protobuf:"bytes,13,opt,name=report_limits,json=reportLimits,proto3" json:"report_limits,omitempty"`
+	LimitOverride *v1.Override `protobuf:"bytes,14,opt,name=limit_override,json=limitOverride,proto3" json:"limit_override,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateKeyRequest) Reset() {
 	*x = CreateKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[20]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +3889,7 @@ func (x *CreateKeyRequest) String() string {
 func (*CreateKeyRequest) ProtoMessage() {}
 
 func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[20]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +3902,7 @@ func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{20}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateKeyRequest) GetWorkspace() string {
@@ -1885,6 +3989,20 @@ func (x *CreateKeyRequest) GetDisabled() bool {
 	return false
 }
 
+func (x *CreateKeyRequest) GetReportLimits() *v1.Policy {
+	if x != nil {
+		return x.ReportLimits
+	}
+	return nil
+}
+
+func (x *CreateKeyRequest) GetLimitOverride() *v1.Override {
+	if x != nil {
+		return x.LimitOverride
+	}
+	return nil
+}
+
 type CreateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   *Key                   `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1896,7 +4014,7 @@ type CreateKeyResponse struct {
 
 func (x *CreateKeyResponse) Reset() {
 	*x = CreateKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[21]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +4026,7 @@ func (x *CreateKeyResponse) String() string {
 func (*CreateKeyResponse) ProtoMessage() {}
 
 func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[21]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +4039,7 @@ func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{21}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CreateKeyResponse) GetKey() *Key {
@@ -1948,7 +4066,7 @@ type GetKeyRequest struct {
 
 func (x *GetKeyRequest) Reset() {
 	*x = GetKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[22]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +4078,7 @@ func (x *GetKeyRequest) String() string {
 func (*GetKeyRequest) ProtoMessage() {}
 
 func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[22]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +4091,7 @@ func (x *GetKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{22}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetKeyRequest) GetWorkspace() string {
@@ -1999,7 +4117,7 @@ type GetKeyResponse struct {
 
 func (x *GetKeyResponse) Reset() {
 	*x = GetKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[23]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +4129,7 @@ func (x *GetKeyResponse) String() string {
 func (*GetKeyResponse) ProtoMessage() {}
 
 func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[23]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +4142,7 @@ func (x *GetKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{23}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetKeyResponse) GetKey() *Key {
@@ -2041,16 +4159,18 @@ type ListKeysRequest struct {
 	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Filters; unset matches all.
-	State         KeyState `protobuf:"varint,4,opt,name=state,proto3,enum=keygate.keystore.v1.KeyState" json:"state,omitempty"`
-	Kind          KeyKind  `protobuf:"varint,5,opt,name=kind,proto3,enum=keygate.keystore.v1.KeyKind" json:"kind,omitempty"`
-	Owner         string   `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	State KeyState `protobuf:"varint,4,opt,name=state,proto3,enum=keygate.keystore.v1.KeyState" json:"state,omitempty"`
+	Kind  KeyKind  `protobuf:"varint,5,opt,name=kind,proto3,enum=keygate.keystore.v1.KeyKind" json:"kind,omitempty"`
+	Owner string   `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Only imported (legacy) keys.
+	Legacy        bool `protobuf:"varint,7,opt,name=legacy,proto3" json:"legacy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[24]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +4182,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[24]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +4195,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{24}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListKeysRequest) GetWorkspace() string {
@@ -2120,6 +4240,13 @@ func (x *ListKeysRequest) GetOwner() string {
 	return ""
 }
 
+func (x *ListKeysRequest) GetLegacy() bool {
+	if x != nil {
+		return x.Legacy
+	}
+	return false
+}
+
 type ListKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
@@ -2130,7 +4257,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[25]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +4269,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[25]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +4282,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{25}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListKeysResponse) GetKeys() []*Key {
@@ -2177,7 +4304,8 @@ type UpdateKeyRequest struct {
 	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
 	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// Fields to set, as named by update_mask: name, enabled, expire_time,
-	// allowed_models, labels, global_limits, model_limits, token_cap, budget.
+	// allowed_models, labels, global_limits, model_limits, token_cap, budget,
+	// report_limits, limit_override.
 	Patch      *Key                   `protobuf:"bytes,3,opt,name=patch,proto3" json:"patch,omitempty"`
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,4,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// If set, the update applies only if the key's etag still matches.
@@ -2188,7 +4316,7 @@ type UpdateKeyRequest struct {
 
 func (x *UpdateKeyRequest) Reset() {
 	*x = UpdateKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[26]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +4328,7 @@ func (x *UpdateKeyRequest) String() string {
 func (*UpdateKeyRequest) ProtoMessage() {}
 
 func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[26]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +4341,7 @@ func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateKeyRequest.ProtoReflect.Descriptor instead.
 func (*UpdateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{26}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UpdateKeyRequest) GetWorkspace() string {
@@ -2260,7 +4388,7 @@ type UpdateKeyResponse struct {
 
 func (x *UpdateKeyResponse) Reset() {
 	*x = UpdateKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[27]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +4400,7 @@ func (x *UpdateKeyResponse) String() string {
 func (*UpdateKeyResponse) ProtoMessage() {}
 
 func (x *UpdateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[27]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +4413,7 @@ func (x *UpdateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateKeyResponse.ProtoReflect.Descriptor instead.
 func (*UpdateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{27}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *UpdateKeyResponse) GetKey() *Key {
@@ -2306,7 +4434,7 @@ type DeleteKeyRequest struct {
 
 func (x *DeleteKeyRequest) Reset() {
 	*x = DeleteKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[28]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +4446,7 @@ func (x *DeleteKeyRequest) String() string {
 func (*DeleteKeyRequest) ProtoMessage() {}
 
 func (x *DeleteKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[28]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +4459,7 @@ func (x *DeleteKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteKeyRequest.ProtoReflect.Descriptor instead.
 func (*DeleteKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{28}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DeleteKeyRequest) GetWorkspace() string {
@@ -2363,7 +4491,7 @@ type DeleteKeyResponse struct {
 
 func (x *DeleteKeyResponse) Reset() {
 	*x = DeleteKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[29]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +4503,7 @@ func (x *DeleteKeyResponse) String() string {
 func (*DeleteKeyResponse) ProtoMessage() {}
 
 func (x *DeleteKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[29]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +4516,7 @@ func (x *DeleteKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteKeyResponse.ProtoReflect.Descriptor instead.
 func (*DeleteKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{29}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{57}
 }
 
 type RotateKeyRequest struct {
@@ -2403,7 +4531,7 @@ type RotateKeyRequest struct {
 
 func (x *RotateKeyRequest) Reset() {
 	*x = RotateKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[30]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +4543,7 @@ func (x *RotateKeyRequest) String() string {
 func (*RotateKeyRequest) ProtoMessage() {}
 
 func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[30]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +4556,7 @@ func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{30}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RotateKeyRequest) GetWorkspace() string {
@@ -2463,7 +4591,7 @@ type RotateKeyResponse struct {
 
 func (x *RotateKeyResponse) Reset() {
 	*x = RotateKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[31]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +4603,7 @@ func (x *RotateKeyResponse) String() string {
 func (*RotateKeyResponse) ProtoMessage() {}
 
 func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[31]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +4616,7 @@ func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{31}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RotateKeyResponse) GetKey() *Key {
@@ -2515,7 +4643,7 @@ type ExpireKeyRequest struct {
 
 func (x *ExpireKeyRequest) Reset() {
 	*x = ExpireKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[32]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2527,7 +4655,7 @@ func (x *ExpireKeyRequest) String() string {
 func (*ExpireKeyRequest) ProtoMessage() {}
 
 func (x *ExpireKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[32]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2540,7 +4668,7 @@ func (x *ExpireKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireKeyRequest.ProtoReflect.Descriptor instead.
 func (*ExpireKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{32}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ExpireKeyRequest) GetWorkspace() string {
@@ -2566,7 +4694,7 @@ type ExpireKeyResponse struct {
 
 func (x *ExpireKeyResponse) Reset() {
 	*x = ExpireKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[33]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +4706,7 @@ func (x *ExpireKeyResponse) String() string {
 func (*ExpireKeyResponse) ProtoMessage() {}
 
 func (x *ExpireKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[33]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +4719,7 @@ func (x *ExpireKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireKeyResponse.ProtoReflect.Descriptor instead.
 func (*ExpireKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{33}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ExpireKeyResponse) GetKey() *Key {
@@ -2610,7 +4738,7 @@ type VerifyKeyRequest struct {
 
 func (x *VerifyKeyRequest) Reset() {
 	*x = VerifyKeyRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[34]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +4750,7 @@ func (x *VerifyKeyRequest) String() string {
 func (*VerifyKeyRequest) ProtoMessage() {}
 
 func (x *VerifyKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[34]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +4763,7 @@ func (x *VerifyKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyKeyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{34}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *VerifyKeyRequest) GetSecret() string {
@@ -2650,13 +4778,17 @@ type VerifyKeyResponse struct {
 	Key   *Key                   `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Set when the secret is the previous one, still in its rotation grace.
 	SecretExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=secret_expire_time,json=secretExpireTime,proto3" json:"secret_expire_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The key's workspace and owning member, with their levels' limits,
+	// credits and alert thresholds, as the edge needs them.
+	Workspace     *Workspace `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member        *Member    `protobuf:"bytes,4,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyKeyResponse) Reset() {
 	*x = VerifyKeyResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[35]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +4800,7 @@ func (x *VerifyKeyResponse) String() string {
 func (*VerifyKeyResponse) ProtoMessage() {}
 
 func (x *VerifyKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[35]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +4813,7 @@ func (x *VerifyKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyKeyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{35}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *VerifyKeyResponse) GetKey() *Key {
@@ -2698,6 +4830,20 @@ func (x *VerifyKeyResponse) GetSecretExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *VerifyKeyResponse) GetWorkspace() *Workspace {
+	if x != nil {
+		return x.Workspace
+	}
+	return nil
+}
+
+func (x *VerifyKeyResponse) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
 type KeyUse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
@@ -2709,7 +4855,7 @@ type KeyUse struct {
 
 func (x *KeyUse) Reset() {
 	*x = KeyUse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +4867,7 @@ func (x *KeyUse) String() string {
 func (*KeyUse) ProtoMessage() {}
 
 func (x *KeyUse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[36]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +4880,7 @@ func (x *KeyUse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyUse.ProtoReflect.Descriptor instead.
 func (*KeyUse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{36}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *KeyUse) GetWorkspace() string {
@@ -2767,7 +4913,7 @@ type RecordKeyUseRequest struct {
 
 func (x *RecordKeyUseRequest) Reset() {
 	*x = RecordKeyUseRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2779,7 +4925,7 @@ func (x *RecordKeyUseRequest) String() string {
 func (*RecordKeyUseRequest) ProtoMessage() {}
 
 func (x *RecordKeyUseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[37]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2792,7 +4938,7 @@ func (x *RecordKeyUseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordKeyUseRequest.ProtoReflect.Descriptor instead.
 func (*RecordKeyUseRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{37}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *RecordKeyUseRequest) GetUses() []*KeyUse {
@@ -2810,7 +4956,7 @@ type RecordKeyUseResponse struct {
 
 func (x *RecordKeyUseResponse) Reset() {
 	*x = RecordKeyUseResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2822,7 +4968,7 @@ func (x *RecordKeyUseResponse) String() string {
 func (*RecordKeyUseResponse) ProtoMessage() {}
 
 func (x *RecordKeyUseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[38]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2835,7 +4981,7 @@ func (x *RecordKeyUseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordKeyUseResponse.ProtoReflect.Descriptor instead.
 func (*RecordKeyUseResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{38}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{66}
 }
 
 type WatchKeyChangesRequest struct {
@@ -2853,7 +4999,7 @@ type WatchKeyChangesRequest struct {
 
 func (x *WatchKeyChangesRequest) Reset() {
 	*x = WatchKeyChangesRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +5011,7 @@ func (x *WatchKeyChangesRequest) String() string {
 func (*WatchKeyChangesRequest) ProtoMessage() {}
 
 func (x *WatchKeyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[39]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +5024,7 @@ func (x *WatchKeyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*WatchKeyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{39}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *WatchKeyChangesRequest) GetStartRevision() int64 {
@@ -2889,17 +5035,20 @@ func (x *WatchKeyChangesRequest) GetStartRevision() int64 {
 }
 
 type WatchKeyChangesResponse struct {
-	state         protoimpl.MessageState       `protogen:"open.v1"`
-	Type          WatchKeyChangesResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=keygate.keystore.v1.WatchKeyChangesResponse_Type" json:"type,omitempty"`
-	Key           string                       `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Revision      int64                        `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState       `protogen:"open.v1"`
+	Type     WatchKeyChangesResponse_Type `protobuf:"varint,1,opt,name=type,proto3,enum=keygate.keystore.v1.WatchKeyChangesResponse_Type" json:"type,omitempty"`
+	Key      string                       `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Revision int64                        `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// For the workspace and member types.
+	Workspace     string `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member        string `protobuf:"bytes,5,opt,name=member,proto3" json:"member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchKeyChangesResponse) Reset() {
 	*x = WatchKeyChangesResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +5060,7 @@ func (x *WatchKeyChangesResponse) String() string {
 func (*WatchKeyChangesResponse) ProtoMessage() {}
 
 func (x *WatchKeyChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[40]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +5073,7 @@ func (x *WatchKeyChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchKeyChangesResponse.ProtoReflect.Descriptor instead.
 func (*WatchKeyChangesResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{40}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *WatchKeyChangesResponse) GetType() WatchKeyChangesResponse_Type {
@@ -2948,6 +5097,20 @@ func (x *WatchKeyChangesResponse) GetRevision() int64 {
 	return 0
 }
 
+func (x *WatchKeyChangesResponse) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *WatchKeyChangesResponse) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
 type CreateProviderRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Provider      *Provider              `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
@@ -2957,7 +5120,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2969,7 +5132,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[41]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2982,7 +5145,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{41}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *CreateProviderRequest) GetProvider() *Provider {
@@ -3001,7 +5164,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3013,7 +5176,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[42]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3026,7 +5189,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{42}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -3045,7 +5208,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +5220,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[43]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +5233,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{43}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *GetProviderRequest) GetProvider() string {
@@ -3089,7 +5252,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3101,7 +5264,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[44]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3114,7 +5277,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{44}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -3137,7 +5300,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3149,7 +5312,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[45]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3162,7 +5325,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{45}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *UpdateProviderRequest) GetProvider() string {
@@ -3195,7 +5358,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3207,7 +5370,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[46]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3220,7 +5383,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{46}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -3238,7 +5401,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3250,7 +5413,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[47]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3263,7 +5426,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{47}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{75}
 }
 
 type ListProvidersResponse struct {
@@ -3275,7 +5438,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3287,7 +5450,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[48]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3300,7 +5463,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{48}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -3319,7 +5482,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3331,7 +5494,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[49]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3344,7 +5507,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{49}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *DeleteProviderRequest) GetProvider() string {
@@ -3362,7 +5525,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3374,7 +5537,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[50]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3387,7 +5550,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{50}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{78}
 }
 
 type CreateModelRequest struct {
@@ -3399,7 +5562,7 @@ type CreateModelRequest struct {
 
 func (x *CreateModelRequest) Reset() {
 	*x = CreateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3411,7 +5574,7 @@ func (x *CreateModelRequest) String() string {
 func (*CreateModelRequest) ProtoMessage() {}
 
 func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[51]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3424,7 +5587,7 @@ func (x *CreateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelRequest.ProtoReflect.Descriptor instead.
 func (*CreateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{51}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *CreateModelRequest) GetModel() *Model {
@@ -3443,7 +5606,7 @@ type CreateModelResponse struct {
 
 func (x *CreateModelResponse) Reset() {
 	*x = CreateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3455,7 +5618,7 @@ func (x *CreateModelResponse) String() string {
 func (*CreateModelResponse) ProtoMessage() {}
 
 func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[52]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3468,7 +5631,7 @@ func (x *CreateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateModelResponse.ProtoReflect.Descriptor instead.
 func (*CreateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{52}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *CreateModelResponse) GetModel() *Model {
@@ -3487,7 +5650,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3499,7 +5662,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[53]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3512,7 +5675,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{53}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *GetModelRequest) GetModel() string {
@@ -3531,7 +5694,7 @@ type GetModelResponse struct {
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3543,7 +5706,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[54]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3556,7 +5719,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{54}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *GetModelResponse) GetModel() *Model {
@@ -3574,7 +5737,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3586,7 +5749,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[55]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3599,7 +5762,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{55}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{83}
 }
 
 type ListModelsResponse struct {
@@ -3611,7 +5774,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3623,7 +5786,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[56]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3636,7 +5799,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{56}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -3657,7 +5820,7 @@ type UpdateModelRequest struct {
 
 func (x *UpdateModelRequest) Reset() {
 	*x = UpdateModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3669,7 +5832,7 @@ func (x *UpdateModelRequest) String() string {
 func (*UpdateModelRequest) ProtoMessage() {}
 
 func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[57]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3682,7 +5845,7 @@ func (x *UpdateModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelRequest.ProtoReflect.Descriptor instead.
 func (*UpdateModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{57}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *UpdateModelRequest) GetModel() string {
@@ -3715,7 +5878,7 @@ type UpdateModelResponse struct {
 
 func (x *UpdateModelResponse) Reset() {
 	*x = UpdateModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3727,7 +5890,7 @@ func (x *UpdateModelResponse) String() string {
 func (*UpdateModelResponse) ProtoMessage() {}
 
 func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[58]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3740,7 +5903,7 @@ func (x *UpdateModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateModelResponse.ProtoReflect.Descriptor instead.
 func (*UpdateModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{58}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *UpdateModelResponse) GetModel() *Model {
@@ -3759,7 +5922,7 @@ type DeleteModelRequest struct {
 
 func (x *DeleteModelRequest) Reset() {
 	*x = DeleteModelRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3771,7 +5934,7 @@ func (x *DeleteModelRequest) String() string {
 func (*DeleteModelRequest) ProtoMessage() {}
 
 func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[59]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3784,7 +5947,7 @@ func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelRequest.ProtoReflect.Descriptor instead.
 func (*DeleteModelRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{59}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *DeleteModelRequest) GetModel() string {
@@ -3802,7 +5965,7 @@ type DeleteModelResponse struct {
 
 func (x *DeleteModelResponse) Reset() {
 	*x = DeleteModelResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3814,7 +5977,7 @@ func (x *DeleteModelResponse) String() string {
 func (*DeleteModelResponse) ProtoMessage() {}
 
 func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[60]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3827,7 +5990,7 @@ func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteModelResponse.ProtoReflect.Descriptor instead.
 func (*DeleteModelResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{60}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{88}
 }
 
 type ListAuditEventsRequest struct {
@@ -3843,7 +6006,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3855,7 +6018,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[61]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3868,7 +6031,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{61}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *ListAuditEventsRequest) GetWorkspace() string {
@@ -3909,7 +6072,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3921,7 +6084,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[62]
+	mi := &file_keygate_keystore_v1_keystore_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3934,7 +6097,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{62}
+	return file_keygate_keystore_v1_keystore_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -3955,7 +6118,7 @@ var File_keygate_keystore_v1_keystore_proto protoreflect.FileDescriptor
 
 const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\n" +
-	"\"keygate/keystore/v1/keystore.proto\x12\x13keygate.keystore.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ckeygate/type/v1/limits.proto\"\xad\x02\n" +
+	"\"keygate/keystore/v1/keystore.proto\x12\x13keygate.keystore.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a keygate/limiter/v1/limiter.proto\x1a\x1ckeygate/type/v1/limits.proto\"\xa9\x05\n" +
 	"\tWorkspace\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x126\n" +
@@ -3966,13 +6129,26 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\b \x01(\tR\x04etag\"\xaa\x01\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\x12/\n" +
+	"\x06limits\x18\t \x01(\v2\x17.keygate.type.v1.PolicyR\x06limits\x12<\n" +
+	"\rreport_limits\x18\n" +
+	" \x01(\v2\x17.keygate.type.v1.PolicyR\freportLimits\x12@\n" +
+	"\x0elimit_override\x18\v \x01(\v2\x19.keygate.type.v1.OverrideR\rlimitOverride\x12F\n" +
+	"\rlimit_editors\x18\f \x01(\x0e2!.keygate.keystore.v1.LimitEditorsR\flimitEditors\x12&\n" +
+	"\x0frequest_log_cap\x18\r \x01(\x03R\rrequestLogCap\x12)\n" +
+	"\x10alert_thresholds\x18\x0e \x03(\x05R\x0falertThresholds\x12.\n" +
+	"\x13credits_granted_usd\x18\x0f \x01(\tR\x11creditsGrantedUsd\"\x98\x03\n" +
 	"\x06Member\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12-\n" +
 	"\x04role\x18\x03 \x01(\x0e2\x19.keygate.keystore.v1.RoleR\x04role\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x89\b\n" +
+	"createTime\x12/\n" +
+	"\x06limits\x18\x05 \x01(\v2\x17.keygate.type.v1.PolicyR\x06limits\x12<\n" +
+	"\rreport_limits\x18\x06 \x01(\v2\x17.keygate.type.v1.PolicyR\freportLimits\x12@\n" +
+	"\x0elimit_override\x18\a \x01(\v2\x19.keygate.type.v1.OverrideR\rlimitOverride\x12;\n" +
+	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\xa1\t\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x12\n" +
@@ -3999,10 +6175,51 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\ttoken_cap\x18\x12 \x01(\v2\x19.keygate.type.v1.TokenCapR\btokenCap\x12/\n" +
 	"\x06budget\x18\x13 \x01(\v2\x17.keygate.type.v1.BudgetR\x06budget\x12Y\n" +
 	"\x1bprevious_secret_expire_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x18previousSecretExpireTime\x12\x12\n" +
-	"\x04etag\x18\x15 \x01(\tR\x04etag\x1a9\n" +
+	"\x04etag\x18\x15 \x01(\tR\x04etag\x12<\n" +
+	"\rreport_limits\x18\x16 \x01(\v2\x17.keygate.type.v1.PolicyR\freportLimits\x12@\n" +
+	"\x0elimit_override\x18\x17 \x01(\v2\x19.keygate.type.v1.OverrideR\rlimitOverride\x12\x16\n" +
+	"\x06legacy\x18\x18 \x01(\bR\x06legacy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x01\n" +
+	"\vCreditEntry\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x128\n" +
+	"\x04kind\x18\x02 \x01(\x0e2$.keygate.keystore.v1.CreditEntryKindR\x04kind\x12\x1d\n" +
+	"\n" +
+	"amount_usd\x18\x03 \x01(\tR\tamountUsd\x12\x12\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note\x12\x14\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\xe5\x01\n" +
+	"\aWebhook\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vsecret_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"secretTime\"\xd3\x04\n" +
+	"\x05Alert\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x121\n" +
+	"\x05level\x18\x03 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x12\x19\n" +
+	"\blevel_id\x18\x04 \x01(\tR\alevelId\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\tR\x05limit\x12\x14\n" +
+	"\x05model\x18\x06 \x01(\tR\x05model\x12+\n" +
+	"\x11threshold_percent\x18\a \x01(\x05R\x10thresholdPercent\x12\x1f\n" +
+	"\vlimit_value\x18\b \x01(\tR\n" +
+	"limitValue\x12\x12\n" +
+	"\x04used\x18\t \x01(\tR\x04used\x12\x16\n" +
+	"\x06period\x18\n" +
+	" \x01(\tR\x06period\x12=\n" +
+	"\fperiod_start\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vperiodStart\x129\n" +
+	"\n" +
+	"reset_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tresetTime\x12.\n" +
+	"\x04time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12N\n" +
+	"\x0edelivery_state\x18\x0e \x01(\x0e2'.keygate.keystore.v1.AlertDeliveryStateR\rdeliveryState\x12\x1a\n" +
+	"\battempts\x18\x0f \x01(\x05R\battempts\x12\x12\n" +
+	"\x04test\x18\x10 \x01(\bR\x04test\"\xa8\x02\n" +
 	"\bProvider\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1e\n" +
@@ -4081,7 +6298,111 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x13RemoveMemberRequest\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\"\x16\n" +
-	"\x14RemoveMemberResponse\"\xfa\x04\n" +
+	"\x14RemoveMemberResponse\"\xbb\x01\n" +
+	"\x13UpdateMemberRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\tR\x06member\x121\n" +
+	"\x05patch\x18\x03 \x01(\v2\x1b.keygate.keystore.v1.MemberR\x05patch\x12;\n" +
+	"\vupdate_mask\x18\x04 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"K\n" +
+	"\x14UpdateMemberResponse\x123\n" +
+	"\x06member\x18\x01 \x01(\v2\x1b.keygate.keystore.v1.MemberR\x06member\"\xca\x04\n" +
+	"\vImportedKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rsecret_sha256\x18\x02 \x01(\tR\fsecretSha256\x12\x1f\n" +
+	"\vpartial_key\x18\x03 \x01(\tR\n" +
+	"partialKey\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\x12%\n" +
+	"\x0eallowed_models\x18\x05 \x03(\tR\rallowedModels\x12D\n" +
+	"\x06labels\x18\x06 \x03(\v2,.keygate.keystore.v1.ImportedKey.LabelsEntryR\x06labels\x12<\n" +
+	"\rglobal_limits\x18\a \x01(\v2\x17.keygate.type.v1.LimitsR\fglobalLimits\x12?\n" +
+	"\fmodel_limits\x18\b \x03(\v2\x1c.keygate.type.v1.ModelLimitsR\vmodelLimits\x126\n" +
+	"\ttoken_cap\x18\t \x01(\v2\x19.keygate.type.v1.TokenCapR\btokenCap\x12/\n" +
+	"\x06budget\x18\n" +
+	" \x01(\v2\x17.keygate.type.v1.BudgetR\x06budget\x12;\n" +
+	"\vexpire_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"g\n" +
+	"\x11ImportKeysRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x124\n" +
+	"\x04keys\x18\x02 \x03(\v2 .keygate.keystore.v1.ImportedKeyR\x04keys\"B\n" +
+	"\x12ImportKeysResponse\x12,\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.keygate.keystore.v1.KeyR\x04keys\"\x84\x01\n" +
+	"\x11ExplainKeyRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12)\n" +
+	"\x10estimated_tokens\x18\x04 \x01(\x03R\x0festimatedTokens\"\xf4\x02\n" +
+	"\x12ExplainKeyResponse\x126\n" +
+	"\x06limits\x18\x01 \x03(\v2\x1e.keygate.limiter.v1.LimitStateR\x06limits\x12\x1f\n" +
+	"\vwould_admit\x18\x02 \x01(\bR\n" +
+	"wouldAdmit\x12>\n" +
+	"\fdenied_level\x18\x03 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\vdeniedLevel\x12:\n" +
+	"\tdenied_by\x18\x04 \x01(\x0e2\x1d.keygate.limiter.v1.LimitKindR\bdeniedBy\x12!\n" +
+	"\fdenied_model\x18\x05 \x01(\tR\vdeniedModel\x12,\n" +
+	"\x12estimated_cost_usd\x18\x06 \x01(\tR\x10estimatedCostUsd\x128\n" +
+	"\breported\x18\a \x03(\v2\x1c.keygate.limiter.v1.ReportedR\breported\"m\n" +
+	"\x15AddCreditEntryRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x126\n" +
+	"\x05entry\x18\x02 \x01(\v2 .keygate.keystore.v1.CreditEntryR\x05entry\"l\n" +
+	"\x16AddCreditEntryResponse\x126\n" +
+	"\x05entry\x18\x01 \x01(\v2 .keygate.keystore.v1.CreditEntryR\x05entry\x12\x1a\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"1\n" +
+	"\x11GetCreditsRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\"\x8d\x01\n" +
+	"\x12GetCreditsResponse\x12\x1f\n" +
+	"\vgranted_usd\x18\x01 \x01(\tR\n" +
+	"grantedUsd\x12\x1b\n" +
+	"\tspent_usd\x18\x02 \x01(\tR\bspentUsd\x12\x1f\n" +
+	"\vbalance_usd\x18\x03 \x01(\tR\n" +
+	"balanceUsd\x12\x18\n" +
+	"\aenabled\x18\x04 \x01(\bR\aenabled\"t\n" +
+	"\x18ListCreditEntriesRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x7f\n" +
+	"\x19ListCreditEntriesResponse\x12:\n" +
+	"\aentries\x18\x01 \x03(\v2 .keygate.keystore.v1.CreditEntryR\aentries\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"l\n" +
+	"\x14CreateWebhookRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x126\n" +
+	"\awebhook\x18\x02 \x01(\v2\x1c.keygate.keystore.v1.WebhookR\awebhook\"g\n" +
+	"\x15CreateWebhookResponse\x126\n" +
+	"\awebhook\x18\x01 \x01(\v2\x1c.keygate.keystore.v1.WebhookR\awebhook\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"3\n" +
+	"\x13ListWebhooksRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\"P\n" +
+	"\x14ListWebhooksResponse\x128\n" +
+	"\bwebhooks\x18\x01 \x03(\v2\x1c.keygate.keystore.v1.WebhookR\bwebhooks\"N\n" +
+	"\x14DeleteWebhookRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x18\n" +
+	"\awebhook\x18\x02 \x01(\tR\awebhook\"\x17\n" +
+	"\x15DeleteWebhookResponse\"T\n" +
+	"\x1aRotateWebhookSecretRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x18\n" +
+	"\awebhook\x18\x02 \x01(\tR\awebhook\"m\n" +
+	"\x1bRotateWebhookSecretResponse\x126\n" +
+	"\awebhook\x18\x01 \x01(\v2\x1c.keygate.keystore.v1.WebhookR\awebhook\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"L\n" +
+	"\x12TestWebhookRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x18\n" +
+	"\awebhook\x18\x02 \x01(\tR\awebhook\"j\n" +
+	"\x13TestWebhookResponse\x12\x1f\n" +
+	"\vstatus_code\x18\x01 \x01(\x05R\n" +
+	"statusCode\x12\x1c\n" +
+	"\tdelivered\x18\x02 \x01(\bR\tdelivered\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"m\n" +
+	"\x11ListAlertsRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
+	"\x12ListAlertsResponse\x122\n" +
+	"\x06alerts\x18\x01 \x03(\v2\x1a.keygate.keystore.v1.AlertR\x06alerts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xfa\x05\n" +
 	"\x10CreateKeyRequest\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x120\n" +
@@ -4096,7 +6417,9 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\ttoken_cap\x18\n" +
 	" \x01(\v2\x19.keygate.type.v1.TokenCapR\btokenCap\x12/\n" +
 	"\x06budget\x18\v \x01(\v2\x17.keygate.type.v1.BudgetR\x06budget\x12\x1a\n" +
-	"\bdisabled\x18\f \x01(\bR\bdisabled\x1a9\n" +
+	"\bdisabled\x18\f \x01(\bR\bdisabled\x12<\n" +
+	"\rreport_limits\x18\r \x01(\v2\x17.keygate.type.v1.PolicyR\freportLimits\x12@\n" +
+	"\x0elimit_override\x18\x0e \x01(\v2\x19.keygate.type.v1.OverrideR\rlimitOverride\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
@@ -4107,7 +6430,7 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"<\n" +
 	"\x0eGetKeyResponse\x12*\n" +
-	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\"\xe8\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\"\x80\x02\n" +
 	"\x0fListKeysRequest\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -4115,7 +6438,8 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\x123\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x1d.keygate.keystore.v1.KeyStateR\x05state\x120\n" +
 	"\x04kind\x18\x05 \x01(\x0e2\x1c.keygate.keystore.v1.KeyKindR\x04kind\x12\x14\n" +
-	"\x05owner\x18\x06 \x01(\tR\x05owner\"h\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06legacy\x18\a \x01(\bR\x06legacy\"h\n" +
 	"\x10ListKeysResponse\x12,\n" +
 	"\x04keys\x18\x01 \x03(\v2\x18.keygate.keystore.v1.KeyR\x04keys\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc3\x01\n" +
@@ -4146,10 +6470,12 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x11ExpireKeyResponse\x12*\n" +
 	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\"*\n" +
 	"\x10VerifyKeyRequest\x12\x16\n" +
-	"\x06secret\x18\x01 \x01(\tR\x06secret\"\x89\x01\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\"\xfc\x01\n" +
 	"\x11VerifyKeyResponse\x12*\n" +
 	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\x12H\n" +
-	"\x12secret_expire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTime\"h\n" +
+	"\x12secret_expire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTime\x12<\n" +
+	"\tworkspace\x18\x03 \x01(\v2\x1e.keygate.keystore.v1.WorkspaceR\tworkspace\x123\n" +
+	"\x06member\x18\x04 \x01(\v2\x1b.keygate.keystore.v1.MemberR\x06member\"h\n" +
 	"\x06KeyUse\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12.\n" +
@@ -4158,18 +6484,22 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x04uses\x18\x01 \x03(\v2\x1b.keygate.keystore.v1.KeyUseR\x04uses\"\x16\n" +
 	"\x14RecordKeyUseResponse\"?\n" +
 	"\x16WatchKeyChangesRequest\x12%\n" +
-	"\x0estart_revision\x18\x01 \x01(\x03R\rstartRevision\"\xf3\x01\n" +
+	"\x0estart_revision\x18\x01 \x01(\x03R\rstartRevision\"\xdf\x02\n" +
 	"\x17WatchKeyChangesResponse\x12E\n" +
 	"\x04type\x18\x01 \x01(\x0e21.keygate.keystore.v1.WatchKeyChangesResponse.TypeR\x04type\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"c\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\x05 \x01(\tR\x06member\"\x98\x01\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"TYPE_RESET\x10\x01\x12\x10\n" +
 	"\fTYPE_UPDATED\x10\x02\x12\x10\n" +
 	"\fTYPE_DELETED\x10\x03\x12\x11\n" +
-	"\rTYPE_PROGRESS\x10\x04\"R\n" +
+	"\rTYPE_PROGRESS\x10\x04\x12\x1a\n" +
+	"\x16TYPE_WORKSPACE_UPDATED\x10\x05\x12\x17\n" +
+	"\x13TYPE_MEMBER_UPDATED\x10\x06\"R\n" +
 	"\x15CreateProviderRequest\x129\n" +
 	"\bprovider\x18\x01 \x01(\v2\x1d.keygate.keystore.v1.ProviderR\bprovider\"S\n" +
 	"\x16CreateProviderResponse\x129\n" +
@@ -4239,12 +6569,26 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\fProviderKind\x12\x1d\n" +
 	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PROVIDER_KIND_OPENAI\x10\x01\x12\x1b\n" +
-	"\x17PROVIDER_KIND_ANTHROPIC\x10\x02*j\n" +
+	"\x17PROVIDER_KIND_ANTHROPIC\x10\x02*e\n" +
+	"\fLimitEditors\x12\x1d\n" +
+	"\x19LIMIT_EDITORS_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18LIMIT_EDITORS_KEY_OWNERS\x10\x01\x12\x18\n" +
+	"\x14LIMIT_EDITORS_ADMINS\x10\x02*t\n" +
+	"\x0fCreditEntryKind\x12!\n" +
+	"\x1dCREDIT_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18CREDIT_ENTRY_KIND_TOP_UP\x10\x01\x12 \n" +
+	"\x1cCREDIT_ENTRY_KIND_ADJUSTMENT\x10\x02*\xc6\x01\n" +
+	"\x12AlertDeliveryState\x12$\n" +
+	" ALERT_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cALERT_DELIVERY_STATE_PENDING\x10\x01\x12\"\n" +
+	"\x1eALERT_DELIVERY_STATE_DELIVERED\x10\x02\x12\x1f\n" +
+	"\x1bALERT_DELIVERY_STATE_FAILED\x10\x03\x12#\n" +
+	"\x1fALERT_DELIVERY_STATE_NO_WEBHOOK\x10\x04*j\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_DISABLED\x10\x02\x12\x15\n" +
-	"\x11KEY_STATE_EXPIRED\x10\x032\xe0\x15\n" +
+	"\x11KEY_STATE_EXPIRED\x10\x032\xb1\x1f\n" +
 	"\x0fKeystoreService\x12l\n" +
 	"\x0fCreateWorkspace\x12+.keygate.keystore.v1.CreateWorkspaceRequest\x1a,.keygate.keystore.v1.CreateWorkspaceResponse\x12c\n" +
 	"\fGetWorkspace\x12(.keygate.keystore.v1.GetWorkspaceRequest\x1a).keygate.keystore.v1.GetWorkspaceResponse\x12i\n" +
@@ -4252,14 +6596,19 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x0fUpdateWorkspace\x12+.keygate.keystore.v1.UpdateWorkspaceRequest\x1a,.keygate.keystore.v1.UpdateWorkspaceResponse\x12Z\n" +
 	"\tSetMember\x12%.keygate.keystore.v1.SetMemberRequest\x1a&.keygate.keystore.v1.SetMemberResponse\x12`\n" +
 	"\vListMembers\x12'.keygate.keystore.v1.ListMembersRequest\x1a(.keygate.keystore.v1.ListMembersResponse\x12c\n" +
-	"\fRemoveMember\x12(.keygate.keystore.v1.RemoveMemberRequest\x1a).keygate.keystore.v1.RemoveMemberResponse\x12Z\n" +
+	"\fRemoveMember\x12(.keygate.keystore.v1.RemoveMemberRequest\x1a).keygate.keystore.v1.RemoveMemberResponse\x12c\n" +
+	"\fUpdateMember\x12(.keygate.keystore.v1.UpdateMemberRequest\x1a).keygate.keystore.v1.UpdateMemberResponse\x12Z\n" +
 	"\tCreateKey\x12%.keygate.keystore.v1.CreateKeyRequest\x1a&.keygate.keystore.v1.CreateKeyResponse\x12Q\n" +
 	"\x06GetKey\x12\".keygate.keystore.v1.GetKeyRequest\x1a#.keygate.keystore.v1.GetKeyResponse\x12W\n" +
 	"\bListKeys\x12$.keygate.keystore.v1.ListKeysRequest\x1a%.keygate.keystore.v1.ListKeysResponse\x12Z\n" +
 	"\tUpdateKey\x12%.keygate.keystore.v1.UpdateKeyRequest\x1a&.keygate.keystore.v1.UpdateKeyResponse\x12Z\n" +
 	"\tDeleteKey\x12%.keygate.keystore.v1.DeleteKeyRequest\x1a&.keygate.keystore.v1.DeleteKeyResponse\x12Z\n" +
 	"\tRotateKey\x12%.keygate.keystore.v1.RotateKeyRequest\x1a&.keygate.keystore.v1.RotateKeyResponse\x12Z\n" +
-	"\tExpireKey\x12%.keygate.keystore.v1.ExpireKeyRequest\x1a&.keygate.keystore.v1.ExpireKeyResponse\x12Z\n" +
+	"\tExpireKey\x12%.keygate.keystore.v1.ExpireKeyRequest\x1a&.keygate.keystore.v1.ExpireKeyResponse\x12]\n" +
+	"\n" +
+	"ImportKeys\x12&.keygate.keystore.v1.ImportKeysRequest\x1a'.keygate.keystore.v1.ImportKeysResponse\x12]\n" +
+	"\n" +
+	"ExplainKey\x12&.keygate.keystore.v1.ExplainKeyRequest\x1a'.keygate.keystore.v1.ExplainKeyResponse\x12Z\n" +
 	"\tVerifyKey\x12%.keygate.keystore.v1.VerifyKeyRequest\x1a&.keygate.keystore.v1.VerifyKeyResponse\x12n\n" +
 	"\x0fWatchKeyChanges\x12+.keygate.keystore.v1.WatchKeyChangesRequest\x1a,.keygate.keystore.v1.WatchKeyChangesResponse0\x01\x12c\n" +
 	"\fRecordKeyUse\x12(.keygate.keystore.v1.RecordKeyUseRequest\x1a).keygate.keystore.v1.RecordKeyUseResponse\x12i\n" +
@@ -4273,7 +6622,18 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\n" +
 	"ListModels\x12&.keygate.keystore.v1.ListModelsRequest\x1a'.keygate.keystore.v1.ListModelsResponse\x12`\n" +
 	"\vUpdateModel\x12'.keygate.keystore.v1.UpdateModelRequest\x1a(.keygate.keystore.v1.UpdateModelResponse\x12`\n" +
-	"\vDeleteModel\x12'.keygate.keystore.v1.DeleteModelRequest\x1a(.keygate.keystore.v1.DeleteModelResponse\x12l\n" +
+	"\vDeleteModel\x12'.keygate.keystore.v1.DeleteModelRequest\x1a(.keygate.keystore.v1.DeleteModelResponse\x12i\n" +
+	"\x0eAddCreditEntry\x12*.keygate.keystore.v1.AddCreditEntryRequest\x1a+.keygate.keystore.v1.AddCreditEntryResponse\x12]\n" +
+	"\n" +
+	"GetCredits\x12&.keygate.keystore.v1.GetCreditsRequest\x1a'.keygate.keystore.v1.GetCreditsResponse\x12r\n" +
+	"\x11ListCreditEntries\x12-.keygate.keystore.v1.ListCreditEntriesRequest\x1a..keygate.keystore.v1.ListCreditEntriesResponse\x12f\n" +
+	"\rCreateWebhook\x12).keygate.keystore.v1.CreateWebhookRequest\x1a*.keygate.keystore.v1.CreateWebhookResponse\x12c\n" +
+	"\fListWebhooks\x12(.keygate.keystore.v1.ListWebhooksRequest\x1a).keygate.keystore.v1.ListWebhooksResponse\x12f\n" +
+	"\rDeleteWebhook\x12).keygate.keystore.v1.DeleteWebhookRequest\x1a*.keygate.keystore.v1.DeleteWebhookResponse\x12x\n" +
+	"\x13RotateWebhookSecret\x12/.keygate.keystore.v1.RotateWebhookSecretRequest\x1a0.keygate.keystore.v1.RotateWebhookSecretResponse\x12`\n" +
+	"\vTestWebhook\x12'.keygate.keystore.v1.TestWebhookRequest\x1a(.keygate.keystore.v1.TestWebhookResponse\x12]\n" +
+	"\n" +
+	"ListAlerts\x12&.keygate.keystore.v1.ListAlertsRequest\x1a'.keygate.keystore.v1.ListAlertsResponse\x12l\n" +
 	"\x0fListAuditEvents\x12+.keygate.keystore.v1.ListAuditEventsRequest\x1a,.keygate.keystore.v1.ListAuditEventsResponseB\xd5\x01\n" +
 	"\x17com.keygate.keystore.v1B\rKeystoreProtoP\x01Z=github.com/keygate/keygate/gen/keygate/keystore/v1;keystorev1\xa2\x02\x03KKX\xaa\x02\x13Keygate.Keystore.V1\xca\x02\x13Keygate\\Keystore\\V1\xe2\x02\x1fKeygate\\Keystore\\V1\\GPBMetadata\xea\x02\x15Keygate::Keystore::V1b\x06proto3"
 
@@ -4289,221 +6649,329 @@ func file_keygate_keystore_v1_keystore_proto_rawDescGZIP() []byte {
 	return file_keygate_keystore_v1_keystore_proto_rawDescData
 }
 
-var file_keygate_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_keygate_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_keygate_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 94)
 var file_keygate_keystore_v1_keystore_proto_goTypes = []any{
-	(Role)(0),                         // 0: keygate.keystore.v1.Role
-	(WorkspaceKind)(0),                // 1: keygate.keystore.v1.WorkspaceKind
-	(KeyKind)(0),                      // 2: keygate.keystore.v1.KeyKind
-	(ProviderKind)(0),                 // 3: keygate.keystore.v1.ProviderKind
-	(KeyState)(0),                     // 4: keygate.keystore.v1.KeyState
-	(WatchKeyChangesResponse_Type)(0), // 5: keygate.keystore.v1.WatchKeyChangesResponse.Type
-	(*Workspace)(nil),                 // 6: keygate.keystore.v1.Workspace
-	(*Member)(nil),                    // 7: keygate.keystore.v1.Member
-	(*Key)(nil),                       // 8: keygate.keystore.v1.Key
-	(*Provider)(nil),                  // 9: keygate.keystore.v1.Provider
-	(*Model)(nil),                     // 10: keygate.keystore.v1.Model
-	(*AuditEvent)(nil),                // 11: keygate.keystore.v1.AuditEvent
-	(*CreateWorkspaceRequest)(nil),    // 12: keygate.keystore.v1.CreateWorkspaceRequest
-	(*CreateWorkspaceResponse)(nil),   // 13: keygate.keystore.v1.CreateWorkspaceResponse
-	(*GetWorkspaceRequest)(nil),       // 14: keygate.keystore.v1.GetWorkspaceRequest
-	(*GetWorkspaceResponse)(nil),      // 15: keygate.keystore.v1.GetWorkspaceResponse
-	(*ListWorkspacesRequest)(nil),     // 16: keygate.keystore.v1.ListWorkspacesRequest
-	(*ListWorkspacesResponse)(nil),    // 17: keygate.keystore.v1.ListWorkspacesResponse
-	(*UpdateWorkspaceRequest)(nil),    // 18: keygate.keystore.v1.UpdateWorkspaceRequest
-	(*UpdateWorkspaceResponse)(nil),   // 19: keygate.keystore.v1.UpdateWorkspaceResponse
-	(*SetMemberRequest)(nil),          // 20: keygate.keystore.v1.SetMemberRequest
-	(*SetMemberResponse)(nil),         // 21: keygate.keystore.v1.SetMemberResponse
-	(*ListMembersRequest)(nil),        // 22: keygate.keystore.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),       // 23: keygate.keystore.v1.ListMembersResponse
-	(*RemoveMemberRequest)(nil),       // 24: keygate.keystore.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),      // 25: keygate.keystore.v1.RemoveMemberResponse
-	(*CreateKeyRequest)(nil),          // 26: keygate.keystore.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),         // 27: keygate.keystore.v1.CreateKeyResponse
-	(*GetKeyRequest)(nil),             // 28: keygate.keystore.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),            // 29: keygate.keystore.v1.GetKeyResponse
-	(*ListKeysRequest)(nil),           // 30: keygate.keystore.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),          // 31: keygate.keystore.v1.ListKeysResponse
-	(*UpdateKeyRequest)(nil),          // 32: keygate.keystore.v1.UpdateKeyRequest
-	(*UpdateKeyResponse)(nil),         // 33: keygate.keystore.v1.UpdateKeyResponse
-	(*DeleteKeyRequest)(nil),          // 34: keygate.keystore.v1.DeleteKeyRequest
-	(*DeleteKeyResponse)(nil),         // 35: keygate.keystore.v1.DeleteKeyResponse
-	(*RotateKeyRequest)(nil),          // 36: keygate.keystore.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),         // 37: keygate.keystore.v1.RotateKeyResponse
-	(*ExpireKeyRequest)(nil),          // 38: keygate.keystore.v1.ExpireKeyRequest
-	(*ExpireKeyResponse)(nil),         // 39: keygate.keystore.v1.ExpireKeyResponse
-	(*VerifyKeyRequest)(nil),          // 40: keygate.keystore.v1.VerifyKeyRequest
-	(*VerifyKeyResponse)(nil),         // 41: keygate.keystore.v1.VerifyKeyResponse
-	(*KeyUse)(nil),                    // 42: keygate.keystore.v1.KeyUse
-	(*RecordKeyUseRequest)(nil),       // 43: keygate.keystore.v1.RecordKeyUseRequest
-	(*RecordKeyUseResponse)(nil),      // 44: keygate.keystore.v1.RecordKeyUseResponse
-	(*WatchKeyChangesRequest)(nil),    // 45: keygate.keystore.v1.WatchKeyChangesRequest
-	(*WatchKeyChangesResponse)(nil),   // 46: keygate.keystore.v1.WatchKeyChangesResponse
-	(*CreateProviderRequest)(nil),     // 47: keygate.keystore.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil),    // 48: keygate.keystore.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),        // 49: keygate.keystore.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),       // 50: keygate.keystore.v1.GetProviderResponse
-	(*UpdateProviderRequest)(nil),     // 51: keygate.keystore.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil),    // 52: keygate.keystore.v1.UpdateProviderResponse
-	(*ListProvidersRequest)(nil),      // 53: keygate.keystore.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),     // 54: keygate.keystore.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),     // 55: keygate.keystore.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),    // 56: keygate.keystore.v1.DeleteProviderResponse
-	(*CreateModelRequest)(nil),        // 57: keygate.keystore.v1.CreateModelRequest
-	(*CreateModelResponse)(nil),       // 58: keygate.keystore.v1.CreateModelResponse
-	(*GetModelRequest)(nil),           // 59: keygate.keystore.v1.GetModelRequest
-	(*GetModelResponse)(nil),          // 60: keygate.keystore.v1.GetModelResponse
-	(*ListModelsRequest)(nil),         // 61: keygate.keystore.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),        // 62: keygate.keystore.v1.ListModelsResponse
-	(*UpdateModelRequest)(nil),        // 63: keygate.keystore.v1.UpdateModelRequest
-	(*UpdateModelResponse)(nil),       // 64: keygate.keystore.v1.UpdateModelResponse
-	(*DeleteModelRequest)(nil),        // 65: keygate.keystore.v1.DeleteModelRequest
-	(*DeleteModelResponse)(nil),       // 66: keygate.keystore.v1.DeleteModelResponse
-	(*ListAuditEventsRequest)(nil),    // 67: keygate.keystore.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),   // 68: keygate.keystore.v1.ListAuditEventsResponse
-	nil,                               // 69: keygate.keystore.v1.Key.LabelsEntry
-	nil,                               // 70: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),     // 71: google.protobuf.Timestamp
-	(*v1.Limits)(nil),                 // 72: keygate.type.v1.Limits
-	(*v1.ModelLimits)(nil),            // 73: keygate.type.v1.ModelLimits
-	(*v1.TokenCap)(nil),               // 74: keygate.type.v1.TokenCap
-	(*v1.Budget)(nil),                 // 75: keygate.type.v1.Budget
-	(*fieldmaskpb.FieldMask)(nil),     // 76: google.protobuf.FieldMask
+	(Role)(0),                           // 0: keygate.keystore.v1.Role
+	(WorkspaceKind)(0),                  // 1: keygate.keystore.v1.WorkspaceKind
+	(KeyKind)(0),                        // 2: keygate.keystore.v1.KeyKind
+	(ProviderKind)(0),                   // 3: keygate.keystore.v1.ProviderKind
+	(LimitEditors)(0),                   // 4: keygate.keystore.v1.LimitEditors
+	(CreditEntryKind)(0),                // 5: keygate.keystore.v1.CreditEntryKind
+	(AlertDeliveryState)(0),             // 6: keygate.keystore.v1.AlertDeliveryState
+	(KeyState)(0),                       // 7: keygate.keystore.v1.KeyState
+	(WatchKeyChangesResponse_Type)(0),   // 8: keygate.keystore.v1.WatchKeyChangesResponse.Type
+	(*Workspace)(nil),                   // 9: keygate.keystore.v1.Workspace
+	(*Member)(nil),                      // 10: keygate.keystore.v1.Member
+	(*Key)(nil),                         // 11: keygate.keystore.v1.Key
+	(*CreditEntry)(nil),                 // 12: keygate.keystore.v1.CreditEntry
+	(*Webhook)(nil),                     // 13: keygate.keystore.v1.Webhook
+	(*Alert)(nil),                       // 14: keygate.keystore.v1.Alert
+	(*Provider)(nil),                    // 15: keygate.keystore.v1.Provider
+	(*Model)(nil),                       // 16: keygate.keystore.v1.Model
+	(*AuditEvent)(nil),                  // 17: keygate.keystore.v1.AuditEvent
+	(*CreateWorkspaceRequest)(nil),      // 18: keygate.keystore.v1.CreateWorkspaceRequest
+	(*CreateWorkspaceResponse)(nil),     // 19: keygate.keystore.v1.CreateWorkspaceResponse
+	(*GetWorkspaceRequest)(nil),         // 20: keygate.keystore.v1.GetWorkspaceRequest
+	(*GetWorkspaceResponse)(nil),        // 21: keygate.keystore.v1.GetWorkspaceResponse
+	(*ListWorkspacesRequest)(nil),       // 22: keygate.keystore.v1.ListWorkspacesRequest
+	(*ListWorkspacesResponse)(nil),      // 23: keygate.keystore.v1.ListWorkspacesResponse
+	(*UpdateWorkspaceRequest)(nil),      // 24: keygate.keystore.v1.UpdateWorkspaceRequest
+	(*UpdateWorkspaceResponse)(nil),     // 25: keygate.keystore.v1.UpdateWorkspaceResponse
+	(*SetMemberRequest)(nil),            // 26: keygate.keystore.v1.SetMemberRequest
+	(*SetMemberResponse)(nil),           // 27: keygate.keystore.v1.SetMemberResponse
+	(*ListMembersRequest)(nil),          // 28: keygate.keystore.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),         // 29: keygate.keystore.v1.ListMembersResponse
+	(*RemoveMemberRequest)(nil),         // 30: keygate.keystore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),        // 31: keygate.keystore.v1.RemoveMemberResponse
+	(*UpdateMemberRequest)(nil),         // 32: keygate.keystore.v1.UpdateMemberRequest
+	(*UpdateMemberResponse)(nil),        // 33: keygate.keystore.v1.UpdateMemberResponse
+	(*ImportedKey)(nil),                 // 34: keygate.keystore.v1.ImportedKey
+	(*ImportKeysRequest)(nil),           // 35: keygate.keystore.v1.ImportKeysRequest
+	(*ImportKeysResponse)(nil),          // 36: keygate.keystore.v1.ImportKeysResponse
+	(*ExplainKeyRequest)(nil),           // 37: keygate.keystore.v1.ExplainKeyRequest
+	(*ExplainKeyResponse)(nil),          // 38: keygate.keystore.v1.ExplainKeyResponse
+	(*AddCreditEntryRequest)(nil),       // 39: keygate.keystore.v1.AddCreditEntryRequest
+	(*AddCreditEntryResponse)(nil),      // 40: keygate.keystore.v1.AddCreditEntryResponse
+	(*GetCreditsRequest)(nil),           // 41: keygate.keystore.v1.GetCreditsRequest
+	(*GetCreditsResponse)(nil),          // 42: keygate.keystore.v1.GetCreditsResponse
+	(*ListCreditEntriesRequest)(nil),    // 43: keygate.keystore.v1.ListCreditEntriesRequest
+	(*ListCreditEntriesResponse)(nil),   // 44: keygate.keystore.v1.ListCreditEntriesResponse
+	(*CreateWebhookRequest)(nil),        // 45: keygate.keystore.v1.CreateWebhookRequest
+	(*CreateWebhookResponse)(nil),       // 46: keygate.keystore.v1.CreateWebhookResponse
+	(*ListWebhooksRequest)(nil),         // 47: keygate.keystore.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),        // 48: keygate.keystore.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),        // 49: keygate.keystore.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),       // 50: keygate.keystore.v1.DeleteWebhookResponse
+	(*RotateWebhookSecretRequest)(nil),  // 51: keygate.keystore.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 52: keygate.keystore.v1.RotateWebhookSecretResponse
+	(*TestWebhookRequest)(nil),          // 53: keygate.keystore.v1.TestWebhookRequest
+	(*TestWebhookResponse)(nil),         // 54: keygate.keystore.v1.TestWebhookResponse
+	(*ListAlertsRequest)(nil),           // 55: keygate.keystore.v1.ListAlertsRequest
+	(*ListAlertsResponse)(nil),          // 56: keygate.keystore.v1.ListAlertsResponse
+	(*CreateKeyRequest)(nil),            // 57: keygate.keystore.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 58: keygate.keystore.v1.CreateKeyResponse
+	(*GetKeyRequest)(nil),               // 59: keygate.keystore.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),              // 60: keygate.keystore.v1.GetKeyResponse
+	(*ListKeysRequest)(nil),             // 61: keygate.keystore.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 62: keygate.keystore.v1.ListKeysResponse
+	(*UpdateKeyRequest)(nil),            // 63: keygate.keystore.v1.UpdateKeyRequest
+	(*UpdateKeyResponse)(nil),           // 64: keygate.keystore.v1.UpdateKeyResponse
+	(*DeleteKeyRequest)(nil),            // 65: keygate.keystore.v1.DeleteKeyRequest
+	(*DeleteKeyResponse)(nil),           // 66: keygate.keystore.v1.DeleteKeyResponse
+	(*RotateKeyRequest)(nil),            // 67: keygate.keystore.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),           // 68: keygate.keystore.v1.RotateKeyResponse
+	(*ExpireKeyRequest)(nil),            // 69: keygate.keystore.v1.ExpireKeyRequest
+	(*ExpireKeyResponse)(nil),           // 70: keygate.keystore.v1.ExpireKeyResponse
+	(*VerifyKeyRequest)(nil),            // 71: keygate.keystore.v1.VerifyKeyRequest
+	(*VerifyKeyResponse)(nil),           // 72: keygate.keystore.v1.VerifyKeyResponse
+	(*KeyUse)(nil),                      // 73: keygate.keystore.v1.KeyUse
+	(*RecordKeyUseRequest)(nil),         // 74: keygate.keystore.v1.RecordKeyUseRequest
+	(*RecordKeyUseResponse)(nil),        // 75: keygate.keystore.v1.RecordKeyUseResponse
+	(*WatchKeyChangesRequest)(nil),      // 76: keygate.keystore.v1.WatchKeyChangesRequest
+	(*WatchKeyChangesResponse)(nil),     // 77: keygate.keystore.v1.WatchKeyChangesResponse
+	(*CreateProviderRequest)(nil),       // 78: keygate.keystore.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),      // 79: keygate.keystore.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),          // 80: keygate.keystore.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),         // 81: keygate.keystore.v1.GetProviderResponse
+	(*UpdateProviderRequest)(nil),       // 82: keygate.keystore.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),      // 83: keygate.keystore.v1.UpdateProviderResponse
+	(*ListProvidersRequest)(nil),        // 84: keygate.keystore.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),       // 85: keygate.keystore.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),       // 86: keygate.keystore.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),      // 87: keygate.keystore.v1.DeleteProviderResponse
+	(*CreateModelRequest)(nil),          // 88: keygate.keystore.v1.CreateModelRequest
+	(*CreateModelResponse)(nil),         // 89: keygate.keystore.v1.CreateModelResponse
+	(*GetModelRequest)(nil),             // 90: keygate.keystore.v1.GetModelRequest
+	(*GetModelResponse)(nil),            // 91: keygate.keystore.v1.GetModelResponse
+	(*ListModelsRequest)(nil),           // 92: keygate.keystore.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),          // 93: keygate.keystore.v1.ListModelsResponse
+	(*UpdateModelRequest)(nil),          // 94: keygate.keystore.v1.UpdateModelRequest
+	(*UpdateModelResponse)(nil),         // 95: keygate.keystore.v1.UpdateModelResponse
+	(*DeleteModelRequest)(nil),          // 96: keygate.keystore.v1.DeleteModelRequest
+	(*DeleteModelResponse)(nil),         // 97: keygate.keystore.v1.DeleteModelResponse
+	(*ListAuditEventsRequest)(nil),      // 98: keygate.keystore.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),     // 99: keygate.keystore.v1.ListAuditEventsResponse
+	nil,                                 // 100: keygate.keystore.v1.Key.LabelsEntry
+	nil,                                 // 101: keygate.keystore.v1.ImportedKey.LabelsEntry
+	nil,                                 // 102: keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),       // 103: google.protobuf.Timestamp
+	(*v1.Policy)(nil),                   // 104: keygate.type.v1.Policy
+	(*v1.Override)(nil),                 // 105: keygate.type.v1.Override
+	(*v1.Limits)(nil),                   // 106: keygate.type.v1.Limits
+	(*v1.ModelLimits)(nil),              // 107: keygate.type.v1.ModelLimits
+	(*v1.TokenCap)(nil),                 // 108: keygate.type.v1.TokenCap
+	(*v1.Budget)(nil),                   // 109: keygate.type.v1.Budget
+	(v1.LimitLevel)(0),                  // 110: keygate.type.v1.LimitLevel
+	(*fieldmaskpb.FieldMask)(nil),       // 111: google.protobuf.FieldMask
+	(*v11.LimitState)(nil),              // 112: keygate.limiter.v1.LimitState
+	(v11.LimitKind)(0),                  // 113: keygate.limiter.v1.LimitKind
+	(*v11.Reported)(nil),                // 114: keygate.limiter.v1.Reported
 }
 var file_keygate_keystore_v1_keystore_proto_depIdxs = []int32{
 	1,   // 0: keygate.keystore.v1.Workspace.kind:type_name -> keygate.keystore.v1.WorkspaceKind
-	71,  // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	71,  // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
-	0,   // 3: keygate.keystore.v1.Member.role:type_name -> keygate.keystore.v1.Role
-	71,  // 4: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
-	2,   // 5: keygate.keystore.v1.Key.kind:type_name -> keygate.keystore.v1.KeyKind
-	71,  // 6: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	71,  // 7: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
-	71,  // 8: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
-	71,  // 9: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	4,   // 10: keygate.keystore.v1.Key.state:type_name -> keygate.keystore.v1.KeyState
-	69,  // 11: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
-	72,  // 12: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
-	73,  // 13: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
-	74,  // 14: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
-	75,  // 15: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
-	71,  // 16: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
-	71,  // 17: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	3,   // 18: keygate.keystore.v1.Provider.kind:type_name -> keygate.keystore.v1.ProviderKind
-	71,  // 19: keygate.keystore.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	71,  // 20: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
-	71,  // 21: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
-	71,  // 22: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	6,   // 23: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
-	6,   // 24: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	6,   // 25: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	0,   // 26: keygate.keystore.v1.GetWorkspaceResponse.caller_role:type_name -> keygate.keystore.v1.Role
-	6,   // 27: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
-	6,   // 28: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
-	76,  // 29: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	6,   // 30: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
-	0,   // 31: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
-	7,   // 32: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
-	7,   // 33: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
-	2,   // 34: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	71,  // 35: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
-	70,  // 36: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
-	72,  // 37: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
-	73,  // 38: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
-	74,  // 39: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
-	75,  // 40: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
-	8,   // 41: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	8,   // 42: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	4,   // 43: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
-	2,   // 44: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
-	8,   // 45: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
-	8,   // 46: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
-	76,  // 47: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,   // 48: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	71,  // 49: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
-	8,   // 50: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	8,   // 51: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	8,   // 52: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
-	71,  // 53: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
-	71,  // 54: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
-	42,  // 55: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
-	5,   // 56: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
-	9,   // 57: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
-	9,   // 58: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	9,   // 59: keygate.keystore.v1.GetProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	9,   // 60: keygate.keystore.v1.UpdateProviderRequest.patch:type_name -> keygate.keystore.v1.Provider
-	76,  // 61: keygate.keystore.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	9,   // 62: keygate.keystore.v1.UpdateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
-	9,   // 63: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
-	10,  // 64: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
-	10,  // 65: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	10,  // 66: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
-	10,  // 67: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
-	10,  // 68: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
-	76,  // 69: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
-	10,  // 70: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
-	11,  // 71: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
-	12,  // 72: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
-	14,  // 73: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
-	16,  // 74: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
-	18,  // 75: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
-	20,  // 76: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
-	22,  // 77: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
-	24,  // 78: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
-	26,  // 79: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
-	28,  // 80: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
-	30,  // 81: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
-	32,  // 82: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
-	34,  // 83: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
-	36,  // 84: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
-	38,  // 85: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
-	40,  // 86: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
-	45,  // 87: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
-	43,  // 88: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
-	47,  // 89: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
-	49,  // 90: keygate.keystore.v1.KeystoreService.GetProvider:input_type -> keygate.keystore.v1.GetProviderRequest
-	53,  // 91: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
-	51,  // 92: keygate.keystore.v1.KeystoreService.UpdateProvider:input_type -> keygate.keystore.v1.UpdateProviderRequest
-	55,  // 93: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
-	57,  // 94: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
-	59,  // 95: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
-	61,  // 96: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
-	63,  // 97: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
-	65,  // 98: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
-	67,  // 99: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
-	13,  // 100: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
-	15,  // 101: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
-	17,  // 102: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
-	19,  // 103: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
-	21,  // 104: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
-	23,  // 105: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
-	25,  // 106: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
-	27,  // 107: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
-	29,  // 108: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
-	31,  // 109: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
-	33,  // 110: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
-	35,  // 111: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
-	37,  // 112: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
-	39,  // 113: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
-	41,  // 114: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
-	46,  // 115: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
-	44,  // 116: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
-	48,  // 117: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
-	50,  // 118: keygate.keystore.v1.KeystoreService.GetProvider:output_type -> keygate.keystore.v1.GetProviderResponse
-	54,  // 119: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
-	52,  // 120: keygate.keystore.v1.KeystoreService.UpdateProvider:output_type -> keygate.keystore.v1.UpdateProviderResponse
-	56,  // 121: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
-	58,  // 122: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
-	60,  // 123: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
-	62,  // 124: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
-	64,  // 125: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
-	66,  // 126: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
-	68,  // 127: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
-	100, // [100:128] is the sub-list for method output_type
-	72,  // [72:100] is the sub-list for method input_type
-	72,  // [72:72] is the sub-list for extension type_name
-	72,  // [72:72] is the sub-list for extension extendee
-	0,   // [0:72] is the sub-list for field type_name
+	103, // 1: keygate.keystore.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	103, // 2: keygate.keystore.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	104, // 3: keygate.keystore.v1.Workspace.limits:type_name -> keygate.type.v1.Policy
+	104, // 4: keygate.keystore.v1.Workspace.report_limits:type_name -> keygate.type.v1.Policy
+	105, // 5: keygate.keystore.v1.Workspace.limit_override:type_name -> keygate.type.v1.Override
+	4,   // 6: keygate.keystore.v1.Workspace.limit_editors:type_name -> keygate.keystore.v1.LimitEditors
+	0,   // 7: keygate.keystore.v1.Member.role:type_name -> keygate.keystore.v1.Role
+	103, // 8: keygate.keystore.v1.Member.create_time:type_name -> google.protobuf.Timestamp
+	104, // 9: keygate.keystore.v1.Member.limits:type_name -> keygate.type.v1.Policy
+	104, // 10: keygate.keystore.v1.Member.report_limits:type_name -> keygate.type.v1.Policy
+	105, // 11: keygate.keystore.v1.Member.limit_override:type_name -> keygate.type.v1.Override
+	103, // 12: keygate.keystore.v1.Member.update_time:type_name -> google.protobuf.Timestamp
+	2,   // 13: keygate.keystore.v1.Key.kind:type_name -> keygate.keystore.v1.KeyKind
+	103, // 14: keygate.keystore.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	103, // 15: keygate.keystore.v1.Key.update_time:type_name -> google.protobuf.Timestamp
+	103, // 16: keygate.keystore.v1.Key.last_used_time:type_name -> google.protobuf.Timestamp
+	103, // 17: keygate.keystore.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	7,   // 18: keygate.keystore.v1.Key.state:type_name -> keygate.keystore.v1.KeyState
+	100, // 19: keygate.keystore.v1.Key.labels:type_name -> keygate.keystore.v1.Key.LabelsEntry
+	106, // 20: keygate.keystore.v1.Key.global_limits:type_name -> keygate.type.v1.Limits
+	107, // 21: keygate.keystore.v1.Key.model_limits:type_name -> keygate.type.v1.ModelLimits
+	108, // 22: keygate.keystore.v1.Key.token_cap:type_name -> keygate.type.v1.TokenCap
+	109, // 23: keygate.keystore.v1.Key.budget:type_name -> keygate.type.v1.Budget
+	103, // 24: keygate.keystore.v1.Key.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
+	104, // 25: keygate.keystore.v1.Key.report_limits:type_name -> keygate.type.v1.Policy
+	105, // 26: keygate.keystore.v1.Key.limit_override:type_name -> keygate.type.v1.Override
+	5,   // 27: keygate.keystore.v1.CreditEntry.kind:type_name -> keygate.keystore.v1.CreditEntryKind
+	103, // 28: keygate.keystore.v1.CreditEntry.create_time:type_name -> google.protobuf.Timestamp
+	103, // 29: keygate.keystore.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	103, // 30: keygate.keystore.v1.Webhook.secret_time:type_name -> google.protobuf.Timestamp
+	110, // 31: keygate.keystore.v1.Alert.level:type_name -> keygate.type.v1.LimitLevel
+	103, // 32: keygate.keystore.v1.Alert.period_start:type_name -> google.protobuf.Timestamp
+	103, // 33: keygate.keystore.v1.Alert.reset_time:type_name -> google.protobuf.Timestamp
+	103, // 34: keygate.keystore.v1.Alert.time:type_name -> google.protobuf.Timestamp
+	6,   // 35: keygate.keystore.v1.Alert.delivery_state:type_name -> keygate.keystore.v1.AlertDeliveryState
+	103, // 36: keygate.keystore.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	3,   // 37: keygate.keystore.v1.Provider.kind:type_name -> keygate.keystore.v1.ProviderKind
+	103, // 38: keygate.keystore.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	103, // 39: keygate.keystore.v1.Model.create_time:type_name -> google.protobuf.Timestamp
+	103, // 40: keygate.keystore.v1.Model.update_time:type_name -> google.protobuf.Timestamp
+	103, // 41: keygate.keystore.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	9,   // 42: keygate.keystore.v1.CreateWorkspaceRequest.workspace:type_name -> keygate.keystore.v1.Workspace
+	9,   // 43: keygate.keystore.v1.CreateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	9,   // 44: keygate.keystore.v1.GetWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	0,   // 45: keygate.keystore.v1.GetWorkspaceResponse.caller_role:type_name -> keygate.keystore.v1.Role
+	9,   // 46: keygate.keystore.v1.ListWorkspacesResponse.workspaces:type_name -> keygate.keystore.v1.Workspace
+	9,   // 47: keygate.keystore.v1.UpdateWorkspaceRequest.patch:type_name -> keygate.keystore.v1.Workspace
+	111, // 48: keygate.keystore.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,   // 49: keygate.keystore.v1.UpdateWorkspaceResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	0,   // 50: keygate.keystore.v1.SetMemberRequest.role:type_name -> keygate.keystore.v1.Role
+	10,  // 51: keygate.keystore.v1.SetMemberResponse.member:type_name -> keygate.keystore.v1.Member
+	10,  // 52: keygate.keystore.v1.ListMembersResponse.members:type_name -> keygate.keystore.v1.Member
+	10,  // 53: keygate.keystore.v1.UpdateMemberRequest.patch:type_name -> keygate.keystore.v1.Member
+	111, // 54: keygate.keystore.v1.UpdateMemberRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10,  // 55: keygate.keystore.v1.UpdateMemberResponse.member:type_name -> keygate.keystore.v1.Member
+	101, // 56: keygate.keystore.v1.ImportedKey.labels:type_name -> keygate.keystore.v1.ImportedKey.LabelsEntry
+	106, // 57: keygate.keystore.v1.ImportedKey.global_limits:type_name -> keygate.type.v1.Limits
+	107, // 58: keygate.keystore.v1.ImportedKey.model_limits:type_name -> keygate.type.v1.ModelLimits
+	108, // 59: keygate.keystore.v1.ImportedKey.token_cap:type_name -> keygate.type.v1.TokenCap
+	109, // 60: keygate.keystore.v1.ImportedKey.budget:type_name -> keygate.type.v1.Budget
+	103, // 61: keygate.keystore.v1.ImportedKey.expire_time:type_name -> google.protobuf.Timestamp
+	34,  // 62: keygate.keystore.v1.ImportKeysRequest.keys:type_name -> keygate.keystore.v1.ImportedKey
+	11,  // 63: keygate.keystore.v1.ImportKeysResponse.keys:type_name -> keygate.keystore.v1.Key
+	112, // 64: keygate.keystore.v1.ExplainKeyResponse.limits:type_name -> keygate.limiter.v1.LimitState
+	110, // 65: keygate.keystore.v1.ExplainKeyResponse.denied_level:type_name -> keygate.type.v1.LimitLevel
+	113, // 66: keygate.keystore.v1.ExplainKeyResponse.denied_by:type_name -> keygate.limiter.v1.LimitKind
+	114, // 67: keygate.keystore.v1.ExplainKeyResponse.reported:type_name -> keygate.limiter.v1.Reported
+	12,  // 68: keygate.keystore.v1.AddCreditEntryRequest.entry:type_name -> keygate.keystore.v1.CreditEntry
+	12,  // 69: keygate.keystore.v1.AddCreditEntryResponse.entry:type_name -> keygate.keystore.v1.CreditEntry
+	12,  // 70: keygate.keystore.v1.ListCreditEntriesResponse.entries:type_name -> keygate.keystore.v1.CreditEntry
+	13,  // 71: keygate.keystore.v1.CreateWebhookRequest.webhook:type_name -> keygate.keystore.v1.Webhook
+	13,  // 72: keygate.keystore.v1.CreateWebhookResponse.webhook:type_name -> keygate.keystore.v1.Webhook
+	13,  // 73: keygate.keystore.v1.ListWebhooksResponse.webhooks:type_name -> keygate.keystore.v1.Webhook
+	13,  // 74: keygate.keystore.v1.RotateWebhookSecretResponse.webhook:type_name -> keygate.keystore.v1.Webhook
+	14,  // 75: keygate.keystore.v1.ListAlertsResponse.alerts:type_name -> keygate.keystore.v1.Alert
+	2,   // 76: keygate.keystore.v1.CreateKeyRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	103, // 77: keygate.keystore.v1.CreateKeyRequest.expire_time:type_name -> google.protobuf.Timestamp
+	102, // 78: keygate.keystore.v1.CreateKeyRequest.labels:type_name -> keygate.keystore.v1.CreateKeyRequest.LabelsEntry
+	106, // 79: keygate.keystore.v1.CreateKeyRequest.global_limits:type_name -> keygate.type.v1.Limits
+	107, // 80: keygate.keystore.v1.CreateKeyRequest.model_limits:type_name -> keygate.type.v1.ModelLimits
+	108, // 81: keygate.keystore.v1.CreateKeyRequest.token_cap:type_name -> keygate.type.v1.TokenCap
+	109, // 82: keygate.keystore.v1.CreateKeyRequest.budget:type_name -> keygate.type.v1.Budget
+	104, // 83: keygate.keystore.v1.CreateKeyRequest.report_limits:type_name -> keygate.type.v1.Policy
+	105, // 84: keygate.keystore.v1.CreateKeyRequest.limit_override:type_name -> keygate.type.v1.Override
+	11,  // 85: keygate.keystore.v1.CreateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	11,  // 86: keygate.keystore.v1.GetKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	7,   // 87: keygate.keystore.v1.ListKeysRequest.state:type_name -> keygate.keystore.v1.KeyState
+	2,   // 88: keygate.keystore.v1.ListKeysRequest.kind:type_name -> keygate.keystore.v1.KeyKind
+	11,  // 89: keygate.keystore.v1.ListKeysResponse.keys:type_name -> keygate.keystore.v1.Key
+	11,  // 90: keygate.keystore.v1.UpdateKeyRequest.patch:type_name -> keygate.keystore.v1.Key
+	111, // 91: keygate.keystore.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	11,  // 92: keygate.keystore.v1.UpdateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	103, // 93: keygate.keystore.v1.RotateKeyRequest.grace_expire_time:type_name -> google.protobuf.Timestamp
+	11,  // 94: keygate.keystore.v1.RotateKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	11,  // 95: keygate.keystore.v1.ExpireKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	11,  // 96: keygate.keystore.v1.VerifyKeyResponse.key:type_name -> keygate.keystore.v1.Key
+	103, // 97: keygate.keystore.v1.VerifyKeyResponse.secret_expire_time:type_name -> google.protobuf.Timestamp
+	9,   // 98: keygate.keystore.v1.VerifyKeyResponse.workspace:type_name -> keygate.keystore.v1.Workspace
+	10,  // 99: keygate.keystore.v1.VerifyKeyResponse.member:type_name -> keygate.keystore.v1.Member
+	103, // 100: keygate.keystore.v1.KeyUse.time:type_name -> google.protobuf.Timestamp
+	73,  // 101: keygate.keystore.v1.RecordKeyUseRequest.uses:type_name -> keygate.keystore.v1.KeyUse
+	8,   // 102: keygate.keystore.v1.WatchKeyChangesResponse.type:type_name -> keygate.keystore.v1.WatchKeyChangesResponse.Type
+	15,  // 103: keygate.keystore.v1.CreateProviderRequest.provider:type_name -> keygate.keystore.v1.Provider
+	15,  // 104: keygate.keystore.v1.CreateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	15,  // 105: keygate.keystore.v1.GetProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	15,  // 106: keygate.keystore.v1.UpdateProviderRequest.patch:type_name -> keygate.keystore.v1.Provider
+	111, // 107: keygate.keystore.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	15,  // 108: keygate.keystore.v1.UpdateProviderResponse.provider:type_name -> keygate.keystore.v1.Provider
+	15,  // 109: keygate.keystore.v1.ListProvidersResponse.providers:type_name -> keygate.keystore.v1.Provider
+	16,  // 110: keygate.keystore.v1.CreateModelRequest.model:type_name -> keygate.keystore.v1.Model
+	16,  // 111: keygate.keystore.v1.CreateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	16,  // 112: keygate.keystore.v1.GetModelResponse.model:type_name -> keygate.keystore.v1.Model
+	16,  // 113: keygate.keystore.v1.ListModelsResponse.models:type_name -> keygate.keystore.v1.Model
+	16,  // 114: keygate.keystore.v1.UpdateModelRequest.patch:type_name -> keygate.keystore.v1.Model
+	111, // 115: keygate.keystore.v1.UpdateModelRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16,  // 116: keygate.keystore.v1.UpdateModelResponse.model:type_name -> keygate.keystore.v1.Model
+	17,  // 117: keygate.keystore.v1.ListAuditEventsResponse.events:type_name -> keygate.keystore.v1.AuditEvent
+	18,  // 118: keygate.keystore.v1.KeystoreService.CreateWorkspace:input_type -> keygate.keystore.v1.CreateWorkspaceRequest
+	20,  // 119: keygate.keystore.v1.KeystoreService.GetWorkspace:input_type -> keygate.keystore.v1.GetWorkspaceRequest
+	22,  // 120: keygate.keystore.v1.KeystoreService.ListWorkspaces:input_type -> keygate.keystore.v1.ListWorkspacesRequest
+	24,  // 121: keygate.keystore.v1.KeystoreService.UpdateWorkspace:input_type -> keygate.keystore.v1.UpdateWorkspaceRequest
+	26,  // 122: keygate.keystore.v1.KeystoreService.SetMember:input_type -> keygate.keystore.v1.SetMemberRequest
+	28,  // 123: keygate.keystore.v1.KeystoreService.ListMembers:input_type -> keygate.keystore.v1.ListMembersRequest
+	30,  // 124: keygate.keystore.v1.KeystoreService.RemoveMember:input_type -> keygate.keystore.v1.RemoveMemberRequest
+	32,  // 125: keygate.keystore.v1.KeystoreService.UpdateMember:input_type -> keygate.keystore.v1.UpdateMemberRequest
+	57,  // 126: keygate.keystore.v1.KeystoreService.CreateKey:input_type -> keygate.keystore.v1.CreateKeyRequest
+	59,  // 127: keygate.keystore.v1.KeystoreService.GetKey:input_type -> keygate.keystore.v1.GetKeyRequest
+	61,  // 128: keygate.keystore.v1.KeystoreService.ListKeys:input_type -> keygate.keystore.v1.ListKeysRequest
+	63,  // 129: keygate.keystore.v1.KeystoreService.UpdateKey:input_type -> keygate.keystore.v1.UpdateKeyRequest
+	65,  // 130: keygate.keystore.v1.KeystoreService.DeleteKey:input_type -> keygate.keystore.v1.DeleteKeyRequest
+	67,  // 131: keygate.keystore.v1.KeystoreService.RotateKey:input_type -> keygate.keystore.v1.RotateKeyRequest
+	69,  // 132: keygate.keystore.v1.KeystoreService.ExpireKey:input_type -> keygate.keystore.v1.ExpireKeyRequest
+	35,  // 133: keygate.keystore.v1.KeystoreService.ImportKeys:input_type -> keygate.keystore.v1.ImportKeysRequest
+	37,  // 134: keygate.keystore.v1.KeystoreService.ExplainKey:input_type -> keygate.keystore.v1.ExplainKeyRequest
+	71,  // 135: keygate.keystore.v1.KeystoreService.VerifyKey:input_type -> keygate.keystore.v1.VerifyKeyRequest
+	76,  // 136: keygate.keystore.v1.KeystoreService.WatchKeyChanges:input_type -> keygate.keystore.v1.WatchKeyChangesRequest
+	74,  // 137: keygate.keystore.v1.KeystoreService.RecordKeyUse:input_type -> keygate.keystore.v1.RecordKeyUseRequest
+	78,  // 138: keygate.keystore.v1.KeystoreService.CreateProvider:input_type -> keygate.keystore.v1.CreateProviderRequest
+	80,  // 139: keygate.keystore.v1.KeystoreService.GetProvider:input_type -> keygate.keystore.v1.GetProviderRequest
+	84,  // 140: keygate.keystore.v1.KeystoreService.ListProviders:input_type -> keygate.keystore.v1.ListProvidersRequest
+	82,  // 141: keygate.keystore.v1.KeystoreService.UpdateProvider:input_type -> keygate.keystore.v1.UpdateProviderRequest
+	86,  // 142: keygate.keystore.v1.KeystoreService.DeleteProvider:input_type -> keygate.keystore.v1.DeleteProviderRequest
+	88,  // 143: keygate.keystore.v1.KeystoreService.CreateModel:input_type -> keygate.keystore.v1.CreateModelRequest
+	90,  // 144: keygate.keystore.v1.KeystoreService.GetModel:input_type -> keygate.keystore.v1.GetModelRequest
+	92,  // 145: keygate.keystore.v1.KeystoreService.ListModels:input_type -> keygate.keystore.v1.ListModelsRequest
+	94,  // 146: keygate.keystore.v1.KeystoreService.UpdateModel:input_type -> keygate.keystore.v1.UpdateModelRequest
+	96,  // 147: keygate.keystore.v1.KeystoreService.DeleteModel:input_type -> keygate.keystore.v1.DeleteModelRequest
+	39,  // 148: keygate.keystore.v1.KeystoreService.AddCreditEntry:input_type -> keygate.keystore.v1.AddCreditEntryRequest
+	41,  // 149: keygate.keystore.v1.KeystoreService.GetCredits:input_type -> keygate.keystore.v1.GetCreditsRequest
+	43,  // 150: keygate.keystore.v1.KeystoreService.ListCreditEntries:input_type -> keygate.keystore.v1.ListCreditEntriesRequest
+	45,  // 151: keygate.keystore.v1.KeystoreService.CreateWebhook:input_type -> keygate.keystore.v1.CreateWebhookRequest
+	47,  // 152: keygate.keystore.v1.KeystoreService.ListWebhooks:input_type -> keygate.keystore.v1.ListWebhooksRequest
+	49,  // 153: keygate.keystore.v1.KeystoreService.DeleteWebhook:input_type -> keygate.keystore.v1.DeleteWebhookRequest
+	51,  // 154: keygate.keystore.v1.KeystoreService.RotateWebhookSecret:input_type -> keygate.keystore.v1.RotateWebhookSecretRequest
+	53,  // 155: keygate.keystore.v1.KeystoreService.TestWebhook:input_type -> keygate.keystore.v1.TestWebhookRequest
+	55,  // 156: keygate.keystore.v1.KeystoreService.ListAlerts:input_type -> keygate.keystore.v1.ListAlertsRequest
+	98,  // 157: keygate.keystore.v1.KeystoreService.ListAuditEvents:input_type -> keygate.keystore.v1.ListAuditEventsRequest
+	19,  // 158: keygate.keystore.v1.KeystoreService.CreateWorkspace:output_type -> keygate.keystore.v1.CreateWorkspaceResponse
+	21,  // 159: keygate.keystore.v1.KeystoreService.GetWorkspace:output_type -> keygate.keystore.v1.GetWorkspaceResponse
+	23,  // 160: keygate.keystore.v1.KeystoreService.ListWorkspaces:output_type -> keygate.keystore.v1.ListWorkspacesResponse
+	25,  // 161: keygate.keystore.v1.KeystoreService.UpdateWorkspace:output_type -> keygate.keystore.v1.UpdateWorkspaceResponse
+	27,  // 162: keygate.keystore.v1.KeystoreService.SetMember:output_type -> keygate.keystore.v1.SetMemberResponse
+	29,  // 163: keygate.keystore.v1.KeystoreService.ListMembers:output_type -> keygate.keystore.v1.ListMembersResponse
+	31,  // 164: keygate.keystore.v1.KeystoreService.RemoveMember:output_type -> keygate.keystore.v1.RemoveMemberResponse
+	33,  // 165: keygate.keystore.v1.KeystoreService.UpdateMember:output_type -> keygate.keystore.v1.UpdateMemberResponse
+	58,  // 166: keygate.keystore.v1.KeystoreService.CreateKey:output_type -> keygate.keystore.v1.CreateKeyResponse
+	60,  // 167: keygate.keystore.v1.KeystoreService.GetKey:output_type -> keygate.keystore.v1.GetKeyResponse
+	62,  // 168: keygate.keystore.v1.KeystoreService.ListKeys:output_type -> keygate.keystore.v1.ListKeysResponse
+	64,  // 169: keygate.keystore.v1.KeystoreService.UpdateKey:output_type -> keygate.keystore.v1.UpdateKeyResponse
+	66,  // 170: keygate.keystore.v1.KeystoreService.DeleteKey:output_type -> keygate.keystore.v1.DeleteKeyResponse
+	68,  // 171: keygate.keystore.v1.KeystoreService.RotateKey:output_type -> keygate.keystore.v1.RotateKeyResponse
+	70,  // 172: keygate.keystore.v1.KeystoreService.ExpireKey:output_type -> keygate.keystore.v1.ExpireKeyResponse
+	36,  // 173: keygate.keystore.v1.KeystoreService.ImportKeys:output_type -> keygate.keystore.v1.ImportKeysResponse
+	38,  // 174: keygate.keystore.v1.KeystoreService.ExplainKey:output_type -> keygate.keystore.v1.ExplainKeyResponse
+	72,  // 175: keygate.keystore.v1.KeystoreService.VerifyKey:output_type -> keygate.keystore.v1.VerifyKeyResponse
+	77,  // 176: keygate.keystore.v1.KeystoreService.WatchKeyChanges:output_type -> keygate.keystore.v1.WatchKeyChangesResponse
+	75,  // 177: keygate.keystore.v1.KeystoreService.RecordKeyUse:output_type -> keygate.keystore.v1.RecordKeyUseResponse
+	79,  // 178: keygate.keystore.v1.KeystoreService.CreateProvider:output_type -> keygate.keystore.v1.CreateProviderResponse
+	81,  // 179: keygate.keystore.v1.KeystoreService.GetProvider:output_type -> keygate.keystore.v1.GetProviderResponse
+	85,  // 180: keygate.keystore.v1.KeystoreService.ListProviders:output_type -> keygate.keystore.v1.ListProvidersResponse
+	83,  // 181: keygate.keystore.v1.KeystoreService.UpdateProvider:output_type -> keygate.keystore.v1.UpdateProviderResponse
+	87,  // 182: keygate.keystore.v1.KeystoreService.DeleteProvider:output_type -> keygate.keystore.v1.DeleteProviderResponse
+	89,  // 183: keygate.keystore.v1.KeystoreService.CreateModel:output_type -> keygate.keystore.v1.CreateModelResponse
+	91,  // 184: keygate.keystore.v1.KeystoreService.GetModel:output_type -> keygate.keystore.v1.GetModelResponse
+	93,  // 185: keygate.keystore.v1.KeystoreService.ListModels:output_type -> keygate.keystore.v1.ListModelsResponse
+	95,  // 186: keygate.keystore.v1.KeystoreService.UpdateModel:output_type -> keygate.keystore.v1.UpdateModelResponse
+	97,  // 187: keygate.keystore.v1.KeystoreService.DeleteModel:output_type -> keygate.keystore.v1.DeleteModelResponse
+	40,  // 188: keygate.keystore.v1.KeystoreService.AddCreditEntry:output_type -> keygate.keystore.v1.AddCreditEntryResponse
+	42,  // 189: keygate.keystore.v1.KeystoreService.GetCredits:output_type -> keygate.keystore.v1.GetCreditsResponse
+	44,  // 190: keygate.keystore.v1.KeystoreService.ListCreditEntries:output_type -> keygate.keystore.v1.ListCreditEntriesResponse
+	46,  // 191: keygate.keystore.v1.KeystoreService.CreateWebhook:output_type -> keygate.keystore.v1.CreateWebhookResponse
+	48,  // 192: keygate.keystore.v1.KeystoreService.ListWebhooks:output_type -> keygate.keystore.v1.ListWebhooksResponse
+	50,  // 193: keygate.keystore.v1.KeystoreService.DeleteWebhook:output_type -> keygate.keystore.v1.DeleteWebhookResponse
+	52,  // 194: keygate.keystore.v1.KeystoreService.RotateWebhookSecret:output_type -> keygate.keystore.v1.RotateWebhookSecretResponse
+	54,  // 195: keygate.keystore.v1.KeystoreService.TestWebhook:output_type -> keygate.keystore.v1.TestWebhookResponse
+	56,  // 196: keygate.keystore.v1.KeystoreService.ListAlerts:output_type -> keygate.keystore.v1.ListAlertsResponse
+	99,  // 197: keygate.keystore.v1.KeystoreService.ListAuditEvents:output_type -> keygate.keystore.v1.ListAuditEventsResponse
+	158, // [158:198] is the sub-list for method output_type
+	118, // [118:158] is the sub-list for method input_type
+	118, // [118:118] is the sub-list for extension type_name
+	118, // [118:118] is the sub-list for extension extendee
+	0,   // [0:118] is the sub-list for field type_name
 }
 
 func init() { file_keygate_keystore_v1_keystore_proto_init() }
@@ -4516,8 +6984,8 @@ func file_keygate_keystore_v1_keystore_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_keystore_v1_keystore_proto_rawDesc), len(file_keygate_keystore_v1_keystore_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   65,
+			NumEnums:      9,
+			NumMessages:   94,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

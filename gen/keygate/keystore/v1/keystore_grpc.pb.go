@@ -19,34 +19,46 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeystoreService_CreateWorkspace_FullMethodName = "/keygate.keystore.v1.KeystoreService/CreateWorkspace"
-	KeystoreService_GetWorkspace_FullMethodName    = "/keygate.keystore.v1.KeystoreService/GetWorkspace"
-	KeystoreService_ListWorkspaces_FullMethodName  = "/keygate.keystore.v1.KeystoreService/ListWorkspaces"
-	KeystoreService_UpdateWorkspace_FullMethodName = "/keygate.keystore.v1.KeystoreService/UpdateWorkspace"
-	KeystoreService_SetMember_FullMethodName       = "/keygate.keystore.v1.KeystoreService/SetMember"
-	KeystoreService_ListMembers_FullMethodName     = "/keygate.keystore.v1.KeystoreService/ListMembers"
-	KeystoreService_RemoveMember_FullMethodName    = "/keygate.keystore.v1.KeystoreService/RemoveMember"
-	KeystoreService_CreateKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/CreateKey"
-	KeystoreService_GetKey_FullMethodName          = "/keygate.keystore.v1.KeystoreService/GetKey"
-	KeystoreService_ListKeys_FullMethodName        = "/keygate.keystore.v1.KeystoreService/ListKeys"
-	KeystoreService_UpdateKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/UpdateKey"
-	KeystoreService_DeleteKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/DeleteKey"
-	KeystoreService_RotateKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/RotateKey"
-	KeystoreService_ExpireKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/ExpireKey"
-	KeystoreService_VerifyKey_FullMethodName       = "/keygate.keystore.v1.KeystoreService/VerifyKey"
-	KeystoreService_WatchKeyChanges_FullMethodName = "/keygate.keystore.v1.KeystoreService/WatchKeyChanges"
-	KeystoreService_RecordKeyUse_FullMethodName    = "/keygate.keystore.v1.KeystoreService/RecordKeyUse"
-	KeystoreService_CreateProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/CreateProvider"
-	KeystoreService_GetProvider_FullMethodName     = "/keygate.keystore.v1.KeystoreService/GetProvider"
-	KeystoreService_ListProviders_FullMethodName   = "/keygate.keystore.v1.KeystoreService/ListProviders"
-	KeystoreService_UpdateProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/UpdateProvider"
-	KeystoreService_DeleteProvider_FullMethodName  = "/keygate.keystore.v1.KeystoreService/DeleteProvider"
-	KeystoreService_CreateModel_FullMethodName     = "/keygate.keystore.v1.KeystoreService/CreateModel"
-	KeystoreService_GetModel_FullMethodName        = "/keygate.keystore.v1.KeystoreService/GetModel"
-	KeystoreService_ListModels_FullMethodName      = "/keygate.keystore.v1.KeystoreService/ListModels"
-	KeystoreService_UpdateModel_FullMethodName     = "/keygate.keystore.v1.KeystoreService/UpdateModel"
-	KeystoreService_DeleteModel_FullMethodName     = "/keygate.keystore.v1.KeystoreService/DeleteModel"
-	KeystoreService_ListAuditEvents_FullMethodName = "/keygate.keystore.v1.KeystoreService/ListAuditEvents"
+	KeystoreService_CreateWorkspace_FullMethodName     = "/keygate.keystore.v1.KeystoreService/CreateWorkspace"
+	KeystoreService_GetWorkspace_FullMethodName        = "/keygate.keystore.v1.KeystoreService/GetWorkspace"
+	KeystoreService_ListWorkspaces_FullMethodName      = "/keygate.keystore.v1.KeystoreService/ListWorkspaces"
+	KeystoreService_UpdateWorkspace_FullMethodName     = "/keygate.keystore.v1.KeystoreService/UpdateWorkspace"
+	KeystoreService_SetMember_FullMethodName           = "/keygate.keystore.v1.KeystoreService/SetMember"
+	KeystoreService_ListMembers_FullMethodName         = "/keygate.keystore.v1.KeystoreService/ListMembers"
+	KeystoreService_RemoveMember_FullMethodName        = "/keygate.keystore.v1.KeystoreService/RemoveMember"
+	KeystoreService_UpdateMember_FullMethodName        = "/keygate.keystore.v1.KeystoreService/UpdateMember"
+	KeystoreService_CreateKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/CreateKey"
+	KeystoreService_GetKey_FullMethodName              = "/keygate.keystore.v1.KeystoreService/GetKey"
+	KeystoreService_ListKeys_FullMethodName            = "/keygate.keystore.v1.KeystoreService/ListKeys"
+	KeystoreService_UpdateKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/UpdateKey"
+	KeystoreService_DeleteKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/DeleteKey"
+	KeystoreService_RotateKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/RotateKey"
+	KeystoreService_ExpireKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/ExpireKey"
+	KeystoreService_ImportKeys_FullMethodName          = "/keygate.keystore.v1.KeystoreService/ImportKeys"
+	KeystoreService_ExplainKey_FullMethodName          = "/keygate.keystore.v1.KeystoreService/ExplainKey"
+	KeystoreService_VerifyKey_FullMethodName           = "/keygate.keystore.v1.KeystoreService/VerifyKey"
+	KeystoreService_WatchKeyChanges_FullMethodName     = "/keygate.keystore.v1.KeystoreService/WatchKeyChanges"
+	KeystoreService_RecordKeyUse_FullMethodName        = "/keygate.keystore.v1.KeystoreService/RecordKeyUse"
+	KeystoreService_CreateProvider_FullMethodName      = "/keygate.keystore.v1.KeystoreService/CreateProvider"
+	KeystoreService_GetProvider_FullMethodName         = "/keygate.keystore.v1.KeystoreService/GetProvider"
+	KeystoreService_ListProviders_FullMethodName       = "/keygate.keystore.v1.KeystoreService/ListProviders"
+	KeystoreService_UpdateProvider_FullMethodName      = "/keygate.keystore.v1.KeystoreService/UpdateProvider"
+	KeystoreService_DeleteProvider_FullMethodName      = "/keygate.keystore.v1.KeystoreService/DeleteProvider"
+	KeystoreService_CreateModel_FullMethodName         = "/keygate.keystore.v1.KeystoreService/CreateModel"
+	KeystoreService_GetModel_FullMethodName            = "/keygate.keystore.v1.KeystoreService/GetModel"
+	KeystoreService_ListModels_FullMethodName          = "/keygate.keystore.v1.KeystoreService/ListModels"
+	KeystoreService_UpdateModel_FullMethodName         = "/keygate.keystore.v1.KeystoreService/UpdateModel"
+	KeystoreService_DeleteModel_FullMethodName         = "/keygate.keystore.v1.KeystoreService/DeleteModel"
+	KeystoreService_AddCreditEntry_FullMethodName      = "/keygate.keystore.v1.KeystoreService/AddCreditEntry"
+	KeystoreService_GetCredits_FullMethodName          = "/keygate.keystore.v1.KeystoreService/GetCredits"
+	KeystoreService_ListCreditEntries_FullMethodName   = "/keygate.keystore.v1.KeystoreService/ListCreditEntries"
+	KeystoreService_CreateWebhook_FullMethodName       = "/keygate.keystore.v1.KeystoreService/CreateWebhook"
+	KeystoreService_ListWebhooks_FullMethodName        = "/keygate.keystore.v1.KeystoreService/ListWebhooks"
+	KeystoreService_DeleteWebhook_FullMethodName       = "/keygate.keystore.v1.KeystoreService/DeleteWebhook"
+	KeystoreService_RotateWebhookSecret_FullMethodName = "/keygate.keystore.v1.KeystoreService/RotateWebhookSecret"
+	KeystoreService_TestWebhook_FullMethodName         = "/keygate.keystore.v1.KeystoreService/TestWebhook"
+	KeystoreService_ListAlerts_FullMethodName          = "/keygate.keystore.v1.KeystoreService/ListAlerts"
+	KeystoreService_ListAuditEvents_FullMethodName     = "/keygate.keystore.v1.KeystoreService/ListAuditEvents"
 )
 
 // KeystoreServiceClient is the client API for KeystoreService service.
@@ -66,6 +78,9 @@ type KeystoreServiceClient interface {
 	SetMember(ctx context.Context, in *SetMemberRequest, opts ...grpc.CallOption) (*SetMemberResponse, error)
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
+	// UpdateMember sets a member's limits (the member level): owners and
+	// admins only.
+	UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*UpdateMemberResponse, error)
 	// Keys. The secret is returned by CreateKey and RotateKey only.
 	CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*CreateKeyResponse, error)
 	GetKey(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*GetKeyResponse, error)
@@ -74,6 +89,14 @@ type KeystoreServiceClient interface {
 	DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*DeleteKeyResponse, error)
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
 	ExpireKey(ctx context.Context, in *ExpireKeyRequest, opts ...grpc.CallOption) (*ExpireKeyResponse, error)
+	// ImportKeys brings keys from a system keygate replaces, by the SHA-256
+	// of their secrets (never the plaintext): they authenticate at the edge
+	// in their existing format and are marked legacy. Owners and admins.
+	ImportKeys(ctx context.Context, in *ImportKeysRequest, opts ...grpc.CallOption) (*ImportKeysResponse, error)
+	// ExplainKey reads the limiter's live state of every limit that applies
+	// to the key, at every level, and says whether a request for a model and
+	// estimate would be admitted now.
+	ExplainKey(ctx context.Context, in *ExplainKeyRequest, opts ...grpc.CallOption) (*ExplainKeyResponse, error)
 	// VerifyKey checks a presented secret. It needs no other credential: the
 	// secret is the credential. Invalid, unknown, disabled, expired and deleted
 	// keys all answer UNAUTHENTICATED with the same message.
@@ -99,6 +122,24 @@ type KeystoreServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	UpdateModel(ctx context.Context, in *UpdateModelRequest, opts ...grpc.CallOption) (*UpdateModelResponse, error)
 	DeleteModel(ctx context.Context, in *DeleteModelRequest, opts ...grpc.CallOption) (*DeleteModelResponse, error)
+	// Credits: a workspace's prepaid balance. Entries are never edited; an
+	// entry sent again with the same id is answered with the first one.
+	// Adding entries needs the root token or an owner.
+	AddCreditEntry(ctx context.Context, in *AddCreditEntryRequest, opts ...grpc.CallOption) (*AddCreditEntryResponse, error)
+	GetCredits(ctx context.Context, in *GetCreditsRequest, opts ...grpc.CallOption) (*GetCreditsResponse, error)
+	ListCreditEntries(ctx context.Context, in *ListCreditEntriesRequest, opts ...grpc.CallOption) (*ListCreditEntriesResponse, error)
+	// Webhooks receive a workspace's alerts. Owners and admins.
+	CreateWebhook(ctx context.Context, in *CreateWebhookRequest, opts ...grpc.CallOption) (*CreateWebhookResponse, error)
+	ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error)
+	DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error)
+	// RotateWebhookSecret issues a new signing secret; the old one signs
+	// nothing from then on.
+	RotateWebhookSecret(ctx context.Context, in *RotateWebhookSecretRequest, opts ...grpc.CallOption) (*RotateWebhookSecretResponse, error)
+	// TestWebhook delivers a sample alert now and reports the answer.
+	TestWebhook(ctx context.Context, in *TestWebhookRequest, opts ...grpc.CallOption) (*TestWebhookResponse, error)
+	// ListAlerts lists the alerts raised in a workspace and their delivery,
+	// newest first.
+	ListAlerts(ctx context.Context, in *ListAlertsRequest, opts ...grpc.CallOption) (*ListAlertsResponse, error)
 	// Audit log, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
@@ -181,6 +222,16 @@ func (c *keystoreServiceClient) RemoveMember(ctx context.Context, in *RemoveMemb
 	return out, nil
 }
 
+func (c *keystoreServiceClient) UpdateMember(ctx context.Context, in *UpdateMemberRequest, opts ...grpc.CallOption) (*UpdateMemberResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateMemberResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_UpdateMember_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keystoreServiceClient) CreateKey(ctx context.Context, in *CreateKeyRequest, opts ...grpc.CallOption) (*CreateKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateKeyResponse)
@@ -245,6 +296,26 @@ func (c *keystoreServiceClient) ExpireKey(ctx context.Context, in *ExpireKeyRequ
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ExpireKeyResponse)
 	err := c.cc.Invoke(ctx, KeystoreService_ExpireKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) ImportKeys(ctx context.Context, in *ImportKeysRequest, opts ...grpc.CallOption) (*ImportKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportKeysResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_ImportKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) ExplainKey(ctx context.Context, in *ExplainKeyRequest, opts ...grpc.CallOption) (*ExplainKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainKeyResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_ExplainKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -390,6 +461,96 @@ func (c *keystoreServiceClient) DeleteModel(ctx context.Context, in *DeleteModel
 	return out, nil
 }
 
+func (c *keystoreServiceClient) AddCreditEntry(ctx context.Context, in *AddCreditEntryRequest, opts ...grpc.CallOption) (*AddCreditEntryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddCreditEntryResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_AddCreditEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) GetCredits(ctx context.Context, in *GetCreditsRequest, opts ...grpc.CallOption) (*GetCreditsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCreditsResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_GetCredits_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) ListCreditEntries(ctx context.Context, in *ListCreditEntriesRequest, opts ...grpc.CallOption) (*ListCreditEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCreditEntriesResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_ListCreditEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) CreateWebhook(ctx context.Context, in *CreateWebhookRequest, opts ...grpc.CallOption) (*CreateWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateWebhookResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_CreateWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWebhooksResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_ListWebhooks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteWebhookResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_DeleteWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) RotateWebhookSecret(ctx context.Context, in *RotateWebhookSecretRequest, opts ...grpc.CallOption) (*RotateWebhookSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateWebhookSecretResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_RotateWebhookSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) TestWebhook(ctx context.Context, in *TestWebhookRequest, opts ...grpc.CallOption) (*TestWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TestWebhookResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_TestWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keystoreServiceClient) ListAlerts(ctx context.Context, in *ListAlertsRequest, opts ...grpc.CallOption) (*ListAlertsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAlertsResponse)
+	err := c.cc.Invoke(ctx, KeystoreService_ListAlerts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keystoreServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListAuditEventsResponse)
@@ -417,6 +578,9 @@ type KeystoreServiceServer interface {
 	SetMember(context.Context, *SetMemberRequest) (*SetMemberResponse, error)
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
+	// UpdateMember sets a member's limits (the member level): owners and
+	// admins only.
+	UpdateMember(context.Context, *UpdateMemberRequest) (*UpdateMemberResponse, error)
 	// Keys. The secret is returned by CreateKey and RotateKey only.
 	CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error)
 	GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error)
@@ -425,6 +589,14 @@ type KeystoreServiceServer interface {
 	DeleteKey(context.Context, *DeleteKeyRequest) (*DeleteKeyResponse, error)
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
 	ExpireKey(context.Context, *ExpireKeyRequest) (*ExpireKeyResponse, error)
+	// ImportKeys brings keys from a system keygate replaces, by the SHA-256
+	// of their secrets (never the plaintext): they authenticate at the edge
+	// in their existing format and are marked legacy. Owners and admins.
+	ImportKeys(context.Context, *ImportKeysRequest) (*ImportKeysResponse, error)
+	// ExplainKey reads the limiter's live state of every limit that applies
+	// to the key, at every level, and says whether a request for a model and
+	// estimate would be admitted now.
+	ExplainKey(context.Context, *ExplainKeyRequest) (*ExplainKeyResponse, error)
 	// VerifyKey checks a presented secret. It needs no other credential: the
 	// secret is the credential. Invalid, unknown, disabled, expired and deleted
 	// keys all answer UNAUTHENTICATED with the same message.
@@ -450,6 +622,24 @@ type KeystoreServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	UpdateModel(context.Context, *UpdateModelRequest) (*UpdateModelResponse, error)
 	DeleteModel(context.Context, *DeleteModelRequest) (*DeleteModelResponse, error)
+	// Credits: a workspace's prepaid balance. Entries are never edited; an
+	// entry sent again with the same id is answered with the first one.
+	// Adding entries needs the root token or an owner.
+	AddCreditEntry(context.Context, *AddCreditEntryRequest) (*AddCreditEntryResponse, error)
+	GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error)
+	ListCreditEntries(context.Context, *ListCreditEntriesRequest) (*ListCreditEntriesResponse, error)
+	// Webhooks receive a workspace's alerts. Owners and admins.
+	CreateWebhook(context.Context, *CreateWebhookRequest) (*CreateWebhookResponse, error)
+	ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error)
+	DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error)
+	// RotateWebhookSecret issues a new signing secret; the old one signs
+	// nothing from then on.
+	RotateWebhookSecret(context.Context, *RotateWebhookSecretRequest) (*RotateWebhookSecretResponse, error)
+	// TestWebhook delivers a sample alert now and reports the answer.
+	TestWebhook(context.Context, *TestWebhookRequest) (*TestWebhookResponse, error)
+	// ListAlerts lists the alerts raised in a workspace and their delivery,
+	// newest first.
+	ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error)
 	// Audit log, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedKeystoreServiceServer()
@@ -483,6 +673,9 @@ func (UnimplementedKeystoreServiceServer) ListMembers(context.Context, *ListMemb
 func (UnimplementedKeystoreServiceServer) RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
 }
+func (UnimplementedKeystoreServiceServer) UpdateMember(context.Context, *UpdateMemberRequest) (*UpdateMemberResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateMember not implemented")
+}
 func (UnimplementedKeystoreServiceServer) CreateKey(context.Context, *CreateKeyRequest) (*CreateKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateKey not implemented")
 }
@@ -503,6 +696,12 @@ func (UnimplementedKeystoreServiceServer) RotateKey(context.Context, *RotateKeyR
 }
 func (UnimplementedKeystoreServiceServer) ExpireKey(context.Context, *ExpireKeyRequest) (*ExpireKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExpireKey not implemented")
+}
+func (UnimplementedKeystoreServiceServer) ImportKeys(context.Context, *ImportKeysRequest) (*ImportKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportKeys not implemented")
+}
+func (UnimplementedKeystoreServiceServer) ExplainKey(context.Context, *ExplainKeyRequest) (*ExplainKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainKey not implemented")
 }
 func (UnimplementedKeystoreServiceServer) VerifyKey(context.Context, *VerifyKeyRequest) (*VerifyKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyKey not implemented")
@@ -542,6 +741,33 @@ func (UnimplementedKeystoreServiceServer) UpdateModel(context.Context, *UpdateMo
 }
 func (UnimplementedKeystoreServiceServer) DeleteModel(context.Context, *DeleteModelRequest) (*DeleteModelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteModel not implemented")
+}
+func (UnimplementedKeystoreServiceServer) AddCreditEntry(context.Context, *AddCreditEntryRequest) (*AddCreditEntryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddCreditEntry not implemented")
+}
+func (UnimplementedKeystoreServiceServer) GetCredits(context.Context, *GetCreditsRequest) (*GetCreditsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCredits not implemented")
+}
+func (UnimplementedKeystoreServiceServer) ListCreditEntries(context.Context, *ListCreditEntriesRequest) (*ListCreditEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCreditEntries not implemented")
+}
+func (UnimplementedKeystoreServiceServer) CreateWebhook(context.Context, *CreateWebhookRequest) (*CreateWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateWebhook not implemented")
+}
+func (UnimplementedKeystoreServiceServer) ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWebhooks not implemented")
+}
+func (UnimplementedKeystoreServiceServer) DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteWebhook not implemented")
+}
+func (UnimplementedKeystoreServiceServer) RotateWebhookSecret(context.Context, *RotateWebhookSecretRequest) (*RotateWebhookSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateWebhookSecret not implemented")
+}
+func (UnimplementedKeystoreServiceServer) TestWebhook(context.Context, *TestWebhookRequest) (*TestWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TestWebhook not implemented")
+}
+func (UnimplementedKeystoreServiceServer) ListAlerts(context.Context, *ListAlertsRequest) (*ListAlertsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAlerts not implemented")
 }
 func (UnimplementedKeystoreServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -693,6 +919,24 @@ func _KeystoreService_RemoveMember_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeystoreService_UpdateMember_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMemberRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).UpdateMember(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_UpdateMember_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).UpdateMember(ctx, req.(*UpdateMemberRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeystoreService_CreateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateKeyRequest)
 	if err := dec(in); err != nil {
@@ -815,6 +1059,42 @@ func _KeystoreService_ExpireKey_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KeystoreServiceServer).ExpireKey(ctx, req.(*ExpireKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_ImportKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).ImportKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_ImportKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).ImportKeys(ctx, req.(*ImportKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_ExplainKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).ExplainKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_ExplainKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).ExplainKey(ctx, req.(*ExplainKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1046,6 +1326,168 @@ func _KeystoreService_DeleteModel_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeystoreService_AddCreditEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddCreditEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).AddCreditEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_AddCreditEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).AddCreditEntry(ctx, req.(*AddCreditEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_GetCredits_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCreditsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).GetCredits(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_GetCredits_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).GetCredits(ctx, req.(*GetCreditsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_ListCreditEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCreditEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).ListCreditEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_ListCreditEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).ListCreditEntries(ctx, req.(*ListCreditEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_CreateWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).CreateWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_CreateWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).CreateWebhook(ctx, req.(*CreateWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_ListWebhooks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWebhooksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).ListWebhooks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_ListWebhooks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).ListWebhooks(ctx, req.(*ListWebhooksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_DeleteWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).DeleteWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_DeleteWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).DeleteWebhook(ctx, req.(*DeleteWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_RotateWebhookSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateWebhookSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).RotateWebhookSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_RotateWebhookSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).RotateWebhookSecret(ctx, req.(*RotateWebhookSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_TestWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).TestWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_TestWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).TestWebhook(ctx, req.(*TestWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeystoreService_ListAlerts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAlertsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeystoreServiceServer).ListAlerts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeystoreService_ListAlerts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeystoreServiceServer).ListAlerts(ctx, req.(*ListAlertsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeystoreService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListAuditEventsRequest)
 	if err := dec(in); err != nil {
@@ -1100,6 +1542,10 @@ var KeystoreService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KeystoreService_RemoveMember_Handler,
 		},
 		{
+			MethodName: "UpdateMember",
+			Handler:    _KeystoreService_UpdateMember_Handler,
+		},
+		{
 			MethodName: "CreateKey",
 			Handler:    _KeystoreService_CreateKey_Handler,
 		},
@@ -1126,6 +1572,14 @@ var KeystoreService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExpireKey",
 			Handler:    _KeystoreService_ExpireKey_Handler,
+		},
+		{
+			MethodName: "ImportKeys",
+			Handler:    _KeystoreService_ImportKeys_Handler,
+		},
+		{
+			MethodName: "ExplainKey",
+			Handler:    _KeystoreService_ExplainKey_Handler,
 		},
 		{
 			MethodName: "VerifyKey",
@@ -1174,6 +1628,42 @@ var KeystoreService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteModel",
 			Handler:    _KeystoreService_DeleteModel_Handler,
+		},
+		{
+			MethodName: "AddCreditEntry",
+			Handler:    _KeystoreService_AddCreditEntry_Handler,
+		},
+		{
+			MethodName: "GetCredits",
+			Handler:    _KeystoreService_GetCredits_Handler,
+		},
+		{
+			MethodName: "ListCreditEntries",
+			Handler:    _KeystoreService_ListCreditEntries_Handler,
+		},
+		{
+			MethodName: "CreateWebhook",
+			Handler:    _KeystoreService_CreateWebhook_Handler,
+		},
+		{
+			MethodName: "ListWebhooks",
+			Handler:    _KeystoreService_ListWebhooks_Handler,
+		},
+		{
+			MethodName: "DeleteWebhook",
+			Handler:    _KeystoreService_DeleteWebhook_Handler,
+		},
+		{
+			MethodName: "RotateWebhookSecret",
+			Handler:    _KeystoreService_RotateWebhookSecret_Handler,
+		},
+		{
+			MethodName: "TestWebhook",
+			Handler:    _KeystoreService_TestWebhook_Handler,
+		},
+		{
+			MethodName: "ListAlerts",
+			Handler:    _KeystoreService_ListAlerts_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",

@@ -11,6 +11,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -34,6 +35,8 @@ const (
 	LimitKind_LIMIT_KIND_TPD         LimitKind = 4
 	LimitKind_LIMIT_KIND_TOKEN_CAP   LimitKind = 5
 	LimitKind_LIMIT_KIND_BUDGET      LimitKind = 6
+	// The workspace's prepaid credits (never resets).
+	LimitKind_LIMIT_KIND_CREDITS LimitKind = 7
 )
 
 // Enum value maps for LimitKind.
@@ -46,6 +49,7 @@ var (
 		4: "LIMIT_KIND_TPD",
 		5: "LIMIT_KIND_TOKEN_CAP",
 		6: "LIMIT_KIND_BUDGET",
+		7: "LIMIT_KIND_CREDITS",
 	}
 	LimitKind_value = map[string]int32{
 		"LIMIT_KIND_UNSPECIFIED": 0,
@@ -55,6 +59,7 @@ var (
 		"LIMIT_KIND_TPD":         4,
 		"LIMIT_KIND_TOKEN_CAP":   5,
 		"LIMIT_KIND_BUDGET":      6,
+		"LIMIT_KIND_CREDITS":     7,
 	}
 )
 
@@ -97,8 +102,23 @@ type CheckItem struct {
 	EstimatedTokens int64 `protobuf:"varint,5,opt,name=estimated_tokens,json=estimatedTokens,proto3" json:"estimated_tokens,omitempty"`
 	// Cost reserved, in micro-USD.
 	EstimatedCostMicros int64 `protobuf:"varint,6,opt,name=estimated_cost_micros,json=estimatedCostMicros,proto3" json:"estimated_cost_micros,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The key's workspace. When set, the item is routed by workspace and
+	// levels, settlements and releases name it too.
+	Workspace string `protobuf:"bytes,7,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// The member owning the key (the member level's id).
+	Member string `protobuf:"bytes,8,opt,name=member,proto3" json:"member,omitempty"`
+	// The key level's limits in report mode.
+	Report *v1.Policy `protobuf:"bytes,9,opt,name=report,proto3" json:"report,omitempty"`
+	// The member and workspace levels, decided with the key's atomically.
+	Levels []*LevelPolicy `protobuf:"bytes,10,rep,name=levels,proto3" json:"levels,omitempty"`
+	// Set when the workspace holds prepaid credits: the total granted, in
+	// micro-USD; the workspace's spend since may not exceed it.
+	Credits *Credits `protobuf:"bytes,11,opt,name=credits,proto3" json:"credits,omitempty"`
+	// Percentages of a limit (budget, token cap, daily limits) whose first
+	// crossing in a period raises an alert, e.g. 50, 80, 100.
+	AlertThresholds []int32 `protobuf:"varint,12,rep,packed,name=alert_thresholds,json=alertThresholds,proto3" json:"alert_thresholds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CheckItem) Reset() {
@@ -173,6 +193,156 @@ func (x *CheckItem) GetEstimatedCostMicros() int64 {
 	return 0
 }
 
+func (x *CheckItem) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *CheckItem) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *CheckItem) GetReport() *v1.Policy {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+func (x *CheckItem) GetLevels() []*LevelPolicy {
+	if x != nil {
+		return x.Levels
+	}
+	return nil
+}
+
+func (x *CheckItem) GetCredits() *Credits {
+	if x != nil {
+		return x.Credits
+	}
+	return nil
+}
+
+func (x *CheckItem) GetAlertThresholds() []int32 {
+	if x != nil {
+		return x.AlertThresholds
+	}
+	return nil
+}
+
+// LevelPolicy is the limits of one level above the key.
+type LevelPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// LIMIT_LEVEL_MEMBER or LIMIT_LEVEL_WORKSPACE.
+	Level  v1.LimitLevel `protobuf:"varint,1,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	Policy *v1.Policy    `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Limits in report mode.
+	Report        *v1.Policy `protobuf:"bytes,3,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LevelPolicy) Reset() {
+	*x = LevelPolicy{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LevelPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LevelPolicy) ProtoMessage() {}
+
+func (x *LevelPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LevelPolicy.ProtoReflect.Descriptor instead.
+func (*LevelPolicy) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LevelPolicy) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *LevelPolicy) GetPolicy() *v1.Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *LevelPolicy) GetReport() *v1.Policy {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+// Credits is a workspace's prepaid balance as the limiter enforces it.
+type Credits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GrantedMicros int64                  `protobuf:"varint,1,opt,name=granted_micros,json=grantedMicros,proto3" json:"granted_micros,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Credits) Reset() {
+	*x = Credits{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Credits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Credits) ProtoMessage() {}
+
+func (x *Credits) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Credits.ProtoReflect.Descriptor instead.
+func (*Credits) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Credits) GetGrantedMicros() int64 {
+	if x != nil {
+		return x.GrantedMicros
+	}
+	return 0
+}
+
 // Quota is one window as the x-ratelimit-* headers show it.
 type Quota struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -183,13 +353,14 @@ type Quota struct {
 	Remaining int64  `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
 	// Time until the window has fully refilled (rolling) or resets (calendar).
 	ResetAfter    *durationpb.Duration `protobuf:"bytes,5,opt,name=reset_after,json=resetAfter,proto3" json:"reset_after,omitempty"`
+	Level         v1.LimitLevel        `protobuf:"varint,6,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Quota) Reset() {
 	*x = Quota{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[1]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +372,7 @@ func (x *Quota) String() string {
 func (*Quota) ProtoMessage() {}
 
 func (x *Quota) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[1]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +385,7 @@ func (x *Quota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quota.ProtoReflect.Descriptor instead.
 func (*Quota) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{1}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Quota) GetKind() LimitKind {
@@ -252,6 +423,74 @@ func (x *Quota) GetResetAfter() *durationpb.Duration {
 	return nil
 }
 
+func (x *Quota) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+// Reported names a report-mode limit that would have denied.
+type Reported struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Level         v1.LimitLevel          `protobuf:"varint,1,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	Kind          LimitKind              `protobuf:"varint,2,opt,name=kind,proto3,enum=keygate.limiter.v1.LimitKind" json:"kind,omitempty"`
+	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reported) Reset() {
+	*x = Reported{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reported) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reported) ProtoMessage() {}
+
+func (x *Reported) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reported.ProtoReflect.Descriptor instead.
+func (*Reported) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Reported) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *Reported) GetKind() LimitKind {
+	if x != nil {
+		return x.Kind
+	}
+	return LimitKind_LIMIT_KIND_UNSPECIFIED
+}
+
+func (x *Reported) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
 type CheckResult struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
@@ -265,14 +504,18 @@ type CheckResult struct {
 	Requests *Quota `protobuf:"bytes,5,opt,name=requests,proto3" json:"requests,omitempty"`
 	Tokens   *Quota `protobuf:"bytes,6,opt,name=tokens,proto3" json:"tokens,omitempty"`
 	// Every window that applies.
-	Quotas        []*Quota `protobuf:"bytes,7,rep,name=quotas,proto3" json:"quotas,omitempty"`
+	Quotas []*Quota `protobuf:"bytes,7,rep,name=quotas,proto3" json:"quotas,omitempty"`
+	// Level of the denying limit.
+	DeniedLevel v1.LimitLevel `protobuf:"varint,8,opt,name=denied_level,json=deniedLevel,proto3,enum=keygate.type.v1.LimitLevel" json:"denied_level,omitempty"`
+	// Report-mode limits that would have denied this item.
+	Reported      []*Reported `protobuf:"bytes,9,rep,name=reported,proto3" json:"reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[2]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +527,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[2]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +540,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{2}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckResult) GetAllowed() bool {
@@ -349,6 +592,20 @@ func (x *CheckResult) GetQuotas() []*Quota {
 	return nil
 }
 
+func (x *CheckResult) GetDeniedLevel() v1.LimitLevel {
+	if x != nil {
+		return x.DeniedLevel
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *CheckResult) GetReported() []*Reported {
+	if x != nil {
+		return x.Reported
+	}
+	return nil
+}
+
 type CheckRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Items         []*CheckItem           `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
@@ -358,7 +615,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[3]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +627,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[3]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +640,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{3}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CheckRequest) GetItems() []*CheckItem {
@@ -403,7 +660,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[4]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +672,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[4]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +685,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{4}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckResponse) GetResults() []*CheckResult {
@@ -449,7 +706,7 @@ type CheckStreamRequest struct {
 
 func (x *CheckStreamRequest) Reset() {
 	*x = CheckStreamRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[5]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +718,7 @@ func (x *CheckStreamRequest) String() string {
 func (*CheckStreamRequest) ProtoMessage() {}
 
 func (x *CheckStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[5]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +731,7 @@ func (x *CheckStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStreamRequest.ProtoReflect.Descriptor instead.
 func (*CheckStreamRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{5}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CheckStreamRequest) GetSequence() uint64 {
@@ -503,7 +760,7 @@ type CheckStreamResponse struct {
 
 func (x *CheckStreamResponse) Reset() {
 	*x = CheckStreamResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[6]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +772,7 @@ func (x *CheckStreamResponse) String() string {
 func (*CheckStreamResponse) ProtoMessage() {}
 
 func (x *CheckStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[6]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +785,7 @@ func (x *CheckStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStreamResponse.ProtoReflect.Descriptor instead.
 func (*CheckStreamResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{6}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckStreamResponse) GetSequence() uint64 {
@@ -559,13 +816,16 @@ type Settlement struct {
 	Model            string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	ActualTokens     int64                  `protobuf:"varint,4,opt,name=actual_tokens,json=actualTokens,proto3" json:"actual_tokens,omitempty"`
 	ActualCostMicros int64                  `protobuf:"varint,5,opt,name=actual_cost_micros,json=actualCostMicros,proto3" json:"actual_cost_micros,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// As in the CheckItem.
+	Workspace     string `protobuf:"bytes,6,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member        string `protobuf:"bytes,7,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Settlement) Reset() {
 	*x = Settlement{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[7]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +837,7 @@ func (x *Settlement) String() string {
 func (*Settlement) ProtoMessage() {}
 
 func (x *Settlement) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[7]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +850,7 @@ func (x *Settlement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settlement.ProtoReflect.Descriptor instead.
 func (*Settlement) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{7}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Settlement) GetReservationId() string {
@@ -628,6 +888,20 @@ func (x *Settlement) GetActualCostMicros() int64 {
 	return 0
 }
 
+func (x *Settlement) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *Settlement) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
 type SettleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Settlements   []*Settlement          `protobuf:"bytes,1,rep,name=settlements,proto3" json:"settlements,omitempty"`
@@ -637,7 +911,7 @@ type SettleRequest struct {
 
 func (x *SettleRequest) Reset() {
 	*x = SettleRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[8]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +923,7 @@ func (x *SettleRequest) String() string {
 func (*SettleRequest) ProtoMessage() {}
 
 func (x *SettleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[8]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +936,7 @@ func (x *SettleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleRequest.ProtoReflect.Descriptor instead.
 func (*SettleRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{8}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SettleRequest) GetSettlements() []*Settlement {
@@ -683,7 +957,7 @@ type SettleResponse struct {
 
 func (x *SettleResponse) Reset() {
 	*x = SettleResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[9]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +969,7 @@ func (x *SettleResponse) String() string {
 func (*SettleResponse) ProtoMessage() {}
 
 func (x *SettleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[9]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +982,7 @@ func (x *SettleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleResponse.ProtoReflect.Descriptor instead.
 func (*SettleResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{9}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SettleResponse) GetUnknown() int32 {
@@ -722,13 +996,16 @@ type Release struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReservationId string                 `protobuf:"bytes,1,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
 	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// As in the CheckItem.
+	Workspace     string `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member        string `protobuf:"bytes,4,opt,name=member,proto3" json:"member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[10]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +1017,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[10]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +1030,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{10}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Release) GetReservationId() string {
@@ -770,6 +1047,242 @@ func (x *Release) GetKey() string {
 	return ""
 }
 
+func (x *Release) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *Release) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+type ExplainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key, levels and policies as a Check would send them, with the
+	// model and estimate to judge; reservation_id is ignored.
+	Item          *CheckItem `protobuf:"bytes,1,opt,name=item,proto3" json:"item,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainRequest) Reset() {
+	*x = ExplainRequest{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainRequest) ProtoMessage() {}
+
+func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
+func (*ExplainRequest) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExplainRequest) GetItem() *CheckItem {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+// LimitState is one limit's live state.
+type LimitState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Level v1.LimitLevel          `protobuf:"varint,1,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	Kind  LimitKind              `protobuf:"varint,2,opt,name=kind,proto3,enum=keygate.limiter.v1.LimitKind" json:"kind,omitempty"`
+	// Empty for a level's global limits.
+	Model string       `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	Mode  v1.LimitMode `protobuf:"varint,4,opt,name=mode,proto3,enum=keygate.type.v1.LimitMode" json:"mode,omitempty"`
+	// "60s" (rolling), "day", "week", "month" or "never".
+	Window string `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
+	Limit  int64  `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Charged: settled usage plus open reservations.
+	Used int64 `protobuf:"varint,7,opt,name=used,proto3" json:"used,omitempty"`
+	// Of used, held by open reservations at their estimates.
+	Reserved  int64 `protobuf:"varint,8,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	Remaining int64 `protobuf:"varint,9,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// When the window has fully refilled (rolling) or resets (calendar);
+	// unset for "never".
+	ResetTime     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=reset_time,json=resetTime,proto3" json:"reset_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LimitState) Reset() {
+	*x = LimitState{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LimitState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LimitState) ProtoMessage() {}
+
+func (x *LimitState) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LimitState.ProtoReflect.Descriptor instead.
+func (*LimitState) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *LimitState) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *LimitState) GetKind() LimitKind {
+	if x != nil {
+		return x.Kind
+	}
+	return LimitKind_LIMIT_KIND_UNSPECIFIED
+}
+
+func (x *LimitState) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *LimitState) GetMode() v1.LimitMode {
+	if x != nil {
+		return x.Mode
+	}
+	return v1.LimitMode(0)
+}
+
+func (x *LimitState) GetWindow() string {
+	if x != nil {
+		return x.Window
+	}
+	return ""
+}
+
+func (x *LimitState) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *LimitState) GetUsed() int64 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *LimitState) GetReserved() int64 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+func (x *LimitState) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *LimitState) GetResetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResetTime
+	}
+	return nil
+}
+
+type ExplainResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Limits []*LimitState          `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	// What a Check of the item would answer now.
+	Decision      *CheckResult `protobuf:"bytes,2,opt,name=decision,proto3" json:"decision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainResponse) Reset() {
+	*x = ExplainResponse{}
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainResponse) ProtoMessage() {}
+
+func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
+func (*ExplainResponse) Descriptor() ([]byte, []int) {
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExplainResponse) GetLimits() []*LimitState {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetDecision() *CheckResult {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
 type ReleaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Releases      []*Release             `protobuf:"bytes,1,rep,name=releases,proto3" json:"releases,omitempty"`
@@ -779,7 +1292,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[11]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1304,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[11]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1317,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{11}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReleaseRequest) GetReleases() []*Release {
@@ -823,7 +1336,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[12]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +1348,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[12]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1361,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{12}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReleaseResponse) GetUnknown() int32 {
@@ -872,7 +1385,7 @@ type HandoverRequest struct {
 
 func (x *HandoverRequest) Reset() {
 	*x = HandoverRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1397,7 @@ func (x *HandoverRequest) String() string {
 func (*HandoverRequest) ProtoMessage() {}
 
 func (x *HandoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[13]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1410,7 @@ func (x *HandoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandoverRequest.ProtoReflect.Descriptor instead.
 func (*HandoverRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{13}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HandoverRequest) GetKeys() []string {
@@ -935,7 +1448,7 @@ type HandoverResponse struct {
 
 func (x *HandoverResponse) Reset() {
 	*x = HandoverResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1460,7 @@ func (x *HandoverResponse) String() string {
 func (*HandoverResponse) ProtoMessage() {}
 
 func (x *HandoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[14]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1473,7 @@ func (x *HandoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandoverResponse.ProtoReflect.Descriptor instead.
 func (*HandoverResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{14}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HandoverResponse) GetStates() []*KeySnapshot {
@@ -988,7 +1501,7 @@ type Moved struct {
 
 func (x *Moved) Reset() {
 	*x = Moved{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1513,7 @@ func (x *Moved) String() string {
 func (*Moved) ProtoMessage() {}
 
 func (x *Moved) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[15]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1526,7 @@ func (x *Moved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Moved.ProtoReflect.Descriptor instead.
 func (*Moved) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{15}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Moved) GetKey() string {
@@ -1039,7 +1552,7 @@ type AdoptRequest struct {
 
 func (x *AdoptRequest) Reset() {
 	*x = AdoptRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1564,7 @@ func (x *AdoptRequest) String() string {
 func (*AdoptRequest) ProtoMessage() {}
 
 func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[16]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1577,7 @@ func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
 func (*AdoptRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{16}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AdoptRequest) GetStates() []*KeySnapshot {
@@ -1085,7 +1598,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1610,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[17]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1623,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{17}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReplicateRequest) GetHolder() string {
@@ -1135,7 +1648,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1660,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[18]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1673,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{18}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{24}
 }
 
 type AdoptResponse struct {
@@ -1173,7 +1686,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1698,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[19]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1711,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{19}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AdoptResponse) GetAdopted() int32 {
@@ -1230,7 +1743,7 @@ type KeySnapshot struct {
 
 func (x *KeySnapshot) Reset() {
 	*x = KeySnapshot{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1755,7 @@ func (x *KeySnapshot) String() string {
 func (*KeySnapshot) ProtoMessage() {}
 
 func (x *KeySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[20]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1768,7 @@ func (x *KeySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySnapshot.ProtoReflect.Descriptor instead.
 func (*KeySnapshot) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{20}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KeySnapshot) GetKey() string {
@@ -1347,7 +1860,7 @@ type ScopeState struct {
 
 func (x *ScopeState) Reset() {
 	*x = ScopeState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1872,7 @@ func (x *ScopeState) String() string {
 func (*ScopeState) ProtoMessage() {}
 
 func (x *ScopeState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[21]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1885,7 @@ func (x *ScopeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScopeState.ProtoReflect.Descriptor instead.
 func (*ScopeState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{21}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ScopeState) GetHead() int64 {
@@ -1429,7 +1942,7 @@ type BucketState struct {
 
 func (x *BucketState) Reset() {
 	*x = BucketState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1954,7 @@ func (x *BucketState) String() string {
 func (*BucketState) ProtoMessage() {}
 
 func (x *BucketState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[22]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1967,7 @@ func (x *BucketState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketState.ProtoReflect.Descriptor instead.
 func (*BucketState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{22}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BucketState) GetSecond() int64 {
@@ -1488,7 +2001,7 @@ type ModelState struct {
 
 func (x *ModelState) Reset() {
 	*x = ModelState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +2013,7 @@ func (x *ModelState) String() string {
 func (*ModelState) ProtoMessage() {}
 
 func (x *ModelState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[23]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +2026,7 @@ func (x *ModelState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelState.ProtoReflect.Descriptor instead.
 func (*ModelState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{23}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ModelState) GetModel() string {
@@ -1543,7 +2056,7 @@ type PeriodState struct {
 
 func (x *PeriodState) Reset() {
 	*x = PeriodState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +2068,7 @@ func (x *PeriodState) String() string {
 func (*PeriodState) ProtoMessage() {}
 
 func (x *PeriodState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[24]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +2081,7 @@ func (x *PeriodState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeriodState.ProtoReflect.Descriptor instead.
 func (*PeriodState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{24}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PeriodState) GetPeriod() int32 {
@@ -1611,7 +2124,7 @@ type ReservationState struct {
 
 func (x *ReservationState) Reset() {
 	*x = ReservationState{}
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +2136,7 @@ func (x *ReservationState) String() string {
 func (*ReservationState) ProtoMessage() {}
 
 func (x *ReservationState) ProtoReflect() protoreflect.Message {
-	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[25]
+	mi := &file_keygate_limiter_v1_limiter_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +2149,7 @@ func (x *ReservationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReservationState.ProtoReflect.Descriptor instead.
 func (*ReservationState) Descriptor() ([]byte, []int) {
-	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{25}
+	return file_keygate_limiter_v1_limiter_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReservationState) GetId() string {
@@ -1713,21 +2226,39 @@ var File_keygate_limiter_v1_limiter_proto protoreflect.FileDescriptor
 
 const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\n" +
-	" keygate/limiter/v1/limiter.proto\x12\x12keygate.limiter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1ckeygate/type/v1/limits.proto\"\xea\x01\n" +
+	" keygate/limiter/v1/limiter.proto\x12\x12keygate.limiter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ckeygate/type/v1/limits.proto\"\xec\x03\n" +
 	"\tCheckItem\x12%\n" +
 	"\x0ereservation_id\x18\x01 \x01(\tR\rreservationId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12/\n" +
 	"\x06policy\x18\x04 \x01(\v2\x17.keygate.type.v1.PolicyR\x06policy\x12)\n" +
 	"\x10estimated_tokens\x18\x05 \x01(\x03R\x0festimatedTokens\x122\n" +
-	"\x15estimated_cost_micros\x18\x06 \x01(\x03R\x13estimatedCostMicros\"\xc0\x01\n" +
+	"\x15estimated_cost_micros\x18\x06 \x01(\x03R\x13estimatedCostMicros\x12\x1c\n" +
+	"\tworkspace\x18\a \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\b \x01(\tR\x06member\x12/\n" +
+	"\x06report\x18\t \x01(\v2\x17.keygate.type.v1.PolicyR\x06report\x127\n" +
+	"\x06levels\x18\n" +
+	" \x03(\v2\x1f.keygate.limiter.v1.LevelPolicyR\x06levels\x125\n" +
+	"\acredits\x18\v \x01(\v2\x1b.keygate.limiter.v1.CreditsR\acredits\x12)\n" +
+	"\x10alert_thresholds\x18\f \x03(\x05R\x0falertThresholds\"\xa2\x01\n" +
+	"\vLevelPolicy\x121\n" +
+	"\x05level\x18\x01 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x12/\n" +
+	"\x06policy\x18\x02 \x01(\v2\x17.keygate.type.v1.PolicyR\x06policy\x12/\n" +
+	"\x06report\x18\x03 \x01(\v2\x17.keygate.type.v1.PolicyR\x06report\"0\n" +
+	"\aCredits\x12%\n" +
+	"\x0egranted_micros\x18\x01 \x01(\x03R\rgrantedMicros\"\xf3\x01\n" +
 	"\x05Quota\x121\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.keygate.limiter.v1.LimitKindR\x04kind\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\x03R\x05limit\x12\x1c\n" +
 	"\tremaining\x18\x04 \x01(\x03R\tremaining\x12:\n" +
 	"\vreset_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"resetAfter\"\xdf\x02\n" +
+	"resetAfter\x121\n" +
+	"\x05level\x18\x06 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\"\x86\x01\n" +
+	"\bReported\x121\n" +
+	"\x05level\x18\x01 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x121\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1d.keygate.limiter.v1.LimitKindR\x04kind\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\"\xd9\x03\n" +
 	"\vCheckResult\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12:\n" +
 	"\tdenied_by\x18\x02 \x01(\x0e2\x1d.keygate.limiter.v1.LimitKindR\bdeniedBy\x12!\n" +
@@ -1736,7 +2267,9 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"retryAfter\x125\n" +
 	"\brequests\x18\x05 \x01(\v2\x19.keygate.limiter.v1.QuotaR\brequests\x121\n" +
 	"\x06tokens\x18\x06 \x01(\v2\x19.keygate.limiter.v1.QuotaR\x06tokens\x121\n" +
-	"\x06quotas\x18\a \x03(\v2\x19.keygate.limiter.v1.QuotaR\x06quotas\"C\n" +
+	"\x06quotas\x18\a \x03(\v2\x19.keygate.limiter.v1.QuotaR\x06quotas\x12>\n" +
+	"\fdenied_level\x18\b \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\vdeniedLevel\x128\n" +
+	"\breported\x18\t \x03(\v2\x1c.keygate.limiter.v1.ReportedR\breported\"C\n" +
 	"\fCheckRequest\x123\n" +
 	"\x05items\x18\x01 \x03(\v2\x1d.keygate.limiter.v1.CheckItemR\x05items\"J\n" +
 	"\rCheckResponse\x129\n" +
@@ -1747,21 +2280,44 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x13CheckStreamResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x129\n" +
 	"\aresults\x18\x02 \x03(\v2\x1f.keygate.limiter.v1.CheckResultR\aresults\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\xae\x01\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xe4\x01\n" +
 	"\n" +
 	"Settlement\x12%\n" +
 	"\x0ereservation_id\x18\x01 \x01(\tR\rreservationId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12#\n" +
 	"\ractual_tokens\x18\x04 \x01(\x03R\factualTokens\x12,\n" +
-	"\x12actual_cost_micros\x18\x05 \x01(\x03R\x10actualCostMicros\"Q\n" +
+	"\x12actual_cost_micros\x18\x05 \x01(\x03R\x10actualCostMicros\x12\x1c\n" +
+	"\tworkspace\x18\x06 \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\a \x01(\tR\x06member\"Q\n" +
 	"\rSettleRequest\x12@\n" +
 	"\vsettlements\x18\x01 \x03(\v2\x1e.keygate.limiter.v1.SettlementR\vsettlements\"*\n" +
 	"\x0eSettleResponse\x12\x18\n" +
-	"\aunknown\x18\x01 \x01(\x05R\aunknown\"B\n" +
+	"\aunknown\x18\x01 \x01(\x05R\aunknown\"x\n" +
 	"\aRelease\x12%\n" +
 	"\x0ereservation_id\x18\x01 \x01(\tR\rreservationId\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\tR\x03key\"I\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\tR\x06member\"C\n" +
+	"\x0eExplainRequest\x121\n" +
+	"\x04item\x18\x01 \x01(\v2\x1d.keygate.limiter.v1.CheckItemR\x04item\"\xef\x02\n" +
+	"\n" +
+	"LimitState\x121\n" +
+	"\x05level\x18\x01 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x121\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1d.keygate.limiter.v1.LimitKindR\x04kind\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12.\n" +
+	"\x04mode\x18\x04 \x01(\x0e2\x1a.keygate.type.v1.LimitModeR\x04mode\x12\x16\n" +
+	"\x06window\x18\x05 \x01(\tR\x06window\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\x03R\x05limit\x12\x12\n" +
+	"\x04used\x18\a \x01(\x03R\x04used\x12\x1a\n" +
+	"\breserved\x18\b \x01(\x03R\breserved\x12\x1c\n" +
+	"\tremaining\x18\t \x01(\x03R\tremaining\x129\n" +
+	"\n" +
+	"reset_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tresetTime\"\x86\x01\n" +
+	"\x0fExplainResponse\x126\n" +
+	"\x06limits\x18\x01 \x03(\v2\x1e.keygate.limiter.v1.LimitStateR\x06limits\x12;\n" +
+	"\bdecision\x18\x02 \x01(\v2\x1f.keygate.limiter.v1.CheckResultR\bdecision\"I\n" +
 	"\x0eReleaseRequest\x127\n" +
 	"\breleases\x18\x01 \x03(\v2\x1b.keygate.limiter.v1.ReleaseR\breleases\"+\n" +
 	"\x0fReleaseResponse\x12\x18\n" +
@@ -1834,7 +2390,7 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\vcost_micros\x18\t \x01(\x03R\n" +
 	"costMicros\x12\x18\n" +
 	"\aexpires\x18\n" +
-	" \x01(\x03R\aexpires*\xa8\x01\n" +
+	" \x01(\x03R\aexpires*\xc0\x01\n" +
 	"\tLimitKind\x12\x1a\n" +
 	"\x16LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eLIMIT_KIND_RPM\x10\x01\x12\x12\n" +
@@ -1842,12 +2398,14 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x0eLIMIT_KIND_TPM\x10\x03\x12\x12\n" +
 	"\x0eLIMIT_KIND_TPD\x10\x04\x12\x18\n" +
 	"\x14LIMIT_KIND_TOKEN_CAP\x10\x05\x12\x15\n" +
-	"\x11LIMIT_KIND_BUDGET\x10\x062\xe6\x04\n" +
+	"\x11LIMIT_KIND_BUDGET\x10\x06\x12\x16\n" +
+	"\x12LIMIT_KIND_CREDITS\x10\a2\xba\x05\n" +
 	"\x0eLimiterService\x12L\n" +
 	"\x05Check\x12 .keygate.limiter.v1.CheckRequest\x1a!.keygate.limiter.v1.CheckResponse\x12b\n" +
 	"\vCheckStream\x12&.keygate.limiter.v1.CheckStreamRequest\x1a'.keygate.limiter.v1.CheckStreamResponse(\x010\x01\x12O\n" +
 	"\x06Settle\x12!.keygate.limiter.v1.SettleRequest\x1a\".keygate.limiter.v1.SettleResponse\x12R\n" +
-	"\aRelease\x12\".keygate.limiter.v1.ReleaseRequest\x1a#.keygate.limiter.v1.ReleaseResponse\x12U\n" +
+	"\aRelease\x12\".keygate.limiter.v1.ReleaseRequest\x1a#.keygate.limiter.v1.ReleaseResponse\x12R\n" +
+	"\aExplain\x12\".keygate.limiter.v1.ExplainRequest\x1a#.keygate.limiter.v1.ExplainResponse\x12U\n" +
 	"\bHandover\x12#.keygate.limiter.v1.HandoverRequest\x1a$.keygate.limiter.v1.HandoverResponse\x12L\n" +
 	"\x05Adopt\x12 .keygate.limiter.v1.AdoptRequest\x1a!.keygate.limiter.v1.AdoptResponse\x12X\n" +
 	"\tReplicate\x12$.keygate.limiter.v1.ReplicateRequest\x1a%.keygate.limiter.v1.ReplicateResponseB\xcd\x01\n" +
@@ -1866,85 +2424,114 @@ func file_keygate_limiter_v1_limiter_proto_rawDescGZIP() []byte {
 }
 
 var file_keygate_limiter_v1_limiter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_keygate_limiter_v1_limiter_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_keygate_limiter_v1_limiter_proto_goTypes = []any{
-	(LimitKind)(0),              // 0: keygate.limiter.v1.LimitKind
-	(*CheckItem)(nil),           // 1: keygate.limiter.v1.CheckItem
-	(*Quota)(nil),               // 2: keygate.limiter.v1.Quota
-	(*CheckResult)(nil),         // 3: keygate.limiter.v1.CheckResult
-	(*CheckRequest)(nil),        // 4: keygate.limiter.v1.CheckRequest
-	(*CheckResponse)(nil),       // 5: keygate.limiter.v1.CheckResponse
-	(*CheckStreamRequest)(nil),  // 6: keygate.limiter.v1.CheckStreamRequest
-	(*CheckStreamResponse)(nil), // 7: keygate.limiter.v1.CheckStreamResponse
-	(*Settlement)(nil),          // 8: keygate.limiter.v1.Settlement
-	(*SettleRequest)(nil),       // 9: keygate.limiter.v1.SettleRequest
-	(*SettleResponse)(nil),      // 10: keygate.limiter.v1.SettleResponse
-	(*Release)(nil),             // 11: keygate.limiter.v1.Release
-	(*ReleaseRequest)(nil),      // 12: keygate.limiter.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),     // 13: keygate.limiter.v1.ReleaseResponse
-	(*HandoverRequest)(nil),     // 14: keygate.limiter.v1.HandoverRequest
-	(*HandoverResponse)(nil),    // 15: keygate.limiter.v1.HandoverResponse
-	(*Moved)(nil),               // 16: keygate.limiter.v1.Moved
-	(*AdoptRequest)(nil),        // 17: keygate.limiter.v1.AdoptRequest
-	(*ReplicateRequest)(nil),    // 18: keygate.limiter.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),   // 19: keygate.limiter.v1.ReplicateResponse
-	(*AdoptResponse)(nil),       // 20: keygate.limiter.v1.AdoptResponse
-	(*KeySnapshot)(nil),         // 21: keygate.limiter.v1.KeySnapshot
-	(*ScopeState)(nil),          // 22: keygate.limiter.v1.ScopeState
-	(*BucketState)(nil),         // 23: keygate.limiter.v1.BucketState
-	(*ModelState)(nil),          // 24: keygate.limiter.v1.ModelState
-	(*PeriodState)(nil),         // 25: keygate.limiter.v1.PeriodState
-	(*ReservationState)(nil),    // 26: keygate.limiter.v1.ReservationState
-	(*v1.Policy)(nil),           // 27: keygate.type.v1.Policy
-	(*durationpb.Duration)(nil), // 28: google.protobuf.Duration
+	(LimitKind)(0),                // 0: keygate.limiter.v1.LimitKind
+	(*CheckItem)(nil),             // 1: keygate.limiter.v1.CheckItem
+	(*LevelPolicy)(nil),           // 2: keygate.limiter.v1.LevelPolicy
+	(*Credits)(nil),               // 3: keygate.limiter.v1.Credits
+	(*Quota)(nil),                 // 4: keygate.limiter.v1.Quota
+	(*Reported)(nil),              // 5: keygate.limiter.v1.Reported
+	(*CheckResult)(nil),           // 6: keygate.limiter.v1.CheckResult
+	(*CheckRequest)(nil),          // 7: keygate.limiter.v1.CheckRequest
+	(*CheckResponse)(nil),         // 8: keygate.limiter.v1.CheckResponse
+	(*CheckStreamRequest)(nil),    // 9: keygate.limiter.v1.CheckStreamRequest
+	(*CheckStreamResponse)(nil),   // 10: keygate.limiter.v1.CheckStreamResponse
+	(*Settlement)(nil),            // 11: keygate.limiter.v1.Settlement
+	(*SettleRequest)(nil),         // 12: keygate.limiter.v1.SettleRequest
+	(*SettleResponse)(nil),        // 13: keygate.limiter.v1.SettleResponse
+	(*Release)(nil),               // 14: keygate.limiter.v1.Release
+	(*ExplainRequest)(nil),        // 15: keygate.limiter.v1.ExplainRequest
+	(*LimitState)(nil),            // 16: keygate.limiter.v1.LimitState
+	(*ExplainResponse)(nil),       // 17: keygate.limiter.v1.ExplainResponse
+	(*ReleaseRequest)(nil),        // 18: keygate.limiter.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),       // 19: keygate.limiter.v1.ReleaseResponse
+	(*HandoverRequest)(nil),       // 20: keygate.limiter.v1.HandoverRequest
+	(*HandoverResponse)(nil),      // 21: keygate.limiter.v1.HandoverResponse
+	(*Moved)(nil),                 // 22: keygate.limiter.v1.Moved
+	(*AdoptRequest)(nil),          // 23: keygate.limiter.v1.AdoptRequest
+	(*ReplicateRequest)(nil),      // 24: keygate.limiter.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),     // 25: keygate.limiter.v1.ReplicateResponse
+	(*AdoptResponse)(nil),         // 26: keygate.limiter.v1.AdoptResponse
+	(*KeySnapshot)(nil),           // 27: keygate.limiter.v1.KeySnapshot
+	(*ScopeState)(nil),            // 28: keygate.limiter.v1.ScopeState
+	(*BucketState)(nil),           // 29: keygate.limiter.v1.BucketState
+	(*ModelState)(nil),            // 30: keygate.limiter.v1.ModelState
+	(*PeriodState)(nil),           // 31: keygate.limiter.v1.PeriodState
+	(*ReservationState)(nil),      // 32: keygate.limiter.v1.ReservationState
+	(*v1.Policy)(nil),             // 33: keygate.type.v1.Policy
+	(v1.LimitLevel)(0),            // 34: keygate.type.v1.LimitLevel
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
+	(v1.LimitMode)(0),             // 36: keygate.type.v1.LimitMode
+	(*timestamppb.Timestamp)(nil), // 37: google.protobuf.Timestamp
 }
 var file_keygate_limiter_v1_limiter_proto_depIdxs = []int32{
-	27, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
-	0,  // 1: keygate.limiter.v1.Quota.kind:type_name -> keygate.limiter.v1.LimitKind
-	28, // 2: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
-	0,  // 3: keygate.limiter.v1.CheckResult.denied_by:type_name -> keygate.limiter.v1.LimitKind
-	28, // 4: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
-	2,  // 5: keygate.limiter.v1.CheckResult.requests:type_name -> keygate.limiter.v1.Quota
-	2,  // 6: keygate.limiter.v1.CheckResult.tokens:type_name -> keygate.limiter.v1.Quota
-	2,  // 7: keygate.limiter.v1.CheckResult.quotas:type_name -> keygate.limiter.v1.Quota
-	1,  // 8: keygate.limiter.v1.CheckRequest.items:type_name -> keygate.limiter.v1.CheckItem
-	3,  // 9: keygate.limiter.v1.CheckResponse.results:type_name -> keygate.limiter.v1.CheckResult
-	1,  // 10: keygate.limiter.v1.CheckStreamRequest.items:type_name -> keygate.limiter.v1.CheckItem
-	3,  // 11: keygate.limiter.v1.CheckStreamResponse.results:type_name -> keygate.limiter.v1.CheckResult
-	8,  // 12: keygate.limiter.v1.SettleRequest.settlements:type_name -> keygate.limiter.v1.Settlement
-	11, // 13: keygate.limiter.v1.ReleaseRequest.releases:type_name -> keygate.limiter.v1.Release
-	21, // 14: keygate.limiter.v1.HandoverResponse.states:type_name -> keygate.limiter.v1.KeySnapshot
-	16, // 15: keygate.limiter.v1.HandoverResponse.moved:type_name -> keygate.limiter.v1.Moved
-	21, // 16: keygate.limiter.v1.AdoptRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
-	21, // 17: keygate.limiter.v1.ReplicateRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
-	22, // 18: keygate.limiter.v1.KeySnapshot.global:type_name -> keygate.limiter.v1.ScopeState
-	24, // 19: keygate.limiter.v1.KeySnapshot.models:type_name -> keygate.limiter.v1.ModelState
-	25, // 20: keygate.limiter.v1.KeySnapshot.tokens:type_name -> keygate.limiter.v1.PeriodState
-	25, // 21: keygate.limiter.v1.KeySnapshot.cost:type_name -> keygate.limiter.v1.PeriodState
-	26, // 22: keygate.limiter.v1.KeySnapshot.reservations:type_name -> keygate.limiter.v1.ReservationState
-	23, // 23: keygate.limiter.v1.ScopeState.buckets:type_name -> keygate.limiter.v1.BucketState
-	22, // 24: keygate.limiter.v1.ModelState.scope:type_name -> keygate.limiter.v1.ScopeState
-	25, // 25: keygate.limiter.v1.ReservationState.token_period:type_name -> keygate.limiter.v1.PeriodState
-	25, // 26: keygate.limiter.v1.ReservationState.cost_period:type_name -> keygate.limiter.v1.PeriodState
-	4,  // 27: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
-	6,  // 28: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
-	9,  // 29: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
-	12, // 30: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
-	14, // 31: keygate.limiter.v1.LimiterService.Handover:input_type -> keygate.limiter.v1.HandoverRequest
-	17, // 32: keygate.limiter.v1.LimiterService.Adopt:input_type -> keygate.limiter.v1.AdoptRequest
-	18, // 33: keygate.limiter.v1.LimiterService.Replicate:input_type -> keygate.limiter.v1.ReplicateRequest
-	5,  // 34: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
-	7,  // 35: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
-	10, // 36: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
-	13, // 37: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
-	15, // 38: keygate.limiter.v1.LimiterService.Handover:output_type -> keygate.limiter.v1.HandoverResponse
-	20, // 39: keygate.limiter.v1.LimiterService.Adopt:output_type -> keygate.limiter.v1.AdoptResponse
-	19, // 40: keygate.limiter.v1.LimiterService.Replicate:output_type -> keygate.limiter.v1.ReplicateResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	33, // 0: keygate.limiter.v1.CheckItem.policy:type_name -> keygate.type.v1.Policy
+	33, // 1: keygate.limiter.v1.CheckItem.report:type_name -> keygate.type.v1.Policy
+	2,  // 2: keygate.limiter.v1.CheckItem.levels:type_name -> keygate.limiter.v1.LevelPolicy
+	3,  // 3: keygate.limiter.v1.CheckItem.credits:type_name -> keygate.limiter.v1.Credits
+	34, // 4: keygate.limiter.v1.LevelPolicy.level:type_name -> keygate.type.v1.LimitLevel
+	33, // 5: keygate.limiter.v1.LevelPolicy.policy:type_name -> keygate.type.v1.Policy
+	33, // 6: keygate.limiter.v1.LevelPolicy.report:type_name -> keygate.type.v1.Policy
+	0,  // 7: keygate.limiter.v1.Quota.kind:type_name -> keygate.limiter.v1.LimitKind
+	35, // 8: keygate.limiter.v1.Quota.reset_after:type_name -> google.protobuf.Duration
+	34, // 9: keygate.limiter.v1.Quota.level:type_name -> keygate.type.v1.LimitLevel
+	34, // 10: keygate.limiter.v1.Reported.level:type_name -> keygate.type.v1.LimitLevel
+	0,  // 11: keygate.limiter.v1.Reported.kind:type_name -> keygate.limiter.v1.LimitKind
+	0,  // 12: keygate.limiter.v1.CheckResult.denied_by:type_name -> keygate.limiter.v1.LimitKind
+	35, // 13: keygate.limiter.v1.CheckResult.retry_after:type_name -> google.protobuf.Duration
+	4,  // 14: keygate.limiter.v1.CheckResult.requests:type_name -> keygate.limiter.v1.Quota
+	4,  // 15: keygate.limiter.v1.CheckResult.tokens:type_name -> keygate.limiter.v1.Quota
+	4,  // 16: keygate.limiter.v1.CheckResult.quotas:type_name -> keygate.limiter.v1.Quota
+	34, // 17: keygate.limiter.v1.CheckResult.denied_level:type_name -> keygate.type.v1.LimitLevel
+	5,  // 18: keygate.limiter.v1.CheckResult.reported:type_name -> keygate.limiter.v1.Reported
+	1,  // 19: keygate.limiter.v1.CheckRequest.items:type_name -> keygate.limiter.v1.CheckItem
+	6,  // 20: keygate.limiter.v1.CheckResponse.results:type_name -> keygate.limiter.v1.CheckResult
+	1,  // 21: keygate.limiter.v1.CheckStreamRequest.items:type_name -> keygate.limiter.v1.CheckItem
+	6,  // 22: keygate.limiter.v1.CheckStreamResponse.results:type_name -> keygate.limiter.v1.CheckResult
+	11, // 23: keygate.limiter.v1.SettleRequest.settlements:type_name -> keygate.limiter.v1.Settlement
+	1,  // 24: keygate.limiter.v1.ExplainRequest.item:type_name -> keygate.limiter.v1.CheckItem
+	34, // 25: keygate.limiter.v1.LimitState.level:type_name -> keygate.type.v1.LimitLevel
+	0,  // 26: keygate.limiter.v1.LimitState.kind:type_name -> keygate.limiter.v1.LimitKind
+	36, // 27: keygate.limiter.v1.LimitState.mode:type_name -> keygate.type.v1.LimitMode
+	37, // 28: keygate.limiter.v1.LimitState.reset_time:type_name -> google.protobuf.Timestamp
+	16, // 29: keygate.limiter.v1.ExplainResponse.limits:type_name -> keygate.limiter.v1.LimitState
+	6,  // 30: keygate.limiter.v1.ExplainResponse.decision:type_name -> keygate.limiter.v1.CheckResult
+	14, // 31: keygate.limiter.v1.ReleaseRequest.releases:type_name -> keygate.limiter.v1.Release
+	27, // 32: keygate.limiter.v1.HandoverResponse.states:type_name -> keygate.limiter.v1.KeySnapshot
+	22, // 33: keygate.limiter.v1.HandoverResponse.moved:type_name -> keygate.limiter.v1.Moved
+	27, // 34: keygate.limiter.v1.AdoptRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
+	27, // 35: keygate.limiter.v1.ReplicateRequest.states:type_name -> keygate.limiter.v1.KeySnapshot
+	28, // 36: keygate.limiter.v1.KeySnapshot.global:type_name -> keygate.limiter.v1.ScopeState
+	30, // 37: keygate.limiter.v1.KeySnapshot.models:type_name -> keygate.limiter.v1.ModelState
+	31, // 38: keygate.limiter.v1.KeySnapshot.tokens:type_name -> keygate.limiter.v1.PeriodState
+	31, // 39: keygate.limiter.v1.KeySnapshot.cost:type_name -> keygate.limiter.v1.PeriodState
+	32, // 40: keygate.limiter.v1.KeySnapshot.reservations:type_name -> keygate.limiter.v1.ReservationState
+	29, // 41: keygate.limiter.v1.ScopeState.buckets:type_name -> keygate.limiter.v1.BucketState
+	28, // 42: keygate.limiter.v1.ModelState.scope:type_name -> keygate.limiter.v1.ScopeState
+	31, // 43: keygate.limiter.v1.ReservationState.token_period:type_name -> keygate.limiter.v1.PeriodState
+	31, // 44: keygate.limiter.v1.ReservationState.cost_period:type_name -> keygate.limiter.v1.PeriodState
+	7,  // 45: keygate.limiter.v1.LimiterService.Check:input_type -> keygate.limiter.v1.CheckRequest
+	9,  // 46: keygate.limiter.v1.LimiterService.CheckStream:input_type -> keygate.limiter.v1.CheckStreamRequest
+	12, // 47: keygate.limiter.v1.LimiterService.Settle:input_type -> keygate.limiter.v1.SettleRequest
+	18, // 48: keygate.limiter.v1.LimiterService.Release:input_type -> keygate.limiter.v1.ReleaseRequest
+	15, // 49: keygate.limiter.v1.LimiterService.Explain:input_type -> keygate.limiter.v1.ExplainRequest
+	20, // 50: keygate.limiter.v1.LimiterService.Handover:input_type -> keygate.limiter.v1.HandoverRequest
+	23, // 51: keygate.limiter.v1.LimiterService.Adopt:input_type -> keygate.limiter.v1.AdoptRequest
+	24, // 52: keygate.limiter.v1.LimiterService.Replicate:input_type -> keygate.limiter.v1.ReplicateRequest
+	8,  // 53: keygate.limiter.v1.LimiterService.Check:output_type -> keygate.limiter.v1.CheckResponse
+	10, // 54: keygate.limiter.v1.LimiterService.CheckStream:output_type -> keygate.limiter.v1.CheckStreamResponse
+	13, // 55: keygate.limiter.v1.LimiterService.Settle:output_type -> keygate.limiter.v1.SettleResponse
+	19, // 56: keygate.limiter.v1.LimiterService.Release:output_type -> keygate.limiter.v1.ReleaseResponse
+	17, // 57: keygate.limiter.v1.LimiterService.Explain:output_type -> keygate.limiter.v1.ExplainResponse
+	21, // 58: keygate.limiter.v1.LimiterService.Handover:output_type -> keygate.limiter.v1.HandoverResponse
+	26, // 59: keygate.limiter.v1.LimiterService.Adopt:output_type -> keygate.limiter.v1.AdoptResponse
+	25, // 60: keygate.limiter.v1.LimiterService.Replicate:output_type -> keygate.limiter.v1.ReplicateResponse
+	53, // [53:61] is the sub-list for method output_type
+	45, // [45:53] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_keygate_limiter_v1_limiter_proto_init() }
@@ -1958,7 +2545,7 @@ func file_keygate_limiter_v1_limiter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_limiter_v1_limiter_proto_rawDesc), len(file_keygate_limiter_v1_limiter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	LimiterService_CheckStream_FullMethodName = "/keygate.limiter.v1.LimiterService/CheckStream"
 	LimiterService_Settle_FullMethodName      = "/keygate.limiter.v1.LimiterService/Settle"
 	LimiterService_Release_FullMethodName     = "/keygate.limiter.v1.LimiterService/Release"
+	LimiterService_Explain_FullMethodName     = "/keygate.limiter.v1.LimiterService/Explain"
 	LimiterService_Handover_FullMethodName    = "/keygate.limiter.v1.LimiterService/Handover"
 	LimiterService_Adopt_FullMethodName       = "/keygate.limiter.v1.LimiterService/Adopt"
 	LimiterService_Replicate_FullMethodName   = "/keygate.limiter.v1.LimiterService/Replicate"
@@ -33,8 +34,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // LimiterService makes admission decisions. Each key is owned by one live
-// replica (rendezvous hashing over the members registered in etcd); a
-// replica forwards items for keys it does not own.
+// replica (rendezvous hashing over the members registered in etcd, of the
+// key's workspace when the item names one, so that every level of a
+// workspace is decided in one place); a replica forwards items for keys it
+// does not own.
 type LimiterServiceClient interface {
 	// Check decides a batch of items. Each admitted item holds a reservation
 	// of its estimate until Settle or Release (or the reservation timeout).
@@ -46,6 +49,9 @@ type LimiterServiceClient interface {
 	Settle(ctx context.Context, in *SettleRequest, opts ...grpc.CallOption) (*SettleResponse, error)
 	// Release frees reservations whose upstream call failed.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
+	// Explain reads the live state of every limit of an item at every level
+	// and says whether it would be admitted now; it charges nothing.
+	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
 	// Handover is internal to the limiter replicas: a replica taking a key
 	// over pulls the key's state from its previous holder, which exports it
 	// and fences the key (it forwards the key's items to new_owner from
@@ -113,6 +119,16 @@ func (c *limiterServiceClient) Release(ctx context.Context, in *ReleaseRequest, 
 	return out, nil
 }
 
+func (c *limiterServiceClient) Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainResponse)
+	err := c.cc.Invoke(ctx, LimiterService_Explain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *limiterServiceClient) Handover(ctx context.Context, in *HandoverRequest, opts ...grpc.CallOption) (*HandoverResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(HandoverResponse)
@@ -148,8 +164,10 @@ func (c *limiterServiceClient) Replicate(ctx context.Context, in *ReplicateReque
 // for forward compatibility.
 //
 // LimiterService makes admission decisions. Each key is owned by one live
-// replica (rendezvous hashing over the members registered in etcd); a
-// replica forwards items for keys it does not own.
+// replica (rendezvous hashing over the members registered in etcd, of the
+// key's workspace when the item names one, so that every level of a
+// workspace is decided in one place); a replica forwards items for keys it
+// does not own.
 type LimiterServiceServer interface {
 	// Check decides a batch of items. Each admitted item holds a reservation
 	// of its estimate until Settle or Release (or the reservation timeout).
@@ -161,6 +179,9 @@ type LimiterServiceServer interface {
 	Settle(context.Context, *SettleRequest) (*SettleResponse, error)
 	// Release frees reservations whose upstream call failed.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
+	// Explain reads the live state of every limit of an item at every level
+	// and says whether it would be admitted now; it charges nothing.
+	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
 	// Handover is internal to the limiter replicas: a replica taking a key
 	// over pulls the key's state from its previous holder, which exports it
 	// and fences the key (it forwards the key's items to new_owner from
@@ -196,6 +217,9 @@ func (UnimplementedLimiterServiceServer) Settle(context.Context, *SettleRequest)
 }
 func (UnimplementedLimiterServiceServer) Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Release not implemented")
+}
+func (UnimplementedLimiterServiceServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
 }
 func (UnimplementedLimiterServiceServer) Handover(context.Context, *HandoverRequest) (*HandoverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Handover not implemented")
@@ -288,6 +312,24 @@ func _LimiterService_Release_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LimiterService_Explain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LimiterServiceServer).Explain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LimiterService_Explain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LimiterServiceServer).Explain(ctx, req.(*ExplainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _LimiterService_Handover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HandoverRequest)
 	if err := dec(in); err != nil {
@@ -360,6 +402,10 @@ var LimiterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Release",
 			Handler:    _LimiterService_Release_Handler,
+		},
+		{
+			MethodName: "Explain",
+			Handler:    _LimiterService_Explain_Handler,
 		},
 		{
 			MethodName: "Handover",

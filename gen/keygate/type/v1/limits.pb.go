@@ -9,6 +9,7 @@ package typev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -76,6 +77,115 @@ func (x ResetPeriod) Number() protoreflect.EnumNumber {
 // Deprecated: Use ResetPeriod.Descriptor instead.
 func (ResetPeriod) EnumDescriptor() ([]byte, []int) {
 	return file_keygate_type_v1_limits_proto_rawDescGZIP(), []int{0}
+}
+
+// LimitLevel is where a limit is set. A request is admitted only if every
+// level admits it.
+type LimitLevel int32
+
+const (
+	LimitLevel_LIMIT_LEVEL_UNSPECIFIED LimitLevel = 0
+	LimitLevel_LIMIT_LEVEL_KEY         LimitLevel = 1
+	// Every key one member owns, together.
+	LimitLevel_LIMIT_LEVEL_MEMBER LimitLevel = 2
+	// Every key of the workspace, together.
+	LimitLevel_LIMIT_LEVEL_WORKSPACE LimitLevel = 3
+)
+
+// Enum value maps for LimitLevel.
+var (
+	LimitLevel_name = map[int32]string{
+		0: "LIMIT_LEVEL_UNSPECIFIED",
+		1: "LIMIT_LEVEL_KEY",
+		2: "LIMIT_LEVEL_MEMBER",
+		3: "LIMIT_LEVEL_WORKSPACE",
+	}
+	LimitLevel_value = map[string]int32{
+		"LIMIT_LEVEL_UNSPECIFIED": 0,
+		"LIMIT_LEVEL_KEY":         1,
+		"LIMIT_LEVEL_MEMBER":      2,
+		"LIMIT_LEVEL_WORKSPACE":   3,
+	}
+)
+
+func (x LimitLevel) Enum() *LimitLevel {
+	p := new(LimitLevel)
+	*p = x
+	return p
+}
+
+func (x LimitLevel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LimitLevel) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_type_v1_limits_proto_enumTypes[1].Descriptor()
+}
+
+func (LimitLevel) Type() protoreflect.EnumType {
+	return &file_keygate_type_v1_limits_proto_enumTypes[1]
+}
+
+func (x LimitLevel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LimitLevel.Descriptor instead.
+func (LimitLevel) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_type_v1_limits_proto_rawDescGZIP(), []int{1}
+}
+
+// LimitMode says whether a limit denies.
+type LimitMode int32
+
+const (
+	LimitMode_LIMIT_MODE_UNSPECIFIED LimitMode = 0
+	// Denies requests above the limit.
+	LimitMode_LIMIT_MODE_ENFORCE LimitMode = 1
+	// Shadow: counted against the same usage and reported (metric, explain,
+	// request log, audit) when it would deny, never denying.
+	LimitMode_LIMIT_MODE_REPORT LimitMode = 2
+)
+
+// Enum value maps for LimitMode.
+var (
+	LimitMode_name = map[int32]string{
+		0: "LIMIT_MODE_UNSPECIFIED",
+		1: "LIMIT_MODE_ENFORCE",
+		2: "LIMIT_MODE_REPORT",
+	}
+	LimitMode_value = map[string]int32{
+		"LIMIT_MODE_UNSPECIFIED": 0,
+		"LIMIT_MODE_ENFORCE":     1,
+		"LIMIT_MODE_REPORT":      2,
+	}
+)
+
+func (x LimitMode) Enum() *LimitMode {
+	p := new(LimitMode)
+	*p = x
+	return p
+}
+
+func (x LimitMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LimitMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_keygate_type_v1_limits_proto_enumTypes[2].Descriptor()
+}
+
+func (LimitMode) Type() protoreflect.EnumType {
+	return &file_keygate_type_v1_limits_proto_enumTypes[2]
+}
+
+func (x LimitMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LimitMode.Descriptor instead.
+func (LimitMode) EnumDescriptor() ([]byte, []int) {
+	return file_keygate_type_v1_limits_proto_rawDescGZIP(), []int{2}
 }
 
 // Limits are request and token windows. Zero or absent means unlimited.
@@ -311,7 +421,8 @@ func (x *Budget) GetResetPeriod() ResetPeriod {
 	return ResetPeriod_RESET_PERIOD_UNSPECIFIED
 }
 
-// Policy is every limit that applies to one key, as the limiter needs it.
+// Policy is the limits of one level (a key, a member's keys, a workspace's
+// keys), as the limiter needs them.
 type Policy struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GlobalLimits  *Limits                `protobuf:"bytes,1,opt,name=global_limits,json=globalLimits,proto3" json:"global_limits,omitempty"`
@@ -380,11 +491,77 @@ func (x *Policy) GetBudget() *Budget {
 	return nil
 }
 
+// Override changes a level's limits until expire_time; at that time they
+// revert by themselves on every limiter.
+type Override struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Replaces the level's own limits: each non-zero limit of global_limits,
+	// each model of model_limits, and token_cap and budget when set.
+	Policy *Policy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Required, in the future when set.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Why, for the audit log; at most 256 characters.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Override) Reset() {
+	*x = Override{}
+	mi := &file_keygate_type_v1_limits_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Override) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Override) ProtoMessage() {}
+
+func (x *Override) ProtoReflect() protoreflect.Message {
+	mi := &file_keygate_type_v1_limits_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Override.ProtoReflect.Descriptor instead.
+func (*Override) Descriptor() ([]byte, []int) {
+	return file_keygate_type_v1_limits_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Override) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *Override) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Override) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_keygate_type_v1_limits_proto protoreflect.FileDescriptor
 
 const file_keygate_type_v1_limits_proto_rawDesc = "" +
 	"\n" +
-	"\x1ckeygate/type/v1/limits.proto\x12\x0fkeygate.type.v1\"P\n" +
+	"\x1ckeygate/type/v1/limits.proto\x12\x0fkeygate.type.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n" +
 	"\x06Limits\x12\x10\n" +
 	"\x03rpm\x18\x01 \x01(\x03R\x03rpm\x12\x10\n" +
 	"\x03rpd\x18\x02 \x01(\x03R\x03rpd\x12\x10\n" +
@@ -404,13 +581,28 @@ const file_keygate_type_v1_limits_proto_rawDesc = "" +
 	"\rglobal_limits\x18\x01 \x01(\v2\x17.keygate.type.v1.LimitsR\fglobalLimits\x12?\n" +
 	"\fmodel_limits\x18\x02 \x03(\v2\x1c.keygate.type.v1.ModelLimitsR\vmodelLimits\x126\n" +
 	"\ttoken_cap\x18\x03 \x01(\v2\x19.keygate.type.v1.TokenCapR\btokenCap\x12/\n" +
-	"\x06budget\x18\x04 \x01(\v2\x17.keygate.type.v1.BudgetR\x06budget*\x8e\x01\n" +
+	"\x06budget\x18\x04 \x01(\v2\x17.keygate.type.v1.BudgetR\x06budget\"\x90\x01\n" +
+	"\bOverride\x12/\n" +
+	"\x06policy\x18\x01 \x01(\v2\x17.keygate.type.v1.PolicyR\x06policy\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason*\x8e\x01\n" +
 	"\vResetPeriod\x12\x1c\n" +
 	"\x18RESET_PERIOD_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RESET_PERIOD_NEVER\x10\x01\x12\x16\n" +
 	"\x12RESET_PERIOD_DAILY\x10\x02\x12\x17\n" +
 	"\x13RESET_PERIOD_WEEKLY\x10\x03\x12\x18\n" +
-	"\x14RESET_PERIOD_MONTHLY\x10\x04B\xb7\x01\n" +
+	"\x14RESET_PERIOD_MONTHLY\x10\x04*q\n" +
+	"\n" +
+	"LimitLevel\x12\x1b\n" +
+	"\x17LIMIT_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fLIMIT_LEVEL_KEY\x10\x01\x12\x16\n" +
+	"\x12LIMIT_LEVEL_MEMBER\x10\x02\x12\x19\n" +
+	"\x15LIMIT_LEVEL_WORKSPACE\x10\x03*V\n" +
+	"\tLimitMode\x12\x1a\n" +
+	"\x16LIMIT_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12LIMIT_MODE_ENFORCE\x10\x01\x12\x15\n" +
+	"\x11LIMIT_MODE_REPORT\x10\x02B\xb7\x01\n" +
 	"\x13com.keygate.type.v1B\vLimitsProtoP\x01Z5github.com/keygate/keygate/gen/keygate/type/v1;typev1\xa2\x02\x03KTX\xaa\x02\x0fKeygate.Type.V1\xca\x02\x0fKeygate\\Type\\V1\xe2\x02\x1bKeygate\\Type\\V1\\GPBMetadata\xea\x02\x11Keygate::Type::V1b\x06proto3"
 
 var (
@@ -425,29 +617,35 @@ func file_keygate_type_v1_limits_proto_rawDescGZIP() []byte {
 	return file_keygate_type_v1_limits_proto_rawDescData
 }
 
-var file_keygate_type_v1_limits_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keygate_type_v1_limits_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_keygate_type_v1_limits_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_keygate_type_v1_limits_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_keygate_type_v1_limits_proto_goTypes = []any{
-	(ResetPeriod)(0),    // 0: keygate.type.v1.ResetPeriod
-	(*Limits)(nil),      // 1: keygate.type.v1.Limits
-	(*ModelLimits)(nil), // 2: keygate.type.v1.ModelLimits
-	(*TokenCap)(nil),    // 3: keygate.type.v1.TokenCap
-	(*Budget)(nil),      // 4: keygate.type.v1.Budget
-	(*Policy)(nil),      // 5: keygate.type.v1.Policy
+	(ResetPeriod)(0),              // 0: keygate.type.v1.ResetPeriod
+	(LimitLevel)(0),               // 1: keygate.type.v1.LimitLevel
+	(LimitMode)(0),                // 2: keygate.type.v1.LimitMode
+	(*Limits)(nil),                // 3: keygate.type.v1.Limits
+	(*ModelLimits)(nil),           // 4: keygate.type.v1.ModelLimits
+	(*TokenCap)(nil),              // 5: keygate.type.v1.TokenCap
+	(*Budget)(nil),                // 6: keygate.type.v1.Budget
+	(*Policy)(nil),                // 7: keygate.type.v1.Policy
+	(*Override)(nil),              // 8: keygate.type.v1.Override
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_keygate_type_v1_limits_proto_depIdxs = []int32{
-	1, // 0: keygate.type.v1.ModelLimits.limits:type_name -> keygate.type.v1.Limits
+	3, // 0: keygate.type.v1.ModelLimits.limits:type_name -> keygate.type.v1.Limits
 	0, // 1: keygate.type.v1.TokenCap.reset_period:type_name -> keygate.type.v1.ResetPeriod
 	0, // 2: keygate.type.v1.Budget.reset_period:type_name -> keygate.type.v1.ResetPeriod
-	1, // 3: keygate.type.v1.Policy.global_limits:type_name -> keygate.type.v1.Limits
-	2, // 4: keygate.type.v1.Policy.model_limits:type_name -> keygate.type.v1.ModelLimits
-	3, // 5: keygate.type.v1.Policy.token_cap:type_name -> keygate.type.v1.TokenCap
-	4, // 6: keygate.type.v1.Policy.budget:type_name -> keygate.type.v1.Budget
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	3, // 3: keygate.type.v1.Policy.global_limits:type_name -> keygate.type.v1.Limits
+	4, // 4: keygate.type.v1.Policy.model_limits:type_name -> keygate.type.v1.ModelLimits
+	5, // 5: keygate.type.v1.Policy.token_cap:type_name -> keygate.type.v1.TokenCap
+	6, // 6: keygate.type.v1.Policy.budget:type_name -> keygate.type.v1.Budget
+	7, // 7: keygate.type.v1.Override.policy:type_name -> keygate.type.v1.Policy
+	9, // 8: keygate.type.v1.Override.expire_time:type_name -> google.protobuf.Timestamp
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_keygate_type_v1_limits_proto_init() }
@@ -460,8 +658,8 @@ func file_keygate_type_v1_limits_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keygate_type_v1_limits_proto_rawDesc), len(file_keygate_type_v1_limits_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   5,
+			NumEnums:      3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

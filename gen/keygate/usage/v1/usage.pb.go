@@ -7,6 +7,7 @@
 package usagev1
 
 import (
+	v1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -159,7 +160,16 @@ type UsageRecord struct {
 	CacheReadPricePerMillionUsd  string `protobuf:"bytes,19,opt,name=cache_read_price_per_million_usd,json=cacheReadPricePerMillionUsd,proto3" json:"cache_read_price_per_million_usd,omitempty"`
 	// When the model's prices the edge charged were last changed in the
 	// catalog: which version of the prices this request was charged at.
-	PricesAsOf    *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=prices_as_of,json=pricesAsOf,proto3" json:"prices_as_of,omitempty"`
+	PricesAsOf *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=prices_as_of,json=pricesAsOf,proto3" json:"prices_as_of,omitempty"`
+	// Report-mode limits that would have denied the request, as
+	// "level/limit" (e.g. "workspace/tpd", "key/rpm:mock-small").
+	Reported []string `protobuf:"bytes,21,rep,name=reported,proto3" json:"reported,omitempty"`
+	// Drawn from the workspace's prepaid credits: the ledger adds its cost
+	// to the workspace's credit spend.
+	Credits bool `protobuf:"varint,22,opt,name=credits,proto3" json:"credits,omitempty"`
+	// The workspace's request-log cap when the request was made; 0 = the
+	// global cap.
+	RequestLogCap int64 `protobuf:"varint,23,opt,name=request_log_cap,json=requestLogCap,proto3" json:"request_log_cap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,6 +328,27 @@ func (x *UsageRecord) GetPricesAsOf() *timestamppb.Timestamp {
 		return x.PricesAsOf
 	}
 	return nil
+}
+
+func (x *UsageRecord) GetReported() []string {
+	if x != nil {
+		return x.Reported
+	}
+	return nil
+}
+
+func (x *UsageRecord) GetCredits() bool {
+	if x != nil {
+		return x.Credits
+	}
+	return false
+}
+
+func (x *UsageRecord) GetRequestLogCap() int64 {
+	if x != nil {
+		return x.RequestLogCap
+	}
+	return 0
 }
 
 type RecordUsageRequest struct {
@@ -1310,14 +1341,23 @@ func (x *ListRequestsResponse) GetNextPageToken() string {
 
 type TotalsQuery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The key (key level), or empty with level and workspace set.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Models to answer per model, besides the key's total.
 	Models []string `protobuf:"bytes,2,rep,name=models,proto3" json:"models,omitempty"`
 	// Start of the token-cap and budget periods to total.
 	TokenPeriodStart  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=token_period_start,json=tokenPeriodStart,proto3" json:"token_period_start,omitempty"`
 	BudgetPeriodStart *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=budget_period_start,json=budgetPeriodStart,proto3" json:"budget_period_start,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Unspecified reads as LIMIT_LEVEL_KEY. The member and workspace levels
+	// total every key the member owns, or of the workspace.
+	Level     v1.LimitLevel `protobuf:"varint,5,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	Workspace string        `protobuf:"bytes,6,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member    string        `protobuf:"bytes,7,opt,name=member,proto3" json:"member,omitempty"`
+	// Also answer the workspace's credit spend (all time) in
+	// Totals.credit_spent_micros.
+	Credits       bool `protobuf:"varint,8,opt,name=credits,proto3" json:"credits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TotalsQuery) Reset() {
@@ -1378,17 +1418,49 @@ func (x *TotalsQuery) GetBudgetPeriodStart() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TotalsQuery) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *TotalsQuery) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *TotalsQuery) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *TotalsQuery) GetCredits() bool {
+	if x != nil {
+		return x.Credits
+	}
+	return false
+}
+
 type Totals struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Empty for the key's total.
-	Model            string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
-	RequestsToday    int64  `protobuf:"varint,3,opt,name=requests_today,json=requestsToday,proto3" json:"requests_today,omitempty"`
-	TokensToday      int64  `protobuf:"varint,4,opt,name=tokens_today,json=tokensToday,proto3" json:"tokens_today,omitempty"`
-	PeriodTokens     int64  `protobuf:"varint,5,opt,name=period_tokens,json=periodTokens,proto3" json:"period_tokens,omitempty"`
-	PeriodCostMicros int64  `protobuf:"varint,6,opt,name=period_cost_micros,json=periodCostMicros,proto3" json:"period_cost_micros,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	Model             string        `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	RequestsToday     int64         `protobuf:"varint,3,opt,name=requests_today,json=requestsToday,proto3" json:"requests_today,omitempty"`
+	TokensToday       int64         `protobuf:"varint,4,opt,name=tokens_today,json=tokensToday,proto3" json:"tokens_today,omitempty"`
+	PeriodTokens      int64         `protobuf:"varint,5,opt,name=period_tokens,json=periodTokens,proto3" json:"period_tokens,omitempty"`
+	PeriodCostMicros  int64         `protobuf:"varint,6,opt,name=period_cost_micros,json=periodCostMicros,proto3" json:"period_cost_micros,omitempty"`
+	Level             v1.LimitLevel `protobuf:"varint,7,opt,name=level,proto3,enum=keygate.type.v1.LimitLevel" json:"level,omitempty"`
+	Workspace         string        `protobuf:"bytes,8,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Member            string        `protobuf:"bytes,9,opt,name=member,proto3" json:"member,omitempty"`
+	CreditSpentMicros int64         `protobuf:"varint,10,opt,name=credit_spent_micros,json=creditSpentMicros,proto3" json:"credit_spent_micros,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Totals) Reset() {
@@ -1459,6 +1531,34 @@ func (x *Totals) GetPeriodTokens() int64 {
 func (x *Totals) GetPeriodCostMicros() int64 {
 	if x != nil {
 		return x.PeriodCostMicros
+	}
+	return 0
+}
+
+func (x *Totals) GetLevel() v1.LimitLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.LimitLevel(0)
+}
+
+func (x *Totals) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *Totals) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *Totals) GetCreditSpentMicros() int64 {
+	if x != nil {
+		return x.CreditSpentMicros
 	}
 	return 0
 }
@@ -1564,7 +1664,7 @@ var File_keygate_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x06\n" +
+	"\x1ckeygate/usage/v1/usage.proto\x12\x10keygate.usage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ckeygate/type/v1/limits.proto\"\xd0\a\n" +
 	"\vUsageRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -1586,7 +1686,10 @@ const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"!cache_write_price_per_million_usd\x18\x12 \x01(\tR\x1ccacheWritePricePerMillionUsd\x12E\n" +
 	" cache_read_price_per_million_usd\x18\x13 \x01(\tR\x1bcacheReadPricePerMillionUsd\x12<\n" +
 	"\fprices_as_of\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"pricesAsOfJ\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x13budget_reset_periodR\x16token_cap_reset_period\"\x90\x01\n" +
+	"pricesAsOf\x12\x1a\n" +
+	"\breported\x18\x15 \x03(\tR\breported\x12\x18\n" +
+	"\acredits\x18\x16 \x01(\bR\acredits\x12&\n" +
+	"\x0frequest_log_cap\x18\x17 \x01(\x03R\rrequestLogCapJ\x04\b\x0e\x10\x0fJ\x04\b\x0f\x10\x10R\x13budget_reset_periodR\x16token_cap_reset_period\"\x90\x01\n" +
 	"\x12RecordUsageRequest\x127\n" +
 	"\arecords\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\arecords\x12\x1a\n" +
 	"\bproducer\x18\x02 \x01(\tR\bproducer\x12%\n" +
@@ -1671,19 +1774,28 @@ const file_keygate_usage_v1_usage_proto_rawDesc = "" +
 	"page_token\x18\a \x01(\tR\tpageToken\"y\n" +
 	"\x14ListRequestsResponse\x129\n" +
 	"\brequests\x18\x01 \x03(\v2\x1d.keygate.usage.v1.UsageRecordR\brequests\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcd\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd0\x02\n" +
 	"\vTotalsQuery\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06models\x18\x02 \x03(\tR\x06models\x12H\n" +
 	"\x12token_period_start\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x10tokenPeriodStart\x12J\n" +
-	"\x13budget_period_start\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x11budgetPeriodStart\"\xcd\x01\n" +
+	"\x13budget_period_start\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x11budgetPeriodStart\x121\n" +
+	"\x05level\x18\x05 \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x12\x1c\n" +
+	"\tworkspace\x18\x06 \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\a \x01(\tR\x06member\x12\x18\n" +
+	"\acredits\x18\b \x01(\bR\acredits\"\xe6\x02\n" +
 	"\x06Totals\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12%\n" +
 	"\x0erequests_today\x18\x03 \x01(\x03R\rrequestsToday\x12!\n" +
 	"\ftokens_today\x18\x04 \x01(\x03R\vtokensToday\x12#\n" +
 	"\rperiod_tokens\x18\x05 \x01(\x03R\fperiodTokens\x12,\n" +
-	"\x12period_cost_micros\x18\x06 \x01(\x03R\x10periodCostMicros\"]\n" +
+	"\x12period_cost_micros\x18\x06 \x01(\x03R\x10periodCostMicros\x121\n" +
+	"\x05level\x18\a \x01(\x0e2\x1b.keygate.type.v1.LimitLevelR\x05level\x12\x1c\n" +
+	"\tworkspace\x18\b \x01(\tR\tworkspace\x12\x16\n" +
+	"\x06member\x18\t \x01(\tR\x06member\x12.\n" +
+	"\x13credit_spent_micros\x18\n" +
+	" \x01(\x03R\x11creditSpentMicros\"]\n" +
 	"\x10GetTotalsRequest\x127\n" +
 	"\aqueries\x18\x01 \x03(\v2\x1d.keygate.usage.v1.TotalsQueryR\aqueries\x12\x10\n" +
 	"\x03day\x18\x02 \x01(\tR\x03day\"E\n" +
@@ -1746,6 +1858,7 @@ var file_keygate_usage_v1_usage_proto_goTypes = []any{
 	(*GetTotalsResponse)(nil),      // 19: keygate.usage.v1.GetTotalsResponse
 	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(v1.LimitLevel)(0),             // 22: keygate.type.v1.LimitLevel
 }
 var file_keygate_usage_v1_usage_proto_depIdxs = []int32{
 	0,  // 0: keygate.usage.v1.UsageRecord.status:type_name -> keygate.usage.v1.RequestStatus
@@ -1764,25 +1877,27 @@ var file_keygate_usage_v1_usage_proto_depIdxs = []int32{
 	2,  // 13: keygate.usage.v1.ListRequestsResponse.requests:type_name -> keygate.usage.v1.UsageRecord
 	21, // 14: keygate.usage.v1.TotalsQuery.token_period_start:type_name -> google.protobuf.Timestamp
 	21, // 15: keygate.usage.v1.TotalsQuery.budget_period_start:type_name -> google.protobuf.Timestamp
-	16, // 16: keygate.usage.v1.GetTotalsRequest.queries:type_name -> keygate.usage.v1.TotalsQuery
-	17, // 17: keygate.usage.v1.GetTotalsResponse.totals:type_name -> keygate.usage.v1.Totals
-	3,  // 18: keygate.usage.v1.UsageService.RecordUsage:input_type -> keygate.usage.v1.RecordUsageRequest
-	6,  // 19: keygate.usage.v1.UsageService.GetUsage:input_type -> keygate.usage.v1.GetUsageRequest
-	9,  // 20: keygate.usage.v1.UsageService.GetUsageSeries:input_type -> keygate.usage.v1.GetUsageSeriesRequest
-	12, // 21: keygate.usage.v1.UsageService.ListUsage:input_type -> keygate.usage.v1.ListUsageRequest
-	14, // 22: keygate.usage.v1.UsageService.ListRequests:input_type -> keygate.usage.v1.ListRequestsRequest
-	18, // 23: keygate.usage.v1.UsageService.GetTotals:input_type -> keygate.usage.v1.GetTotalsRequest
-	4,  // 24: keygate.usage.v1.UsageService.RecordUsage:output_type -> keygate.usage.v1.RecordUsageResponse
-	7,  // 25: keygate.usage.v1.UsageService.GetUsage:output_type -> keygate.usage.v1.GetUsageResponse
-	10, // 26: keygate.usage.v1.UsageService.GetUsageSeries:output_type -> keygate.usage.v1.GetUsageSeriesResponse
-	13, // 27: keygate.usage.v1.UsageService.ListUsage:output_type -> keygate.usage.v1.ListUsageResponse
-	15, // 28: keygate.usage.v1.UsageService.ListRequests:output_type -> keygate.usage.v1.ListRequestsResponse
-	19, // 29: keygate.usage.v1.UsageService.GetTotals:output_type -> keygate.usage.v1.GetTotalsResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	22, // 16: keygate.usage.v1.TotalsQuery.level:type_name -> keygate.type.v1.LimitLevel
+	22, // 17: keygate.usage.v1.Totals.level:type_name -> keygate.type.v1.LimitLevel
+	16, // 18: keygate.usage.v1.GetTotalsRequest.queries:type_name -> keygate.usage.v1.TotalsQuery
+	17, // 19: keygate.usage.v1.GetTotalsResponse.totals:type_name -> keygate.usage.v1.Totals
+	3,  // 20: keygate.usage.v1.UsageService.RecordUsage:input_type -> keygate.usage.v1.RecordUsageRequest
+	6,  // 21: keygate.usage.v1.UsageService.GetUsage:input_type -> keygate.usage.v1.GetUsageRequest
+	9,  // 22: keygate.usage.v1.UsageService.GetUsageSeries:input_type -> keygate.usage.v1.GetUsageSeriesRequest
+	12, // 23: keygate.usage.v1.UsageService.ListUsage:input_type -> keygate.usage.v1.ListUsageRequest
+	14, // 24: keygate.usage.v1.UsageService.ListRequests:input_type -> keygate.usage.v1.ListRequestsRequest
+	18, // 25: keygate.usage.v1.UsageService.GetTotals:input_type -> keygate.usage.v1.GetTotalsRequest
+	4,  // 26: keygate.usage.v1.UsageService.RecordUsage:output_type -> keygate.usage.v1.RecordUsageResponse
+	7,  // 27: keygate.usage.v1.UsageService.GetUsage:output_type -> keygate.usage.v1.GetUsageResponse
+	10, // 28: keygate.usage.v1.UsageService.GetUsageSeries:output_type -> keygate.usage.v1.GetUsageSeriesResponse
+	13, // 29: keygate.usage.v1.UsageService.ListUsage:output_type -> keygate.usage.v1.ListUsageResponse
+	15, // 30: keygate.usage.v1.UsageService.ListRequests:output_type -> keygate.usage.v1.ListRequestsResponse
+	19, // 31: keygate.usage.v1.UsageService.GetTotals:output_type -> keygate.usage.v1.GetTotalsResponse
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_keygate_usage_v1_usage_proto_init() }
