@@ -60,6 +60,16 @@ func Parse(s string) (Nanos, error) {
 	return n, nil
 }
 
+// ParseSigned reads a decimal dollar amount that may be negative ("-2.50"),
+// as credit adjustments are.
+func ParseSigned(s string) (Nanos, error) {
+	if rest, ok := strings.CutPrefix(s, "-"); ok {
+		n, err := Parse(rest)
+		return -n, err
+	}
+	return Parse(s)
+}
+
 // String renders the amount in dollars with at least two decimal places and
 // no trailing zeros past them: "5.00", "0.000015".
 func (n Nanos) String() string {

@@ -4845,10 +4845,14 @@ func (x *VerifyKeyResponse) GetMember() *Member {
 }
 
 type KeyUse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Workspace string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// Report-mode limits that would have denied the key's requests since
+	// its last use was sent, as "level/limit" ("workspace/tpd"); the
+	// keystore writes a sampled audit event for them.
+	Reported      []string `protobuf:"bytes,4,rep,name=reported,proto3" json:"reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4900,6 +4904,13 @@ func (x *KeyUse) GetKey() string {
 func (x *KeyUse) GetTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Time
+	}
+	return nil
+}
+
+func (x *KeyUse) GetReported() []string {
+	if x != nil {
+		return x.Reported
 	}
 	return nil
 }
@@ -6475,11 +6486,12 @@ const file_keygate_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\v2\x18.keygate.keystore.v1.KeyR\x03key\x12H\n" +
 	"\x12secret_expire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTime\x12<\n" +
 	"\tworkspace\x18\x03 \x01(\v2\x1e.keygate.keystore.v1.WorkspaceR\tworkspace\x123\n" +
-	"\x06member\x18\x04 \x01(\v2\x1b.keygate.keystore.v1.MemberR\x06member\"h\n" +
+	"\x06member\x18\x04 \x01(\v2\x1b.keygate.keystore.v1.MemberR\x06member\"\x84\x01\n" +
 	"\x06KeyUse\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"F\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
+	"\breported\x18\x04 \x03(\tR\breported\"F\n" +
 	"\x13RecordKeyUseRequest\x12/\n" +
 	"\x04uses\x18\x01 \x03(\v2\x1b.keygate.keystore.v1.KeyUseR\x04uses\"\x16\n" +
 	"\x14RecordKeyUseResponse\"?\n" +
