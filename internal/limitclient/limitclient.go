@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/internal/ring"
 )
 
@@ -249,7 +250,7 @@ func (c *Client) Check(ctx context.Context, items []*limiterv1.CheckItem) ([]*li
 	_, unary := metadata.FromOutgoingContext(ctx)
 	unary = unary || trace.SpanContextFromContext(ctx).IsSampled()
 	out := make([]*limiterv1.CheckResult, len(items))
-	err := route(ctx, c, len(items), func(i int) string { return items[i].GetKey() },
+	err := route(ctx, c, len(items), func(i int) string { return limitkey.Route(items[i].GetKey(), items[i].GetWorkspace()) },
 		func(ctx context.Context, p *peer, idx []int) error {
 			sub := items
 			if !identity(idx, len(items)) {
@@ -318,7 +319,7 @@ func (c *Client) Settle(ctx context.Context, s []*limiterv1.Settlement) error {
 // knew (expired, or lost in a handoff).
 func (c *Client) SettleUnknown(ctx context.Context, s []*limiterv1.Settlement) (int32, error) {
 	var unknown atomic.Int32
-	err := route(ctx, c, len(s), func(i int) string { return s[i].GetKey() },
+	err := route(ctx, c, len(s), func(i int) string { return limitkey.Route(s[i].GetKey(), s[i].GetWorkspace()) },
 		func(ctx context.Context, p *peer, idx []int) error {
 			req := &limiterv1.SettleRequest{Settlements: make([]*limiterv1.Settlement, len(idx))}
 			for j, i := range idx {
@@ -341,7 +342,7 @@ func (c *Client) Release(ctx context.Context, r []*limiterv1.Release) error {
 // knew.
 func (c *Client) ReleaseUnknown(ctx context.Context, r []*limiterv1.Release) (int32, error) {
 	var unknown atomic.Int32
-	err := route(ctx, c, len(r), func(i int) string { return r[i].GetKey() },
+	err := route(ctx, c, len(r), func(i int) string { return limitkey.Route(r[i].GetKey(), r[i].GetWorkspace()) },
 		func(ctx context.Context, p *peer, idx []int) error {
 			req := &limiterv1.ReleaseRequest{Releases: make([]*limiterv1.Release, len(idx))}
 			for j, i := range idx {
@@ -352,6 +353,18 @@ func (c *Client) ReleaseUnknown(ctx context.Context, r []*limiterv1.Release) (in
 			return err
 		})
 	return unknown.Load(), err
+}
+
+// Explain asks the owner of the item's key for its live limits.
+func (c *Client) Explain(ctx context.Context, it *limiterv1.CheckItem) (*limiterv1.ExplainResponse, error) {
+	var out *limiterv1.ExplainResponse
+	err := route(ctx, c, 1, func(int) string { return limitkey.Route(it.GetKey(), it.GetWorkspace()) },
+		func(ctx context.Context, p *peer, _ []int) error {
+			resp, err := p.client.Explain(ctx, &limiterv1.ExplainRequest{Item: it})
+			out = resp
+			return err
+		})
+	return out, err
 }
 
 // route sends n items, grouped by owner, with call; a group whose member

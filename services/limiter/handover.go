@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/internal/ring"
 )
 
@@ -95,7 +96,7 @@ func (s *Server) owns(key string) bool {
 	if r.Len() == 0 {
 		return true
 	}
-	m, _ := r.Owner(key)
+	m, _ := r.Owner(limitkey.Shard(key))
 	return m.ID == s.id
 }
 
@@ -105,7 +106,7 @@ func (s *Server) awayOwner(key string) string {
 	if !s.closing.Load() || s.watcher == nil {
 		return ""
 	}
-	m, ok := s.watcher.Ring().OwnerExcept(key, map[string]bool{s.id: true})
+	m, ok := s.watcher.Ring().OwnerExcept(limitkey.Shard(key), map[string]bool{s.id: true})
 	if !ok {
 		return ""
 	}
@@ -136,12 +137,12 @@ func (s *Server) candidates(key string) []string {
 	defer s.histMu.Unlock()
 	for i := len(s.history) - 1; i >= 0; i-- {
 		if p := s.history[i]; p.until.After(now) {
-			if m, ok := p.ring.Owner(key); ok {
+			if m, ok := p.ring.Owner(limitkey.Shard(key)); ok {
 				add(m.Addr)
 			}
 		}
 	}
-	if m, ok := cur.OwnerExcept(key, map[string]bool{s.id: true}); ok {
+	if m, ok := cur.OwnerExcept(limitkey.Shard(key), map[string]bool{s.id: true}); ok {
 		add(m.Addr)
 	}
 	// Then every other replica known: only one can hold the key's state,
@@ -450,13 +451,13 @@ func (s *Server) listening(ctx context.Context, addr string) bool {
 
 // forwardMoved sends items[idx], whose keys this replica handed over, to
 // their holders; the results go to out.
-func (s *Server) forwardMoved(ctx context.Context, items []*limiterv1.CheckItem, idx []int, out []*limiterv1.CheckResult) error {
+func (s *Server) forwardMoved(ctx context.Context, items []*limiterv1.CheckItem, idx []int, entities []string, out []*limiterv1.CheckResult) error {
 	groups := map[string][]int{}
-	for _, i := range idx {
-		to := s.table.MovedTo(items[i].GetKey())
+	for j, i := range idx {
+		to := s.table.MovedTo(entities[j])
 		if to == "" {
 			// Taken back meanwhile: its owner's ring decides again.
-			to = s.awayOwner(items[i].GetKey())
+			to = s.awayOwner(entities[j])
 		}
 		if to == "" {
 			return fmt.Errorf("%w: key %s was handed over and its holder is unknown", ErrSeed, items[i].GetKey())
@@ -471,7 +472,7 @@ func (s *Server) forwardMoved(ctx context.Context, items []*limiterv1.CheckItem,
 func (s *Server) forwardAway(ctx context.Context, items []*limiterv1.CheckItem) ([]*limiterv1.CheckResult, error) {
 	groups := map[string][]int{}
 	for i, it := range items {
-		to := s.awayOwner(it.GetKey())
+		to := s.awayOwner(entityKey(it))
 		if to == "" {
 			return nil, fmt.Errorf("%w: no other limiter replica", ErrSeed)
 		}

@@ -67,9 +67,9 @@ import (
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/limitclient"
+	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/internal/ring"
 	"github.com/keygate/keygate/pkg/auth"
-	"github.com/keygate/keygate/pkg/money"
 	"github.com/keygate/keygate/services/limiter/internal/window"
 )
 
@@ -334,7 +334,7 @@ func (s *Server) local(key string, hop bool) bool {
 	if r.Len() == 0 {
 		return true
 	}
-	m, _ := r.Owner(key)
+	m, _ := r.Owner(limitkey.Shard(key))
 	return m.ID == s.id
 }
 
@@ -395,10 +395,10 @@ func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bo
 	out := sl.reset(len(items))
 	remote := 0
 	for i, it := range items {
-		if err := toRequest(it, &sl.reqs[i]); err != nil {
+		if err := toRequests(it, &sl.reqs[i]); err != nil {
 			return nil, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
 		}
-		sl.remote[i] = !s.local(it.GetKey(), hop)
+		sl.remote[i] = !s.local(entityKey(it), hop)
 		if sl.remote[i] {
 			remote++
 		}
@@ -459,11 +459,12 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		deny     int64
 		unseeded []int
 		moved    []int
+		movedBy  []string // the entity found handed over, per moved item
 	)
 	decide := func(now time.Time, i int) {
-		if err := s.table.Check(now, &sl.reqs[i], &d); err != nil {
-			if err == window.ErrMoved && !s.owns(items[i].GetKey()) {
-				moved = append(moved, i)
+		if j, err := s.table.CheckLevels(now, sl.reqs[i].all(), &d); err != nil {
+			if name := sl.reqs[i].r[j].Key; err == window.ErrMoved && !s.owns(name) {
+				moved, movedBy = append(moved, i), append(movedBy, name)
 			} else {
 				unseeded = append(unseeded, i)
 			}
@@ -490,9 +491,11 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		if attempt > 3 {
 			return fmt.Errorf("%w: key kept changing owner", ErrSeed)
 		}
-		if err := s.seed(ctx, items, unseeded); errors.Is(err, errClosing) {
+		if err := s.seed(ctx, sl.reqs, unseeded); errors.Is(err, errClosing) {
 			// Leaving: a key not held here is decided by its new owner.
-			moved = append(moved, unseeded...)
+			for _, i := range unseeded {
+				moved, movedBy = append(moved, i), append(movedBy, entityKey(items[i]))
+			}
 			break
 		} else if err != nil {
 			return err
@@ -505,7 +508,7 @@ func (s *Server) decideLocal(ctx context.Context, items []*limiterv1.CheckItem, 
 		}
 	}
 	if len(moved) > 0 {
-		if err := s.forwardMoved(ctx, items, moved, out); err != nil {
+		if err := s.forwardMoved(ctx, items, moved, movedBy, out); err != nil {
 			return err
 		}
 	}
@@ -526,7 +529,7 @@ type slab struct {
 	out   []*limiterv1.CheckResult
 	// reqs holds each item converted once, remote whether another replica
 	// decides it.
-	reqs   []window.Request
+	reqs   []itemReqs
 	remote []bool
 	// quotas and ptrs are handed out in order, d.N per result.
 	quotas []quotaCell
@@ -552,7 +555,7 @@ func (sl *slab) reset(n int) []*limiterv1.CheckResult {
 	if cap(sl.out) < n || (n <= maxReuse && cap(sl.out) > maxReuse) {
 		sl.cells = make([]cell, n)
 		sl.out = make([]*limiterv1.CheckResult, n)
-		sl.reqs = make([]window.Request, n)
+		sl.reqs = make([]itemReqs, n)
 		sl.remote = make([]bool, n)
 		sl.quotas, sl.ptrs = nil, nil
 	}
@@ -576,9 +579,11 @@ func (sl *slab) fill(i int, model string, d *window.Decision) *limiterv1.CheckRe
 	c := &sl.cells[i]
 	r := &c.res
 	r.Allowed = d.Allowed
-	r.DeniedBy, r.DeniedModel, r.RetryAfter = 0, "", nil
+	r.DeniedBy, r.DeniedLevel, r.DeniedModel, r.RetryAfter = 0, 0, "", nil
+	r.Reported = nil
 	if !d.Allowed {
 		r.DeniedBy = limiterv1.LimitKind(d.DeniedBy)
+		r.DeniedLevel = typev1.LimitLevel(d.DeniedLevel)
 		if d.DeniedModel {
 			r.DeniedModel = model
 		}
@@ -593,6 +598,7 @@ func (sl *slab) fill(i int, model string, d *window.Decision) *limiterv1.CheckRe
 		w := &d.Quotas[j]
 		q := &qs[j].q
 		q.Kind = limiterv1.LimitKind(w.Kind)
+		q.Level = typev1.LimitLevel(w.Level)
 		q.Model = ""
 		if w.Model {
 			q.Model = model
@@ -608,63 +614,28 @@ func (sl *slab) fill(i int, model string, d *window.Decision) *limiterv1.CheckRe
 	if d.Tokens >= 0 {
 		r.Tokens = r.Quotas[d.Tokens]
 	}
+	if d.NR > 0 {
+		// Rare (a shadow limit is being rolled out): allocated as needed.
+		r.Reported = reported(d, model)
+	}
 	return r
+}
+
+func reported(d *window.Decision, model string) []*limiterv1.Reported {
+	out := make([]*limiterv1.Reported, d.NR)
+	for i, x := range d.Reported[:d.NR] {
+		out[i] = &limiterv1.Reported{Level: typev1.LimitLevel(x.Level), Kind: limiterv1.LimitKind(x.Kind)}
+		if x.Model {
+			out[i].Model = model
+		}
+	}
+	return out
 }
 
 func setDuration(p *durationpb.Duration, d time.Duration) *durationpb.Duration {
 	p.Seconds = int64(d / time.Second)
 	p.Nanos = int32(d % time.Second)
 	return p
-}
-
-// toRequest validates an item and fills r from it without allocating.
-func toRequest(it *limiterv1.CheckItem, r *window.Request) error {
-	switch {
-	case it.GetKey() == "":
-		return errors.New("key is required")
-	case it.GetEstimatedTokens() < 0:
-		return errors.New("estimated_tokens must not be negative")
-	case it.GetEstimatedCostMicros() < 0:
-		return errors.New("estimated_cost_micros must not be negative")
-	}
-	p := it.GetPolicy()
-	*r = window.Request{
-		Key: it.GetKey(), Model: it.GetModel(), ReservationID: it.GetReservationId(),
-		Tokens: it.GetEstimatedTokens(), CostMicros: it.GetEstimatedCostMicros(),
-		TokenCap: p.GetTokenCap().GetTokens(), TokenPeriod: window.Period(p.GetTokenCap().GetResetPeriod()),
-		BudgetPeriod: window.Period(p.GetBudget().GetResetPeriod()),
-	}
-	var err error
-	if r.Global, err = limits(p.GetGlobalLimits()); err != nil {
-		return err
-	}
-	for _, ml := range p.GetModelLimits() {
-		if ml.GetModel() == r.Model {
-			if r.ModelLimits, err = limits(ml.GetLimits()); err != nil {
-				return err
-			}
-			break
-		}
-	}
-	if r.TokenCap < 0 {
-		return errors.New("token cap must not be negative")
-	}
-	if amt := p.GetBudget().GetAmountUsd(); amt != "" {
-		n, err := money.Parse(amt)
-		if err != nil {
-			return fmt.Errorf("budget amount_usd: %w", err)
-		}
-		r.BudgetMicros = n.Micros()
-	}
-	return nil
-}
-
-func limits(l *typev1.Limits) (window.Limits, error) {
-	w := window.Limits{RPM: l.GetRpm(), RPD: l.GetRpd(), TPM: l.GetTpm(), TPD: l.GetTpd()}
-	if w.RPM < 0 || w.RPD < 0 || w.TPM < 0 || w.TPD < 0 {
-		return w, errors.New("limits must not be negative")
-	}
-	return w, nil
 }
 
 // finish applies settlements or releases, forwarding those for keys this
@@ -734,7 +705,7 @@ func addTo(m map[string][]int, addr string, i int) map[string][]int {
 }
 
 func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop bool) (int32, error) {
-	return s.finish(ctx, len(st), func(i int) string { return st[i].GetKey() },
+	return s.finish(ctx, len(st), func(i int) string { return entityKey(st[i]) },
 		func(i int) error {
 			switch {
 			case st[i].GetReservationId() == "":
@@ -745,7 +716,8 @@ func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop boo
 			return nil
 		},
 		func(i int) (bool, string) {
-			return s.table.Finish(st[i].GetKey(), st[i].GetReservationId(), false, st[i].GetActualTokens(), st[i].GetActualCostMicros())
+			x := st[i]
+			return s.finishLevels(x.GetKey(), x.GetWorkspace(), x.GetMember(), x.GetReservationId(), false, x.GetActualTokens(), x.GetActualCostMicros())
 		},
 		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Settlement, len(idx))
@@ -769,7 +741,7 @@ func (s *Server) settle(ctx context.Context, st []*limiterv1.Settlement, hop boo
 }
 
 func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool) (int32, error) {
-	return s.finish(ctx, len(rs), func(i int) string { return rs[i].GetKey() },
+	return s.finish(ctx, len(rs), func(i int) string { return entityKey(rs[i]) },
 		func(i int) error {
 			if rs[i].GetReservationId() == "" {
 				return errors.New("reservation_id is required")
@@ -777,7 +749,8 @@ func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool)
 			return nil
 		},
 		func(i int) (bool, string) {
-			return s.table.Finish(rs[i].GetKey(), rs[i].GetReservationId(), true, 0, 0)
+			x := rs[i]
+			return s.finishLevels(x.GetKey(), x.GetWorkspace(), x.GetMember(), x.GetReservationId(), true, 0, 0)
 		},
 		func(ctx context.Context, idx []int) (int32, error) {
 			sub := make([]*limiterv1.Release, len(idx))
@@ -798,4 +771,19 @@ func (s *Server) release(ctx context.Context, rs []*limiterv1.Release, hop bool)
 			resp, err := cl.Release(ctx, req)
 			return resp.GetUnknown(), err
 		}, hop)
+}
+
+// finishLevels settles or releases a reservation at its key and, when the
+// key's state is here, at the key's levels (a level the item did not have
+// knows no such reservation). The key's answer is the settlement's.
+func (s *Server) finishLevels(key, workspace, member, id string, release bool, tokens, cost int64) (bool, string) {
+	known, to := s.table.Finish(limitkey.Key(workspace, key), id, release, tokens, cost)
+	if to != "" || workspace == "" {
+		return known, to
+	}
+	if member != "" {
+		s.table.Finish(limitkey.Member(workspace, member), id, release, tokens, cost)
+	}
+	s.table.Finish(limitkey.Workspace(workspace), id, release, tokens, cost)
+	return known, to
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/internal/clock"
 )
 
@@ -40,7 +41,7 @@ func (s *Server) replicate(ctx context.Context, down *peerStates) {
 	self := map[string]bool{s.id: true}
 	groups := map[string][]*limiterv1.KeySnapshot{}
 	for _, st := range states {
-		if m, ok := r.OwnerExcept(st.GetKey(), self); ok {
+		if m, ok := r.OwnerExcept(limitkey.Shard(st.GetKey()), self); ok {
 			groups[m.Addr] = append(groups[m.Addr], st)
 		}
 	}

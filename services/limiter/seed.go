@@ -9,8 +9,9 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/services/limiter/internal/window"
 )
 
@@ -27,19 +28,20 @@ type seedCall struct {
 	err  error
 }
 
-// seedWant is what a key's takeover reads from the ledger.
+// seedWant is what an entity's takeover reads from the ledger.
 type seedWant struct {
 	key       string
 	tok, cost window.PeriodID
 	models    []string
+	credits   bool
 }
 
 // ledgerBatch is the most keys of one GetTotals call.
 const ledgerBatch = 256
 
-// seed takes over the keys of items[idx]; keys already being taken over
-// by another call are waited for.
-func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []int) error {
+// seed takes over the entities of items[idx]; entities already being
+// taken over by another call are waited for.
+func (s *Server) seed(ctx context.Context, reqs []itemReqs, idx []int) error {
 	if s.cfg.Usage == nil && s.peers == nil {
 		return fmt.Errorf("%w: no usage service", ErrSeed)
 	}
@@ -47,7 +49,7 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 		return errClosing
 	}
 	now := s.clock.Now()
-	mine, calls, wait := s.claim(now, items, idx)
+	mine, calls, wait := s.claim(now, reqs, idx)
 	if len(mine) > 0 {
 		if err := s.takeOver(ctx, now, mine, calls); err != nil {
 			return err
@@ -68,40 +70,40 @@ func (s *Server) seed(ctx context.Context, items []*limiterv1.CheckItem, idx []i
 
 // claim registers a takeover for each key of items[idx] nobody is taking
 // over yet (mine), and returns the takeovers in flight to wait for.
-func (s *Server) claim(now time.Time, items []*limiterv1.CheckItem, idx []int) (mine []seedWant, calls map[string]*seedCall, wait []*seedCall) {
+func (s *Server) claim(now time.Time, reqs []itemReqs, idx []int) (mine []seedWant, calls map[string]*seedCall, wait []*seedCall) {
 	calls = map[string]*seedCall{}
 	s.seedMu.Lock()
 	defer s.seedMu.Unlock()
 	for _, i := range idx {
-		it := items[i]
-		key := it.GetKey()
-		if _, seen := calls[key]; seen {
-			continue
+		for _, r := range reqs[i].all() {
+			key := r.Key
+			if _, seen := calls[key]; seen {
+				continue
+			}
+			if c := s.seeding[key]; c != nil {
+				calls[key] = c
+				wait = append(wait, c)
+				continue
+			}
+			c := &seedCall{done: make(chan struct{})}
+			s.seeding[key], calls[key] = c, c
+			mine = append(mine, wantOf(now, &r))
 		}
-		if c := s.seeding[key]; c != nil {
-			calls[key] = c
-			wait = append(wait, c)
-			continue
-		}
-		c := &seedCall{done: make(chan struct{})}
-		s.seeding[key], calls[key] = c, c
-		mine = append(mine, wantOf(now, it))
 	}
 	return mine, calls, wait
 }
 
-func wantOf(now time.Time, it *limiterv1.CheckItem) seedWant {
-	p := it.GetPolicy()
+// wantOf is what seeding r's entity reads: an entity already held here
+// is pulled from nobody and its seeded parts stay as they are.
+func wantOf(now time.Time, r *window.Request) seedWant {
 	w := seedWant{
-		key:  it.GetKey(),
-		tok:  window.PeriodOf(now, window.Period(p.GetTokenCap().GetResetPeriod())),
-		cost: window.PeriodOf(now, window.Period(p.GetBudget().GetResetPeriod())),
+		key:     r.Key,
+		tok:     window.PeriodOf(now, r.TokenPeriod),
+		cost:    window.PeriodOf(now, r.BudgetPeriod),
+		credits: r.Credits,
 	}
-	for _, ml := range p.GetModelLimits() {
-		w.models = append(w.models, ml.GetModel())
-	}
-	if it.GetModel() != "" {
-		w.models = append(w.models, it.GetModel())
+	if r.Model != "" {
+		w.models = []string{r.Model}
 	}
 	return w
 }
@@ -188,8 +190,10 @@ func (s *Server) startFresh(ctx, fctx context.Context, now time.Time, keys []see
 // whatever the ledger does not know counts as unused.
 func (s *Server) ledgerTotals(ctx, fctx context.Context, now time.Time, keys []seedWant) (map[string][]window.Totals, error) {
 	req := &usagev1.GetTotalsRequest{Day: now.UTC().Format(time.DateOnly)}
+	names := map[string]string{}
 	for _, w := range keys {
-		q := &usagev1.TotalsQuery{Key: w.key, Models: w.models}
+		q := totalsQuery(w)
+		names[totalsName(q.GetLevel(), q.GetWorkspace(), q.GetKey(), q.GetMember())] = w.key
 		if st := w.tok.Start(); !st.IsZero() {
 			q.TokenPeriodStart = timestamppb.New(st)
 		}
@@ -205,9 +209,14 @@ func (s *Server) ledgerTotals(ctx, fctx context.Context, now time.Time, keys []s
 	}
 	out := map[string][]window.Totals{}
 	for _, t := range resp.GetTotals() {
-		out[t.GetKey()] = append(out[t.GetKey()], window.Totals{
+		name, ok := names[totalsName(t.GetLevel(), t.GetWorkspace(), t.GetKey(), t.GetMember())]
+		if !ok {
+			continue
+		}
+		out[name] = append(out[name], window.Totals{
 			Model: t.GetModel(), RequestsToday: t.GetRequestsToday(), TokensToday: t.GetTokensToday(),
 			PeriodTokens: t.GetPeriodTokens(), PeriodCostMicros: t.GetPeriodCostMicros(),
+			CreditSpentMicros: t.GetCreditSpentMicros(),
 		})
 	}
 	for _, w := range keys {
@@ -217,4 +226,32 @@ func (s *Server) ledgerTotals(ctx, fctx context.Context, now time.Time, keys []s
 		}
 	}
 	return out, nil
+}
+
+// totalsQuery is the ledger query for an entity's totals.
+func totalsQuery(w seedWant) *usagev1.TotalsQuery {
+	e := limitkey.Parse(w.key)
+	q := &usagev1.TotalsQuery{Models: w.models, Credits: w.credits}
+	switch e.Level {
+	case typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		q.Level, q.Workspace, q.Member = e.Level, e.Workspace, e.ID
+	case typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		q.Level, q.Workspace = e.Level, e.Workspace
+	default:
+		q.Key, q.Workspace = e.ID, e.Workspace
+	}
+	return q
+}
+
+// totalsName matches the ledger's rows to the queries: by key id for
+// keys (unique across workspaces), by workspace and member for levels.
+func totalsName(level typev1.LimitLevel, workspace, key, member string) string {
+	switch level {
+	case typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		return "m\x00" + workspace + "\x00" + member
+	case typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		return "w\x00" + workspace
+	default:
+		return "k\x00" + key
+	}
 }

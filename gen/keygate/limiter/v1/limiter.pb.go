@@ -1721,7 +1721,8 @@ func (x *AdoptResponse) GetAdopted() int32 {
 	return 0
 }
 
-// KeySnapshot is everything a replica knows about one key: its rolling
+// KeySnapshot is everything a replica knows about one entity (a key, or a
+// member or workspace level; internal/limitkey names them): its rolling
 // windows, day counters, period counters and open reservations.
 type KeySnapshot struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1737,6 +1738,8 @@ type KeySnapshot struct {
 	DayLimited    bool `protobuf:"varint,8,opt,name=day_limited,json=dayLimited,proto3" json:"day_limited,omitempty"`
 	CapLimited    bool `protobuf:"varint,9,opt,name=cap_limited,json=capLimited,proto3" json:"cap_limited,omitempty"`
 	BudgetLimited bool `protobuf:"varint,10,opt,name=budget_limited,json=budgetLimited,proto3" json:"budget_limited,omitempty"`
+	// Credits spent (micro-USD, all time) by a workspace level's entity.
+	CreditUsed    int64 `protobuf:"varint,11,opt,name=credit_used,json=creditUsed,proto3" json:"credit_used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1839,6 +1842,13 @@ func (x *KeySnapshot) GetBudgetLimited() bool {
 		return x.BudgetLimited
 	}
 	return false
+}
+
+func (x *KeySnapshot) GetCreditUsed() int64 {
+	if x != nil {
+		return x.CreditUsed
+	}
+	return 0
 }
 
 // ScopeState is one scope's rolling window and day counters.
@@ -2117,7 +2127,9 @@ type ReservationState struct {
 	Tokens      int64                  `protobuf:"varint,8,opt,name=tokens,proto3" json:"tokens,omitempty"`
 	CostMicros  int64                  `protobuf:"varint,9,opt,name=cost_micros,json=costMicros,proto3" json:"cost_micros,omitempty"`
 	// Unix nanoseconds after which it is forgotten.
-	Expires       int64 `protobuf:"varint,10,opt,name=expires,proto3" json:"expires,omitempty"`
+	Expires int64 `protobuf:"varint,10,opt,name=expires,proto3" json:"expires,omitempty"`
+	// Its cost was drawn from the workspace's credits.
+	Credits       bool `protobuf:"varint,11,opt,name=credits,proto3" json:"credits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2220,6 +2232,13 @@ func (x *ReservationState) GetExpires() int64 {
 		return x.Expires
 	}
 	return 0
+}
+
+func (x *ReservationState) GetCredits() bool {
+	if x != nil {
+		return x.Credits
+	}
+	return false
 }
 
 var File_keygate_limiter_v1_limiter_proto protoreflect.FileDescriptor
@@ -2340,7 +2359,7 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\x06states\x18\x02 \x03(\v2\x1f.keygate.limiter.v1.KeySnapshotR\x06states\"\x13\n" +
 	"\x11ReplicateResponse\")\n" +
 	"\rAdoptResponse\x12\x18\n" +
-	"\aadopted\x18\x01 \x01(\x05R\aadopted\"\xcf\x03\n" +
+	"\aadopted\x18\x01 \x01(\x05R\aadopted\"\xf0\x03\n" +
 	"\vKeySnapshot\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
 	"\x06global\x18\x02 \x01(\v2\x1e.keygate.limiter.v1.ScopeStateR\x06global\x126\n" +
@@ -2355,7 +2374,9 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\vcap_limited\x18\t \x01(\bR\n" +
 	"capLimited\x12%\n" +
 	"\x0ebudget_limited\x18\n" +
-	" \x01(\bR\rbudgetLimited\"\xc3\x01\n" +
+	" \x01(\bR\rbudgetLimited\x12\x1f\n" +
+	"\vcredit_used\x18\v \x01(\x03R\n" +
+	"creditUsed\"\xc3\x01\n" +
 	"\n" +
 	"ScopeState\x12\x12\n" +
 	"\x04head\x18\x01 \x01(\x03R\x04head\x12\x12\n" +
@@ -2376,7 +2397,7 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\vPeriodState\x12\x16\n" +
 	"\x06period\x18\x01 \x01(\x05R\x06period\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\x03R\x06number\x12\x12\n" +
-	"\x04used\x18\x03 \x01(\x03R\x04used\"\xd6\x02\n" +
+	"\x04used\x18\x03 \x01(\x03R\x04used\"\xf0\x02\n" +
 	"\x10ReservationState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x19\n" +
@@ -2390,7 +2411,8 @@ const file_keygate_limiter_v1_limiter_proto_rawDesc = "" +
 	"\vcost_micros\x18\t \x01(\x03R\n" +
 	"costMicros\x12\x18\n" +
 	"\aexpires\x18\n" +
-	" \x01(\x03R\aexpires*\xc0\x01\n" +
+	" \x01(\x03R\aexpires\x12\x18\n" +
+	"\acredits\x18\v \x01(\bR\acredits*\xc0\x01\n" +
 	"\tLimitKind\x12\x1a\n" +
 	"\x16LIMIT_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eLIMIT_KIND_RPM\x10\x01\x12\x12\n" +

@@ -167,7 +167,7 @@ func (ks *keyState) clear() {
 	ks.dayLimited, ks.capLimited, ks.budgetLimited = false, false, false
 	ks.global, ks.models = scope{}, nil
 	ks.tokens, ks.cost = periodCounter{}, periodCounter{}
-	ks.res = nil
+	ks.credit, ks.res, ks.alerted = 0, nil, nil
 }
 
 func (ks *keyState) export(key string) *limiterv1.KeySnapshot {
@@ -175,6 +175,7 @@ func (ks *keyState) export(key string) *limiterv1.KeySnapshot {
 		Key: key, Global: exportScope(&ks.global),
 		Tokens: exportPeriod(ks.tokens.id, ks.tokens.used), Cost: exportPeriod(ks.cost.id, ks.cost.used),
 		LastTouch: ks.lastTouch, DayLimited: ks.dayLimited, CapLimited: ks.capLimited, BudgetLimited: ks.budgetLimited,
+		CreditUsed: ks.credit,
 	}
 	for _, m := range ks.models {
 		if m.seeded {
@@ -185,7 +186,7 @@ func (ks *keyState) export(key string) *limiterv1.KeySnapshot {
 		st.Reservations = append(st.Reservations, &limiterv1.ReservationState{
 			Id: id, Model: r.model, InModel: r.inModel, Second: r.sec, Day: r.day,
 			TokenPeriod: exportPeriod(r.tokenPID, 0), CostPeriod: exportPeriod(r.costPID, 0),
-			Tokens: r.tokens, CostMicros: r.cost, Expires: r.expires,
+			Tokens: r.tokens, CostMicros: r.cost, Expires: r.expires, Credits: r.credits,
 		})
 	}
 	return st
@@ -231,6 +232,7 @@ func (ks *keyState) install(st *limiterv1.KeySnapshot) {
 	ks.dayLimited, ks.capLimited, ks.budgetLimited = st.GetDayLimited(), st.GetCapLimited(), st.GetBudgetLimited()
 	ks.tokens = periodCounter{id: importPeriod(st.GetTokens()), used: st.GetTokens().GetUsed()}
 	ks.cost = periodCounter{id: importPeriod(st.GetCost()), used: st.GetCost().GetUsed()}
+	ks.credit = st.GetCreditUsed()
 	importScope(&ks.global, st.GetGlobal())
 	for _, m := range st.GetModels() {
 		ms := &modelScope{name: m.GetModel(), seeded: true}
@@ -243,7 +245,7 @@ func (ks *keyState) install(st *limiterv1.KeySnapshot) {
 			ks.res[r.GetId()] = reservation{
 				model: r.GetModel(), inModel: r.GetInModel(), sec: r.GetSecond(), day: r.GetDay(),
 				tokenPID: importPeriod(r.GetTokenPeriod()), costPID: importPeriod(r.GetCostPeriod()),
-				tokens: r.GetTokens(), cost: r.GetCostMicros(), expires: r.GetExpires(),
+				tokens: r.GetTokens(), cost: r.GetCostMicros(), expires: r.GetExpires(), credits: r.GetCredits(),
 			}
 		}
 	}

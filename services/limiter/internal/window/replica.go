@@ -83,6 +83,7 @@ func (ks *keyState) raise(day int64, tokens, cost PeriodID, totals []Totals) {
 			ks.global.day.raise(day, tt.RequestsToday, tt.TokensToday)
 			ks.tokens.raise(tokens, tt.PeriodTokens)
 			ks.cost.raise(cost, tt.PeriodCostMicros)
+			ks.credit = max(ks.credit, tt.CreditSpentMicros)
 			continue
 		}
 		ms := ks.model(tt.Model)

@@ -52,6 +52,18 @@ const (
 	KindTPD
 	KindTokenCap
 	KindBudget
+	KindCredits
+)
+
+// Level is where a limit is set; values match keygate.type.v1.LimitLevel.
+type Level uint8
+
+// The levels.
+const (
+	LevelNone Level = iota
+	LevelKey
+	LevelMember
+	LevelWorkspace
 )
 
 // Period is a reset period (package period owns their arithmetic).
@@ -84,10 +96,12 @@ type Limits struct {
 // Any reports whether any limit is set.
 func (l Limits) Any() bool { return l.RPM > 0 || l.RPD > 0 || l.TPM > 0 || l.TPD > 0 }
 
-// Request is one item to decide. Strings are retained only for admitted
-// reservations.
+// Request is one entity's part of an item to decide (CheckLevels decides
+// several at once). Strings are retained only for admitted reservations.
 type Request struct {
+	// Key names the entity (internal/limitkey).
 	Key   string
+	Level Level
 	Model string
 	// ReservationID names the reservation; "" admits without one (nothing
 	// to settle or release).
@@ -101,11 +115,33 @@ type Request struct {
 	BudgetPeriod Period
 	Tokens       int64
 	CostMicros   int64
+	// Report holds the limits in report mode: judged, never denying.
+	Report Report
+	// Credits draws the cost from a prepaid balance: CreditMicros is what
+	// was granted (all time).
+	Credits      bool
+	CreditMicros int64
+	// Alerts are percentages of the day limits, cap, budget and credits
+	// whose first crossing in a period is reported by Crossings.
+	Alerts []int32
+}
+
+// Report is a level's limits in report mode.
+type Report struct {
+	Global, ModelLimits Limits
+	TokenCap            int64
+	BudgetMicros        int64
+}
+
+// any reports whether any report-mode limit is set.
+func (r *Report) any() bool {
+	return r.Global.Any() || r.ModelLimits.Any() || r.TokenCap > 0 || r.BudgetMicros > 0
 }
 
 // Quota is one window's state after a decision.
 type Quota struct {
-	Kind Kind
+	Level Level
+	Kind  Kind
 	// Model reports a per-model window.
 	Model      bool
 	Limit      int64
@@ -113,14 +149,26 @@ type Quota struct {
 	ResetAfter time.Duration
 }
 
-// MaxQuotas is the most windows one request can have.
-const MaxQuotas = 10
+// MaxLevels is the most entities one item is decided against.
+const MaxLevels = 3
+
+// MaxQuotas is the most windows one request can have: per level 4 global,
+// 4 per-model, a token cap and a budget, and the workspace's credits.
+const MaxQuotas = MaxLevels*10 + 1
+
+// Reported is a report-mode limit that would have denied.
+type Reported struct {
+	Level Level
+	Kind  Kind
+	Model bool
+}
 
 // Decision is the answer to one Request. It is a value the caller reuses.
 type Decision struct {
 	Allowed bool
-	// DeniedBy is the refusing limit that frees up last.
+	// DeniedBy is the refusing limit that frees up last, at DeniedLevel.
 	DeniedBy    Kind
+	DeniedLevel Level
 	DeniedModel bool
 	// RetryAfter is when a retry can succeed; 0 when no wait helps within
 	// the period (caps, budgets, estimates above a limit).
@@ -130,6 +178,11 @@ type Decision struct {
 	// Requests and Tokens index the tightest request and token windows in
 	// Quotas, or -1.
 	Requests, Tokens int
+	// Reported lists the report-mode limits that would have denied.
+	Reported [MaxQuotas]Reported
+	NR       int
+	// level is the level being judged.
+	level Level
 }
 
 // PeriodID identifies one reset period.
@@ -143,6 +196,8 @@ type Totals struct {
 	TokensToday      int64
 	PeriodTokens     int64
 	PeriodCostMicros int64
+	// CreditSpentMicros is a workspace's credit spend (all time).
+	CreditSpentMicros int64
 }
 
 // Config configures a Table.
@@ -167,6 +222,7 @@ type Config struct {
 type Table struct {
 	cfg    Config
 	shards [shardCount]shard
+	alerts alertQueue
 }
 
 const shardCount = 64
@@ -267,7 +323,11 @@ type keyState struct {
 	models                                []*modelScope
 	tokens                                periodCounter
 	cost                                  periodCounter
-	res                                   map[string]reservation
+	// credit is a workspace's credit spend, all time.
+	credit int64
+	res    map[string]reservation
+	// alerted remembers the thresholds already reported in their period.
+	alerted []alertMark
 }
 
 // fence records where a key's state went: the replica, and the handover
@@ -310,6 +370,7 @@ type reservation struct {
 	cost     int64
 	expires  int64
 	inModel  bool
+	credits  bool
 }
 
 // rolling is a ring of 1-second buckets; head is the unix second of the
@@ -436,37 +497,88 @@ func (ks *keyState) model(name string) *modelScope {
 // Check decides r at now and writes the answer to d. It returns
 // ErrNotSeeded, changing nothing, when the key must be seeded first.
 func (t *Table) Check(now time.Time, r *Request, d *Decision) error {
-	c := newClock(now)
-	ks := t.lockLive(r.Key)
-	err := t.check(ks, &c, r, d)
-	if err == nil && d.Allowed {
-		t.changed(r.Key, ks)
-	}
-	ks.mu.Unlock()
+	rs := [1]Request{*r}
+	_, err := t.CheckLevels(now, rs[:], d)
 	return err
 }
 
-func (t *Table) check(ks *keyState, c *clock, r *Request, d *Decision) error {
-	ms, err := t.modelScopeOf(ks, r)
-	if err != nil {
-		return err
+// CheckLevels decides one item against several entities at once: rs[0] is
+// the key's part, the others its levels (member, workspace). The item is
+// admitted only if every level admits it, and then charged to all; a
+// denial charges nothing anywhere. Every entity is locked for the whole
+// decision, in name order, so no other decision interleaves. On
+// ErrNotSeeded or ErrMoved it changes nothing and returns the index of the
+// entity concerned.
+func (t *Table) CheckLevels(now time.Time, rs []Request, d *Decision) (int, error) {
+	c := newClock(now)
+	var st [MaxLevels]*keyState
+	var ms [MaxLevels]*modelScope
+	n := min(len(rs), MaxLevels)
+	t.lockAll(rs[:n], st[:n])
+	defer unlockAll(st[:n])
+	for i := range n {
+		var err error
+		if ms[i], err = t.modelScopeOf(st[i], &rs[i]); err != nil {
+			return i, err
+		}
 	}
-	ks.touch(c, r, ms)
+	for i := range n {
+		st[i].touch(&c, &rs[i], ms[i])
+	}
 	d.reset(true)
-	if _, dup := ks.res[r.ReservationID]; dup && r.ReservationID != "" {
+	if _, dup := st[0].res[rs[0].ReservationID]; dup && rs[0].ReservationID != "" {
 		// A retried Check of an admitted reservation: admit again without
 		// charging twice.
-		t.quotas(ks, ms, c, r, d)
-		return nil
+		t.quotasAll(st[:n], ms[:n], &c, rs, d)
+		return 0, nil
 	}
-	judge(ks, ms, c, r, d)
+	for i := range n {
+		d.level = rs[i].Level
+		judge(st[i], ms[i], &c, &rs[i], d)
+		report(st[i], ms[i], &rs[i], d)
+	}
 	if d.Allowed {
-		t.charge(ks, ms, c, r)
+		for i := range n {
+			t.charge(st[i], ms[i], &c, &rs[i])
+			t.changed(rs[i].Key, st[i])
+		}
 	} else if d.RetryAfter < 0 {
 		d.RetryAfter = 0
 	}
-	t.quotas(ks, ms, c, r, d)
-	return nil
+	t.quotasAll(st[:n], ms[:n], &c, rs, d)
+	if d.Allowed {
+		for i := range n {
+			t.crossings(st[i], ms[i], &c, &rs[i])
+		}
+	}
+	return 0, nil
+}
+
+// lockAll locks the live state of each request's entity, in name order.
+func (t *Table) lockAll(rs []Request, st []*keyState) {
+	var order [MaxLevels]int
+	for i := range rs {
+		order[i] = i
+		for j := i; j > 0 && rs[order[j]].Key < rs[order[j-1]].Key; j-- {
+			order[j], order[j-1] = order[j-1], order[j]
+		}
+	}
+	for _, i := range order[:len(rs)] {
+		st[i] = t.lockLive(rs[i].Key)
+	}
+}
+
+func unlockAll(st []*keyState) {
+	for _, ks := range st {
+		ks.mu.Unlock()
+	}
+}
+
+func (t *Table) quotasAll(st []*keyState, ms []*modelScope, c *clock, rs []Request, d *Decision) {
+	for i := range st {
+		d.level = rs[i].Level
+		t.quotas(st[i], ms[i], c, &rs[i], d)
+	}
 }
 
 // modelScopeOf returns the scope of r's model when r has model limits (nil
@@ -477,7 +589,7 @@ func (t *Table) modelScopeOf(ks *keyState, r *Request) (*modelScope, error) {
 		return nil, ErrMoved
 	}
 	var ms *modelScope
-	if r.ModelLimits.Any() {
+	if r.ModelLimits.Any() || r.Report.ModelLimits.Any() {
 		if ms = ks.model(r.Model); ms == nil {
 			ms = &modelScope{name: r.Model, seeded: !t.cfg.Seeded}
 			ks.models = append(ks.models, ms)
@@ -496,8 +608,11 @@ func (t *Table) modelScopeOf(ks *keyState, r *Request) (*modelScope, error) {
 // windows and periods on to c.
 func (ks *keyState) touch(c *clock, r *Request, ms *modelScope) {
 	ks.lastTouch = c.now
-	ks.dayLimited = r.Global.RPD > 0 || r.Global.TPD > 0 || r.ModelLimits.RPD > 0 || r.ModelLimits.TPD > 0
-	ks.capLimited, ks.budgetLimited = r.TokenCap > 0, r.BudgetMicros > 0
+	g, m := r.Global, r.ModelLimits
+	rg, rm := r.Report.Global, r.Report.ModelLimits
+	ks.dayLimited = g.RPD > 0 || g.TPD > 0 || m.RPD > 0 || m.TPD > 0 || rg.RPD > 0 || rg.TPD > 0 || rm.RPD > 0 || rm.TPD > 0
+	ks.capLimited = r.TokenCap > 0 || r.Report.TokenCap > 0
+	ks.budgetLimited = r.BudgetMicros > 0 || r.Report.BudgetMicros > 0 || r.Credits
 	ks.global.advance(c)
 	if ms != nil {
 		ms.advance(c)
@@ -519,6 +634,9 @@ func judge(ks *keyState, ms *modelScope, c *clock, r *Request, d *Decision) {
 	if r.BudgetMicros > 0 && !admits(r.BudgetMicros, ks.cost.used, r.CostMicros) {
 		d.deny(KindBudget, false, -1)
 	}
+	if r.Credits && !admits(r.CreditMicros, ks.credit, r.CostMicros) {
+		d.deny(KindCredits, false, -1)
+	}
 }
 
 func judgeScope(s *scope, l *Limits, model bool, c *clock, r *Request, d *Decision) {
@@ -536,12 +654,53 @@ func judgeScope(s *scope, l *Limits, model bool, c *clock, r *Request, d *Decisi
 	}
 }
 
+// report lists in d every report-mode limit of r that would deny.
+func report(ks *keyState, ms *modelScope, r *Request, d *Decision) {
+	p := &r.Report
+	if !p.any() {
+		return
+	}
+	addReported(d, false, &p.Global, &ks.global, r.Tokens)
+	if ms != nil {
+		addReported(d, true, &p.ModelLimits, &ms.scope, r.Tokens)
+	}
+	if p.TokenCap > 0 && !admits(p.TokenCap, ks.tokens.used, r.Tokens) {
+		d.reported(KindTokenCap, false)
+	}
+	if p.BudgetMicros > 0 && !admits(p.BudgetMicros, ks.cost.used, r.CostMicros) {
+		d.reported(KindBudget, false)
+	}
+}
+
+// addReported lists each window of l that does not admit.
+func addReported(d *Decision, model bool, l *Limits, s *scope, tokens int64) {
+	if l.RPM > 0 && !admits(l.RPM, s.roll.reqSum, 1) {
+		d.reported(KindRPM, model)
+	}
+	if l.TPM > 0 && !admits(l.TPM, s.roll.tokSum, tokens) {
+		d.reported(KindTPM, model)
+	}
+	if l.RPD > 0 && !admits(l.RPD, s.day.req, 1) {
+		d.reported(KindRPD, model)
+	}
+	if l.TPD > 0 && !admits(l.TPD, s.day.tok, tokens) {
+		d.reported(KindTPD, model)
+	}
+}
+
+func (d *Decision) reported(k Kind, model bool) {
+	if d.NR < len(d.Reported) {
+		d.Reported[d.NR] = Reported{Level: d.level, Kind: k, Model: model}
+		d.NR++
+	}
+}
+
 // deny refuses the request for limit k. The refusal that lasts longest
 // tells the caller when to retry; -1 (never within the period) outranks
 // every wait; ties keep the first.
 func (d *Decision) deny(k Kind, model bool, wait time.Duration) {
 	if d.Allowed || (d.RetryAfter >= 0 && (wait < 0 || wait > d.RetryAfter)) {
-		d.DeniedBy, d.DeniedModel, d.RetryAfter = k, model, wait
+		d.DeniedBy, d.DeniedLevel, d.DeniedModel, d.RetryAfter = k, d.level, model, wait
 	}
 	d.Allowed = false
 }
@@ -567,6 +726,9 @@ func (t *Table) charge(ks *keyState, ms *modelScope, c *clock, r *Request) {
 	// counts the period so far.
 	ks.tokens.used += r.Tokens
 	ks.cost.used += r.CostMicros
+	if r.Credits {
+		ks.credit += r.CostMicros
+	}
 	if r.ReservationID == "" {
 		return
 	}
@@ -576,7 +738,7 @@ func (t *Table) charge(ks *keyState, ms *modelScope, c *clock, r *Request) {
 	ks.res[r.ReservationID] = reservation{
 		model: r.Model, inModel: ms != nil, sec: c.sec, day: c.day,
 		tokenPID: ks.tokens.id, costPID: ks.cost.id,
-		tokens: r.Tokens, cost: r.CostMicros,
+		tokens: r.Tokens, cost: r.CostMicros, credits: r.Credits,
 		expires: c.now + int64(t.cfg.ReservationTimeout),
 	}
 }
@@ -607,7 +769,9 @@ func dayWait(limit, est int64, c *clock) time.Duration {
 func (d *Decision) reset(allowed bool) {
 	d.Allowed = allowed
 	d.DeniedBy = KindNone
+	d.DeniedLevel = LevelNone
 	d.DeniedModel = false
+	d.NR = 0
 	d.RetryAfter = 0
 	d.N = 0
 	d.Requests, d.Tokens = -1, -1
@@ -615,8 +779,11 @@ func (d *Decision) reset(allowed bool) {
 
 func (t *Table) quotas(ks *keyState, ms *modelScope, c *clock, r *Request, d *Decision) {
 	add := func(k Kind, model bool, limit, used int64, reset time.Duration) {
+		if d.N == len(d.Quotas) {
+			return
+		}
 		q := &d.Quotas[d.N]
-		q.Kind, q.Model, q.Limit, q.Remaining, q.ResetAfter = k, model, limit, max(limit-used, 0), reset
+		q.Level, q.Kind, q.Model, q.Limit, q.Remaining, q.ResetAfter = d.level, k, model, limit, max(limit-used, 0), reset
 		switch k {
 		case KindRPM, KindRPD:
 			if d.Requests < 0 || q.Remaining < d.Quotas[d.Requests].Remaining {
@@ -653,6 +820,9 @@ func (t *Table) quotas(ks *keyState, ms *modelScope, c *clock, r *Request, d *De
 	}
 	if r.BudgetMicros > 0 {
 		add(KindBudget, false, r.BudgetMicros, ks.cost.used, periodReset(ks.cost.id, c.now))
+	}
+	if r.Credits {
+		add(KindCredits, false, r.CreditMicros, ks.credit, 0)
 	}
 }
 
@@ -731,6 +901,9 @@ func (t *Table) Finish(key, id string, release bool, tokens, cost int64) (known 
 	if ks.cost.id == res.costPID {
 		ks.cost.used += dc
 	}
+	if res.credits {
+		ks.credit += dc
+	}
 	return true, ""
 }
 
@@ -756,6 +929,7 @@ func (t *Table) Seed(key string, day int64, tokens, cost PeriodID, totals []Tota
 			ks.global.day = dayCounter{day: day, req: tt.RequestsToday, tok: tt.TokensToday}
 			ks.tokens = periodCounter{id: tokens, used: tt.PeriodTokens}
 			ks.cost = periodCounter{id: cost, used: tt.PeriodCostMicros}
+			ks.credit = tt.CreditSpentMicros
 			continue
 		}
 		ms := ks.model(tt.Model)
