@@ -7,8 +7,8 @@ import (
 	"time"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	"github.com/keygate/keygate/internal/limitkey"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/limitkey"
 )
 
 // Replication bounds what a crash (kill -9) of a key's holder can lose.
