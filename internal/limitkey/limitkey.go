@@ -18,6 +18,7 @@ package limitkey
 import (
 	"strings"
 
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 )
 
@@ -75,4 +76,47 @@ func Parse(name string) Entity {
 		return Entity{Level: typev1.LimitLevel_LIMIT_LEVEL_KEY, Workspace: ws, ID: rest[2:]}
 	}
 	return Entity{Level: typev1.LimitLevel_LIMIT_LEVEL_KEY, ID: name}
+}
+
+// KindName is a limit's name in headers, alerts and the request log:
+// rpm, rpd, tpm, tpd, token_cap, budget, credits.
+func KindName(k limiterv1.LimitKind) string {
+	switch k {
+	case limiterv1.LimitKind_LIMIT_KIND_RPM:
+		return "rpm"
+	case limiterv1.LimitKind_LIMIT_KIND_RPD:
+		return "rpd"
+	case limiterv1.LimitKind_LIMIT_KIND_TPM:
+		return "tpm"
+	case limiterv1.LimitKind_LIMIT_KIND_TPD:
+		return "tpd"
+	case limiterv1.LimitKind_LIMIT_KIND_TOKEN_CAP:
+		return "token_cap"
+	case limiterv1.LimitKind_LIMIT_KIND_BUDGET:
+		return "budget"
+	case limiterv1.LimitKind_LIMIT_KIND_CREDITS:
+		return "credits"
+	}
+	return "unknown"
+}
+
+// LevelName is a level's name: key, member, workspace.
+func LevelName(l typev1.LimitLevel) string {
+	switch l {
+	case typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		return "member"
+	case typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		return "workspace"
+	}
+	return "key"
+}
+
+// LimitedBy names a limit at a level as the x-keygate-limited-by header
+// and the request log show it: "workspace/tpd", "key/rpm:mock-small".
+func LimitedBy(l typev1.LimitLevel, k limiterv1.LimitKind, model string) string {
+	s := LevelName(l) + "/" + KindName(k)
+	if model != "" {
+		s += ":" + model
+	}
+	return s
 }

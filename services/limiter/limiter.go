@@ -138,6 +138,7 @@ type Server struct {
 	shutdownErr  error
 
 	decisions metric.Int64Counter
+	alerts    metric.Int64Counter
 	allowOpts []metric.AddOption
 	denyOpts  []metric.AddOption
 	forwarded metric.Int64Counter
@@ -239,6 +240,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.replicas != nil {
 		s.wg.Go(func() { s.replicateLoop(runCtx) })
 	}
+	if cfg.Etcd != nil {
+		s.wg.Go(func() { s.raiseLoop(runCtx) })
+	}
 	return s, nil
 }
 
@@ -259,6 +263,10 @@ func (s *Server) initMetrics() error {
 	}
 	if s.handovers, err = m.Int64Counter("keygate.limiter.handovers", metric.WithUnit("{key}"),
 		metric.WithDescription("Keys whose state this replica took over from another replica.")); err != nil {
+		return fmt.Errorf("limiter: metric: %w", err)
+	}
+	if s.alerts, err = m.Int64Counter("keygate.limiter.alerts_raised", metric.WithUnit("{alert}"),
+		metric.WithDescription("Threshold crossings this replica put in the alert outbox.")); err != nil {
 		return fmt.Errorf("limiter: metric: %w", err)
 	}
 	if s.restores, err = m.Int64Counter("keygate.limiter.restores", metric.WithUnit("{key}"),
