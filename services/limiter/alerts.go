@@ -32,6 +32,8 @@ func (s *Server) raiseLoop(ctx context.Context) {
 }
 
 func (s *Server) raise(ctx context.Context) {
+	s.raiseMu.Lock()
+	defer s.raiseMu.Unlock()
 	for _, c := range s.table.Crossings() {
 		a := alertOf(s.clock.Now(), c)
 		if a == nil {

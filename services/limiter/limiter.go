@@ -139,6 +139,9 @@ type Server struct {
 
 	decisions metric.Int64Counter
 	alerts    metric.Int64Counter
+	// raiseMu makes raises one at a time: whoever holds it has every
+	// crossing queued before it started.
+	raiseMu sync.Mutex
 	allowOpts []metric.AddOption
 	denyOpts  []metric.AddOption
 	forwarded metric.Int64Counter

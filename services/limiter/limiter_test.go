@@ -48,11 +48,28 @@ func (l *ledger) GetTotals(_ context.Context, req *usagev1.GetTotalsRequest) (*u
 	defer l.mu.Unlock()
 	resp := &usagev1.GetTotalsResponse{}
 	for _, q := range req.GetQueries() {
-		if t := l.totals[q.GetKey()]; t != nil {
+		if t := l.totals[ledgerName(q.GetLevel(), q.GetWorkspace(), q.GetKey(), q.GetMember())]; t != nil {
 			resp.Totals = append(resp.Totals, t)
 		}
 	}
 	return resp, nil
+}
+
+// ledgerName is where the fake ledger keeps a key's or a level's totals.
+func ledgerName(level typev1.LimitLevel, workspace, key, member string) string {
+	switch level {
+	case typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		return "member:" + workspace + ":" + member
+	case typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		return "workspace:" + workspace
+	}
+	return key
+}
+
+func (l *ledger) setTotals(t *usagev1.Totals) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.totals[ledgerName(t.GetLevel(), t.GetWorkspace(), t.GetKey(), t.GetMember())] = t
 }
 
 func (l *ledger) set(key string, requests int64) {
