@@ -80,7 +80,7 @@ func explanation(now time.Time, model string, states []window.State, d *window.D
 	for _, st := range states {
 		ls := &limiterv1.LimitState{
 			Level: typev1.LimitLevel(st.Level), Kind: limiterv1.LimitKind(st.Kind),
-			Mode:  typev1.LimitMode_LIMIT_MODE_ENFORCE, Window: windowName(st),
+			Mode: typev1.LimitMode_LIMIT_MODE_ENFORCE, Window: windowName(st),
 			Limit: st.Limit, Used: st.Used, Reserved: st.Reserved, Remaining: st.Remaining,
 		}
 		if st.Model {

@@ -141,7 +141,7 @@ type Server struct {
 	alerts    metric.Int64Counter
 	// raiseMu makes raises one at a time: whoever holds it has every
 	// crossing queued before it started.
-	raiseMu sync.Mutex
+	raiseMu   sync.Mutex
 	allowOpts []metric.AddOption
 	denyOpts  []metric.AddOption
 	forwarded metric.Int64Counter
