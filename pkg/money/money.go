@@ -32,32 +32,35 @@ func Parse(s string) (Nanos, error) {
 	if s == "" || len(s) > 24 {
 		return 0, ErrInvalid
 	}
-	whole, frac, hasDot := strings.Cut(s, ".")
-	if whole == "" || (hasDot && frac == "") || len(frac) > maxDecimals {
-		return 0, ErrInvalid
-	}
-	for _, part := range []string{whole, frac} {
-		for i := 0; i < len(part); i++ {
-			if part[i] < '0' || part[i] > '9' {
+	// One pass over the bytes, no strconv: the limiter parses the budget
+	// of every level on every check.
+	var whole, frac int64
+	digits, decimals, dot := 0, 0, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.' && !dot:
+			dot = true
+		case c < '0' || c > '9':
+			return 0, ErrInvalid
+		case dot:
+			frac = frac*10 + int64(c-'0')
+			decimals++
+		default:
+			if whole > ((1<<63-1)/Scale-1)/10 {
 				return 0, ErrInvalid
 			}
+			whole = whole*10 + int64(c-'0')
+			digits++
 		}
 	}
-	w, err := strconv.ParseInt(whole, 10, 64)
-	if err != nil || w > (1<<63-1)/Scale-1 {
+	if digits == 0 || (dot && decimals == 0) || decimals > maxDecimals || whole > (1<<63-1)/Scale-1 {
 		return 0, ErrInvalid
 	}
-	n := Nanos(w * Scale)
-	if frac != "" {
-		// Scaled by multiplying, not by padding the string: the limiter
-		// parses a budget on every check and must not allocate.
-		f, _ := strconv.ParseInt(frac, 10, 64)
-		for range 9 - len(frac) {
-			f *= 10
-		}
-		n += Nanos(f)
+	for range 9 - decimals {
+		frac *= 10
 	}
-	return n, nil
+	return Nanos(whole*Scale + frac), nil
 }
 
 // ParseSigned reads a decimal dollar amount that may be negative ("-2.50"),

@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,12 +37,40 @@ func benchPolicy() *typev1.Policy {
 }
 
 func benchItems(batch, worker int) [][]*limiterv1.CheckItem {
+	return benchItemsOf(batch, worker, false)
+}
+
+// benchItemsOf spreads items over 1,000 keys; with levels, the keys are
+// in 10 workspaces of 10 members each, every level with the key's limits.
+func benchItemsOf(batch, worker int, levels bool) [][]*limiterv1.CheckItem {
+	return benchItemsShaped(batch, worker, levels, false)
+}
+
+// benchItemsShaped is benchItemsOf; typical gives the levels the limits
+// organisations usually set rather than the key's full set.
+func benchItemsShaped(batch, worker int, levels, typical bool) [][]*limiterv1.CheckItem {
 	p := benchPolicy()
 	sets := make([][]*limiterv1.CheckItem, 64)
 	for s := range sets {
 		for i := range batch {
-			k := "key-" + strconv.Itoa((worker*64+s*batch+i)%1000)
-			sets[s] = append(sets[s], &limiterv1.CheckItem{Key: k, Model: "mock-small", Policy: p, EstimatedTokens: 100, EstimatedCostMicros: 20})
+			n := (worker*64 + s*batch + i) % 1000
+			it := &limiterv1.CheckItem{Key: "key-" + strconv.Itoa(n), Model: "mock-small", Policy: p, EstimatedTokens: 100, EstimatedCostMicros: 20}
+			if levels {
+				it.Workspace, it.Member = "ws-"+strconv.Itoa(n%10), "member-"+strconv.Itoa(n%100)
+				it.Levels = []*limiterv1.LevelPolicy{
+					{Level: typev1.LimitLevel_LIMIT_LEVEL_MEMBER, Policy: p},
+					{Level: typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE, Policy: p},
+				}
+			}
+			if levels && typical {
+				// What organisations set: a daily request limit per member,
+				// a monthly budget and a daily token limit per workspace.
+				const big = 1 << 40
+				it.Levels[0].Policy = &typev1.Policy{GlobalLimits: &typev1.Limits{Rpd: big}}
+				it.Levels[1].Policy = &typev1.Policy{GlobalLimits: &typev1.Limits{Tpd: big},
+					Budget: &typev1.Budget{AmountUsd: "1000000.00", ResetPeriod: typev1.ResetPeriod_RESET_PERIOD_MONTHLY}}
+			}
+			sets[s] = append(sets[s], it)
 		}
 	}
 	return sets
@@ -56,14 +85,13 @@ func BenchmarkInProcessCheck(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	items := benchItems(1, 0)[0]
 	ctx := context.Background()
-	for _, reuse := range []bool{false, true} {
-		name := "fresh"
-		if reuse {
-			name = "reused"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []struct {
+		name          string
+		reuse, levels bool
+	}{{"fresh", false, false}, {"reused", true, false}, {"levels/fresh", false, true}, {"levels/reused", true, true}, {"typical-levels/reused", true, true}} {
+		reuse, items := c.reuse, benchItemsShaped(1, 0, c.levels, strings.HasPrefix(c.name, "typical"))[0]
+		b.Run(c.name, func(b *testing.B) {
 			var sl slab
 			b.ReportAllocs()
 			for b.Loop() {
@@ -129,6 +157,8 @@ type target struct {
 	cc     *grpc.ClientConn
 	method string
 	stream string
+	// levels sends items with a member and a workspace level.
+	levels bool
 }
 
 // rawCodec sends pre-marshalled requests and reads responses as opaque
@@ -209,7 +239,7 @@ func load(b *testing.B, tg target, inflight, batch int, useStream bool) result {
 	lat := make([][]time.Duration, inflight)
 	msgs := make([][][]byte, inflight)
 	for w := range inflight {
-		sets := benchItems(batch, w)
+		sets := benchItemsOf(batch, w, tg.levels)
 		if err := verify(ctx, tg, sets[0], useStream); err != nil {
 			b.Fatal(err)
 		}
@@ -299,10 +329,15 @@ func BenchmarkGRPC(b *testing.B) {
 		{"stream/batch=10/streams=10", 10, 10, true},
 		{"stream/batch=10/streams=50", 50, 10, true},
 		{"stream/batch=100/streams=10", 10, 100, true},
+		{"levels/unary/batch=1/inflight=10", 10, 1, false},
+		{"levels/stream/batch=10/streams=10", 10, 10, true},
+		{"levels/stream/batch=100/streams=10", 10, 100, true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			var ceil, lim result
+			limT := limT
+			limT.levels = strings.HasPrefix(c.name, "levels/")
 			for range b.N {
 				ce := load(b, echoT, c.inflight, c.batch, c.useStream)
 				li := load(b, limT, c.inflight, c.batch, c.useStream)

@@ -32,7 +32,7 @@ func (s *Server) explain(ctx context.Context, it *limiterv1.CheckItem, hop bool)
 		return nil, fmt.Errorf("%w: item is required", ErrInvalid)
 	}
 	reqs := make([]itemReqs, 1)
-	if err := toRequests(it, &reqs[0]); err != nil {
+	if err := toRequests(it, &reqs[0], &s.names); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	for i := range reqs[0].n {

@@ -3,6 +3,9 @@ package limiter
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
@@ -34,17 +37,66 @@ func entityKey(it interface {
 	return limitkey.Key(it.GetWorkspace(), it.GetKey())
 }
 
-// levelEntity names the entity of a level of an item.
-func levelEntity(lv typev1.LimitLevel, workspace, member string) string {
-	if lv == typev1.LimitLevel_LIMIT_LEVEL_MEMBER {
-		return limitkey.Member(workspace, member)
+// names interns entity names: building "<workspace>/k/<key>" for every
+// item would allocate up to three strings per decision, while the set of
+// names in use is small and stable. Reads take no lock: a map that is
+// never written again, swapped for a bigger copy after enough misses.
+type names struct {
+	read   atomic.Pointer[map[string]string]
+	mu     sync.Mutex
+	dirty  map[string]string // read's names and the new ones
+	misses int
+}
+
+// maxNames bounds the interned names; past it the set starts again.
+const maxNames = 1 << 16
+
+// get returns the name a + sep + b, interned.
+func (n *names) get(a, sep, b string) string {
+	var buf [160]byte
+	k := append(append(append(buf[:0], a...), sep...), b...)
+	if m := n.read.Load(); m != nil {
+		if name, ok := (*m)[string(k)]; ok { // no allocation: looked up by the bytes
+			return name
+		}
 	}
-	return limitkey.Workspace(workspace)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.dirty == nil || len(n.dirty) >= maxNames {
+		n.dirty, n.misses = make(map[string]string), 0
+		n.read.Store(nil)
+	}
+	name, ok := n.dirty[string(k)]
+	if !ok {
+		name = string(k)
+		n.dirty[name] = name
+	}
+	if n.misses++; n.misses >= 64 || n.misses > len(n.dirty)/4 {
+		m := maps.Clone(n.dirty)
+		n.read.Store(&m)
+		n.misses = 0
+	}
+	return name
+}
+
+// entity names the entity of an item's key (level key) or of one of its
+// levels, as internal/limitkey does.
+func (n *names) entity(lv typev1.LimitLevel, it *limiterv1.CheckItem) string {
+	ws := it.GetWorkspace()
+	switch {
+	case ws == "":
+		return it.GetKey()
+	case lv == typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		return n.get(ws, "/m/", it.GetMember())
+	case lv == typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		return n.get(ws, "/w", "")
+	}
+	return n.get(ws, "/k/", it.GetKey())
 }
 
 // toRequests validates an item and converts it into its entities'
 // requests.
-func toRequests(it *limiterv1.CheckItem, ir *itemReqs) error {
+func toRequests(it *limiterv1.CheckItem, ir *itemReqs, n *names) error {
 	switch {
 	case it.GetKey() == "":
 		return errors.New("key is required")
@@ -59,7 +111,7 @@ func toRequests(it *limiterv1.CheckItem, ir *itemReqs) error {
 	}
 	ir.n = 1
 	r := &ir.r[0]
-	if err := request(it, entityKey(it), window.LevelKey, it.GetPolicy(), it.GetReport(), r); err != nil {
+	if err := request(it, n.entity(typev1.LimitLevel_LIMIT_LEVEL_KEY, it), window.LevelKey, it.GetPolicy(), it.GetReport(), r); err != nil {
 		return err
 	}
 	r.Alerts = it.GetAlertThresholds()
@@ -76,7 +128,7 @@ func toRequests(it *limiterv1.CheckItem, ir *itemReqs) error {
 		}
 		r := &ir.r[ir.n]
 		ir.n++
-		if err := request(it, levelEntity(level, it.GetWorkspace(), it.GetMember()), window.Level(level), lv.GetPolicy(), lv.GetReport(), r); err != nil {
+		if err := request(it, n.entity(level, it), window.Level(level), lv.GetPolicy(), lv.GetReport(), r); err != nil {
 			return fmt.Errorf("level %v: %w", level, err)
 		}
 		r.Alerts = it.GetAlertThresholds()
@@ -91,7 +143,7 @@ func toRequests(it *limiterv1.CheckItem, ir *itemReqs) error {
 	if !workspace {
 		r := &ir.r[ir.n]
 		ir.n++
-		if err := request(it, limitkey.Workspace(it.GetWorkspace()), window.LevelWorkspace, nil, nil, r); err != nil {
+		if err := request(it, n.entity(typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE, it), window.LevelWorkspace, nil, nil, r); err != nil {
 			return err
 		}
 		r.Alerts = it.GetAlertThresholds()

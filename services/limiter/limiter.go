@@ -137,6 +137,8 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 
+	names names
+
 	decisions metric.Int64Counter
 	alerts    metric.Int64Counter
 	// raiseMu makes raises one at a time: whoever holds it has every
@@ -406,10 +408,10 @@ func (s *Server) check(ctx context.Context, items []*limiterv1.CheckItem, hop bo
 	out := sl.reset(len(items))
 	remote := 0
 	for i, it := range items {
-		if err := toRequests(it, &sl.reqs[i]); err != nil {
+		if err := toRequests(it, &sl.reqs[i], &s.names); err != nil {
 			return nil, fmt.Errorf("%w: item %d: %w", ErrInvalid, i, err)
 		}
-		sl.remote[i] = !s.local(entityKey(it), hop)
+		sl.remote[i] = !s.local(sl.reqs[i].r[0].Key, hop)
 		if sl.remote[i] {
 			remote++
 		}

@@ -35,6 +35,28 @@ func BenchmarkDecision(b *testing.B) {
 	}
 }
 
+// BenchmarkDecisionLevels is BenchmarkDecision for a key with a member
+// and a workspace level, each with the same limits, against the key alone
+// in the same run.
+func BenchmarkDecisionLevels(b *testing.B) {
+	now := time.Date(2024, 3, 14, 12, 0, 0, 0, time.UTC)
+	for _, n := range []int{1, 3} {
+		b.Run("levels="+strconv.Itoa(n), func(b *testing.B) {
+			tab := New(Config{})
+			rs := make([]Request, n)
+			for i, name := range []string{"w/k/key-1", "w/m/alice", "w/w"}[:n] {
+				rs[i] = benchRequest()
+				rs[i].Key, rs[i].Level = name, Level(i+1)
+			}
+			var d Decision
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				_, _ = tab.CheckLevels(now.Add(time.Duration(i)*time.Microsecond), rs, &d)
+			}
+		})
+	}
+}
+
 // BenchmarkReserveSettle is Check with a reservation followed by Settle.
 func BenchmarkReserveSettle(b *testing.B) {
 	tab := New(Config{})

@@ -433,6 +433,39 @@ type clock struct {
 	day      int64
 	nextDay  int64 // unix nanoseconds of the next UTC midnight
 	dayReset time.Duration
+	// periods caches the period of each kind containing now, and its
+	// end: a decision over several levels works them out once.
+	periods [PeriodMonthly + 1]struct {
+		ok  bool
+		id  PeriodID
+		end int64
+	}
+}
+
+// period is the period of kind k containing now.
+func (c *clock) period(k Period) PeriodID {
+	if k > PeriodMonthly {
+		k = PeriodNever
+	}
+	p := &c.periods[k]
+	if !p.ok {
+		p.ok, p.id = true, PeriodOf(time.Unix(0, c.now), k)
+		p.end = periodEnd(p.id)
+	}
+	return p.id
+}
+
+// reset is how long until the period id ends (0: never).
+func (c *clock) reset(id PeriodID) time.Duration {
+	if id.Kind <= PeriodMonthly {
+		if p := &c.periods[id.Kind]; p.ok && p.id == id {
+			if p.end == 0 {
+				return 0
+			}
+			return time.Duration(p.end - c.now)
+		}
+	}
+	return periodReset(id, c.now)
 }
 
 func newClock(now time.Time) clock {
@@ -617,9 +650,8 @@ func (ks *keyState) touch(c *clock, r *Request, ms *modelScope) {
 	if ms != nil {
 		ms.advance(c)
 	}
-	at := time.Unix(0, c.now)
-	ks.tokens.roll(PeriodOf(at, r.TokenPeriod))
-	ks.cost.roll(PeriodOf(at, r.BudgetPeriod))
+	ks.tokens.roll(c.period(r.TokenPeriod))
+	ks.cost.roll(c.period(r.BudgetPeriod))
 }
 
 // judge denies d for every limit r would exceed.
@@ -816,10 +848,10 @@ func (t *Table) quotas(ks *keyState, ms *modelScope, c *clock, r *Request, d *De
 		scopeQuotas(&ms.scope, &r.ModelLimits, true)
 	}
 	if r.TokenCap > 0 {
-		add(KindTokenCap, false, r.TokenCap, ks.tokens.used, periodReset(ks.tokens.id, c.now))
+		add(KindTokenCap, false, r.TokenCap, ks.tokens.used, c.reset(ks.tokens.id))
 	}
 	if r.BudgetMicros > 0 {
-		add(KindBudget, false, r.BudgetMicros, ks.cost.used, periodReset(ks.cost.id, c.now))
+		add(KindBudget, false, r.BudgetMicros, ks.cost.used, c.reset(ks.cost.id))
 	}
 	if r.Credits {
 		add(KindCredits, false, r.CreditMicros, ks.credit, 0)
