@@ -35,7 +35,6 @@ import (
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/etcdembed"
 	"github.com/keygate/keygate/internal/keycache"
-	"github.com/keygate/keygate/internal/limitclient"
 	"github.com/keygate/keygate/internal/oidc"
 	"github.com/keygate/keygate/internal/telemetry"
 	"github.com/keygate/keygate/pkg/auth"
@@ -102,9 +101,11 @@ type App struct {
 	limiter *limiter.Server
 	// limiterAddr is the limiter's advertised address (its member ID).
 	limiterAddr string
-	closers     []func() error
-	bg          sync.WaitGroup
-	errc        chan error
+	// limits is the limiter client the edge and the keystore share.
+	limits  limits
+	closers []func() error
+	bg      sync.WaitGroup
+	errc    chan error
 }
 
 func (a *App) has(r Role) bool {
@@ -133,6 +134,7 @@ func (a *App) Run(ctx context.Context) error {
 // Start binds every listener and starts serving; it returns once serving.
 func (a *App) Start(ctx context.Context) error {
 	a.defaults(ctx)
+	a.limits.a = a
 	decl, err := a.prepare(ctx)
 	if err != nil {
 		return err
@@ -338,7 +340,7 @@ func (a *App) connections() (*roleConns, error) {
 func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 	c := &a.Config
 	kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: a.Logger.With("service", "keystore"), Meter: a.tel.MeterProvider(),
-		RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout}
+		RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout, Limits: &a.limits}
 	if c.OIDCIssuer != "" {
 		v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
 		if err != nil {
@@ -467,18 +469,10 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 		MaxUnconfirmed: c.KeyCacheMaxUnconfirmed, Meter: a.tel.MeterProvider(),
 	})
 	a.goBackground(func() { _ = verifier.Run(a.ctx) })
-	lcCfg := limitclient.Config{Etcd: a.etcd, DialOptions: a.dialOptions(true), Logger: a.Logger.With("component", "limitclient")}
-	if a.limiter != nil {
-		// The limiter in this process decides its keys without a loopback
-		// gRPC round trip.
-		lcCfg.Local = &limitclient.Local{Addr: a.limiterAddr, Server: a.limiter, Token: c.RootToken, Tracer: a.tel.Tracer}
-		lcCfg.Watcher = a.limiter.Membership() // one membership watcher per process
-	}
-	lc, err := limitclient.New(ctx, lcCfg)
+	lc, err := a.limits.client(ctx)
 	if err != nil {
-		return fmt.Errorf("limiter client: %w", err)
+		return err
 	}
-	a.closers = append(a.closers, lc.Close)
 	es, err := edge.New(edge.Config{
 		Verifier: verifier, ErrInvalidKey: keycache.ErrInvalidKey, Limiter: lc,
 		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient, KeyUse: ksClient,

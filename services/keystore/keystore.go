@@ -48,6 +48,9 @@ type Config struct {
 	// StorageTimeout bounds the etcd work of one management call; default
 	// 2 s. Past it the call answers Unavailable.
 	StorageTimeout time.Duration
+	// Limits answers ExplainKey from the limiter's live state; nil makes
+	// ExplainKey answer FailedPrecondition.
+	Limits LimitExplainer
 }
 
 // IDTokenVerifier checks an OIDC ID token and returns its subject.
@@ -92,6 +95,8 @@ type Server struct {
 	storageTimeout time.Duration
 	auditSeq       atomic.Uint32
 
+	limits LimitExplainer
+
 	verifications metric.Int64Counter
 	changes       metric.Int64Counter
 }
@@ -114,6 +119,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		storageTimeout: cfg.StorageTimeout,
+		limits:         cfg.Limits,
 		etcd:           cfg.Etcd,
 		clock:          cfg.Clock,
 		log:            cfg.Logger,
