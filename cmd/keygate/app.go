@@ -387,6 +387,7 @@ func (a *App) startLimiter(ctx context.Context, rc *roleConns) error {
 		return fmt.Errorf("limiter: %w", err)
 	}
 	a.limiter, a.limiterAddr = lim, adv
+	a.goBackground(func() { _ = lim.Run(a.ctx) })
 	a.addService(limiterv1.LimiterService_ServiceDesc.ServiceName, lim.Register, lim.Close)
 	return nil
 }

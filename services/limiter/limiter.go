@@ -151,6 +151,8 @@ type Server struct {
 	handovers metric.Int64Counter
 	restores  metric.Int64Counter
 
+	// runCtx ends at Close, stopping Run.
+	runCtx context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -239,16 +241,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("limiter: waiting to see itself in the membership: %w", ctx.Err())
 		}
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
-	s.wg.Go(func() { s.sweep(runCtx) })
-	if s.replicas != nil {
-		s.wg.Go(func() { s.replicateLoop(runCtx) })
-	}
-	if cfg.Etcd != nil {
-		s.wg.Go(func() { s.raiseLoop(runCtx) })
-	}
+	s.runCtx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// Run does the replica's background work until ctx ends or Close: it
+// sweeps idle keys, replicates the keys that change to their next owners
+// (with Etcd) and raises alerts into the outbox (with Etcd).
+func (s *Server) Run(ctx context.Context) error {
+	s.wg.Add(1)
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.runCtx, cancel)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.sweep(ctx) })
+	if s.replicas != nil {
+		wg.Go(func() { s.replicateLoop(ctx) })
+	}
+	if s.cfg.Etcd != nil {
+		wg.Go(func() { s.raiseLoop(ctx) })
+	}
+	wg.Wait()
+	return nil
 }
 
 func (s *Server) initMetrics() error {

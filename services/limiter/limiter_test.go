@@ -121,6 +121,7 @@ func (c *cluster) startAt(t *testing.T, addr string) *replica {
 	var err error
 	r.srv, err = New(t.Context(), Config{Etcd: c.etcd.Client, Clock: c.clock, Usage: c.usage, AdvertiseAddr: r.addr, Logger: testLogger(t)})
 	require.NoError(t, err)
+	go func() { _ = r.srv.Run(context.WithoutCancel(t.Context())) }()
 	r.gs = grpctest.Serve(t, r.srv.Register, grpctest.WithListener(lis))
 	t.Cleanup(r.stop)
 	r.client = dial(t, r.addr)
@@ -165,6 +166,7 @@ func standalone(t *testing.T, cfg Config) (*Server, string) {
 	}
 	s, err := New(t.Context(), cfg)
 	require.NoError(t, err)
+	go func() { _ = s.Run(context.WithoutCancel(t.Context())) }()
 	t.Cleanup(func() { _ = s.Close() })
 	return s, grpctest.Serve(t, s.Register).Addr
 }

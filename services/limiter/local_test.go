@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func TestLocalReplica(t *testing.T) {
 	srv, err := New(t.Context(), Config{Etcd: c.etcd.Client, Clock: c.clock, Usage: c.usage, AdvertiseAddr: addr,
 		ServiceToken: token, Logger: testLogger(t)})
 	require.NoError(t, err)
+	go func() { _ = srv.Run(context.WithoutCancel(t.Context())) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	lc, err := limitclient.New(t.Context(), limitclient.Config{Etcd: c.etcd.Client,
 		Local: &limitclient.Local{Addr: addr, Server: srv, Token: token}})
