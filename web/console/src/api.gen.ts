@@ -33,8 +33,18 @@ export interface paths {
     get: operations["KeystoreService_GetWorkspace"];
     patch: operations["KeystoreService_UpdateWorkspace"];
   };
+  "/v1/workspaces/{workspace}/alerts": {
+    get: operations["KeystoreService_ListAlerts"];
+  };
   "/v1/workspaces/{workspace}/auditEvents": {
     get: operations["KeystoreService_ListAuditEvents"];
+  };
+  "/v1/workspaces/{workspace}/credits": {
+    get: operations["KeystoreService_GetCredits"];
+  };
+  "/v1/workspaces/{workspace}/credits/entries": {
+    get: operations["KeystoreService_ListCreditEntries"];
+    post: operations["KeystoreService_AddCreditEntry"];
   };
   "/v1/workspaces/{workspace}/keys": {
     get: operations["KeystoreService_ListKeys"];
@@ -57,8 +67,14 @@ export interface paths {
   "/v1/workspaces/{workspace}/keys/{key}:expire": {
     post: operations["KeystoreService_ExpireKey"];
   };
+  "/v1/workspaces/{workspace}/keys/{key}:explain": {
+    get: operations["KeystoreService_ExplainKey"];
+  };
   "/v1/workspaces/{workspace}/keys/{key}:rotate": {
     post: operations["KeystoreService_RotateKey"];
+  };
+  "/v1/workspaces/{workspace}/keys:import": {
+    post: operations["KeystoreService_ImportKeys"];
   };
   "/v1/workspaces/{workspace}/members": {
     get: operations["KeystoreService_ListMembers"];
@@ -66,12 +82,26 @@ export interface paths {
   "/v1/workspaces/{workspace}/members/{member}": {
     put: operations["KeystoreService_SetMember"];
     delete: operations["KeystoreService_RemoveMember"];
+    patch: operations["KeystoreService_UpdateMember"];
   };
   "/v1/workspaces/{workspace}/requests": {
     get: operations["UsageService_ListRequests"];
   };
   "/v1/workspaces/{workspace}/usage": {
     get: operations["UsageService_ListUsage"];
+  };
+  "/v1/workspaces/{workspace}/webhooks": {
+    get: operations["KeystoreService_ListWebhooks"];
+    post: operations["KeystoreService_CreateWebhook"];
+  };
+  "/v1/workspaces/{workspace}/webhooks/{webhook}": {
+    delete: operations["KeystoreService_DeleteWebhook"];
+  };
+  "/v1/workspaces/{workspace}/webhooks/{webhook}:rotateSecret": {
+    post: operations["KeystoreService_RotateWebhookSecret"];
+  };
+  "/v1/workspaces/{workspace}/webhooks/{webhook}:test": {
+    post: operations["KeystoreService_TestWebhook"];
   };
 }
 
@@ -92,8 +122,14 @@ export interface definitions {
     budget?: definitions["v1Budget"];
     /** @description Create disabled. */
     disabled?: boolean;
+    reportLimits?: definitions["v1Policy"];
+    limitOverride?: definitions["v1Override"];
   };
   KeystoreServiceExpireKeyBody: { [key: string]: unknown };
+  KeystoreServiceImportKeysBody: {
+    /** @description At most 100 per call; all or none are imported. */
+    keys?: definitions["v1ImportedKey"][];
+  };
   KeystoreServiceRotateKeyBody: {
     /**
      * Format: date-time
@@ -101,9 +137,11 @@ export interface definitions {
      */
     graceExpireTime?: string;
   };
+  KeystoreServiceRotateWebhookSecretBody: { [key: string]: unknown };
   KeystoreServiceSetMemberBody: {
     role?: definitions["v1Role"];
   };
+  KeystoreServiceTestWebhookBody: { [key: string]: unknown };
   protobufAny: {
     "@type"?: string;
   } & { [key: string]: unknown };
@@ -113,6 +151,63 @@ export interface definitions {
     message?: string;
     details?: definitions["protobufAny"][];
   };
+  v1AddCreditEntryResponse: {
+    entry?: definitions["v1CreditEntry"];
+    /** @description True when the id was already recorded (this is the first entry). */
+    replayed?: boolean;
+  };
+  /**
+   * @description Alert is one threshold crossing. Its JSON (protojson) is the webhook
+   * payload, signed as the Webhook-Signature header documents.
+   */
+  v1Alert: {
+    /** @description Stable across retries: receivers deduplicate by it. */
+    id?: string;
+    workspace?: string;
+    level?: definitions["v1LimitLevel"];
+    /** @description The key id or member subject; the workspace id for the workspace level. */
+    levelId?: string;
+    /** @description "rpd", "tpd", "token_cap", "budget" or "credits". */
+    limit?: string;
+    /** @description Set for a per-model daily limit. */
+    model?: string;
+    /** Format: int32 */
+    thresholdPercent?: number;
+    /** @description Budgets and credits in exact decimal USD; the others as integers. */
+    limitValue?: string;
+    used?: string;
+    /** @description "day", "week", "month" or "never". */
+    period?: string;
+    /** Format: date-time */
+    periodStart?: string;
+    /**
+     * Format: date-time
+     * @description Unset for "never".
+     */
+    resetTime?: string;
+    /** Format: date-time */
+    time?: string;
+    /** @description Delivery, output only in ListAlerts (not in the payload). */
+    deliveryState?: definitions["v1AlertDeliveryState"];
+    /** Format: int32 */
+    attempts?: number;
+    /** @description A sample sent by TestWebhook. */
+    test?: boolean;
+  };
+  /**
+   * @description  - ALERT_DELIVERY_STATE_PENDING: In the outbox, waiting for its next attempt.
+   *  - ALERT_DELIVERY_STATE_DELIVERED: Every webhook answered 2xx.
+   *  - ALERT_DELIVERY_STATE_FAILED: Retries exhausted for at least one webhook.
+   *  - ALERT_DELIVERY_STATE_NO_WEBHOOK: The workspace had no webhook when it was raised.
+   * @default ALERT_DELIVERY_STATE_UNSPECIFIED
+   * @enum {string}
+   */
+  v1AlertDeliveryState:
+    | "ALERT_DELIVERY_STATE_UNSPECIFIED"
+    | "ALERT_DELIVERY_STATE_PENDING"
+    | "ALERT_DELIVERY_STATE_DELIVERED"
+    | "ALERT_DELIVERY_STATE_FAILED"
+    | "ALERT_DELIVERY_STATE_NO_WEBHOOK";
   v1AuditEvent: {
     id?: string;
     workspace?: string;
@@ -147,14 +242,74 @@ export interface definitions {
   v1CreateProviderResponse: {
     provider?: definitions["v1Provider"];
   };
+  v1CreateWebhookResponse: {
+    webhook?: definitions["v1Webhook"];
+    /** @description The signing secret, shown once ("whsec_…"). */
+    secret?: string;
+  };
   v1CreateWorkspaceResponse: {
     workspace?: definitions["v1Workspace"];
   };
+  /** @description CreditEntry is one movement of a workspace's credits. */
+  v1CreditEntry: {
+    /**
+     * @description Chosen by the caller: the idempotency id, 1-128 characters of
+     * letters, digits, '-', '_', '.', ':'.
+     */
+    id?: string;
+    kind?: definitions["v1CreditEntryKind"];
+    /**
+     * @description Exact decimal USD, at most 6 decimal places; negative only for
+     * adjustments.
+     */
+    amountUsd?: string;
+    /** @description At most 512 characters. */
+    note?: string;
+    /** @description Output only. */
+    actor?: string;
+    /** Format: date-time */
+    createTime?: string;
+  };
+  /**
+   * @description  - CREDIT_ENTRY_KIND_TOP_UP: Money added; the amount is positive.
+   *  - CREDIT_ENTRY_KIND_ADJUSTMENT: A correction, positive or negative.
+   * @default CREDIT_ENTRY_KIND_UNSPECIFIED
+   * @enum {string}
+   */
+  v1CreditEntryKind:
+    | "CREDIT_ENTRY_KIND_UNSPECIFIED"
+    | "CREDIT_ENTRY_KIND_TOP_UP"
+    | "CREDIT_ENTRY_KIND_ADJUSTMENT";
   v1DeleteKeyResponse: { [key: string]: unknown };
   v1DeleteModelResponse: { [key: string]: unknown };
   v1DeleteProviderResponse: { [key: string]: unknown };
+  v1DeleteWebhookResponse: { [key: string]: unknown };
   v1ExpireKeyResponse: {
     key?: definitions["v1Key"];
+  };
+  v1ExplainKeyResponse: {
+    /** @description Every limit at every level, with its live state. */
+    limits?: definitions["v1LimitState"][];
+    wouldAdmit?: boolean;
+    /** @description When it would not: the level and limit that would deny. */
+    deniedLevel?: definitions["v1LimitLevel"];
+    deniedBy?: definitions["v1LimitKind"];
+    deniedModel?: string;
+    /** @description The cost the estimate was priced at, exact decimal USD. */
+    estimatedCostUsd?: string;
+    /** @description Report-mode limits that would deny it. */
+    reported?: definitions["v1Reported"][];
+  };
+  v1GetCreditsResponse: {
+    /**
+     * @description Exact decimal USD: granted - spent = balance (may be negative by what
+     * settlements added above their estimates).
+     */
+    grantedUsd?: string;
+    spentUsd?: string;
+    balanceUsd?: string;
+    /** @description Whether the workspace holds credits (any entry recorded). */
+    enabled?: boolean;
   };
   v1GetKeyResponse: {
     key?: definitions["v1Key"];
@@ -225,6 +380,28 @@ export interface definitions {
     | "GROUP_BY_KEY"
     | "GROUP_BY_MODEL"
     | "GROUP_BY_OWNER";
+  v1ImportKeysResponse: {
+    keys?: definitions["v1Key"][];
+  };
+  /** @description ImportedKey is a key of another system, known by its secret's hash. */
+  v1ImportedKey: {
+    /** @description Unique in the workspace, as for CreateKey. */
+    name?: string;
+    /** @description Lower-case hex SHA-256 of the secret as clients send it. */
+    secretSha256?: string;
+    /** @description Last characters of the secret for display (at most 4); optional. */
+    partialKey?: string;
+    /** @description Defaults to the caller. */
+    owner?: string;
+    allowedModels?: string[];
+    labels?: { [key: string]: string };
+    globalLimits?: definitions["v1Limits"];
+    modelLimits?: definitions["v1ModelLimits"][];
+    tokenCap?: definitions["v1TokenCap"];
+    budget?: definitions["v1Budget"];
+    /** Format: date-time */
+    expireTime?: string;
+  };
   v1Key: {
     /** @description Public, stable id; part of the secret. */
     id?: string;
@@ -265,6 +442,14 @@ export interface definitions {
     previousSecretExpireTime?: string;
     /** @description Changes on every write; send it back on update for optimistic concurrency. */
     etag?: string;
+    /** @description The key's limits in report (shadow) mode. */
+    reportLimits?: definitions["v1Policy"];
+    limitOverride?: definitions["v1Override"];
+    /**
+     * @description Imported from another system (ImportKeys): its secret has that
+     * system's format. Output only.
+     */
+    legacy?: boolean;
   };
   /**
    * @description  - KEY_KIND_STANDARD: Inference keys, used at the edge.
@@ -282,6 +467,92 @@ export interface definitions {
     | "KEY_STATE_ACTIVE"
     | "KEY_STATE_DISABLED"
     | "KEY_STATE_EXPIRED";
+  /**
+   * @description Who may change the limits and budgets of a standard key.
+   *
+   *  - LIMIT_EDITORS_UNSPECIFIED: Read as LIMIT_EDITORS_KEY_OWNERS, the behaviour before the setting.
+   *  - LIMIT_EDITORS_KEY_OWNERS: Owners and admins, and members for the keys they own.
+   *  - LIMIT_EDITORS_ADMINS: Owners and admins only.
+   * @default LIMIT_EDITORS_UNSPECIFIED
+   * @enum {string}
+   */
+  v1LimitEditors:
+    | "LIMIT_EDITORS_UNSPECIFIED"
+    | "LIMIT_EDITORS_KEY_OWNERS"
+    | "LIMIT_EDITORS_ADMINS";
+  /**
+   * @description LimitKind names one limit.
+   *
+   *  - LIMIT_KIND_CREDITS: The workspace's prepaid credits (never resets).
+   * @default LIMIT_KIND_UNSPECIFIED
+   * @enum {string}
+   */
+  v1LimitKind:
+    | "LIMIT_KIND_UNSPECIFIED"
+    | "LIMIT_KIND_RPM"
+    | "LIMIT_KIND_RPD"
+    | "LIMIT_KIND_TPM"
+    | "LIMIT_KIND_TPD"
+    | "LIMIT_KIND_TOKEN_CAP"
+    | "LIMIT_KIND_BUDGET"
+    | "LIMIT_KIND_CREDITS";
+  /**
+   * @description LimitLevel is where a limit is set. A request is admitted only if every
+   * level admits it.
+   *
+   *  - LIMIT_LEVEL_MEMBER: Every key one member owns, together.
+   *  - LIMIT_LEVEL_WORKSPACE: Every key of the workspace, together.
+   * @default LIMIT_LEVEL_UNSPECIFIED
+   * @enum {string}
+   */
+  v1LimitLevel:
+    | "LIMIT_LEVEL_UNSPECIFIED"
+    | "LIMIT_LEVEL_KEY"
+    | "LIMIT_LEVEL_MEMBER"
+    | "LIMIT_LEVEL_WORKSPACE";
+  /**
+   * @description LimitMode says whether a limit denies.
+   *
+   *  - LIMIT_MODE_ENFORCE: Denies requests above the limit.
+   *  - LIMIT_MODE_REPORT: Shadow: counted against the same usage and reported (metric, explain,
+   * request log, audit) when it would deny, never denying.
+   * @default LIMIT_MODE_UNSPECIFIED
+   * @enum {string}
+   */
+  v1LimitMode:
+    | "LIMIT_MODE_UNSPECIFIED"
+    | "LIMIT_MODE_ENFORCE"
+    | "LIMIT_MODE_REPORT";
+  /** @description LimitState is one limit's live state. */
+  v1LimitState: {
+    level?: definitions["v1LimitLevel"];
+    kind?: definitions["v1LimitKind"];
+    /** @description Empty for a level's global limits. */
+    model?: string;
+    mode?: definitions["v1LimitMode"];
+    /** @description "60s" (rolling), "day", "week", "month" or "never". */
+    window?: string;
+    /** Format: int64 */
+    limit?: string;
+    /**
+     * Format: int64
+     * @description Charged: settled usage plus open reservations.
+     */
+    used?: string;
+    /**
+     * Format: int64
+     * @description Of used, held by open reservations at their estimates.
+     */
+    reserved?: string;
+    /** Format: int64 */
+    remaining?: string;
+    /**
+     * Format: date-time
+     * @description When the window has fully refilled (rolling) or resets (calendar);
+     * unset for "never".
+     */
+    resetTime?: string;
+  };
   /** @description Limits are request and token windows. Zero or absent means unlimited. */
   v1Limits: {
     /**
@@ -305,8 +576,17 @@ export interface definitions {
      */
     tpd?: string;
   };
+  v1ListAlertsResponse: {
+    alerts?: definitions["v1Alert"][];
+    nextPageToken?: string;
+  };
   v1ListAuditEventsResponse: {
     events?: definitions["v1AuditEvent"][];
+    nextPageToken?: string;
+  };
+  v1ListCreditEntriesResponse: {
+    /** @description Newest first. */
+    entries?: definitions["v1CreditEntry"][];
     nextPageToken?: string;
   };
   v1ListKeysResponse: {
@@ -330,6 +610,9 @@ export interface definitions {
   v1ListUsageResponse: {
     rows?: definitions["v1UsageRow"][];
   };
+  v1ListWebhooksResponse: {
+    webhooks?: definitions["v1Webhook"][];
+  };
   v1ListWorkspacesResponse: {
     workspaces?: definitions["v1Workspace"][];
     nextPageToken?: string;
@@ -341,6 +624,12 @@ export interface definitions {
     role?: definitions["v1Role"];
     /** Format: date-time */
     createTime?: string;
+    /** @description The member level: limits on all the keys this member owns together. */
+    limits?: definitions["v1Policy"];
+    reportLimits?: definitions["v1Policy"];
+    limitOverride?: definitions["v1Override"];
+    /** Format: date-time */
+    updateTime?: string;
   };
   v1Model: {
     /** @description The model id clients send, e.g. "mock-small". */
@@ -387,6 +676,34 @@ export interface definitions {
     periodTokens?: string;
     periodSpendUsd?: string;
   };
+  /**
+   * @description Override changes a level's limits until expire_time; at that time they
+   * revert by themselves on every limiter.
+   */
+  v1Override: {
+    /**
+     * @description Replaces the level's own limits: each non-zero limit of global_limits,
+     * each model of model_limits, and token_cap and budget when set.
+     */
+    policy?: definitions["v1Policy"];
+    /**
+     * Format: date-time
+     * @description Required, in the future when set.
+     */
+    expireTime?: string;
+    /** @description Why, for the audit log; at most 256 characters. */
+    reason?: string;
+  };
+  /**
+   * @description Policy is the limits of one level (a key, a member's keys, a workspace's
+   * keys), as the limiter needs them.
+   */
+  v1Policy: {
+    globalLimits?: definitions["v1Limits"];
+    modelLimits?: definitions["v1ModelLimits"][];
+    tokenCap?: definitions["v1TokenCap"];
+    budget?: definitions["v1Budget"];
+  };
   v1Provider: {
     /** @description Lower-case letters, digits and dashes. */
     id?: string;
@@ -417,6 +734,12 @@ export interface definitions {
     | "PROVIDER_KIND_OPENAI"
     | "PROVIDER_KIND_ANTHROPIC";
   v1RemoveMemberResponse: { [key: string]: unknown };
+  /** @description Reported names a report-mode limit that would have denied. */
+  v1Reported: {
+    level?: definitions["v1LimitLevel"];
+    kind?: definitions["v1LimitKind"];
+    model?: string;
+  };
   /**
    * @description  - REQUEST_STATUS_CLIENT_CANCELLED: The client went away mid-answer; usage counted from what was produced.
    * @default REQUEST_STATUS_UNSPECIFIED
@@ -450,8 +773,22 @@ export interface definitions {
     /** @description The new secret, shown once. */
     secret?: string;
   };
+  v1RotateWebhookSecretResponse: {
+    webhook?: definitions["v1Webhook"];
+    secret?: string;
+  };
   v1SetMemberResponse: {
     member?: definitions["v1Member"];
+  };
+  v1TestWebhookResponse: {
+    /**
+     * Format: int32
+     * @description The receiver's HTTP status; 0 when it could not be reached.
+     */
+    statusCode?: number;
+    delivered?: boolean;
+    /** @description Why not, when not delivered. */
+    error?: string;
   };
   /** @description TokenCap bounds the tokens a key may use per reset period. */
   v1TokenCap: {
@@ -461,6 +798,9 @@ export interface definitions {
   };
   v1UpdateKeyResponse: {
     key?: definitions["v1Key"];
+  };
+  v1UpdateMemberResponse: {
+    member?: definitions["v1Member"];
   };
   v1UpdateModelResponse: {
     model?: definitions["v1Model"];
@@ -525,6 +865,22 @@ export interface definitions {
      * catalog: which version of the prices this request was charged at.
      */
     pricesAsOf?: string;
+    /**
+     * @description Report-mode limits that would have denied the request, as
+     * "level/limit" (e.g. "workspace/tpd", "key/rpm:mock-small").
+     */
+    reported?: string[];
+    /**
+     * @description Drawn from the workspace's prepaid credits: the ledger adds its cost
+     * to the workspace's credit spend.
+     */
+    credits?: boolean;
+    /**
+     * Format: int64
+     * @description The workspace's request-log cap when the request was made; 0 = the
+     * global cap.
+     */
+    requestLogCap?: string;
   };
   v1UsageRow: {
     /** @description The key id, model id or owner, as grouped. */
@@ -547,6 +903,27 @@ export interface definitions {
      * @description Set when the secret is the previous one, still in its rotation grace.
      */
     secretExpireTime?: string;
+    /**
+     * @description The key's workspace and owning member, with their levels' limits,
+     * credits and alert thresholds, as the edge needs them.
+     */
+    workspace?: definitions["v1Workspace"];
+    member?: definitions["v1Member"];
+  };
+  v1Webhook: {
+    /** @description Output only. */
+    id?: string;
+    workspace?: string;
+    /** @description http or https, with a host and no user or password. */
+    url?: string;
+    description?: string;
+    /** Format: date-time */
+    createTime?: string;
+    /**
+     * Format: date-time
+     * @description Output only: when the signing secret was last issued.
+     */
+    secretTime?: string;
   };
   v1Workspace: {
     /** @description Lower-case letters, digits and dashes, 1-63 characters. */
@@ -565,6 +942,28 @@ export interface definitions {
     /** Format: date-time */
     updateTime?: string;
     etag?: string;
+    /** @description The workspace level: limits on all its keys together. */
+    limits?: definitions["v1Policy"];
+    /** @description Workspace-level limits in report (shadow) mode. */
+    reportLimits?: definitions["v1Policy"];
+    limitOverride?: definitions["v1Override"];
+    /** @description Who may change a standard key's limits and budgets. */
+    limitEditors?: definitions["v1LimitEditors"];
+    /**
+     * Format: int64
+     * @description Most request-log records kept for this workspace; 0 = the global cap.
+     */
+    requestLogCap?: string;
+    /**
+     * @description Percentages of any budget, token cap or daily limit, at any level in
+     * this workspace, whose first crossing in a period raises an alert.
+     */
+    alertThresholds?: number[];
+    /**
+     * @description Output only: the credits granted so far (top-ups and adjustments),
+     * exact decimal USD; empty when the workspace has never held credits.
+     */
+    creditsGrantedUsd?: string;
   };
   /**
    * @default WORKSPACE_KIND_UNSPECIFIED
@@ -839,6 +1238,27 @@ export interface operations {
       };
     };
   };
+  KeystoreService_ListAlerts: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+      query: {
+        pageSize?: number;
+        pageToken?: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1ListAlertsResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
   KeystoreService_ListAuditEvents: {
     parameters: {
       path: {
@@ -855,6 +1275,64 @@ export interface operations {
       /** A successful response. */
       200: {
         schema: definitions["v1ListAuditEventsResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_GetCredits: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1GetCreditsResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_ListCreditEntries: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+      query: {
+        pageSize?: number;
+        pageToken?: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1ListCreditEntriesResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_AddCreditEntry: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+      body: {
+        entry: definitions["v1CreditEntry"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1AddCreditEntryResponse"];
       };
       /** An unexpected error response. */
       default: {
@@ -883,6 +1361,8 @@ export interface operations {
          */
         kind?: "KEY_KIND_UNSPECIFIED" | "KEY_KIND_STANDARD" | "KEY_KIND_ADMIN";
         owner?: string;
+        /** Only imported (legacy) keys. */
+        legacy?: boolean;
       };
     };
     responses: {
@@ -964,7 +1444,8 @@ export interface operations {
       body: {
         /**
          * Fields to set, as named by update_mask: name, enabled, expire_time,
-         * allowed_models, labels, global_limits, model_limits, token_cap, budget.
+         * allowed_models, labels, global_limits, model_limits, token_cap, budget,
+         * report_limits, limit_override.
          */
         patch: definitions["v1Key"];
       };
@@ -1074,6 +1555,33 @@ export interface operations {
       };
     };
   };
+  KeystoreService_ExplainKey: {
+    parameters: {
+      path: {
+        workspace: string;
+        key: string;
+      };
+      query: {
+        /** The model to judge a request for; empty judges the global limits only. */
+        model?: string;
+        /**
+         * Tokens the request would reserve (prompt estimate + max_tokens);
+         * default 1.
+         */
+        estimatedTokens?: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1ExplainKeyResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
   KeystoreService_RotateKey: {
     parameters: {
       path: {
@@ -1088,6 +1596,26 @@ export interface operations {
       /** A successful response. */
       200: {
         schema: definitions["v1RotateKeyResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_ImportKeys: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+      body: {
+        body: definitions["KeystoreServiceImportKeysBody"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1ImportKeysResponse"];
       };
       /** An unexpected error response. */
       default: {
@@ -1151,6 +1679,31 @@ export interface operations {
       };
     };
   };
+  KeystoreService_UpdateMember: {
+    parameters: {
+      path: {
+        workspace: string;
+        member: string;
+      };
+      body: {
+        /**
+         * Fields to set, as named by update_mask: limits, report_limits,
+         * limit_override.
+         */
+        patch: definitions["v1Member"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1UpdateMemberResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
   UsageService_ListRequests: {
     parameters: {
       path: {
@@ -1200,6 +1753,103 @@ export interface operations {
       /** A successful response. */
       200: {
         schema: definitions["v1ListUsageResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_ListWebhooks: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1ListWebhooksResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_CreateWebhook: {
+    parameters: {
+      path: {
+        workspace: string;
+      };
+      body: {
+        webhook: definitions["v1Webhook"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1CreateWebhookResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_DeleteWebhook: {
+    parameters: {
+      path: {
+        workspace: string;
+        webhook: string;
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1DeleteWebhookResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_RotateWebhookSecret: {
+    parameters: {
+      path: {
+        workspace: string;
+        webhook: string;
+      };
+      body: {
+        body: definitions["KeystoreServiceRotateWebhookSecretBody"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1RotateWebhookSecretResponse"];
+      };
+      /** An unexpected error response. */
+      default: {
+        schema: definitions["rpcStatus"];
+      };
+    };
+  };
+  KeystoreService_TestWebhook: {
+    parameters: {
+      path: {
+        workspace: string;
+        webhook: string;
+      };
+      body: {
+        body: definitions["KeystoreServiceTestWebhookBody"];
+      };
+    };
+    responses: {
+      /** A successful response. */
+      200: {
+        schema: definitions["v1TestWebhookResponse"];
       };
       /** An unexpected error response. */
       default: {
