@@ -33,7 +33,13 @@ const (
 	// usedDir holds each key's last-used time apart from the key record, so
 	// that recording use changes neither the key's etag nor the key change
 	// stream, which watches keysDir only.
-	usedDir        = prefix + "used/"
+	usedDir = prefix + "used/"
+	// levelDir holds one marker per workspace and member, rewritten in the
+	// same transaction as any change to that workspace's or member's
+	// limits, credits or settings; the key change stream watches it too
+	// and tells caches to reload the levels (TYPE_WORKSPACE_UPDATED,
+	// TYPE_MEMBER_UPDATED).
+	levelDir       = prefix + "level/"
 	recordVersion  = 1
 	hashLen        = len(keyformat.Hash{})
 	keyRecordFixed = 1 + 2*hashLen
@@ -49,8 +55,19 @@ func usedKey(ws, id string) string   { return usedDir + ws + "/" + id }
 func usedPrefix(ws string) string    { return usedDir + ws + "/" }
 func idKey(id string) string         { return idsDir + id }
 func nameKey(ws, name string) string { return namesDir + ws + "/" + name }
-func providerKey(id string) string   { return providersDir + id }
-func modelKey(id string) string      { return modelsDir + id }
+
+// levelMarkerOp marks a change to the workspace ws (member "") or to one
+// of its members; every writer of a workspace or member object adds it to
+// its transaction.
+func levelMarkerOp(ws, member string) clientv3.Op {
+	k := levelDir + ws + "/w"
+	if member != "" {
+		k = levelDir + ws + "/m/" + member
+	}
+	return clientv3.OpPut(k, "")
+}
+func providerKey(id string) string { return providersDir + id }
+func modelKey(id string) string    { return modelsDir + id }
 func auditPrefix(ws, key string) string {
 	if key != "" {
 		return auditByKeyDir + ws + "/" + key + "/"
