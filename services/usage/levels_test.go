@@ -2,6 +2,8 @@ package usage
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -147,6 +149,30 @@ func TestLevelTotals(t *testing.T) {
 		}
 	}
 	t.Run("as days", func(t *testing.T) { check(t, t0, "") })
+
+	// The usage report by owner shows each member's keys, as the member
+	// level totals them, and no level as a key.
+	monthStart, _ := periodBounds(typev1.ResetPeriod_RESET_PERIOD_MONTHLY, t0)
+	for _, by := range []usagev1.GroupBy{usagev1.GroupBy_GROUP_BY_OWNER, usagev1.GroupBy_GROUP_BY_KEY} {
+		resp, err := e.cli.ListUsage(member(t.Context()), &usagev1.ListUsageRequest{
+			Workspace: "acme", GroupBy: by, StartDate: monthStart.Format(dayLayout), EndDate: t0.Format(dayLayout),
+		})
+		require.NoError(t, err)
+		groups := map[string]int64{}
+		for _, row := range resp.GetRows() {
+			groups[row.GetGroup()] = row.GetPromptTokens() + row.GetCompletionTokens()
+		}
+		if by == usagev1.GroupBy_GROUP_BY_KEY {
+			require.ElementsMatch(t, []string{"ka1", "ka2", "kb1"}, slices.Collect(maps.Keys(groups)))
+			continue
+		}
+		require.Len(t, groups, 2)
+		for _, m := range []string{"alice", "bob"} {
+			lv := e.getTotals(t, "", &usagev1.TotalsQuery{Level: levelMember, Workspace: "acme", Member: m,
+				TokenPeriodStart: timestamppb.New(monthStart)})
+			require.Equal(t, lv[0].GetPeriodTokens(), groups[m], m)
+		}
+	}
 
 	// Every level's all-time totals are those of the records sent.
 	var tokens int64
