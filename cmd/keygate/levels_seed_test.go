@@ -42,6 +42,7 @@ func TestLimiterSeedsLevelsFromLedger(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = led.Close() })
+	go func() { _ = led.Run(t.Context()) }()
 	ledger := usagev1.NewUsageServiceClient(grpctest.Dial(t, grpctest.Serve(t, led.Register).Addr,
 		grpc.WithPerRPCCredentials(auth.Token{Value: svcToken})))
 

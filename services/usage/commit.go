@@ -153,8 +153,8 @@ type committer struct {
 	known      map[string]string // wk key -> owner already indexed
 	spendAttrs map[string]metric.AddOption
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop    chan struct{}
+	closing sync.Once
 }
 
 func newCommitter(st store, rlog RequestLog, log *slog.Logger, m *meters) *committer {
@@ -190,20 +190,14 @@ func (c *committer) submit(ctx context.Context, entries []*entry) (outcome, erro
 	}
 }
 
-// close stops run after the group it is committing, if any.
+// close stops run after the group it is committing, if any; it may be
+// called more than once. Submissions not yet taken fail with errClosed.
 func (c *committer) close() {
-	close(c.stop)
-	c.wg.Wait()
+	c.closing.Do(func() { close(c.stop) })
 }
 
-// start runs the commit loop until close.
-func (c *committer) start() {
-	c.wg.Add(1)
-	go c.run()
-}
-
+// run commits submitted groups until close.
 func (c *committer) run() {
-	defer c.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
