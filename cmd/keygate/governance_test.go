@@ -58,13 +58,6 @@ func (g govApp) chat(t *testing.T, secret string) (int, http.Header, map[string]
 	return rest(t, "POST", g.edge+"/v1/chat/completions", secret, govChat)
 }
 
-// requireLimitedBy requires a 429 naming limit.
-func requireLimitedBy(t *testing.T, limit string, code int, hdr http.Header, body map[string]any) {
-	t.Helper()
-	require.Equal(t, http.StatusTooManyRequests, code, body)
-	require.Equal(t, limit, hdr.Get("X-Keygate-Limited-By"))
-}
-
 // TestGovernanceWorkspaceLimitShared: a workspace's rpm is shared by all
 // its keys: the third request across two keys is refused at the
 // workspace level.
