@@ -251,3 +251,19 @@ func TestReportModeCounts(t *testing.T) {
 		return false
 	}, 5*time.Second, 5*time.Millisecond)
 }
+
+// TestUnreadableLevels: levels the edge cannot build an item from (a
+// workspace's credits it cannot parse) are the server's fault: a 503,
+// never a decision on partial limits.
+func TestUnreadableLevels(t *testing.T) {
+	t.Parallel()
+	h := startEdge(t, options{})
+	h.verifier.setLevels("kg_bad", limitpolicy.Levels{
+		Key:       &keystorev1.Key{Id: "k21", Workspace: "acme", Owner: "bob", State: keystorev1.KeyState_KEY_STATE_ACTIVE},
+		Workspace: &keystorev1.Workspace{Id: "acme", CreditsGrantedUsd: "lots"}})
+	a := h.post(t, "/v1/chat/completions", "kg_bad", chatBody)
+	require.Equal(t, http.StatusServiceUnavailable, a.status, "%s", a.body)
+	require.Equal(t, "limits_unavailable", a.errorCode())
+	require.Zero(t, h.limiter.checks())
+	require.EqualValues(t, 1, h.requests(t, "limits_unavailable"))
+}
