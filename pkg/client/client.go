@@ -141,21 +141,21 @@ func (c *Client) SetTokensPerDay(ctx context.Context, keyID string, n int64, mod
 
 // SetBudget sets a key's cost budget, e.g. "5.00" per RESET_PERIOD_MONTHLY.
 func (c *Client) SetBudget(ctx context.Context, keyID, amountUSD string, period typev1.ResetPeriod) error {
-	return c.update(ctx, keyID, "budget", func(k *keystorev1.Key) {
+	return c.update(ctx, keyID, []string{"budget"}, func(k *keystorev1.Key) {
 		k.Budget = &typev1.Budget{AmountUsd: amountUSD, ResetPeriod: period}
 	})
 }
 
 // SetTokenCap sets a key's token cap per reset period.
 func (c *Client) SetTokenCap(ctx context.Context, keyID string, tokens int64, period typev1.ResetPeriod) error {
-	return c.update(ctx, keyID, "token_cap", func(k *keystorev1.Key) {
+	return c.update(ctx, keyID, []string{"token_cap"}, func(k *keystorev1.Key) {
 		k.TokenCap = &typev1.TokenCap{Tokens: tokens, ResetPeriod: period}
 	})
 }
 
 // SetEnabled disables or enables a key.
 func (c *Client) SetEnabled(ctx context.Context, keyID string, enabled bool) error {
-	return c.update(ctx, keyID, "enabled", func(k *keystorev1.Key) { k.Enabled = enabled })
+	return c.update(ctx, keyID, []string{"enabled"}, func(k *keystorev1.Key) { k.Enabled = enabled })
 }
 
 // Rotate issues a new secret; the old one works until grace (nil: not at all).
@@ -187,14 +187,14 @@ const maxRetries = 5
 
 func (c *Client) setLimit(ctx context.Context, keyID, model string, set func(*typev1.Limits)) error {
 	if model == "" {
-		return c.update(ctx, keyID, "global_limits", func(k *keystorev1.Key) {
+		return c.update(ctx, keyID, []string{"global_limits"}, func(k *keystorev1.Key) {
 			if k.GlobalLimits == nil {
 				k.GlobalLimits = &typev1.Limits{}
 			}
 			set(k.GlobalLimits)
 		})
 	}
-	return c.update(ctx, keyID, "model_limits", func(k *keystorev1.Key) {
+	return c.update(ctx, keyID, []string{"model_limits"}, func(k *keystorev1.Key) {
 		for _, ml := range k.ModelLimits {
 			if ml.GetModel() == model {
 				if ml.Limits == nil {
@@ -212,7 +212,7 @@ func (c *Client) setLimit(ctx context.Context, keyID, model string, set func(*ty
 
 // update reads the key, changes one field, and writes it back under the
 // read etag; when another writer got there first it reads again.
-func (c *Client) update(ctx context.Context, keyID, field string, change func(*keystorev1.Key)) error {
+func (c *Client) update(ctx context.Context, keyID string, fields []string, change func(*keystorev1.Key)) error {
 	for attempt := 0; ; attempt++ {
 		k, err := c.GetKey(ctx, keyID)
 		if err != nil {
@@ -222,7 +222,7 @@ func (c *Client) update(ctx context.Context, keyID, field string, change func(*k
 		change(patch)
 		_, err = c.Keystore.UpdateKey(ctx, &keystorev1.UpdateKeyRequest{
 			Workspace: c.workspace, Key: keyID, Patch: patch, Etag: k.GetEtag(),
-			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{field}},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: fields},
 		})
 		if status.Code(err) == codes.Aborted && attempt < maxRetries {
 			continue

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -137,7 +136,7 @@ func denial(res *limiterv1.CheckResult, est int64) (apiError, time.Duration) {
 	case q == nil:
 	case kind == limiterv1.LimitKind_LIMIT_KIND_BUDGET:
 		// A budget's limit is in micro-dollars; users set and read dollars.
-		limit = " (limit $" + money.Nanos(min(q.GetLimit(), math.MaxInt64/1000)*1000).String() + ")"
+		limit = " (limit $" + money.FromMicros(q.GetLimit()).String() + ")"
 	default:
 		limit = " (limit " + strconv.FormatInt(q.GetLimit(), 10) + ")"
 	}

@@ -322,7 +322,7 @@ func (c *call) limiterFailed(err error) bool {
 	// The limiter may have reserved before the answer was lost: releasing
 	// an unknown reservation is harmless, keeping a stray one would charge
 	// the key for a request never served.
-	c.s.settle.add(c.ctx, settleOp{release: c.release()})
+	c.s.settle.releaseLost(c.ctx, c.release(), 3*c.s.cfg.LimiterTimeout)
 	if c.r.Context().Err() != nil {
 		// The client left; that says nothing about the limiter.
 		c.status, c.reason = 499, "client_cancelled"

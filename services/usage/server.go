@@ -53,6 +53,8 @@ type RequestLog interface {
 	Append(ctx context.Context, es []reqlog.Entry) error
 	List(ctx context.Context, q reqlog.Query) (reqlog.Page, error)
 	Trim(ctx context.Context, cutoff time.Time) (int, error)
+	// Cap keeps a workspace's newest keep entries and deletes the rest.
+	Cap(ctx context.Context, ws string, keep int) (int, error)
 }
 
 var _ RequestLog = (*reqlog.Pebble)(nil)
