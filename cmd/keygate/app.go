@@ -352,6 +352,7 @@ func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("keystore: %w", err)
 	}
+	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
 	return nil
 }
