@@ -65,7 +65,7 @@ func TestWorkspaceLimits(t *testing.T) {
 
 	t.Run("owner sets every setting, audited", func(t *testing.T) {
 		patch := &keystorev1.Workspace{
-			Limits: &typev1.Policy{GlobalLimits: &typev1.Limits{Tpd: 1000}, Budget: &typev1.Budget{AmountUsd: "50"}},
+			Limits:       &typev1.Policy{GlobalLimits: &typev1.Limits{Tpd: 1000}, Budget: &typev1.Budget{AmountUsd: "50"}},
 			ReportLimits: rpm(10), LimitOverride: e.override(100, time.Hour),
 			LimitEditors: keystorev1.LimitEditors_LIMIT_EDITORS_ADMINS, RequestLogCap: 500, AlertThresholds: []int32{50, 80, 100},
 		}
