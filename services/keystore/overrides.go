@@ -101,30 +101,43 @@ func (s *Server) sweepOverrides(ctx context.Context) {
 // Run calls it periodically.
 func (s *Server) ExpireOverrides(ctx context.Context) (int, error) {
 	now := s.clock.Now()
-	resp, err := s.etcd.Get(ctx, overridesDir,
-		clientv3.WithRange(overrideIndexKey(now.Add(time.Nanosecond), "")), clientv3.WithLimit(overrideSweepBatch))
-	if err != nil {
-		return 0, fmt.Errorf("expired overrides: %w", err)
-	}
+	end := overrideIndexKey(now.Add(time.Nanosecond), "")
 	n := 0
-	for _, kv := range resp.Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), overridesDir)
-		digits, obj, ok := strings.Cut(rest, "/")
-		nanos, err := strconv.ParseInt(digits, 10, 64)
-		if !ok || err != nil {
-			s.log.WarnContext(ctx, "dropping a malformed override index entry", "entry", rest)
-			_, _ = s.etcd.Delete(ctx, string(kv.Key))
-			continue
-		}
-		reverted, err := s.expireOverride(ctx, obj, time.Unix(0, nanos), string(kv.Key), kv.ModRevision)
+	for {
+		// Every entry read is reverted or dropped, so the next read starts
+		// past it.
+		resp, err := s.etcd.Get(ctx, overridesDir, clientv3.WithRange(end), clientv3.WithLimit(overrideSweepBatch))
 		if err != nil {
-			return n, err
+			return n, fmt.Errorf("expired overrides: %w", err)
 		}
-		if reverted {
-			n++
+		for _, kv := range resp.Kvs {
+			reverted, err := s.expireEntry(ctx, kv.Key, kv.ModRevision)
+			if err != nil {
+				return n, err
+			}
+			if reverted {
+				n++
+			}
+		}
+		if !resp.More {
+			return n, nil
 		}
 	}
-	return n, nil
+}
+
+// expireEntry handles one index entry.
+func (s *Server) expireEntry(ctx context.Context, key []byte, rev int64) (bool, error) {
+	rest := strings.TrimPrefix(string(key), overridesDir)
+	digits, obj, ok := strings.Cut(rest, "/")
+	nanos, err := strconv.ParseInt(digits, 10, 64)
+	if !ok || err != nil {
+		s.log.WarnContext(ctx, "dropping a malformed override index entry", "entry", rest)
+		if _, err := s.etcd.Delete(ctx, string(key)); err != nil {
+			return false, fmt.Errorf("expired overrides: %w", err)
+		}
+		return false, nil
+	}
+	return s.expireOverride(ctx, obj, time.Unix(0, nanos), string(key), rev)
 }
 
 // storedObject is one object that may hold an override, as read for the
