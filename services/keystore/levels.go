@@ -276,6 +276,10 @@ func (s *Server) writeMember(ctx context.Context, p *principal, action string, o
 // checkLimitEditors enforces the workspace's limit_editors policy on a
 // change to a standard key's limits by a plain member.
 func (s *Server) checkLimitEditors(ctx context.Context, p *principal, ws string) error {
+	// Resolves an ID token's role in ws first.
+	if err := p.inWorkspace(ws); err != nil {
+		return err
+	}
 	if p.manager() {
 		return nil
 	}

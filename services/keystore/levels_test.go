@@ -13,6 +13,9 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
+	"github.com/keygate/keygate/internal/oidc"
+	"github.com/keygate/keygate/internal/oidc/oidctest"
+	"github.com/keygate/keygate/services/keystore"
 )
 
 func paths(p ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: p} }
@@ -341,5 +344,27 @@ func TestAuditIDsAcrossReplicas(t *testing.T) {
 	for _, ev := range events {
 		require.False(t, seen[ev.GetId()])
 		seen[ev.GetId()] = true
+	}
+}
+
+// TestLimitEditorsSSO: the policy judges an SSO caller by its role in the
+// workspace the call names.
+func TestLimitEditorsSSO(t *testing.T) {
+	iss := oidctest.New(t, "https://sso.example", "console")
+	e := newEnv(t, func(c *keystore.Config) {
+		v, err := oidc.New(oidc.Config{Issuer: iss.URL, Audience: "console", JWKSFile: iss.WriteJWKS(t), Clock: c.Clock})
+		require.NoError(t, err)
+		c.IDTokens = v
+	})
+	e.workspace(t, "acme", 0, map[string]keystorev1.Role{"alice": keystorev1.Role_ROLE_ADMIN, "carol": keystorev1.Role_ROLE_MEMBER})
+	_, err := e.client.UpdateWorkspace(e.root(t), &keystorev1.UpdateWorkspaceRequest{Workspace: "acme",
+		Patch: &keystorev1.Workspace{LimitEditors: keystorev1.LimitEditors_LIMIT_EDITORS_ADMINS}, UpdateMask: paths("limit_editors")})
+	require.NoError(t, err)
+	carol := as(t.Context(), iss.Token("carol", e.clock.Now(), nil))
+	k, _ := e.createKey(t, carol, &keystorev1.CreateKeyRequest{Workspace: "acme", Name: "carols"})
+	for who, want := range map[string]codes.Code{"alice": codes.OK, "carol": codes.PermissionDenied} {
+		_, err := e.client.UpdateKey(as(t.Context(), iss.Token(who, e.clock.Now(), nil)), &keystorev1.UpdateKeyRequest{
+			Workspace: "acme", Key: k.GetId(), Patch: &keystorev1.Key{GlobalLimits: &typev1.Limits{Rpm: 1}}, UpdateMask: paths("global_limits")})
+		requireCode(t, want, err)
 	}
 }
