@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestGovernanceREST drives member limits (PATCH members), workspace
+// TestLevelsAndImportREST drives member limits (PATCH members), workspace
 // limits and the import of legacy keys through the REST gateway.
-func TestGovernanceREST(t *testing.T) {
+func TestLevelsAndImportREST(t *testing.T) {
 	f := newRESTFixture(t)
 	member := f.api + "/v1/workspaces/acme/members/alice"
 

@@ -184,8 +184,13 @@ func (s *Server) checkImport(ctx context.Context, p *principal, ws string, in []
 		}
 		hashes[h] = true
 		pk := ik.GetPartialKey()
-		if utf8.RuneCountInString(pk) > maxPartialLegacy || !utf8.ValidString(pk) || strings.ContainsFunc(pk, unicode.IsControl) {
-			return nil, invalid(f+".partial_key", "at most %d printable characters", maxPartialLegacy)
+		if !utf8.ValidString(pk) || strings.ContainsFunc(pk, unicode.IsControl) || len(pk) > maxLegacySecret {
+			return nil, invalid(f+".partial_key", "must be printable text")
+		}
+		if r := []rune(pk); len(r) > maxPartialLegacy {
+			// Shown as "…" and the last characters: no more of the secret
+			// is kept, whatever was sent ("sk-...stuv" keeps "stuv").
+			pk = string(r[len(r)-maxPartialLegacy:])
 		}
 		if pk != "" {
 			pk = "…" + pk

@@ -60,7 +60,7 @@ func TestImportKeys(t *testing.T) {
 	resp, err := imp(adam, "acme",
 		&keystorev1.ImportedKey{Name: "old-web", SecretSha256: sha(old1), PartialKey: "cdef", Owner: "mia",
 			GlobalLimits: &typev1.Limits{Rpm: 60}, AllowedModels: []string{"mock-small"}},
-		&keystorev1.ImportedKey{Name: "old-batch", SecretSha256: sha(old2)})
+		&keystorev1.ImportedKey{Name: "old-batch", SecretSha256: sha(old2), PartialKey: "sk-...3210"})
 	require.NoError(t, err)
 	require.Len(t, resp.GetKeys(), 2)
 	web := resp.GetKeys()[0]
@@ -69,6 +69,7 @@ func TestImportKeys(t *testing.T) {
 	require.Equal(t, "…cdef", web.GetPartialKey())
 	require.Equal(t, keystorev1.KeyState_KEY_STATE_ACTIVE, web.GetState())
 	require.Equal(t, "adam", resp.GetKeys()[1].GetOwner(), "defaults to the caller")
+	require.Equal(t, "…3210", resp.GetKeys()[1].GetPartialKey(), "the last four characters at most")
 	require.Equal(t, int32(4), e.getWorkspace(t, "acme").GetKeyCount(), "counted against max_keys")
 	require.Equal(t, "key.import", e.auditActions(t, "acme", web.GetId())[0].GetAction())
 
@@ -123,7 +124,7 @@ func TestImportKeys(t *testing.T) {
 		{"same secret twice", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y")}, {Name: "q", SecretSha256: sha("y")}}},
 		{"same name twice", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y")}, {Name: "p", SecretSha256: sha("z")}}},
 		{"bad name", []*keystorev1.ImportedKey{{Name: "a/b", SecretSha256: sha("y")}}},
-		{"long partial", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y"), PartialKey: "12345"}}},
+		{"partial with a control character", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y"), PartialKey: "a\nb"}}},
 		{"unknown model", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y"), AllowedModels: []string{"nope"}}}},
 		{"owner not a member", []*keystorev1.ImportedKey{{Name: "p", SecretSha256: sha("y"), Owner: "stranger"}}},
 	} {
