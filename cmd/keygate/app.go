@@ -352,8 +352,9 @@ func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("keystore: %w", err)
 	}
-	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
+	// Clears expired overrides; follows the count of imported keys.
+	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	return nil
 }
 

@@ -133,8 +133,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		rootToken:      auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
 		idTokens:       cfg.IDTokens,
 		maxKeys:        cfg.DefaultMaxKeys,
-		auditReplica:   randomUint32(),
 	}
+	s.auditReplica = randomUint32()
 	s.legacyKeys.Store(legacyUnknown)
 	if s.clock == nil {
 		s.clock = clock.Real{}
