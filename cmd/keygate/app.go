@@ -353,6 +353,8 @@ func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 		return fmt.Errorf("keystore: %w", err)
 	}
 	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
+	// Clears expired overrides; follows the count of imported keys.
+	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	return nil
 }
 

@@ -94,6 +94,13 @@ type Server struct {
 	// storageTimeout bounds the etcd work of one management call.
 	storageTimeout time.Duration
 	auditSeq       atomic.Uint32
+	// auditReplica tells this replica's audit ids from another's written
+	// in the same nanosecond.
+	auditReplica uint32
+	// legacyKeys counts the imported keys (legacyUnknown until known):
+	// VerifyKey looks up a secret without keygate's prefix only when some
+	// exist.
+	legacyKeys atomic.Int64
 
 	limits LimitExplainer
 
@@ -127,6 +134,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		idTokens:       cfg.IDTokens,
 		maxKeys:        cfg.DefaultMaxKeys,
 	}
+	s.auditReplica = randomUint32()
+	s.legacyKeys.Store(legacyUnknown)
 	if s.clock == nil {
 		s.clock = clock.Real{}
 	}
@@ -210,27 +219,23 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	if err != nil || k.Kind != keyformat.Admin {
 		return nil, errNoCredential
 	}
-	sk, err := s.verify(ctx, k)
+	vk, err := s.verify(ctx, k)
 	if errors.Is(err, ErrInvalidKey) {
 		return nil, errNoCredential
 	}
 	if err != nil {
 		return nil, err
 	}
-	role, err := s.memberRole(ctx, sk.key.GetWorkspace(), sk.key.GetOwner())
-	if errors.Is(err, ErrNotFound) {
+	if vk.member == nil {
 		// The owner left the workspace: the key acts for nobody.
 		return nil, errNoCredential
 	}
-	if err != nil {
-		return nil, err
-	}
 	return &principal{
-		subject:    sk.key.GetOwner(),
+		subject:    vk.key.GetOwner(),
 		credential: credAdminKey,
-		workspace:  sk.key.GetWorkspace(),
-		role:       role,
-		keyID:      sk.key.GetId(),
+		workspace:  vk.key.GetWorkspace(),
+		role:       vk.member.GetRole(),
+		keyID:      vk.key.GetId(),
 	}, nil
 }
 
