@@ -815,7 +815,7 @@ func (s *Server) loadVerified(ctx context.Context, ws, id, owner string, ownerKn
 func (s *Server) verifyKey(ctx context.Context, secret string) (*keystorev1.VerifyKeyResponse, error) {
 	var vk *verifiedKey
 	var h keyformat.Hash
-	if !keygatePrefixed(secret) {
+	if !keyformat.Prefixed(secret) {
 		var err error
 		if vk, h, err = s.verifyLegacy(ctx, secret); err != nil {
 			return nil, err

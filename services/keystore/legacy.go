@@ -30,23 +30,17 @@ const (
 	// importChunk keys are written per transaction: each takes six puts
 	// (key, id, name, hash, two audit entries) of etcd's 128 per
 	// transaction, beside the count.
-	importChunk = 20
-	// maxLegacySecret bounds what VerifyKey hashes.
-	maxLegacySecret  = 1024
+	importChunk      = 20
 	maxPartialLegacy = 4
 )
-
-// keygatePrefixed reports whether secret claims keygate's format (see
-// pkg/keyformat): such a secret is parsed, never looked up by hash.
-func keygatePrefixed(secret string) bool {
-	return strings.HasPrefix(secret, "kg_") || strings.HasPrefix(secret, "kga_")
-}
 
 // verifyLegacy verifies a secret without keygate's prefix against the
 // imported keys; with none imported it reads nothing.
 func (s *Server) verifyLegacy(ctx context.Context, secret string) (*verifiedKey, keyformat.Hash, error) {
 	var h keyformat.Hash
-	if secret == "" || len(secret) > maxLegacySecret || s.legacyKeys.Load() == 0 {
+	// What could not be an imported secret is refused without a read, by
+	// the same rule the edge applies before asking.
+	if !keyformat.PlausibleLegacy(secret) || s.legacyKeys.Load() == 0 {
 		return nil, h, ErrInvalidKey
 	}
 	h = sha256.Sum256([]byte(secret))
@@ -184,7 +178,7 @@ func (s *Server) checkImport(ctx context.Context, p *principal, ws string, in []
 		}
 		hashes[h] = true
 		pk := ik.GetPartialKey()
-		if !utf8.ValidString(pk) || strings.ContainsFunc(pk, unicode.IsControl) || len(pk) > maxLegacySecret {
+		if !utf8.ValidString(pk) || strings.ContainsFunc(pk, unicode.IsControl) || len(pk) > keyformat.MaxLegacyLen {
 			return nil, invalid(f+".partial_key", "must be printable text")
 		}
 		if r := []rune(pk); len(r) > maxPartialLegacy {

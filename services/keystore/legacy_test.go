@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,7 +141,7 @@ func TestImportKeys(t *testing.T) {
 	t.Run("more than 100", func(t *testing.T) {
 		var ks []*keystorev1.ImportedKey
 		for i := range 101 {
-			ks = append(ks, &keystorev1.ImportedKey{Name: fmt.Sprint("k", i), SecretSha256: sha(fmt.Sprint("s", i))})
+			ks = append(ks, &keystorev1.ImportedKey{Name: fmt.Sprint("k", i), SecretSha256: sha(fmt.Sprintf("sk-imported-%04d-secret", i))})
 		}
 		_, err := imp(e.root(t), "beta", ks...)
 		requireCode(t, codes.InvalidArgument, err)
@@ -160,13 +161,13 @@ func TestImportMany(t *testing.T) {
 	e.workspace(t, "acme", 200, nil)
 	var ks []*keystorev1.ImportedKey
 	for i := range 100 {
-		ks = append(ks, &keystorev1.ImportedKey{Name: fmt.Sprint("k", i), SecretSha256: sha(fmt.Sprint("s", i))})
+		ks = append(ks, &keystorev1.ImportedKey{Name: fmt.Sprint("k", i), SecretSha256: sha(fmt.Sprintf("sk-imported-%04d-secret", i))})
 	}
 	resp, err := e.client.ImportKeys(e.root(t), &keystorev1.ImportKeysRequest{Workspace: "acme", Keys: ks})
 	require.NoError(t, err)
 	require.Len(t, resp.GetKeys(), 100)
 	require.Equal(t, int32(100), e.getWorkspace(t, "acme").GetKeyCount())
-	v, err := e.verify(t.Context(), "s99")
+	v, err := e.verify(t.Context(), "sk-imported-0099-secret")
 	require.NoError(t, err)
 	require.Equal(t, "k99", v.GetKey().GetName())
 }
@@ -187,13 +188,13 @@ func TestLegacyLookupOnlyWhenImported(t *testing.T) {
 		return kv.ops.Load() - before, err
 	}
 	// Until Run has counted the imported keys, every one is looked up.
-	reads, err := verify("sk-unknown")
+	reads, err := verify("sk-unknown-0123456789")
 	requireCode(t, codes.Unauthenticated, err)
 	require.Equal(t, int64(1), reads)
 
 	run(t, srv)
 	require.Eventually(t, func() bool {
-		reads, err := verify("sk-unknown")
+		reads, err := verify("sk-unknown-0123456789")
 		return reads == 0 && err != nil
 	}, 10*time.Second, 5*time.Millisecond, "no legacy keys: no reads")
 	reads, err = verify("kg_malformed")
@@ -201,16 +202,21 @@ func TestLegacyLookupOnlyWhenImported(t *testing.T) {
 	require.Zero(t, reads)
 
 	_, err = e.client.ImportKeys(e.root(t), &keystorev1.ImportKeysRequest{Workspace: "acme", Keys: []*keystorev1.ImportedKey{
-		{Name: "old", SecretSha256: sha("sk-old-secret")}}})
+		{Name: "old", SecretSha256: sha("sk-old-secret-0123456789")}}})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
-		_, err := verify("sk-old-secret")
+		_, err := verify("sk-old-secret-0123456789")
 		return err == nil
 	}, 10*time.Second, 5*time.Millisecond, "another replica learns of the import")
-	reads, err = verify("sk-unknown")
+	reads, err = verify("sk-unknown-0123456789")
 	requireCode(t, codes.Unauthenticated, err)
 	require.Equal(t, int64(1), reads, "with legacy keys, one read")
 	reads, err = verify("kg_malformed")
 	requireCode(t, codes.Unauthenticated, err)
 	require.Zero(t, reads, "a keygate-prefixed secret is never looked up by hash")
+	for _, implausible := range []string{"short", "sk-with space-0123456789", strings.Repeat("x", 300)} {
+		reads, err = verify(implausible)
+		requireCode(t, codes.Unauthenticated, err)
+		require.Zero(t, reads, "%q could not be an imported secret: no lookup", implausible)
+	}
 }
