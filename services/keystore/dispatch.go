@@ -125,11 +125,13 @@ func (s *Server) RunDispatcher(ctx context.Context) error {
 
 // lead campaigns, then dispatches while it leads.
 func (s *Server) lead(ctx context.Context) error {
-	sess, err := concurrency.NewSession(s.etcd, concurrency.WithTTL(int(max(1, s.dispatch.LeaseTTL/time.Second))), concurrency.WithContext(ctx))
+	// The session outlives ctx so that Close can revoke its lease: the
+	// lead passes to another keystore at once, not after the lease's TTL.
+	sess, err := concurrency.NewSession(s.etcd, concurrency.WithTTL(int(max(1, s.dispatch.LeaseTTL/time.Second))),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return fmt.Errorf("dispatcher session: %w", err)
 	}
-	// Revoking the lease at the end hands the lead over at once.
 	defer sess.Close()
 	el := concurrency.NewElection(sess, alertbox.LeaderPrefix)
 	if err := el.Campaign(ctx, s.dispatch.Name); err != nil {
