@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -153,7 +154,9 @@ func TestCreditEntryInvalid(t *testing.T) {
 func TestCreditBalanceExact(t *testing.T) {
 	spend := &fixedSpend{}
 	spend.n.Store(3_300_000_001)
-	e := newEnv(t, withSpend(spend))
+	// Concurrent writers retry their compare-and-swap; under -race on a
+	// shared machine that may outlast the default 2 s storage timeout.
+	e := newEnv(t, withSpend(spend), func(c *keystore.Config) { c.StorageTimeout = 20 * time.Second })
 	e.workspace(t, "acme", 0, nil)
 	ctx := e.root(t)
 
