@@ -37,7 +37,8 @@ type DispatchConfig struct {
 	Backoff, MaxBackoff time.Duration
 	// Rand draws the jitter in [0, 1); default math/rand/v2.
 	Rand func() float64
-	// HTTPClient sends deliveries; default one with a 10 s timeout.
+	// HTTPClient sends deliveries; default one with a 10 s timeout that
+	// follows no redirect.
 	HTTPClient *http.Client
 	// LeaseTTL is how long a crashed dispatcher keeps the lead before
 	// another keystore takes over; default 5 s.
@@ -69,7 +70,11 @@ func (c *DispatchConfig) defaults() error {
 		c.Rand = rand.Float64
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+		// A redirect is an answer, not a delivery: following it would
+		// send the signed alert to a URL nobody registered.
+		c.HTTPClient = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}}
 	}
 	return nil
 }

@@ -195,3 +195,19 @@ func TestWebhookLifecycle(t *testing.T) {
 	}
 	require.Equal(t, []string{"webhook.delete", "webhook.create", "webhook.rotate_secret", "webhook.create"}, actions)
 }
+
+// TestWebhookRedirectNotFollowed: a redirect is a failed delivery; the
+// signed alert never reaches the URL it points to.
+func TestWebhookRedirectNotFollowed(t *testing.T) {
+	e := newEnv(t)
+	e.workspace(t, "acme", 0, nil)
+	target := newReceiver(t, nil)
+	redirect := httptest.NewServer(http.RedirectHandler(target.url, http.StatusTemporaryRedirect))
+	t.Cleanup(redirect.Close)
+	w, _ := e.createWebhook(t, redirect.URL)
+	tr, err := e.client.TestWebhook(e.root(t), &keystorev1.TestWebhookRequest{Workspace: "acme", Webhook: w.GetId()})
+	require.NoError(t, err)
+	require.False(t, tr.GetDelivered())
+	require.Equal(t, int32(http.StatusTemporaryRedirect), tr.GetStatusCode())
+	require.Empty(t, target.deliveries())
+}
