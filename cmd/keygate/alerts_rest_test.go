@@ -113,6 +113,12 @@ func TestCreditsAndWebhooksREST(t *testing.T) {
 			return len(as) == 1 && as[0].(map[string]any)["deliveryState"] == "ALERT_DELIVERY_STATE_DELIVERED"
 		}, 20*time.Second, 20*time.Millisecond)
 		require.Contains(t, rcv.got(), alertbox.ID(a))
+		resp, err := http.Get(api + "/metrics")
+		require.NoError(t, err)
+		metrics, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(metrics), `keygate_keystore_alerts_delivered_total{outcome="delivered"`)
 
 		code, _, body := rest(t, "DELETE", api+"/v1/workspaces/acme/webhooks/"+hook, root, nil)
 		require.Equal(t, http.StatusOK, code, body)
