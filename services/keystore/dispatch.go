@@ -249,6 +249,11 @@ func (s *Server) attempt(ctx context.Context, leading clientv3.Cmp, a *keystorev
 	}
 	now := s.clock.Now()
 	code, perr := s.post(ctx, h.GetUrl(), secret, a, now)
+	if perr != nil && ctx.Err() != nil {
+		// Cut short by a shutdown or a lost lead: not the receiver's
+		// failure, and no attempt to count.
+		return d, ctx.Err()
+	}
 	d.Attempts++
 	d.LastStatus, d.LastError = code, ""
 	switch {
