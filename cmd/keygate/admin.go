@@ -36,7 +36,8 @@ type admin struct {
 // adminCmds are the nouns of the administration commands.
 func adminCmds(getenv func(string) string) []*cobra.Command {
 	a := &admin{getenv: getenv}
-	return []*cobra.Command{a.workspacesCmd(), a.keysCmd(), a.auditCmd(), a.usageCmd(), a.providersCmd(), a.modelsCmd()}
+	return []*cobra.Command{a.workspacesCmd(), a.keysCmd(), a.limitsCmd(), a.creditsCmd(), a.webhooksCmd(),
+		a.alertsCmd(), a.auditCmd(), a.usageCmd(), a.providersCmd(), a.modelsCmd()}
 }
 
 // noun groups the verbs of one resource, such as keys create and keys

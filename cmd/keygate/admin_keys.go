@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -19,7 +21,7 @@ func (a *admin) keysCmd() *cobra.Command {
 		a.keysCreate(), a.keysList(), a.keysGet(), a.keysUpdate(),
 		a.keysSetEnabled("disable", "Disable a key at once (enable undoes it)"),
 		a.keysSetEnabled("enable", "Enable a disabled key"),
-		a.keysExpire(), a.keysRotate(), a.keysDelete())
+		a.keysExpire(), a.keysRotate(), a.keysDelete(), a.keysExplain(), a.keysImport())
 }
 
 func (a *admin) keysCreate() *cobra.Command {
@@ -71,12 +73,14 @@ func (a *admin) showSecret(what string, k *keystorev1.Key, secret string) error 
 
 func (a *admin) keysList() *cobra.Command {
 	var owner, state string
+	var legacy bool
 	cmd := &cobra.Command{Use: "list", Short: "List a workspace's keys (never their secrets)", Args: exactArgs(0),
-		Example: "  keygate keys list --workspace acme --state active"}
+		Example: "  keygate keys list --workspace acme --state active\n  keygate keys list --workspace acme --legacy"}
 	cmd.Flags().StringVar(&owner, "owner", "", "only the keys of this member")
+	cmd.Flags().BoolVar(&legacy, "legacy", false, "only imported (legacy) keys, to be replaced")
 	cmd.Flags().StringVar(&state, "state", "", "only keys in this state: active, disabled or expired")
 	return a.inWorkspace(cmd, func(ctx context.Context, _ []string) error {
-		req := &keystorev1.ListKeysRequest{Workspace: a.workspace, PageSize: 1000, Owner: owner}
+		req := &keystorev1.ListKeysRequest{Workspace: a.workspace, PageSize: 1000, Owner: owner, Legacy: legacy}
 		if state != "" {
 			v, ok := keystorev1.KeyState_value["KEY_STATE_"+strings.ToUpper(state)]
 			if !ok {
@@ -223,10 +227,47 @@ func (a *admin) showKeys(keys ...*keystorev1.Key) error {
 			exp = k.GetExpireTime().AsTime().UTC().Format(time.RFC3339)
 		}
 		rows = append(rows, []string{
-			k.GetId(), k.GetName(), strings.TrimPrefix(k.GetKind().String(), "KEY_KIND_"),
+			k.GetId(), k.GetName(), keyKind(k),
 			strings.TrimPrefix(k.GetState().String(), "KEY_STATE_"), k.GetPartialKey(), k.GetOwner(),
 			fmt.Sprintf("%d/%d/%d/%d", l.GetRpm(), l.GetRpd(), l.GetTpm(), l.GetTpd()), exp,
 		})
 	}
 	return a.table("ID\tNAME\tKIND\tSTATE\tKEY\tOWNER\tRPM/RPD/TPM/TPD\tEXPIRES", rows)
+}
+
+func (a *admin) keysImport() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{Use: "import --file <keys.json>", Short: "Import the keys of the system keygate replaces, by the SHA-256 of their secrets",
+		Args: exactArgs(0),
+		Long: `Import the keys of the system keygate replaces, by the SHA-256 of their
+secrets (never the secrets): they keep working at the edge, marked legacy,
+and may carry limits and budgets like any key. The file holds
+{"keys": [{"name": "...", "secretSha256": "<64 hex>", "partialKey": "sk-...abcd",
+"owner": "...", "globalLimits": {"rpm": 60}, ...}]}.`,
+		Example: "  keygate keys import --file legacy.json --workspace acme"}
+	cmd.Flags().StringVar(&file, "file", "", "JSON file of the keys to import")
+	return a.inWorkspace(cmd, func(ctx context.Context, _ []string) error {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("--file: %w", err)
+		}
+		req := &keystorev1.ImportKeysRequest{}
+		if err := protojson.Unmarshal(b, req); err != nil {
+			return fmt.Errorf("--file %s: %w", file, err)
+		}
+		keys, err := a.c.ImportKeys(ctx, req.GetKeys()...)
+		if err != nil {
+			return err
+		}
+		return a.showKeys(keys...)
+	})
+}
+
+// keyKind is STANDARD or ADMIN, marked when the key was imported.
+func keyKind(k *keystorev1.Key) string {
+	s := strings.TrimPrefix(k.GetKind().String(), "KEY_KIND_")
+	if k.GetLegacy() {
+		s += " (legacy)"
+	}
+	return s
 }

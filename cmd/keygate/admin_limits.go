@@ -23,6 +23,14 @@ type limitFlags struct {
 }
 
 func (l *limitFlags) register(fs *pflag.FlagSet) {
+	l.registerLimits(fs)
+	fs.StringVar(&l.expire, "expire", "", "expiry as RFC 3339 time or a duration from now (e.g. 720h)")
+	fs.StringVar(&l.models, "allowed-models", "", "comma-separated models the key may use (empty: all)")
+	fs.StringVar(&l.labels, "labels", "", "comma-separated k=v labels")
+}
+
+// registerLimits registers the flags of the limits every level takes.
+func (l *limitFlags) registerLimits(fs *pflag.FlagSet) {
 	l.fs = fs
 	fs.Int64Var(&l.rpm, "rpm", 0, "requests per minute (0 = unlimited)")
 	fs.Int64Var(&l.rpd, "rpd", 0, "requests per UTC day")
@@ -33,9 +41,6 @@ func (l *limitFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&l.period, "budget-period", "monthly", "budget reset: never, daily, weekly, monthly")
 	fs.Int64Var(&l.cap, "token-cap", 0, "token cap per --token-cap-period (0 = unlimited)")
 	fs.StringVar(&l.capPeriod, "token-cap-period", "monthly", "token cap reset: never, daily, weekly, monthly")
-	fs.StringVar(&l.expire, "expire", "", "expiry as RFC 3339 time or a duration from now (e.g. 720h)")
-	fs.StringVar(&l.models, "allowed-models", "", "comma-separated models the key may use (empty: all)")
-	fs.StringVar(&l.labels, "labels", "", "comma-separated k=v labels")
 }
 
 func resetPeriod(s string) (typev1.ResetPeriod, error) {
@@ -139,16 +144,24 @@ func (l *limitFlags) applyExpire(k *keystorev1.Key, now time.Time) (string, erro
 	if l.expire == "" {
 		return "", nil
 	}
-	t, err := time.Parse(time.RFC3339, l.expire)
+	t, err := parseWhen("--expire", l.expire, now)
 	if err != nil {
-		d, derr := time.ParseDuration(l.expire)
-		if derr != nil {
-			return "", fmt.Errorf("--expire: want an RFC 3339 time or a duration, got %q", l.expire)
-		}
-		t = now.Add(d)
+		return "", err
 	}
 	k.ExpireTime = timestamppb.New(t)
 	return "expire_time", nil
+}
+
+// parseWhen reads a flag's time: RFC 3339, or a duration from now.
+func parseWhen(flag, s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: want an RFC 3339 time or a duration, got %q", flag, s)
+	}
+	return now.Add(d), nil
 }
 
 func (l *limitFlags) applyAllowedModels(k *keystorev1.Key) (string, error) {

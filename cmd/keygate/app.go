@@ -376,6 +376,9 @@ func (a *App) startUsage(ctx context.Context, rc *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
+	// The ledger commits until its Close, after the gRPC server drained:
+	// records sent while it drains are still counted.
+	a.goBackground(func() { _ = us.Run(context.WithoutCancel(a.ctx)) })
 	a.addService(usagev1.UsageService_ServiceDesc.ServiceName, us.Register, us.Close)
 	return nil
 }

@@ -9,6 +9,7 @@ package money
 
 import (
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -104,6 +105,18 @@ func Cost(tokens int64, pricePerMillion Nanos) Nanos {
 	q, r := int64(pricePerMillion)/1_000_000, int64(pricePerMillion)%1_000_000
 	c := tokens*q + (tokens*r+999_999)/1_000_000
 	return Nanos(c)
+}
+
+// FromMicros converts micro-dollars (the limiter's and the ledger's unit)
+// to Nanos, saturating instead of overflowing.
+func FromMicros(m int64) Nanos {
+	switch {
+	case m > math.MaxInt64/1000:
+		return Nanos(math.MaxInt64)
+	case m < math.MinInt64/1000:
+		return Nanos(math.MinInt64)
+	}
+	return Nanos(m * 1000)
 }
 
 // Micros converts to micro-dollars, rounding up.

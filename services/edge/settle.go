@@ -51,6 +51,16 @@ func (s *settler) add(ctx context.Context, op settleOp) {
 	}
 }
 
+// releaseLost frees the reservation of a Check whose answer was lost, now
+// and once more after again: the Check may still be waiting in a limiter
+// (for a key being handed over) and reserve after the first release went
+// by, which would leave the key charged for a request never served.
+func (s *settler) releaseLost(ctx context.Context, r *limiterv1.Release, again time.Duration) {
+	s.add(ctx, settleOp{release: r})
+	ctx = context.WithoutCancel(ctx)
+	time.AfterFunc(again, func() { s.add(ctx, settleOp{release: r}) })
+}
+
 func (s *settler) run(ctx context.Context) {
 	batch := make([]settleOp, 0, settleBatch)
 	linger := time.NewTimer(settleLinger)

@@ -80,7 +80,7 @@ func alertOf(now time.Time, c window.Crossing) *keystorev1.Alert {
 // amount renders a limit's value: money for budgets and credits.
 func amount(k window.Kind, v int64) string {
 	if k == window.KindBudget || k == window.KindCredits {
-		return money.Nanos(v * 1000).String()
+		return money.FromMicros(v).String()
 	}
 	return strconv.FormatInt(v, 10)
 }
