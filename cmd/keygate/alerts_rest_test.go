@@ -62,14 +62,8 @@ func TestCreditsAndWebhooksREST(t *testing.T) {
 			require.Equal(t, http.StatusBadRequest, code, "%s: %v", bad, body)
 		}
 		code, _, body = rest(t, "GET", api+"/v1/workspaces/acme/credits", root, nil)
-		if code == http.StatusServiceUnavailable {
-			// A usage service without workspace credit totals
-			// (TotalsQuery.credits) cannot tell the spend.
-			t.Logf("GetCredits: the usage service does not answer credit spend yet: %v", body)
-		} else {
-			require.Equal(t, http.StatusOK, code, body)
-			require.Equal(t, map[string]any{"grantedUsd": "12.50", "spentUsd": "0.00", "balanceUsd": "12.50", "enabled": true}, body)
-		}
+		require.Equal(t, http.StatusOK, code, body)
+		require.Equal(t, map[string]any{"grantedUsd": "12.50", "spentUsd": "0.00", "balanceUsd": "12.50", "enabled": true}, body)
 		code, _, body = rest(t, "GET", api+"/v1/workspaces/acme/credits/entries?pageSize=10", root, nil)
 		require.Equal(t, http.StatusOK, code, body)
 		require.Len(t, body["entries"], 1)

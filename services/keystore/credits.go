@@ -61,7 +61,7 @@ func (u UsageCreditSpend) CreditSpent(ctx context.Context, workspace string) (mo
 	}
 	for _, t := range resp.GetTotals() {
 		if t.GetModel() == "" {
-			return money.Nanos(t.GetCreditSpentMicros() * 1000), nil
+			return money.FromMicros(t.GetCreditSpentMicros()), nil
 		}
 	}
 	return 0, nil

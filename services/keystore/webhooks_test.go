@@ -63,9 +63,7 @@ func (d delivery) verifies(tb testing.TB, secret string) bool {
 	tb.Helper()
 	sec, err := strconv.ParseInt(d.timestamp, 10, 64)
 	require.NoError(tb, err)
-	want, err := keystore.Sign(secret, d.id, time.Unix(sec, 0), d.body)
-	require.NoError(tb, err)
-	return want == d.signature
+	return keystore.Sign(secret, d.id, time.Unix(sec, 0), d.body) == d.signature
 }
 
 func (e *env) createWebhook(tb testing.TB, url string) (*keystorev1.Webhook, string) {
