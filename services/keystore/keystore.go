@@ -51,6 +51,11 @@ type Config struct {
 	// Limits answers ExplainKey from the limiter's live state; nil makes
 	// ExplainKey answer FailedPrecondition.
 	Limits LimitExplainer
+	// CreditSpend answers GetCredits' spend (UsageCreditSpend); nil makes
+	// GetCredits of a workspace holding credits answer FailedPrecondition.
+	CreditSpend CreditSpend
+	// Alerts tunes the alert dispatcher (RunDispatcher).
+	Alerts DispatchConfig
 }
 
 // IDTokenVerifier checks an OIDC ID token and returns its subject.
@@ -104,6 +109,11 @@ type Server struct {
 
 	limits LimitExplainer
 
+	creditSpend CreditSpend
+	dispatch    DispatchConfig
+
+	alertsDelivered metric.Int64Counter
+
 	verifications metric.Int64Counter
 	changes       metric.Int64Counter
 }
@@ -124,6 +134,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.StorageTimeout <= 0 {
 		cfg.StorageTimeout = 2 * time.Second
 	}
+	if err := cfg.Alerts.defaults(); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		storageTimeout: cfg.StorageTimeout,
 		limits:         cfg.Limits,
@@ -133,6 +146,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		rootToken:      auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
 		idTokens:       cfg.IDTokens,
 		maxKeys:        cfg.DefaultMaxKeys,
+		creditSpend:    cfg.CreditSpend,
+		dispatch:       cfg.Alerts,
 	}
 	s.auditReplica = randomUint32()
 	s.legacyKeys.Store(legacyUnknown)
@@ -159,6 +174,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.changes, err = m.Int64Counter("keygate.keystore.changes",
 		metric.WithUnit("{change}"),
 		metric.WithDescription("Committed changes by action")); err != nil {
+		return nil, fmt.Errorf("keystore: metric: %w", err)
+	}
+	if s.alertsDelivered, err = m.Int64Counter("keygate.keystore.alerts_delivered",
+		metric.WithUnit("{delivery}"),
+		metric.WithDescription("Alert deliveries to webhooks by outcome (delivered, retry, failed, no_webhook)")); err != nil {
 		return nil, fmt.Errorf("keystore: metric: %w", err)
 	}
 	return s, nil
