@@ -356,10 +356,9 @@ func (a *App) startKeystore(ctx context.Context, rc *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("keystore: %w", err)
 	}
-	// One keystore replica at a time delivers alerts (an etcd election).
-	a.goBackground(func() { _ = ks.RunDispatcher(a.ctx) })
 	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
-	// Clears expired overrides; follows the count of imported keys.
+	// Clears expired overrides, follows the count of imported keys and
+	// (one replica at a time) delivers alerts.
 	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	return nil
 }

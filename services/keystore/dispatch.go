@@ -26,7 +26,7 @@ import (
 	"github.com/keygate/keygate/internal/alertbox"
 )
 
-// DispatchConfig tunes the alert dispatcher (RunDispatcher). Zero values
+// DispatchConfig tunes the alert dispatcher (runDispatcher). Zero values
 // take the defaults.
 type DispatchConfig struct {
 	// Attempts per alert and webhook before FAILED; default 8.
@@ -110,12 +110,12 @@ var (
 // errLostLead means another keystore dispatches now.
 var errLostLead = errors.New("dispatcher: lost the lead")
 
-// RunDispatcher delivers the alerts of the outbox (internal/alertbox) to
+// runDispatcher delivers the alerts of the outbox (internal/alertbox) to
 // the workspaces' webhooks until ctx ends. Every keystore replica runs
 // it; one at a time leads (an etcd election under a lease) and sends.
 // Every write about an alert is conditional on still leading and on the
 // alert still pending, so a deposed dispatcher records nothing.
-func (s *Server) RunDispatcher(ctx context.Context) error {
+func (s *Server) runDispatcher(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if err := s.lead(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("keystore: alert dispatcher stepped down; it campaigns again", slog.Any("error", err))

@@ -32,7 +32,7 @@ func startDispatcher(tb testing.TB, e *env, name string, tune func(*keystore.Dis
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.RunDispatcher(ctx)
+		_ = srv.Run(ctx)
 	}()
 	stop = func() { cancel(); <-done }
 	tb.Cleanup(stop)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,7 +55,7 @@ type Config struct {
 	// CreditSpend answers GetCredits' spend (UsageCreditSpend); nil makes
 	// GetCredits of a workspace holding credits answer FailedPrecondition.
 	CreditSpend CreditSpend
-	// Alerts tunes the alert dispatcher (RunDispatcher).
+	// Alerts tunes the alert dispatcher (runDispatcher).
 	Alerts DispatchConfig
 }
 
@@ -325,4 +326,19 @@ func roleRank(r keystorev1.Role) int {
 		return 1
 	}
 	return 0
+}
+
+// Run does the keystore's background work until ctx ends: it keeps the
+// count of imported keys fresh, clears expired limit overrides and
+// delivers alerts to webhooks. Every replica runs it: the janitor's writes
+// are compare-and-swap, so concurrent passes revert and audit each
+// override once, and one replica at a time leads the dispatcher.
+func (s *Server) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.followLegacyCount(ctx) })
+	wg.Go(func() { _ = s.runDispatcher(ctx) })
+	s.sweepOverrides(ctx)
+	clock.Every(ctx, overrideSweepInterval, func() { s.sweepOverrides(ctx) })
+	wg.Wait()
+	return nil
 }

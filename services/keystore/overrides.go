@@ -14,7 +14,6 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
-	"github.com/keygate/keygate/internal/clock"
 )
 
 // A timed override reverts by itself wherever a Check item is built
@@ -70,22 +69,6 @@ func overrideIndexOps(obj string, old, next *typev1.Override) []clientv3.Op {
 		ops = append(ops, clientv3.OpPut(overrideIndexKey(nt, obj), ""))
 	}
 	return ops
-}
-
-// Run does the keystore's background work until ctx ends: it keeps the
-// count of imported keys fresh and clears expired overrides. Every replica
-// may run it: the janitor's writes are compare-and-swap, so concurrent
-// passes revert and audit each override once.
-func (s *Server) Run(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.followLegacyCount(ctx)
-	}()
-	s.sweepOverrides(ctx)
-	clock.Every(ctx, overrideSweepInterval, func() { s.sweepOverrides(ctx) })
-	<-done
-	return nil
 }
 
 func (s *Server) sweepOverrides(ctx context.Context) {
