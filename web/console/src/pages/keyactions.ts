@@ -8,6 +8,7 @@ import { FieldError, Fields, settingsFields } from "../keyform";
 import type { Page } from "../main";
 import { showSecret } from "../secret";
 import { models } from "./createkey";
+import { openExplain } from "./explain";
 
 function ref(p: Page, k: Key) {
   return { workspace: p.session.workspace, key: k.id ?? "" };
@@ -41,7 +42,9 @@ export function keyActions(p: Page, k: Key, refresh: () => void): HTMLElement {
     h("button", { type: "button", class: danger ? "danger" : null, "aria-label": `${label} ${k.name}`, id: `${verb}-${k.id}`, onclick: open }, label);
   return h("div", { class: "row-actions" },
     act("Edit limits", "edit", () => editLimits(p, k, refresh)),
-    act("Rotate", "rotate", () => rotate(p, k, refresh)),
+    k.kind !== "KEY_KIND_ADMIN" ? act("Explain limits", "explain", () => openExplain(p, k)) : null,
+    // An imported secret has another system's format: it is replaced, not rotated.
+    k.legacy ? null : act("Rotate", "rotate", () => rotate(p, k, refresh)),
     k.state !== "KEY_STATE_EXPIRED" ? act("Expire", "expire", () => expire(p, k, refresh), true) : null,
     act("Delete", "delete", () => remove(p, k, refresh), true),
   );
