@@ -20,13 +20,18 @@ export async function renderAlerts(p: Page): Promise<void> {
     listKeys(ws).then(keyNames, () => new Map<string, string>()),
   ]);
   const thresholds = w.alertThresholds ?? [];
+  const intro = h("p", { class: "hint" }, thresholds.length
+    ? `Alerts are raised the first time in a period that usage reaches ${thresholds.map((t) => `${t}%`).join(", ")} of a daily limit, token cap, budget or credits, at any level. Change the thresholds on the Limits page.`
+    : "No alert thresholds are set, so no alert is raised. Set them on the Limits page.");
+  if (!manager(p.session)) {
+    replace(p.main, h("h1", {}, "Alerts"), intro, h("p", { class: "hint" }, "Owners and admins manage the workspace's webhooks and read its alerts."));
+    return;
+  }
   const result = h("div", { "aria-live": "polite" });
   const alerts = h("div", {});
   replace(p.main,
     h("h1", {}, "Alerts"),
-    h("p", { class: "hint" }, thresholds.length
-      ? `Alerts are raised the first time in a period that usage reaches ${thresholds.map((t) => `${t}%`).join(", ")} of a daily limit, token cap, budget or credits, at any level. Change the thresholds on the Limits page.`
-      : "No alert thresholds are set, so no alert is raised. Set them on the Limits page."),
+    intro,
     h("h2", { id: "webhooks-h" }, "Webhooks"),
     result,
     await webhooks(p, result),
@@ -39,7 +44,6 @@ export async function renderAlerts(p: Page): Promise<void> {
 
 async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
   const ws = p.session.workspace;
-  if (!manager(p.session)) return h("p", { class: "hint" }, "Owners and admins manage the workspace's webhooks.");
   let list: Webhook[];
   try {
     list = (await call("get", "/v1/workspaces/{workspace}/webhooks", { path: { workspace: ws } })).webhooks ?? [];
