@@ -115,7 +115,7 @@ test("the Limits page sets the workspace's limits and policy; the edge enforces 
 
   // The policy: a threshold the keystore refuses is said beside its field.
   const thresholds = page.getByRole("textbox", { name: "Alert thresholds (%)" });
-  await thresholds.fill("50, 150");
+  await thresholds.fill("0, 50");
   await page.getByRole("button", { name: "Save policy" }).click();
   await invalid(thresholds, /alert_thresholds/);
   await thresholds.fill("100, 50");
@@ -172,7 +172,8 @@ test("member limits in report mode, and a timed override that ends on request", 
   await dialog.waitFor({ state: "detached" });
   const wsTable = page.getByRole("region", { name: "Workspace limits" });
   const override = await cells(wsTable, "Timed override");
-  assert.match(override[1], /^1,000 tpd until .* \(launch day\)$/);
+  // The form starts from the enforced limits: the override shows all in force.
+  assert.match(override[1], /^2 rpd · 1,000 tpd until .* \(launch day\)$/);
   const o = (await must("GET", "/v1/workspaces/gov", root)).workspace.limitOverride;
   assert.equal(o.policy.globalLimits.tpd, "1000");
   assert.ok(Math.abs(Date.parse(o.expireTime) - Date.now() - 2 * 3600_000) < 120_000, o.expireTime);
