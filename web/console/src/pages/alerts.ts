@@ -54,7 +54,7 @@ async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
   const rows = list.map((wh) => {
     const url = wh.url ?? "";
     const ref = { workspace: ws, webhook: wh.id ?? "" };
-    const test = h("button", { type: "button", id: `test-${wh.id}`, "aria-label": `Send a test alert to ${url}` }, "Send test");
+    const test = h("button", { type: "button", id: `test-${wh.id}`, "aria-label": `Send test alert to ${url}` }, "Send test");
     test.addEventListener("click", async () => {
       test.disabled = true;
       replace(result, h("p", { class: "hint" }, `Sending a test alert to ${url}…`));
@@ -68,7 +68,7 @@ async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
       }
       test.disabled = false;
     });
-    const rotate = h("button", { type: "button", id: `rotate-${wh.id}`, "aria-label": `Rotate the secret of ${url}`, onclick: () => rotateSecret(ws, wh, redraw) }, "Rotate secret");
+    const rotate = h("button", { type: "button", id: `rotate-${wh.id}`, "aria-label": `Rotate secret of ${url}`, onclick: () => rotateSecret(ws, wh, redraw) }, "Rotate secret");
     const del = h("button", { type: "button", class: "danger", id: `delete-${wh.id}`, "aria-label": `Delete webhook ${url}`, onclick: () => remove(ws, wh, redraw) }, "Delete");
     return [h("code", {}, url), wh.description ?? "", dateTime(wh.createTime), dateTime(wh.secretTime), h("div", { class: "row-actions" }, test, rotate, del)];
   });
@@ -127,7 +127,7 @@ function confirm(title: string, text: string, label: string, doing: string, acti
 
 function rotateSecret(ws: string, wh: Webhook, redraw: () => Promise<void>): void {
   const url = wh.url ?? "";
-  confirm(`Rotate the secret of ${url}`, "A new signing secret is issued and shown once; deliveries are signed with it from now on, so give it to the receiver at once.",
+  confirm(`Rotate secret of ${url}`, "A new signing secret is issued and shown once; deliveries are signed with it from now on, so give it to the receiver at once.",
     "Rotate secret", `rotate the secret of ${url}`, async (d) => {
       const r = await call("post", "/v1/workspaces/{workspace}/webhooks/{webhook}:rotateSecret", { path: { workspace: ws, webhook: wh.id ?? "" }, body: {} });
       d.onClose(redraw);

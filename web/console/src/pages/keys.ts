@@ -92,13 +92,14 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
   if (shown.length === 0) return h("div", {}, summary, h("p", { class: "empty" }, keys.length ? "No key matches the filters." : manager(p.session) ? "No keys yet. Create one with Create API key." : "You have no keys yet. Create one with Create API key."));
   const refresh = () => renderKeys(p);
   const rows = shown.map((k) => [
-    k.legacy ? h("span", {}, h("strong", {}, k.name ?? ""), " ", h("span", { class: "badge legacy" }, "legacy")) : h("strong", {}, k.name ?? ""),
+    h("strong", {}, k.name ?? ""),
     k.owner ?? "",
     k.creator ?? "",
     date(k.createTime),
     k.expireTime ? date(k.expireTime) : "never",
     h("span", { class: `badge ${state(k)}` }, state(k)),
-    h("code", {}, k.partialKey ?? ""),
+    // An imported key's secret has its old system's format.
+    k.legacy ? h("span", {}, h("code", {}, k.partialKey ?? ""), " ", h("span", { class: "badge legacy" }, "legacy")) : h("code", {}, k.partialKey ?? ""),
     kind(k),
     h("span", { class: "wraps" }, keyLimits(k)),
     k.kind === "KEY_KIND_ADMIN" ? "— (no inference)" : todayCell(k, usage.get(k.id ?? "")),

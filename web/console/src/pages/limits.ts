@@ -59,7 +59,7 @@ function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
   const actions = manager(c.p.session)
     ? h("div", { class: "toolbar" },
       h("button", { type: "button", class: "primary", id: "edit-workspace-limits", onclick: () => openLevelLimits(`workspace ${c.ws}`, now, c.models, save, c.redraw) }, "Edit workspace limits"),
-      w.limitOverride?.expireTime ? endButton(c, "end-workspace-override", `the override of workspace ${c.ws}`, () => save(endOverride)) : null)
+      w.limitOverride?.expireTime ? endButton(c, "end-workspace-override", `workspace ${c.ws}`, () => save(endOverride)) : null)
     : h("p", { class: "hint" }, "Owners and admins change the workspace's limits.");
   return h("section", { "aria-labelledby": "ws-limits-h" },
     h("h2", { id: "ws-limits-h" }, "Workspace limits"),
@@ -68,18 +68,18 @@ function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
     actions);
 }
 
-// endButton ends an override now.
+// endButton ends the override of a level (called what) now.
 function endButton(c: Ctx, id: string, what: string, end: () => Promise<unknown>): HTMLElement {
-  const b = h("button", { type: "button", id, "aria-label": `End ${what}` }, "End override");
+  const b = h("button", { type: "button", id, "aria-label": `End override of ${what}` }, "End override");
   b.addEventListener("click", async () => {
     b.disabled = true;
     try {
       await end();
-      announce(`Ended ${what}`);
+      announce(`Override of ${what} ended`);
       await c.redraw();
     } catch (e) {
       b.disabled = false;
-      replace(c.err, notice("error", explain(e, `end ${what}`)));
+      replace(c.err, notice("error", explain(e, `end the override of ${what}`)));
     }
   });
   return b;
@@ -107,7 +107,7 @@ function memberSection(c: Ctx, members: Member[] | unknown): HTMLElement {
     const id = `member-${encodeURIComponent(who).replace(/[^A-Za-z0-9_-]/g, "_")}`;
     return [...cells, h("div", { class: "row-actions" },
       h("button", { type: "button", id: `edit-${id}`, "aria-label": `Edit limits of ${who}`, onclick: () => openLevelLimits(who, now, c.models, save, c.redraw) }, "Edit limits"),
-      m.limitOverride?.expireTime ? endButton(c, `end-${id}`, `the override of ${who}`, () => save(endOverride)) : null)];
+      m.limitOverride?.expireTime ? endButton(c, `end-${id}`, who, () => save(endOverride)) : null)];
   });
   const head = ["Member", "Role", "Enforced", "Report only", "Timed override"];
   section.append(table("Member limits", edit ? [...head, "Actions"] : head, rows));
