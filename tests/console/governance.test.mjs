@@ -259,6 +259,35 @@ test("credits: a top-up recorded once however often it is clicked, an adjustment
   await shot("credits");
 });
 
+test("a key's timed override, set and ended from the keys page, holds at the edge", async () => {
+  await goTo(page, "API keys", "API keys");
+  await page.getByRole("button", { name: "Edit limits paid-key" }).click();
+  const dialog = page.getByRole("dialog", { name: "Edit limits of paid-key" });
+  await dialog.getByLabel("Mode").selectOption({ label: "Timed override: replace enforced limits until a time" });
+  // The allowed models are the enforced limits' alone.
+  assert.equal(await dialog.getByRole("group", { name: "Allowed models" }).count(), 0);
+  await dialog.getByRole("textbox", { name: "Requests per minute", exact: true }).fill("1");
+  await dialog.getByLabel("Until").fill(await page.evaluate(() => {
+    const d = new Date(Date.now() + 3600_000);
+    return new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+  }));
+  await dialog.getByRole("button", { name: "Save limits" }).click();
+  await dialog.waitFor({ state: "detached" });
+  await row("paid-key").getByText(/^override until .*: 1 rpm$/).waitFor();
+  // paid-key made a request in the credits test a moment ago.
+  await until("the override to deny", async () => {
+    const r = await chat(secrets["paid-key"]);
+    return (r.status === 429 && r.by === "key/rpm") || r;
+  });
+  await page.getByRole("button", { name: "End override paid-key" }).click();
+  const end = page.getByRole("dialog", { name: "End the override of paid-key" });
+  await end.getByRole("button", { name: "End override" }).click();
+  await end.waitFor({ state: "detached" });
+  await row("paid-key").getByText(/^override until/).waitFor({ state: "detached" });
+  assert.ok(!(await must("GET", `/v1/workspaces/paid/keys/${(await must("GET", "/v1/workspaces/paid/keys", root)).keys[0].id}`, root)).key.limitOverride?.expireTime);
+  assert.equal((await chat(secrets["paid-key"])).status, 200);
+});
+
 // verified: the delivery carries the Standard Webhooks signature of its
 // body under this secret.
 function verified(d, secret) {
@@ -288,7 +317,7 @@ async function shownSecret(dialog, label) {
 
 test("alerts: the workspace's crossings are listed; a webhook added in the console receives a signed test alert", async () => {
   await page.getByLabel("Workspace", { exact: true }).selectOption("gov");
-  await page.getByRole("heading", { name: "History" }).waitFor();
+  await row("root-key").waitFor();
   await goTo(page, "Alerts", "Recent alerts");
   await page.getByText(/reaches 50%, 100% of a daily limit/).waitFor();
   // gov's two requests crossed 50% and 100% of its rpd, with no webhook yet.

@@ -68,7 +68,8 @@ function result(k: Key, model: string, tokens: number, r: Explained): (Node | st
     `${kindLabels[s.kind ?? "LIMIT_KIND_UNSPECIFIED"]}${s.model ? ` (${s.model})` : ""}`,
     mode(s.mode), windowName(s.window),
     quantity(s, s.limit), quantity(s, s.used), quantity(s, s.reserved), quantity(s, s.remaining),
-    s.resetTime ? dateTime(s.resetTime) : "never",
+    // A rolling window with nothing in it has no reset time.
+    s.resetTime ? dateTime(s.resetTime) : s.window === "never" ? "never" : "—",
   ]);
   return [
     h("p", { class: `notice ${r.wouldAdmit ? "" : "warn"}`, id: "explain-verdict" }, verdict(model, tokens, r)),

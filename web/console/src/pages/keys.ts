@@ -3,7 +3,7 @@
 // dialog. Row actions live in keyactions.ts.
 import { call, type Key, type UsageRow, type Workspace } from "../api";
 import { announce, field, h, replace, select, table, uid } from "../dom";
-import { count, date, kind, keyLimits, num, state, today } from "../format";
+import { count, date, dateTime, kind, keyLimits, num, policy, state, today } from "../format";
 import type { Page } from "../main";
 import { manager } from "../session";
 import { keyActions, enableSwitch } from "./keyactions";
@@ -101,11 +101,20 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
     // An imported key's secret has its old system's format.
     k.legacy ? h("span", {}, h("code", {}, k.partialKey ?? ""), " ", h("span", { class: "badge legacy" }, "legacy")) : h("code", {}, k.partialKey ?? ""),
     kind(k),
-    h("span", { class: "wraps" }, keyLimits(k)),
+    limitsCell(k),
     k.kind === "KEY_KIND_ADMIN" ? "— (no inference)" : todayCell(k, usage.get(k.id ?? "")),
     ...(locked(p, k) ? [k.enabled ? "on" : "off", h("span", { class: "hint" }, "Owners and admins manage admin keys")] : [enableSwitch(p, k, refresh), keyActions(p, k, refresh)]),
   ]);
   return h("div", {}, summary, replaceHint, table("API keys", ["Name", "Owner", "Creator", "Created", "Expires", "Status", "Key", "Kind", "Limits", "Today", "Enabled", "Actions"], rows));
+}
+
+// limitsCell is the key's enforced limits, then its report-mode ones and
+// its timed override when it has them.
+function limitsCell(k: Key): HTMLElement {
+  const report = policy(k.reportLimits);
+  return h("span", { class: "wraps" }, keyLimits(k),
+    report !== "unlimited" ? [h("br"), `report only: ${report}`] : null,
+    k.limitOverride?.expireTime ? [h("br"), `override until ${dateTime(k.limitOverride.expireTime)}: ${policy(k.limitOverride.policy)}`] : null);
 }
 
 // locked: a member sees their admin keys (made for them by an owner) but

@@ -8,7 +8,7 @@ import { listModels } from "../data";
 import { announce, field, h, notice, replace, select, table } from "../dom";
 import { count, dateTime, policy } from "../format";
 import { count as countField, FieldError, Fields } from "../keyform";
-import { endOverride, type LevelLimits, type LevelPatch, openLevelLimits } from "../levelform";
+import { endOverride, type LevelChange, type LevelLimits, type LevelPatch, levelPatch, openLevelLimits } from "../levelform";
 import type { Page } from "../main";
 import { manager, roleName } from "../session";
 
@@ -50,7 +50,8 @@ function overrideText(o?: Override): string {
 
 function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
   const now: LevelLimits = { enforced: w.limits, report: w.reportLimits, override: w.limitOverride };
-  const save = (patch: LevelPatch) => call("patch", "/v1/workspaces/{workspace}", { path: { workspace: c.ws }, query: { updateMask: patch.mask, etag: w.etag }, body: patch.body });
+  const patch = (u: LevelPatch) => call("patch", "/v1/workspaces/{workspace}", { path: { workspace: c.ws }, query: { updateMask: u.mask, etag: w.etag }, body: u.body });
+  const save = (ch: LevelChange) => patch(levelPatch(ch));
   const rows = [
     ["Enforced", policy(w.limits)],
     ["Report only", policy(w.reportLimits)],
@@ -59,7 +60,7 @@ function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
   const actions = manager(c.p.session)
     ? h("div", { class: "toolbar" },
       h("button", { type: "button", class: "primary", id: "edit-workspace-limits", onclick: () => openLevelLimits(`workspace ${c.ws}`, now, c.models, save, c.redraw) }, "Edit workspace limits"),
-      w.limitOverride?.expireTime ? endButton(c, "end-workspace-override", `workspace ${c.ws}`, () => save(endOverride)) : null)
+      w.limitOverride?.expireTime ? endButton(c, "end-workspace-override", `workspace ${c.ws}`, () => patch(endOverride)) : null)
     : h("p", { class: "hint" }, "Owners and admins change the workspace's limits.");
   return h("section", { "aria-labelledby": "ws-limits-h" },
     h("h2", { id: "ws-limits-h" }, "Workspace limits"),
@@ -102,12 +103,13 @@ function memberSection(c: Ctx, members: Member[] | unknown): HTMLElement {
     const who = m.member ?? "";
     const cells = [h("strong", {}, who), roleName(m.role), policy(m.limits), policy(m.reportLimits), overrideText(m.limitOverride)];
     if (!edit) return cells;
-    const save = (patch: LevelPatch) => call("patch", "/v1/workspaces/{workspace}/members/{member}", { path: { workspace: c.ws, member: who }, query: { updateMask: patch.mask }, body: patch.body });
+    const patch = (u: LevelPatch) => call("patch", "/v1/workspaces/{workspace}/members/{member}", { path: { workspace: c.ws, member: who }, query: { updateMask: u.mask }, body: u.body });
+    const save = (ch: LevelChange) => patch(levelPatch(ch));
     const now: LevelLimits = { enforced: m.limits, report: m.reportLimits, override: m.limitOverride };
     const id = `member-${encodeURIComponent(who).replace(/[^A-Za-z0-9_-]/g, "_")}`;
     return [...cells, h("div", { class: "row-actions" },
       h("button", { type: "button", id: `edit-${id}`, "aria-label": `Edit limits of ${who}`, onclick: () => openLevelLimits(who, now, c.models, save, c.redraw) }, "Edit limits"),
-      m.limitOverride?.expireTime ? endButton(c, `end-${id}`, who, () => save(endOverride)) : null)];
+      m.limitOverride?.expireTime ? endButton(c, `end-${id}`, who, () => patch(endOverride)) : null)];
   });
   const head = ["Member", "Role", "Enforced", "Report only", "Timed override"];
   section.append(table("Member limits", edit ? [...head, "Actions"] : head, rows));
