@@ -113,8 +113,8 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
 function limitsCell(k: Key): HTMLElement {
   const report = policy(k.reportLimits);
   return h("span", { class: "wraps" }, keyLimits(k),
-    report !== "unlimited" ? [h("br"), `report only: ${report}`] : null,
-    k.limitOverride?.expireTime ? [h("br"), `override until ${dateTime(k.limitOverride.expireTime)}: ${policy(k.limitOverride.policy)}`] : null);
+    report !== "unlimited" ? [h("br"), h("span", {}, `report only: ${report}`)] : null,
+    k.limitOverride?.expireTime ? [h("br"), h("span", {}, `override until ${dateTime(k.limitOverride.expireTime)}: ${policy(k.limitOverride.policy)}`)] : null);
 }
 
 // locked: a member sees their admin keys (made for them by an owner) but
