@@ -5,7 +5,7 @@
 import { call, explain, type Alert, type AlertDeliveryState, type Webhook } from "../api";
 import { keyNames, listKeys } from "../data";
 import { buttons, type Dialog, openDialog } from "../dialog";
-import { announce, field, h, notice, replace, table } from "../dom";
+import { announce, busy, field, h, notice, replace, table } from "../dom";
 import { count, dateTime, dollars, levelNames } from "../format";
 import { Fields } from "../keyform";
 import type { Page } from "../main";
@@ -55,8 +55,7 @@ async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
     const url = wh.url ?? "";
     const ref = { workspace: ws, webhook: wh.id ?? "" };
     const test = h("button", { type: "button", id: `test-${wh.id}`, "aria-label": `Send test alert to ${url}` }, "Send test");
-    test.addEventListener("click", async () => {
-      test.disabled = true;
+    test.addEventListener("click", () => busy(test, async () => {
       replace(result, h("p", { class: "hint" }, `Sending a test alert to ${url}…`));
       try {
         const r = await call("post", "/v1/workspaces/{workspace}/webhooks/{webhook}:test", { path: ref, body: {} });
@@ -66,8 +65,7 @@ async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
       } catch (e) {
         replace(result, notice("error", explain(e, `send a test alert to ${url}`)));
       }
-      test.disabled = false;
-    });
+    }));
     const rotate = h("button", { type: "button", id: `rotate-${wh.id}`, "aria-label": `Rotate secret of ${url}`, onclick: () => rotateSecret(ws, wh, redraw) }, "Rotate secret");
     const del = h("button", { type: "button", class: "danger", id: `delete-${wh.id}`, "aria-label": `Delete webhook ${url}`, onclick: () => remove(ws, wh, redraw) }, "Delete");
     return [h("code", {}, url), wh.description ?? "", dateTime(wh.createTime), dateTime(wh.secretTime), h("div", { class: "row-actions" }, test, rotate, del)];
@@ -90,19 +88,19 @@ function addWebhook(ws: string, redraw: () => Promise<void>): HTMLElement {
   const form = h("form", { class: "toolbar", novalidate: true },
     field("Webhook URL", url, "http or https; each alert is POSTed to it, signed with the webhook's secret."),
     field("Description (optional)", description), submit);
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    fields.clear();
-    submit.disabled = true;
-    try {
-      const r = await call("post", "/v1/workspaces/{workspace}/webhooks", { path: { workspace: ws }, body: { url: url.value.trim(), description: description.value.trim() } });
-      const d = openDialog(`Webhook added`);
-      d.onClose(redraw);
-      showSecret(d, `webhook ${r.webhook?.url ?? url.value.trim()}`, r.secret ?? "", "Receivers check each delivery's webhook-signature header with it.");
-    } catch (e) {
-      submit.disabled = false;
-      fields.fail(e, "add the webhook")?.focus();
-    }
+    busy(submit, async () => {
+      fields.clear();
+      try {
+        const r = await call("post", "/v1/workspaces/{workspace}/webhooks", { path: { workspace: ws }, body: { url: url.value.trim(), description: description.value.trim() } });
+        const d = openDialog("Webhook added");
+        d.onClose(redraw);
+        showSecret(d, `webhook ${r.webhook?.url ?? url.value.trim()}`, r.secret ?? "", "Receivers check each delivery's webhook-signature header with it.");
+      } catch (e) {
+        fields.fail(e, "add the webhook")?.focus();
+      }
+    });
   });
   return h("section", { "aria-labelledby": "add-webhook-h" }, h("h3", { id: "add-webhook-h" }, "Add a webhook"), general, form);
 }

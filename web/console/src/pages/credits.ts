@@ -4,7 +4,7 @@
 // chosen when the form is shown, so a double click or a retry after a lost
 // answer records it once.
 import { ApiError, call, type CreditEntry, type CreditEntryKind, type Credits, explain } from "../api";
-import { announce, field, h, notice, replace, select, table } from "../dom";
+import { announce, busy, field, h, notice, replace, select, table } from "../dom";
 import { dateTime, dollars } from "../format";
 import { FieldError, Fields } from "../keyform";
 import type { Page } from "../main";
@@ -61,39 +61,35 @@ function entryForm(p: Page): HTMLElement {
   // One id per entry the person means: kept across retries of this one,
   // renewed once it is recorded.
   let id = entryId();
-  let busy = false;
   const form = h("form", { class: "toolbar", novalidate: true },
     field("Kind", kind),
     field("Amount (USD)", amount, "A top-up adds money; an adjustment corrects the balance and may be negative, e.g. -2.50."),
     field("Note (optional)", note, "e.g. the invoice number"),
     submit);
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    if (busy) return;
-    fields.clear();
-    let entry: CreditEntry;
-    try {
-      entry = read(id, kind, amount, note);
-    } catch (e) {
-      if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
-      return;
-    }
-    busy = true;
-    submit.disabled = true;
-    try {
-      const r = await call("post", "/v1/workspaces/{workspace}/credits/entries", { path: { workspace: p.session.workspace }, body: entry });
-      id = entryId();
-      const what = `${kind.value === "CREDIT_ENTRY_KIND_TOP_UP" ? "Top-up" : "Adjustment"} of ${dollars(r.entry?.amountUsd ?? entry.amountUsd)}`;
-      announce(r.replayed ? `${what} was already recorded` : `${what} recorded`);
-      await renderCredits(p);
-      document.getElementById("add-credits")?.focus();
-    } catch (e) {
-      busy = false;
-      submit.disabled = false;
-      // The id stays: if the entry was recorded and only the answer was
-      // lost, sending again records nothing more.
-      fields.fail(e, "record the credits")?.focus();
-    }
+    busy(submit, async () => {
+      fields.clear();
+      let entry: CreditEntry;
+      try {
+        entry = read(id, kind, amount, note);
+      } catch (e) {
+        if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
+        return;
+      }
+      try {
+        const r = await call("post", "/v1/workspaces/{workspace}/credits/entries", { path: { workspace: p.session.workspace }, body: entry });
+        id = entryId();
+        const what = `${kind.value === "CREDIT_ENTRY_KIND_TOP_UP" ? "Top-up" : "Adjustment"} of ${dollars(r.entry?.amountUsd ?? entry.amountUsd)}`;
+        announce(r.replayed ? `${what} was already recorded` : `${what} recorded`);
+        await renderCredits(p);
+        document.getElementById("add-credits")?.focus();
+      } catch (e) {
+        // The id stays: if the entry was recorded and only the answer was
+        // lost, sending again records nothing more.
+        fields.fail(e, "record the credits")?.focus();
+      }
+    });
   });
   return h("section", { "aria-labelledby": "add-credits-h" }, h("h2", { id: "add-credits-h" }, "Top up or adjust"), general, form);
 }

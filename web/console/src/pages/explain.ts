@@ -6,7 +6,7 @@
 // limiter's live state and charges nothing.
 import { call, explain, type Explained, type Key, type LimitState } from "../api";
 import { buttons, openDialog } from "../dialog";
-import { announce, field, h, notice, replace, select, table } from "../dom";
+import { announce, busy, field, h, notice, replace, select, setFieldError, table } from "../dom";
 import { dateTime, kindLabels, levelNames, limitedBy, mode, quantity, windowName } from "../format";
 import { FieldError, count } from "../keyform";
 import type { Page } from "../main";
@@ -16,24 +16,25 @@ export async function openExplain(p: Page, k: Key): Promise<void> {
   const catalog = await models();
   const model = select([["", "None (global limits only)"], ...catalog.map((m): [string, string] => [m.id ?? "", m.id ?? ""])]);
   const tokens = h("input", { type: "text", inputmode: "numeric", autocomplete: "off", value: "1" });
-  const err = h("p", { class: "error", role: "alert" });
   const out = h("div", { "aria-live": "polite" });
   const submit = h("button", { type: "submit", class: "primary" }, "Explain");
   const form = h("form", { class: "toolbar", novalidate: true },
     field("Model", model), field("Estimated tokens", tokens, "Prompt and output tokens the request would reserve."), submit);
-  const d = openDialog(`Explain limits of ${k.name}`, form, err, out,
+  const d = openDialog(`Explain limits of ${k.name}`, form, out,
     buttons(h("button", { type: "button", onclick: () => d.close() }, "Close")));
   d.el.classList.add("wide");
-  const run = async () => {
-    err.textContent = "";
+  const run = () => busy(submit, async () => {
+    setFieldError(tokens, "");
     let n: number | undefined;
     try {
       n = count(tokens, "estimated_tokens");
     } catch (e) {
-      if (e instanceof FieldError) err.textContent = e.message;
+      if (e instanceof FieldError) {
+        setFieldError(tokens, e.message);
+        tokens.focus();
+      }
       return;
     }
-    submit.disabled = true;
     try {
       const r = await call("get", "/v1/workspaces/{workspace}/keys/{key}:explain", {
         path: { workspace: p.session.workspace, key: k.id ?? "" },
@@ -44,8 +45,7 @@ export async function openExplain(p: Page, k: Key): Promise<void> {
     } catch (e) {
       replace(out, notice("error", explain(e, `explain the limits of ${k.name}`)));
     }
-    submit.disabled = false;
-  };
+  });
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     run();

@@ -5,24 +5,25 @@
 // change them; everyone else reads them.
 import { call, explain, type LimitEditors, type Member, type Model, type Override, type Workspace } from "../api";
 import { listModels } from "../data";
-import { announce, field, h, notice, replace, select, table } from "../dom";
+import { announce, busy, field, h, notice, replace, select, table } from "../dom";
 import { count, dateTime, policy } from "../format";
 import { count as countField, FieldError, Fields } from "../keyform";
 import { endOverride, type LevelChange, type LevelLimits, type LevelPatch, levelPatch, openLevelLimits } from "../levelform";
 import type { Page } from "../main";
 import { manager, roleName } from "../session";
 
-export async function renderLimits(p: Page): Promise<void> {
+// focus is the id of the control to focus once drawn; by default the
+// successor of the one focused now (a dialog that saved returns focus to
+// its opener, which this render replaces).
+export async function renderLimits(p: Page, focus?: string): Promise<void> {
   const ws = p.session.workspace;
-  // A dialog that saved returns focus to its opener, which this render
-  // replaces: focus its successor (same id) instead.
-  const focusId = document.activeElement?.id ?? "";
+  const focusId = focus ?? document.activeElement?.id ?? "";
   const [w, members, models] = await Promise.all([
     call("get", "/v1/workspaces/{workspace}", { path: { workspace: ws } }).then((r) => r.workspace ?? {}),
     call("get", "/v1/workspaces/{workspace}/members", { path: { workspace: ws } }).then((r) => r.members ?? [], (e: unknown) => e),
     listModels().catch(() => []),
   ]);
-  const c: Ctx = { p, ws, models, err: h("div", { "aria-live": "polite" }), redraw: () => renderLimits(p) };
+  const c: Ctx = { p, ws, models, err: h("div", { "aria-live": "polite" }), redraw: (f?: string) => renderLimits(p, f) };
   replace(p.main,
     h("h1", {}, "Limits"),
     h("p", { class: "hint" }, "A request is admitted only if its key, its key's owner (member) and the workspace all admit it, and is then counted at every level. Keys' own limits are on the API keys page."),
@@ -39,7 +40,7 @@ interface Ctx {
   ws: string;
   models: Model[];
   err: HTMLElement;
-  redraw(): Promise<void>;
+  redraw(focus?: string): Promise<void>;
 }
 
 // overrideText reads "1,000 tpd until 3 Dec 2026, 11:00:00 (launch)".
@@ -59,8 +60,8 @@ function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
   ];
   const actions = manager(c.p.session)
     ? h("div", { class: "toolbar" },
-      h("button", { type: "button", class: "primary", id: "edit-workspace-limits", onclick: () => openLevelLimits(`workspace ${c.ws}`, now, c.models, save, c.redraw) }, "Edit workspace limits"),
-      w.limitOverride?.expireTime ? endButton(c, "end-workspace-override", `workspace ${c.ws}`, () => patch(endOverride)) : null)
+      h("button", { type: "button", class: "primary", id: "edit-workspace-limits", onclick: () => openLevelLimits(`workspace ${c.ws}`, now, c.models, save, () => c.redraw()) }, "Edit workspace limits"),
+      w.limitOverride?.expireTime ? endButton(c, "edit-workspace-limits", `workspace ${c.ws}`, () => patch(endOverride)) : null)
     : h("p", { class: "hint" }, "Owners and admins change the workspace's limits.");
   return h("section", { "aria-labelledby": "ws-limits-h" },
     h("h2", { id: "ws-limits-h" }, "Workspace limits"),
@@ -69,20 +70,19 @@ function workspaceSection(c: Ctx, w: Workspace): HTMLElement {
     actions);
 }
 
-// endButton ends the override of a level (called what) now.
-function endButton(c: Ctx, id: string, what: string, end: () => Promise<unknown>): HTMLElement {
-  const b = h("button", { type: "button", id, "aria-label": `End override of ${what}` }, "End override");
-  b.addEventListener("click", async () => {
-    b.disabled = true;
+// endButton ends the override of a level (called what) now; the button
+// leaves with it, so focus goes to the level's Edit button (editId).
+function endButton(c: Ctx, editId: string, what: string, end: () => Promise<unknown>): HTMLElement {
+  const b = h("button", { type: "button", "aria-label": `End override of ${what}` }, "End override");
+  b.addEventListener("click", () => busy(b, async () => {
     try {
       await end();
       announce(`Override of ${what} ended`);
-      await c.redraw();
+      await c.redraw(editId);
     } catch (e) {
-      b.disabled = false;
       replace(c.err, notice("error", explain(e, `end the override of ${what}`)));
     }
-  });
+  }));
   return b;
 }
 
@@ -108,8 +108,8 @@ function memberSection(c: Ctx, members: Member[] | unknown): HTMLElement {
     const now: LevelLimits = { enforced: m.limits, report: m.reportLimits, override: m.limitOverride };
     const id = `member-${encodeURIComponent(who).replace(/[^A-Za-z0-9_-]/g, "_")}`;
     return [...cells, h("div", { class: "row-actions" },
-      h("button", { type: "button", id: `edit-${id}`, "aria-label": `Edit limits of ${who}`, onclick: () => openLevelLimits(who, now, c.models, save, c.redraw) }, "Edit limits"),
-      m.limitOverride?.expireTime ? endButton(c, `end-${id}`, who, () => patch(endOverride)) : null)];
+      h("button", { type: "button", id: `edit-${id}`, "aria-label": `Edit limits of ${who}`, onclick: () => openLevelLimits(who, now, c.models, save, () => c.redraw()) }, "Edit limits"),
+      m.limitOverride?.expireTime ? endButton(c, `edit-${id}`, who, () => patch(endOverride)) : null)];
   });
   const head = ["Member", "Role", "Enforced", "Report only", "Timed override"];
   section.append(table("Member limits", edit ? [...head, "Actions"] : head, rows));
@@ -150,25 +150,25 @@ function policySection(c: Ctx, w: Workspace): HTMLElement {
       field("Alert thresholds (%)", alerts, "Percentages of any daily limit, token cap, budget or credits, at any level. The first crossing in a period raises an alert (see Alerts). Empty: no alerts."),
       field("Request-log cap", cap, "Most request-log records kept for this workspace. Empty: the global cap.")),
     h("div", { class: "dialog-buttons" }, submit));
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    fields.clear();
-    let body: Workspace;
-    try {
-      body = { limitEditors: who.value as LimitEditors, alertThresholds: percentages(alerts.value), requestLogCap: String(countField(cap, "request_log_cap") ?? 0) };
-    } catch (e) {
-      if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
-      return;
-    }
-    submit.disabled = true;
-    try {
-      await call("patch", "/v1/workspaces/{workspace}", { path: { workspace: c.ws }, query: { updateMask: "limit_editors,alert_thresholds,request_log_cap", etag: w.etag }, body });
-      announce("Policy saved");
-      await c.redraw();
-    } catch (e) {
-      submit.disabled = false;
-      fields.fail(e, "save the policy")?.focus();
-    }
+    busy(submit, async () => {
+      fields.clear();
+      let body: Workspace;
+      try {
+        body = { limitEditors: who.value as LimitEditors, alertThresholds: percentages(alerts.value), requestLogCap: String(countField(cap, "request_log_cap") ?? 0) };
+      } catch (e) {
+        if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
+        return;
+      }
+      try {
+        await call("patch", "/v1/workspaces/{workspace}", { path: { workspace: c.ws }, query: { updateMask: "limit_editors,alert_thresholds,request_log_cap", etag: w.etag }, body });
+        announce("Policy saved");
+        await c.redraw("save-policy");
+      } catch (e) {
+        fields.fail(e, "save the policy")?.focus();
+      }
+    });
   });
   section.append(form);
   return section;
