@@ -128,6 +128,8 @@ test("the Limits page sets the workspace's limits and policy; the edge enforces 
     return JSON.stringify([w.alertThresholds, w.limitEditors, w.requestLogCap]) === JSON.stringify([[50, 100], "LIMIT_EDITORS_ADMINS", "5000"]) || w;
   });
   await until("the form to show the saved thresholds", async () => (await page.getByRole("textbox", { name: "Alert thresholds (%)" }).inputValue()) === "50, 100");
+  // The page redrew; the keyboard focus stayed on Save policy.
+  await until("focus on Save policy", () => page.getByRole("button", { name: "Save policy" }).evaluate((el) => el === document.activeElement));
 
   // Two keys of two owners share the workspace's 2 requests a day. (They
   // are made after the limit, so each edge learns the limit with the key.)
