@@ -105,8 +105,8 @@ function addWebhook(ws: string, redraw: () => Promise<void>): HTMLElement {
   return h("section", { "aria-labelledby": "add-webhook-h" }, h("h3", { id: "add-webhook-h" }, "Add a webhook"), general, form);
 }
 
-// confirm is a dialog whose submit runs action; an error stays in it.
-function confirm(title: string, text: string, label: string, doing: string, action: (d: Dialog) => Promise<void>, danger = false): void {
+// confirmDialog is a dialog whose submit runs action; an error stays in it.
+function confirmDialog(title: string, text: string, label: string, doing: string, action: (d: Dialog) => Promise<void>, danger = false): void {
   const err = h("p", { class: "error", role: "alert" });
   const submit = h("button", { type: "submit", class: danger ? "danger primary" : "primary" }, label);
   const form = h("form", {}, h("p", {}, text), err, buttons(h("button", { type: "button", onclick: () => d.close() }, "Cancel"), submit));
@@ -125,7 +125,7 @@ function confirm(title: string, text: string, label: string, doing: string, acti
 
 function rotateSecret(ws: string, wh: Webhook, redraw: () => Promise<void>): void {
   const url = wh.url ?? "";
-  confirm(`Rotate secret of ${url}`, "A new signing secret is issued and shown once; deliveries are signed with it from now on, so give it to the receiver at once.",
+  confirmDialog(`Rotate secret of ${url}`, "A new signing secret is issued and shown once; deliveries are signed with it from now on, so give it to the receiver at once.",
     "Rotate secret", `rotate the secret of ${url}`, async (d) => {
       const r = await call("post", "/v1/workspaces/{workspace}/webhooks/{webhook}:rotateSecret", { path: { workspace: ws, webhook: wh.id ?? "" }, body: {} });
       d.onClose(redraw);
@@ -135,7 +135,7 @@ function rotateSecret(ws: string, wh: Webhook, redraw: () => Promise<void>): voi
 
 function remove(ws: string, wh: Webhook, redraw: () => Promise<void>): void {
   const url = wh.url ?? "";
-  confirm(`Delete webhook ${url}`, `Alerts are no longer sent to ${url}. Alerts already queued for it are dropped.`,
+  confirmDialog(`Delete webhook ${url}`, `Alerts are no longer sent to ${url}. Alerts already queued for it are dropped.`,
     "Delete webhook", `delete the webhook ${url}`, async (d) => {
       await call("delete", "/v1/workspaces/{workspace}/webhooks/{webhook}", { path: { workspace: ws, webhook: wh.id ?? "" } });
       d.onClose(redraw);

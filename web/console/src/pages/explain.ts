@@ -16,7 +16,8 @@ export async function openExplain(p: Page, k: Key): Promise<void> {
   const catalog = await models();
   const model = select([["", "None (global limits only)"], ...catalog.map((m): [string, string] => [m.id ?? "", m.id ?? ""])]);
   const tokens = h("input", { type: "text", inputmode: "numeric", autocomplete: "off", value: "1" });
-  const out = h("div", { "aria-live": "polite" });
+  // The verdict is announced; the table is there to read.
+  const out = h("div", {});
   const submit = h("button", { type: "submit", class: "primary" }, "Explain");
   const form = h("form", { class: "toolbar", novalidate: true },
     field("Model", model), field("Estimated tokens", tokens, "Prompt and output tokens the request would reserve."), submit);
@@ -55,7 +56,7 @@ export async function openExplain(p: Page, k: Key): Promise<void> {
 
 // verdict says in words what would happen to the request now.
 function verdict(model: string, tokens: number, r: Explained): string {
-  const req = `A request${model ? ` for ${model}` : ""} of ${tokens.toLocaleString()} tokens`;
+  const req = `A request${model ? ` for ${model}` : ""} of ${tokens.toLocaleString()} ${tokens === 1 ? "token" : "tokens"}`;
   if (r.wouldAdmit) return `${req} would be admitted now.`;
   const by = limitedBy(r.deniedLevel, r.deniedBy, r.deniedModel);
   return `${req} would be denied now by the ${levelNames[r.deniedLevel ?? "LIMIT_LEVEL_UNSPECIFIED"]}'s ${kindLabels[r.deniedBy ?? "LIMIT_KIND_UNSPECIFIED"]}${r.deniedModel ? ` for ${r.deniedModel}` : ""} (${by}).`;
