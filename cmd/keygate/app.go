@@ -329,7 +329,8 @@ func (a *App) connections() (*roleConns, error) {
 			return nil, err
 		}
 	}
-	if a.has(RoleLimiter) || a.has(RoleEdge) {
+	// The keystore reads workspaces' credit spend from the usage service.
+	if a.has(RoleLimiter) || a.has(RoleEdge) || a.has(RoleKeystore) {
 		if rc.usage, err = a.dial(rc.usageAddr, true); err != nil {
 			return nil, err
 		}
@@ -337,10 +338,13 @@ func (a *App) connections() (*roleConns, error) {
 	return rc, nil
 }
 
-func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
+func (a *App) startKeystore(ctx context.Context, rc *roleConns) error {
 	c := &a.Config
 	kc := keystore.Config{Etcd: a.etcd, Clock: a.Clock, Logger: a.Logger.With("service", "keystore"), Meter: a.tel.MeterProvider(),
-		RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout, Limits: &a.limits}
+		RootToken: c.RootToken, PreviousRootTokens: c.PreviousRootTokens, StorageTimeout: c.StorageTimeout, Limits: &a.limits,
+		CreditSpend: keystore.UsageCreditSpend{Usage: usagev1.NewUsageServiceClient(rc.usage)},
+		Alerts: keystore.DispatchConfig{Attempts: int(c.AlertAttempts), Backoff: c.AlertBackoff, MaxBackoff: c.AlertMaxBackoff,
+			Name: cmp.Or(c.AdvertiseAddr, rc.self)}}
 	if c.OIDCIssuer != "" {
 		v, err := oidc.New(oidc.Config{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, JWKSFile: c.OIDCJWKSFile, JWKSURL: c.OIDCJWKSURL, Clock: a.Clock})
 		if err != nil {
@@ -352,7 +356,11 @@ func (a *App) startKeystore(ctx context.Context, _ *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("keystore: %w", err)
 	}
+	// One keystore replica at a time delivers alerts (an etcd election).
+	a.goBackground(func() { _ = ks.RunDispatcher(a.ctx) })
 	a.addService(keystorev1.KeystoreService_ServiceDesc.ServiceName, ks.Register, ks.Close)
+	// Clears expired overrides; follows the count of imported keys.
+	a.goBackground(func() { _ = ks.Run(a.ctx) })
 	return nil
 }
 
@@ -370,6 +378,9 @@ func (a *App) startUsage(ctx context.Context, rc *roleConns) error {
 	if err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
+	// The ledger commits until its Close, after the gRPC server drained:
+	// records sent while it drains are still counted.
+	a.goBackground(func() { _ = us.Run(context.WithoutCancel(a.ctx)) })
 	a.addService(usagev1.UsageService_ServiceDesc.ServiceName, us.Register, us.Close)
 	return nil
 }

@@ -93,6 +93,11 @@ type Config struct {
 	TLSCA   string
 
 	ShutdownTimeout time.Duration
+
+	// Alert delivery to webhooks (the keystore's dispatcher).
+	AlertAttempts   int64
+	AlertBackoff    time.Duration
+	AlertMaxBackoff time.Duration
 }
 
 // envFlags registers flags whose defaults come from the environment.
@@ -239,6 +244,9 @@ func newServerFlags(name string, getenv func(string) string) *serverFlags {
 	e.str(&c.TLSCert, "tls-cert", "", "PEM certificate this process serves gRPC with")
 	e.str(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	e.str(&c.TLSCA, "tls-ca", "", "PEM CA bundle that signs the other services' certificates (and clients', for mutual TLS)")
+	e.int64(&c.AlertAttempts, "alert-attempts", 8, "attempts to deliver an alert to a webhook before it is marked failed")
+	e.duration(&c.AlertBackoff, "alert-backoff", time.Second, "wait after an alert's first failed delivery, doubling after each one (jittered)")
+	e.duration(&c.AlertMaxBackoff, "alert-max-backoff", 5*time.Minute, "longest wait between an alert's delivery attempts")
 	e.duration(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests may finish on SIGTERM")
 	return s
 }
@@ -287,6 +295,9 @@ func (s *serverFlags) parse(args []string) (Config, []string, error) {
 	if c.KeyCacheMaxUnconfirmed < 2*time.Second {
 		// The keystore confirms the cache every second.
 		return c, nil, errors.New("--key-cache-max-unconfirmed must be at least 2s")
+	}
+	if c.AlertAttempts < 1 || c.AlertAttempts > 100 || c.AlertBackoff <= 0 || c.AlertMaxBackoff < c.AlertBackoff {
+		return c, nil, errors.New("--alert-attempts must be 1-100, --alert-backoff positive and --alert-max-backoff at least --alert-backoff")
 	}
 	if err := checkTLSFlags(c); err != nil {
 		return c, nil, err

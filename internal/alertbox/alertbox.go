@@ -6,6 +6,9 @@
 //
 //	/keygate/alerts/ws/<workspace>/<id>  the alert (binary proto), kept as its log
 //	/keygate/alerts/pending/<id>         its workspace: still to deliver
+//	/keygate/alerts/time/<workspace>/<inverted time>/<id>  its id: the log newest first
+//	/keygate/alerts/delivery/<id>/<webhook>  one webhook's delivery (delivery.go)
+//	/keygate/alerts/leader/             the dispatcher election
 //
 // An alert's id is derived from what it is about (workspace, level, limit,
 // model, period start, threshold), and Raise writes both keys in one
@@ -32,6 +35,10 @@ const (
 	Prefix        = "/keygate/alerts/"
 	WorkspaceRoot = Prefix + "ws/"
 	PendingRoot   = Prefix + "pending/"
+	TimeRoot      = Prefix + "time/"
+	DeliveryRoot  = Prefix + "delivery/"
+	// LeaderPrefix is the election of the one keystore that dispatches.
+	LeaderPrefix = Prefix + "leader/"
 )
 
 // ID is the alert's identity: the same crossing always has the same id.
@@ -54,6 +61,15 @@ func LogKey(workspace, id string) string { return WorkspaceRoot + workspace + "/
 // PendingKey marks the alert as still to deliver.
 func PendingKey(id string) string { return PendingRoot + id }
 
+// TimePrefix lists a workspace's alerts newest first.
+func TimePrefix(workspace string) string { return TimeRoot + workspace + "/" }
+
+// TimeKey orders the alert in its workspace's log: inverted raise time, so
+// that an ascending range read is newest first.
+func TimeKey(a *keystorev1.Alert) string {
+	return TimePrefix(a.GetWorkspace()) + fmt.Sprintf("%016x", ^uint64(a.GetTime().AsTime().UnixNano())) + "/" + a.GetId()
+}
+
 // Raise stores a new alert (its id set from ID) as pending. It reports
 // false, changing nothing, when the alert was raised before.
 func Raise(ctx context.Context, cli *clientv3.Client, a *keystorev1.Alert) (bool, error) {
@@ -67,7 +83,8 @@ func Raise(ctx context.Context, cli *clientv3.Client, a *keystorev1.Alert) (bool
 	lk := LogKey(a.GetWorkspace(), a.GetId())
 	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)).
-		Then(clientv3.OpPut(lk, string(b)), clientv3.OpPut(PendingKey(a.GetId()), a.GetWorkspace())).
+		Then(clientv3.OpPut(lk, string(b)), clientv3.OpPut(PendingKey(a.GetId()), a.GetWorkspace()),
+			clientv3.OpPut(TimeKey(a), a.GetId())).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("alertbox: raise %s: %w", a.GetId(), err)

@@ -3,12 +3,19 @@
 // delete takes effect within the stream's latency rather than after a TTL.
 //
 // Positive answers are cached under the SHA-256 of the full key text (never
-// the text itself) and answer without a call; an entry is dropped when its
-// key changes. Expiry and rotation grace are checked against the clock on
+// the text itself) and answer without a call, with the key's workspace and
+// member (its limit levels); an entry is dropped when its key, its
+// workspace or its member changes. Expiry and rotation grace are checked against the clock on
 // every hit. A cache miss always asks the keystore. The keystore's
 // rejections are remembered too, but they only answer when the keystore
 // cannot: a key known to be revoked stays rejected through an outage, while
 // a key the cache has never seen fails closed (an error, not a rejection).
+//
+// Keygate keys are checked by format first: a malformed one is rejected
+// without a call. Text without keygate's prefix may be a key imported from
+// another system (keyformat.PlausibleLegacy): it is looked up, and a
+// keystore that does not know it is believed for UnknownTTL, so that
+// repeated unknown tokens reach the keystore once per TTL.
 //
 // A lost keystore degrades the cache, it does not stop it. When the change
 // stream ends or errors, or stays silent for MaxStaleness, the cache keeps
@@ -41,6 +48,7 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/limitpolicy"
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
@@ -74,20 +82,26 @@ type Options struct {
 	Timeout time.Duration
 	// Meter, if set, exports keygate.keycache.unconfirmed_seconds.
 	Meter metric.MeterProvider
+	// UnknownTTL is how long an imported-style secret the keystore did
+	// not know is rejected without asking again; default 30s.
+	UnknownTTL time.Duration
 }
 
-// maxKeyLen bounds the key text hashed on the stack; longer text is not a
-// keygate key.
-const maxKeyLen = 128
+// maxKeyLen bounds the key text hashed on the stack; longer text is no
+// kind of key.
+const maxKeyLen = keyformat.MaxLegacyLen
 
 // maxRejected bounds the remembered rejections; past it an arbitrary one
 // is forgotten for each new one.
 const maxRejected = 10_000
 
+// maxUnknown bounds the remembered unknown imported-style secrets.
+const maxUnknown = 10_000
+
 type digest = [sha256.Size]byte
 
 type entry struct {
-	key *keystorev1.Key
+	ver *Verified
 	// Unix nanoseconds after which the entry is invalid; 0 = never.
 	expire int64
 	// secretExpire is set when the secret is the pre-rotation one.
@@ -111,6 +125,8 @@ type Verifier struct {
 	rejected map[digest]string
 	// byKey lists the digests of entries and rejections by key id.
 	byKey map[string][]digest
+	// unknown holds imported-style secrets the keystore did not know.
+	unknown *unknown
 	// gen counts invalidations; an answer fetched before one is not cached.
 	gen uint64
 	// synced is set by the first RESET: from then on the cache stands for
@@ -160,6 +176,11 @@ func New(client keystorev1.KeystoreServiceClient, opts Options) *Verifier {
 	if v.timeout <= 0 {
 		v.timeout = 2 * time.Second
 	}
+	ttl := opts.UnknownTTL
+	if ttl <= 0 {
+		ttl = 30 * time.Second
+	}
+	v.unknown = newUnknown(int64(ttl), maxUnknown)
 	v.lastHeard.Store(v.clock.Now().UnixNano())
 	if opts.Meter != nil {
 		if err := v.register(opts.Meter); err != nil {
@@ -191,12 +212,13 @@ func (v *Verifier) Unconfirmed() time.Duration {
 	return time.Duration(max(d, 0))
 }
 
-// Verify returns the key that secret belongs to. The returned Key is shared
-// with the cache: do not modify it. Invalid keys give ErrInvalidKey; an
+// Verify returns the key that secret belongs to, with its levels. The
+// returned value is shared with the cache: do not modify it. Invalid keys
+// give ErrInvalidKey; an
 // unreachable keystore gives another error, unless the cache can answer:
 // within MaxUnconfirmed of the stream's last message, a cached key verifies
 // and a key the keystore rejected before stays rejected.
-func (v *Verifier) Verify(ctx context.Context, secret string) (*keystorev1.Key, error) {
+func (v *Verifier) Verify(ctx context.Context, secret string) (*Verified, error) {
 	if len(secret) > maxKeyLen {
 		return nil, ErrInvalidKey
 	}
@@ -216,7 +238,7 @@ func (v *Verifier) Verify(ctx context.Context, secret string) (*keystorev1.Key, 
 		if (e.expire != 0 && now >= e.expire) || (e.secretExpire != 0 && now >= e.secretExpire) {
 			return nil, ErrInvalidKey
 		}
-		return e.key, nil
+		return e.ver, nil
 	}
 	if synced && !answering {
 		v.boundPassed(ctx)
@@ -226,17 +248,28 @@ func (v *Verifier) Verify(ctx context.Context, secret string) (*keystorev1.Key, 
 
 // fetch asks the keystore. answering tells whether the cache could answer
 // when the keystore cannot.
-func (v *Verifier) fetch(ctx context.Context, secret string, h digest, gen uint64, answering bool) (*keystorev1.Key, error) {
-	// A malformed key is rejected here, without a call.
-	parsed, err := keyformat.Parse(secret)
-	if err != nil {
+func (v *Verifier) fetch(ctx context.Context, secret string, h digest, gen uint64, answering bool) (*Verified, error) {
+	// Rejected here, without a call: a malformed keygate key, text that
+	// is no kind of key, an imported-style secret found unknown lately.
+	var id string
+	if keyformat.Prefixed(secret) {
+		parsed, err := keyformat.Parse(secret)
+		if err != nil {
+			return nil, ErrInvalidKey
+		}
+		id = parsed.ID
+	} else if !keyformat.PlausibleLegacy(secret) || v.unknown.has(h, v.clock.Now().UnixNano()) {
 		return nil, ErrInvalidKey
 	}
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	resp, err := v.ks.VerifyKey(ctx, &keystorev1.VerifyKeyRequest{Secret: secret})
 	cancel()
-	if status.Code(err) == codes.Unauthenticated {
-		v.reject(h, parsed.ID, gen)
+	if c := status.Code(err); c == codes.Unauthenticated || c == codes.NotFound {
+		if id == "" {
+			v.forgetUnknown(h)
+			return nil, ErrInvalidKey
+		}
+		v.reject(h, id, gen)
 		return nil, ErrInvalidKey
 	}
 	if err != nil {
@@ -246,7 +279,7 @@ func (v *Verifier) fetch(ctx context.Context, secret string, h digest, gen uint6
 		return nil, fmt.Errorf("keycache: keystore unreachable: %w", err)
 	}
 	k := resp.GetKey()
-	e := entry{key: k}
+	e := entry{ver: &Verified{Levels: levels(resp)}}
 	if t := k.GetExpireTime(); t != nil {
 		e.expire = t.AsTime().UnixNano()
 	}
@@ -266,7 +299,34 @@ func (v *Verifier) fetch(ctx context.Context, secret string, h digest, gen uint6
 		v.entries[h] = e
 	}
 	v.mu.Unlock()
-	return k, nil
+	return e.ver, nil
+}
+
+// levels are the key of an answer with the workspace and member it
+// carries; one that belongs to another key's workspace or owner is not
+// used, so a level is never applied to a key it does not govern.
+func levels(resp *keystorev1.VerifyKeyResponse) limitpolicy.Levels {
+	k := resp.GetKey()
+	l := limitpolicy.Levels{Key: k}
+	if ws := resp.GetWorkspace(); ws != nil && ws.GetId() == k.GetWorkspace() {
+		l.Workspace = ws
+	}
+	if m := resp.GetMember(); m != nil && m.GetWorkspace() == k.GetWorkspace() && m.GetMember() == k.GetOwner() {
+		l.Member = m
+	}
+	return l
+}
+
+// forgetUnknown records that the keystore does not know the imported-style
+// secret h, and drops what was cached for it.
+func (v *Verifier) forgetUnknown(h digest) {
+	v.unknown.add(h, v.clock.Now().UnixNano())
+	v.mu.Lock()
+	if e, ok := v.entries[h]; ok {
+		delete(v.entries, h)
+		v.unindex(e.ver.Levels.Key.GetId(), h)
+	}
+	v.mu.Unlock()
 }
 
 // reject forgets a cached answer the keystore now rejects and remembers
@@ -431,6 +491,10 @@ func (v *Verifier) follow(ctx context.Context) (heard bool, err error) {
 		case keystorev1.WatchKeyChangesResponse_TYPE_UPDATED, keystorev1.WatchKeyChangesResponse_TYPE_DELETED:
 			// Other changes may share the revision: resume before it.
 			v.drop(msg.GetKey(), rev-1)
+		case keystorev1.WatchKeyChangesResponse_TYPE_WORKSPACE_UPDATED:
+			v.dropLevel(msg.GetWorkspace(), "", rev-1)
+		case keystorev1.WatchKeyChangesResponse_TYPE_MEMBER_UPDATED:
+			v.dropLevel(msg.GetWorkspace(), msg.GetMember(), rev-1)
 		case keystorev1.WatchKeyChangesResponse_TYPE_PROGRESS:
 			v.advance(rev)
 		}
@@ -461,6 +525,7 @@ func (v *Verifier) reset(rev int64) {
 	clear(v.entries)
 	clear(v.rejected)
 	clear(v.byKey)
+	v.unknown.clear()
 	v.gen++
 	v.synced = true
 	v.rev = rev
@@ -475,6 +540,25 @@ func (v *Verifier) drop(id string, rev int64) {
 		delete(v.rejected, h)
 	}
 	delete(v.byKey, id)
+	v.gen++
+	v.rev = max(v.rev, rev)
+	v.mu.Unlock()
+}
+
+// dropLevel forgets what is cached for every key of workspace ws (member
+// "") or every key member owns in ws; the stream resumes after rev. It
+// scans the entries rather than keep an index per workspace and member:
+// such changes are rare next to the lookups an index would slow down.
+// Rejections stay: a level's change makes no rejected key valid.
+func (v *Verifier) dropLevel(ws, member string, rev int64) {
+	v.mu.Lock()
+	for h, e := range v.entries {
+		k := e.ver.Levels.Key
+		if k.GetWorkspace() == ws && (member == "" || k.GetOwner() == member) {
+			delete(v.entries, h)
+			v.unindex(k.GetId(), h)
+		}
+	}
 	v.gen++
 	v.rev = max(v.rev, rev)
 	v.mu.Unlock()

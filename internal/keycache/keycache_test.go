@@ -37,6 +37,8 @@ type fakeKeystore struct {
 	broken atomic.Bool
 	// refuse makes WatchKeyChanges fail at once.
 	refuse atomic.Bool
+	// notFound makes VerifyKey answer NotFound for unknown secrets.
+	notFound atomic.Bool
 
 	mu        sync.Mutex
 	keys      map[string]*keystorev1.VerifyKeyResponse
@@ -57,6 +59,9 @@ func (f *fakeKeystore) VerifyKey(_ context.Context, req *keystorev1.VerifyKeyReq
 	defer f.mu.Unlock()
 	if r, ok := f.keys[req.GetSecret()]; ok {
 		return r, nil
+	}
+	if f.notFound.Load() {
+		return nil, status.Error(codes.NotFound, "no such key")
 	}
 	return nil, status.Error(codes.Unauthenticated, "invalid API key")
 }
@@ -123,6 +128,22 @@ func (f *fakeKeystore) change(typ keystorev1.WatchKeyChangesResponse_Type, id st
 	defer f.mu.Unlock()
 	f.head++
 	f.history = append(f.history, &keystorev1.WatchKeyChangesResponse{Type: typ, Key: id, Revision: f.head})
+	close(f.wake)
+	f.wake = make(chan struct{})
+	return f.head
+}
+
+// changeLevel records a change of a workspace (member "") or a member at
+// a new revision.
+func (f *fakeKeystore) changeLevel(ws, member string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.head++
+	typ := keystorev1.WatchKeyChangesResponse_TYPE_WORKSPACE_UPDATED
+	if member != "" {
+		typ = keystorev1.WatchKeyChangesResponse_TYPE_MEMBER_UPDATED
+	}
+	f.history = append(f.history, &keystorev1.WatchKeyChangesResponse{Type: typ, Workspace: ws, Member: member, Revision: f.head})
 	close(f.wake)
 	f.wake = make(chan struct{})
 	return f.head
@@ -309,7 +330,7 @@ func TestCacheHitMakesNoCall(t *testing.T) {
 	id, secret := fx.key(t, nil)
 	k, err := fx.v.Verify(t.Context(), secret)
 	require.NoError(t, err)
-	require.Equal(t, id, k.GetId())
+	require.Equal(t, id, k.Levels.Key.GetId())
 	require.EqualValues(t, 1, fx.ks.calls.Load())
 	for range 10 {
 		fx.verifyOK(t, secret)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	"github.com/keygate/keygate/pkg/money"
 )
 
@@ -77,19 +78,51 @@ func limitName(k limiterv1.LimitKind) string {
 	return "limit"
 }
 
-// denial turns a refused Check into its 429 and the Retry-After delay
-// (0: no header, and the request is not worth retrying as it is). est is
-// the request's token estimate: one larger than a token window can never
-// be admitted, however long the client waits.
+// levelScope says whose limit refused, in the words of the 429 message.
+func levelScope(l typev1.LimitLevel) string {
+	switch l {
+	case typev1.LimitLevel_LIMIT_LEVEL_MEMBER:
+		return "for all the keys of this key's owner"
+	case typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE:
+		return "for all the keys of this workspace"
+	}
+	return "for this key"
+}
+
+// sameLevel: the limiter may leave a key level unspecified.
+func sameLevel(a, b typev1.LimitLevel) bool {
+	norm := func(l typev1.LimitLevel) typev1.LimitLevel {
+		if l == typev1.LimitLevel_LIMIT_LEVEL_UNSPECIFIED {
+			return typev1.LimitLevel_LIMIT_LEVEL_KEY
+		}
+		return l
+	}
+	return norm(a) == norm(b)
+}
+
+// insufficientCredits is the 402 of a request the workspace's prepaid
+// credits cannot cover: retrying cannot help until someone adds credits.
+func insufficientCredits() apiError {
+	return apiError{http.StatusPaymentRequired, "insufficient_credits", "insufficient_credits",
+		"The workspace's prepaid credits cannot cover this request. Ask the workspace's owner to add credits."}
+}
+
+// denial turns a refused Check into its 429 (402 for credits) and the
+// Retry-After delay (0: no header, and the request is not worth retrying
+// as it is). est is the request's token estimate: one larger than a token
+// window can never be admitted, however long the client waits.
 func denial(res *limiterv1.CheckResult, est int64) (apiError, time.Duration) {
 	kind := res.GetDeniedBy()
-	scope := "for this key"
+	if kind == limiterv1.LimitKind_LIMIT_KIND_CREDITS {
+		return insufficientCredits(), 0
+	}
+	scope := levelScope(res.GetDeniedLevel())
 	if res.GetDeniedModel() != "" {
-		scope = "for this key on model " + res.GetDeniedModel()
+		scope += " on model " + res.GetDeniedModel()
 	}
 	var q *limiterv1.Quota
 	for _, c := range res.GetQuotas() {
-		if c.GetKind() == kind && c.GetModel() == res.GetDeniedModel() {
+		if c.GetKind() == kind && c.GetModel() == res.GetDeniedModel() && sameLevel(c.GetLevel(), res.GetDeniedLevel()) {
 			q = c
 			break
 		}

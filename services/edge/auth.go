@@ -30,7 +30,7 @@ func (c *call) authenticate() bool {
 			"You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in the 'x-api-key' or 'api-key' header)."})
 		return false
 	}
-	key, err := c.s.cfg.Verifier.Verify(c.ctx, secret)
+	ver, err := c.s.cfg.Verifier.Verify(c.ctx, secret)
 	switch {
 	case errors.Is(err, c.s.cfg.ErrInvalidKey):
 		c.fail(invalidKey())
@@ -46,6 +46,7 @@ func (c *call) authenticate() bool {
 			"The key service is unavailable; please retry shortly."})
 		return false
 	}
+	key := ver.Levels.Key
 	// The verifier checks these; checking again is cheap and guards against
 	// a cache that missed an expiry.
 	if st := key.GetState(); st == keystorev1.KeyState_KEY_STATE_DISABLED || st == keystorev1.KeyState_KEY_STATE_EXPIRED ||
@@ -58,7 +59,7 @@ func (c *call) authenticate() bool {
 			"Admin keys manage keygate and cannot be used for inference; use a standard key."})
 		return false
 	}
-	c.key = key
+	c.ver, c.key = ver, key
 	return true
 }
 

@@ -31,15 +31,17 @@ import (
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/keycache"
 	"github.com/keygate/keygate/services/edge/internal/spool"
 	"github.com/keygate/keygate/services/edge/mock"
 )
 
-// Verifier checks a presented secret. Invalid keys answer an error for which
-// errors.Is(err, Config.ErrInvalidKey) holds; any other error means the
-// keystore could not be asked.
+// Verifier checks a presented secret and returns the key with its levels
+// (workspace, member) and their Check item templates. Invalid keys answer
+// an error for which errors.Is(err, Config.ErrInvalidKey) holds; any other
+// error means the keystore could not be asked.
 type Verifier interface {
-	Verify(ctx context.Context, secret string) (*keystorev1.Key, error)
+	Verify(ctx context.Context, secret string) (*keycache.Verified, error)
 }
 
 // Limiter admits requests and settles their reservations. An error from

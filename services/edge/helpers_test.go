@@ -27,6 +27,8 @@ import (
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
 	"github.com/keygate/keygate/internal/clock"
 	"github.com/keygate/keygate/internal/grpctest"
+	"github.com/keygate/keygate/internal/keycache"
+	"github.com/keygate/keygate/internal/limitpolicy"
 	"github.com/keygate/keygate/services/edge"
 )
 
@@ -37,14 +39,16 @@ const (
 	adminKey = "kga_admin"
 )
 
-// fakeVerifier is an in-memory Verifier.
+// fakeVerifier is an in-memory Verifier. Like the key cache, it answers
+// with one Verified per key until the key is set again, so the edge's item
+// templates are reused as they are in production.
 type fakeVerifier struct {
 	mu   sync.Mutex
-	keys map[string]*keystorev1.Key
+	keys map[string]*keycache.Verified
 	down bool
 }
 
-func (v *fakeVerifier) Verify(_ context.Context, secret string) (*keystorev1.Key, error) {
+func (v *fakeVerifier) Verify(_ context.Context, secret string) (*keycache.Verified, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.down {
@@ -58,9 +62,14 @@ func (v *fakeVerifier) Verify(_ context.Context, secret string) (*keystorev1.Key
 }
 
 func (v *fakeVerifier) set(secret string, k *keystorev1.Key) {
+	v.setLevels(secret, limitpolicy.Levels{Key: k})
+}
+
+// setLevels sets a key with its workspace and member.
+func (v *fakeVerifier) setLevels(secret string, l limitpolicy.Levels) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.keys[secret] = k
+	v.keys[secret] = &keycache.Verified{Levels: l}
 }
 
 func (v *fakeVerifier) setDown() {
@@ -262,16 +271,15 @@ func (s *syncBuffer) String() string {
 func startEdge(tb testing.TB, o options) *harness {
 	tb.Helper()
 	h := &harness{
-		verifier: &fakeVerifier{keys: map[string]*keystorev1.Key{
-			goodKey:  {Id: "key1", Workspace: "acme", Owner: "alice", Kind: keystorev1.KeyKind_KEY_KIND_STANDARD, State: keystorev1.KeyState_KEY_STATE_ACTIVE},
-			adminKey: {Id: "key2", Workspace: "acme", Owner: "alice", Kind: keystorev1.KeyKind_KEY_KIND_ADMIN, State: keystorev1.KeyState_KEY_STATE_ACTIVE},
-		}},
-		limiter: &fakeLimiter{decide: allow},
-		usage:   &usageServer{got: map[string]*usagev1.UsageRecord{}},
-		reader:  sdkmetric.NewManualReader(),
-		logs:    &syncBuffer{},
-		clock:   clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)),
+		verifier: &fakeVerifier{keys: map[string]*keycache.Verified{}},
+		limiter:  &fakeLimiter{decide: allow},
+		usage:    &usageServer{got: map[string]*usagev1.UsageRecord{}},
+		reader:   sdkmetric.NewManualReader(),
+		logs:     &syncBuffer{},
+		clock:    clock.NewFake(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)),
 	}
+	h.verifier.set(goodKey, &keystorev1.Key{Id: "key1", Workspace: "acme", Owner: "alice", Kind: keystorev1.KeyKind_KEY_KIND_STANDARD, State: keystorev1.KeyState_KEY_STATE_ACTIVE})
+	h.verifier.set(adminKey, &keystorev1.Key{Id: "key2", Workspace: "acme", Owner: "alice", Kind: keystorev1.KeyKind_KEY_KIND_ADMIN, State: keystorev1.KeyState_KEY_STATE_ACTIVE})
 	if o.usage != nil {
 		h.usage = o.usage
 	}

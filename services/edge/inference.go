@@ -17,8 +17,9 @@ import (
 
 	keystorev1 "github.com/keygate/keygate/gen/keygate/keystore/v1"
 	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
-	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	usagev1 "github.com/keygate/keygate/gen/keygate/usage/v1"
+	"github.com/keygate/keygate/internal/keycache"
+	"github.com/keygate/keygate/internal/limitkey"
 )
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -53,18 +54,24 @@ func (s *Server) serveHealth(w http.ResponseWriter) {
 
 // call is the state of one request.
 type call struct {
-	s      *Server
-	w      http.ResponseWriter
-	r      *http.Request
-	ctx    context.Context
-	span   trace.Span
-	start  time.Time
-	id     string
-	shape  answerShape
-	key    *keystorev1.Key
-	res    *limiterv1.CheckResult
-	reason string
-	status int
+	s     *Server
+	w     http.ResponseWriter
+	r     *http.Request
+	ctx   context.Context
+	span  trace.Span
+	start time.Time
+	id    string
+	shape answerShape
+	ver   *keycache.Verified
+	key   *keystorev1.Key // ver's key
+	// item is the request's Check item, once built; res its answer.
+	item *limiterv1.CheckItem
+	res  *limiterv1.CheckResult
+	// reported names the report-mode limits that would have denied the
+	// request ("workspace/tpd"), for its usage record and the key's use.
+	reported []string
+	reason   string
+	status   int
 	// rt, est and reserved are set once the request is admitted;
 	// accounted once its usage was settled and recorded, which happens
 	// before the last byte of the answer leaves, so that no answered
@@ -167,7 +174,7 @@ func (s *Server) serveInference(w http.ResponseWriter, r *http.Request, ep *endp
 	if c.reserved, ok = c.check(rt, c.est); !ok {
 		return
 	}
-	s.keyUse.note(c.key.GetWorkspace(), c.key.GetId(), c.start)
+	s.keyUse.note(c.key.GetWorkspace(), c.key.GetId(), c.start, c.reported)
 	c.account(c.proxy(ep, p, ubody))
 }
 
@@ -237,25 +244,40 @@ func cost(rt *route, t tokens) int64 {
 	return rt.prices.Cost(t.input, t.output, t.cacheWrite, t.cacheRead).Micros()
 }
 
-// check runs the one limiter Check of the request. It reports whether a
-// reservation was made and whether to go on.
+// newItem is the Check item of one request: the key's template for the
+// model (shared, so copied field by field: the sub-messages are shared,
+// read only) with the request's reservation id and estimates.
+func newItem(tpl *limiterv1.CheckItem, id string, tokens, costMicros int64) *limiterv1.CheckItem {
+	return &limiterv1.CheckItem{
+		ReservationId:       id,
+		Key:                 tpl.GetKey(),
+		Model:               tpl.GetModel(),
+		Policy:              tpl.GetPolicy(),
+		EstimatedTokens:     tokens,
+		EstimatedCostMicros: costMicros,
+		Workspace:           tpl.GetWorkspace(),
+		Member:              tpl.GetMember(),
+		Report:              tpl.GetReport(),
+		Levels:              tpl.GetLevels(),
+		Credits:             tpl.GetCredits(),
+		AlertThresholds:     tpl.GetAlertThresholds(),
+	}
+}
+
+// check runs the one limiter Check of the request, over every level of
+// the key. It reports whether a reservation was made and whether to go on.
 func (c *call) check(rt *route, est tokens) (reserved, ok bool) {
-	key := c.key
-	pol := &typev1.Policy{GlobalLimits: key.GetGlobalLimits(), TokenCap: key.GetTokenCap(), Budget: key.GetBudget()}
-	for _, ml := range key.GetModelLimits() {
-		if ml.GetModel() == rt.id {
-			pol.ModelLimits = []*typev1.ModelLimits{ml}
-			break
-		}
+	tpl, err := c.ver.Item(rt.id, c.start)
+	if err != nil {
+		// The keystore sent levels the edge cannot read (a workspace's
+		// credits): nothing the client can fix, and nothing to decide on.
+		c.s.log.Error("edge: the key's limits cannot be built", "request_id", c.id, "err", err)
+		c.fail(apiError{http.StatusServiceUnavailable, "server_error", "limits_unavailable",
+			"The limits of this key could not be read, so the request was not admitted; please retry shortly."})
+		return false, false
 	}
-	item := &limiterv1.CheckItem{
-		ReservationId:       c.id,
-		Key:                 key.GetId(),
-		Model:               rt.id,
-		Policy:              pol,
-		EstimatedTokens:     est.total(),
-		EstimatedCostMicros: cost(rt, est),
-	}
+	item := newItem(tpl, c.id, est.total(), cost(rt, est))
+	c.item = item
 	// A stalled limiter must not hang the request: past the timeout the
 	// client retries the next owner or the request fails over.
 	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.LimiterTimeout)
@@ -271,12 +293,27 @@ func (c *call) check(rt *route, est tokens) (reserved, ok bool) {
 		c.s.log.Info("edge: limiter available again")
 	}
 	c.res = results[0]
+	if len(c.res.GetReported()) > 0 {
+		c.report(c.res.GetReported())
+	}
 	if !c.res.GetAllowed() {
 		e, retry := denial(c.res, item.GetEstimatedTokens())
+		c.w.Header()["X-Keygate-Limited-By"] = []string{limitkey.LimitedBy(c.res.GetDeniedLevel(), c.res.GetDeniedBy(), c.res.GetDeniedModel())}
 		c.failRetry(e, retry, e.code == "insufficient_quota" || retry == 0)
 		return false, false
 	}
 	return true, true
+}
+
+// report counts the report-mode limits that would have denied the request
+// and keeps their names for its usage record and the key's use. Only
+// requests a report-mode limit would refuse pay for it.
+func (c *call) report(rs []*limiterv1.Reported) {
+	c.reported = make([]string, 0, len(rs))
+	for _, r := range rs {
+		c.s.m.reportDenial(c.ctx, r.GetLevel(), r.GetKind())
+		c.reported = append(c.reported, limitkey.LimitedBy(r.GetLevel(), r.GetKind(), r.GetModel()))
+	}
 }
 
 // limiterFailed handles a Check that got no answer; it reports whether to
@@ -285,7 +322,7 @@ func (c *call) limiterFailed(err error) bool {
 	// The limiter may have reserved before the answer was lost: releasing
 	// an unknown reservation is harmless, keeping a stray one would charge
 	// the key for a request never served.
-	c.s.settle.releaseLost(c.ctx, &limiterv1.Release{ReservationId: c.id, Key: c.key.GetId()}, 3*c.s.cfg.LimiterTimeout)
+	c.s.settle.releaseLost(c.ctx, c.release(), 3*c.s.cfg.LimiterTimeout)
 	if c.r.Context().Err() != nil {
 		// The client left; that says nothing about the limiter.
 		c.status, c.reason = 499, "client_cancelled"
@@ -319,7 +356,7 @@ func (c *call) account(out outcome) {
 	key, rt := c.key, c.rt
 	if c.reserved {
 		if out.release {
-			c.s.settle.add(c.ctx, settleOp{release: &limiterv1.Release{ReservationId: c.id, Key: key.GetId()}})
+			c.s.settle.add(c.ctx, settleOp{release: c.release()})
 		} else {
 			c.s.settle.add(c.ctx, settleOp{settle: &limiterv1.Settlement{
 				ReservationId:    c.id,
@@ -327,6 +364,9 @@ func (c *call) account(out outcome) {
 				Model:            rt.id,
 				ActualTokens:     out.used.total(),
 				ActualCostMicros: cost(rt, out.used),
+				// As in the item: it names where the reservation was made.
+				Workspace: c.item.GetWorkspace(),
+				Member:    c.item.GetMember(),
 			}})
 		}
 	}
@@ -351,5 +391,14 @@ func (c *call) account(out outcome) {
 		CacheWritePricePerMillionUsd: rt.priced.cacheWrite,
 		CacheReadPricePerMillionUsd:  rt.priced.cacheRead,
 		PricesAsOf:                   rt.priced.asOf,
+		Reported:                     c.reported,
+		Credits:                      c.item.GetCredits() != nil,
+		RequestLogCap:                c.ver.Levels.Workspace.GetRequestLogCap(),
 	})
+}
+
+// release frees the request's reservation, wherever the item was routed.
+func (c *call) release() *limiterv1.Release {
+	return &limiterv1.Release{ReservationId: c.id, Key: c.key.GetId(),
+		Workspace: c.item.GetWorkspace(), Member: c.item.GetMember()}
 }

@@ -30,11 +30,17 @@ const (
 	keyUseLimit = 100_000
 )
 
-// lastUse is the latest admitted request of a key.
+// lastUse is the latest admitted request of a key, and the report-mode
+// limits that would have denied its requests since the last flush.
 type lastUse struct {
-	ws string
-	t  time.Time
+	ws       string
+	t        time.Time
+	reported []string
 }
+
+// maxReported bounds the distinct report-mode limits kept per key between
+// flushes (3 levels of a few limits each fit).
+const maxReported = 32
 
 // keyUses aggregates the last use of each key between flushes, so the
 // keystore sees one write per key per interval, never one per request.
@@ -66,14 +72,15 @@ func newKeyUses(rec KeyUseRecorder, limit int, mp metric.MeterProvider, log *slo
 	return &keyUses{rec: rec, log: log, limit: limit, pending: map[string]lastUse{}, dropped: dropped}, nil
 }
 
-// note records that key id of workspace ws was used at t; the latest time
+// note records that key id of workspace ws was used at t, and the
+// report-mode limits that would have denied the request; the latest time
 // wins.
-func (u *keyUses) note(ws, id string, t time.Time) {
+func (u *keyUses) note(ws, id string, t time.Time, reported []string) {
 	if u == nil {
 		return
 	}
 	u.mu.Lock()
-	dropped := !u.merge(ws, id, t)
+	dropped := !u.merge(ws, id, t, reported)
 	logDrop := dropped && !u.dropLog
 	if logDrop {
 		u.dropLog = true
@@ -84,20 +91,27 @@ func (u *keyUses) note(ws, id string, t time.Time) {
 	}
 }
 
-// merge keeps the later of t and the pending time of id; it reports false
-// when id is new and the map is full. Call with mu held.
-func (u *keyUses) merge(ws, id string, t time.Time) bool {
+// merge keeps the later of t and the pending time of id, and the union of
+// the reported limits; it reports false when id is new and the map is
+// full. Call with mu held.
+func (u *keyUses) merge(ws, id string, t time.Time, reported []string) bool {
 	e, ok := u.pending[id]
 	switch {
 	case ok:
 		if t.After(e.t) {
-			u.pending[id] = lastUse{ws: ws, t: t}
+			e.ws, e.t = ws, t
 		}
 	case len(u.pending) < u.limit:
-		u.pending[id] = lastUse{ws: ws, t: t}
+		e = lastUse{ws: ws, t: t}
 	default:
 		return false
 	}
+	for _, r := range reported {
+		if len(e.reported) < maxReported && !slices.Contains(e.reported, r) {
+			e.reported = append(e.reported, r)
+		}
+	}
+	u.pending[id] = e
 	return true
 }
 
@@ -136,7 +150,7 @@ func (u *keyUses) flush(ctx context.Context) error {
 
 	uses := make([]*keystorev1.KeyUse, 0, len(batch))
 	for id, e := range batch {
-		uses = append(uses, &keystorev1.KeyUse{Workspace: e.ws, Key: id, Time: timestamppb.New(e.t)})
+		uses = append(uses, &keystorev1.KeyUse{Workspace: e.ws, Key: id, Time: timestamppb.New(e.t), Reported: e.reported})
 	}
 	sent := 0
 	var err error
@@ -162,7 +176,7 @@ func (u *keyUses) flush(ctx context.Context) error {
 	u.mu.Lock()
 	lost := 0
 	for _, ku := range uses[sent:] {
-		if !u.merge(ku.GetWorkspace(), ku.GetKey(), ku.GetTime().AsTime()) {
+		if !u.merge(ku.GetWorkspace(), ku.GetKey(), ku.GetTime().AsTime(), ku.GetReported()) {
 			lost++
 		}
 	}

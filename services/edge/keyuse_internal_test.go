@@ -83,11 +83,11 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 func TestKeyUsesBounded(t *testing.T) {
 	u, ks, reader := newTestKeyUses(t, 3)
 	for i := range 5 {
-		u.note("acme", "k"+strconv.Itoa(i), t0)
+		u.note("acme", "k"+strconv.Itoa(i), t0, nil)
 	}
 	require.Len(t, u.pending, 3)
 	require.EqualValues(t, 2, droppedKeys(t, reader))
-	u.note("acme", "k0", t0.Add(time.Second))
+	u.note("acme", "k0", t0.Add(time.Second), nil)
 	require.Equal(t, t0.Add(time.Second), u.pending["k0"].t)
 
 	ks.setDown(true)
@@ -96,7 +96,7 @@ func TestKeyUsesBounded(t *testing.T) {
 
 	// New keys noted during an outage take the room of nothing: the held
 	// keys keep it.
-	u.note("acme", "k9", t0)
+	u.note("acme", "k9", t0, nil)
 	require.EqualValues(t, 3, droppedKeys(t, reader))
 
 	ks.setDown(false)
@@ -108,12 +108,12 @@ func TestKeyUsesBounded(t *testing.T) {
 // Keys a failed flush put back still keep their latest time.
 func TestKeyUsesLatestWinsAfterFailure(t *testing.T) {
 	u, ks, _ := newTestKeyUses(t, 10)
-	u.note("acme", "k0", t0)
+	u.note("acme", "k0", t0, nil)
 	ks.setDown(true)
 	require.Error(t, u.flush(t.Context()))
-	u.note("acme", "k0", t0.Add(-time.Minute))
+	u.note("acme", "k0", t0.Add(-time.Minute), nil)
 	require.Equal(t, t0, u.pending["k0"].t)
-	u.note("acme", "k0", t0.Add(time.Minute))
+	u.note("acme", "k0", t0.Add(time.Minute), nil)
 	require.Equal(t, t0.Add(time.Minute), u.pending["k0"].t)
 }
 
@@ -121,15 +121,15 @@ func TestKeyUsesLatestWinsAfterFailure(t *testing.T) {
 // mutex and a map update.
 func TestKeyUsesNoteAllocatesNothing(t *testing.T) {
 	u, _, _ := newTestKeyUses(t, 10)
-	u.note("acme", "k0", t0)
+	u.note("acme", "k0", t0, nil)
 	now := t0
 	allocs := testing.AllocsPerRun(1000, func() {
 		now = now.Add(time.Millisecond)
-		u.note("acme", "k0", now)
+		u.note("acme", "k0", now, nil)
 	})
 	require.Zero(t, allocs)
 	var off *keyUses
-	require.Zero(t, testing.AllocsPerRun(100, func() { off.note("acme", "k0", now) }))
+	require.Zero(t, testing.AllocsPerRun(100, func() { off.note("acme", "k0", now, nil) }))
 }
 
 // BenchmarkKeyUseNote compares note with a bare mutex-guarded map update,
@@ -144,7 +144,7 @@ func BenchmarkKeyUseNote(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			u.note("acme", ids[i%len(ids)], t0)
+			u.note("acme", ids[i%len(ids)], t0, nil)
 			i++
 		}
 	})

@@ -7,7 +7,10 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	limiterv1 "github.com/keygate/keygate/gen/keygate/limiter/v1"
+	typev1 "github.com/keygate/keygate/gen/keygate/type/v1"
 	"github.com/keygate/keygate/internal/clock"
+	"github.com/keygate/keygate/internal/limitkey"
 )
 
 type metrics struct {
@@ -18,6 +21,16 @@ type metrics struct {
 	usageRefused metric.Int64Counter
 	attrs        map[string]metric.MeasurementOption
 	other        metric.MeasurementOption
+	// reportDenials counts would-be denials of report-mode limits, by
+	// level and limit (no model: its attribute sets are built once).
+	reportDenials metric.Int64Counter
+	reportAttrs   map[reportAttr]metric.AddOption
+}
+
+// reportAttr is a level and a limit kind.
+type reportAttr struct {
+	level typev1.LimitLevel
+	kind  limiterv1.LimitKind
 }
 
 func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, error) {
@@ -40,6 +53,9 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 	errs = append(errs, err)
 	m.usageRefused, err = meter.Int64Counter("keygate.edge.usage.refused",
 		metric.WithUnit("{record}"), metric.WithDescription("Usage records the ledger refused as invalid and the edge dropped (should stay 0)."))
+	errs = append(errs, err)
+	m.reportDenials, err = meter.Int64Counter("keygate.edge.report_denials",
+		metric.WithUnit("{request}"), metric.WithDescription("Requests a report-mode limit would have denied, by level and limit; they were not denied for it."))
 	errs = append(errs, err)
 	_, err = meter.Float64ObservableGauge("keygate.edge.usage.oldest_age",
 		metric.WithUnit("s"), metric.WithDescription("Age of the oldest usage record the ledger has not acknowledged (0 when none waits)."),
@@ -87,6 +103,7 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 		{"request_too_large", "4xx"},
 		{"rate_limit_exceeded", "4xx"},
 		{"insufficient_quota", "4xx"},
+		{"insufficient_credits", "4xx"},
 		{"not_found", "4xx"},
 		{"method_not_allowed", "4xx"},
 		{"upstream_client_error", "4xx"},
@@ -94,6 +111,7 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 		{"limiter_unavailable", "5xx"},
 		{"usage_backlog", "5xx"},
 		{"keystore_unavailable", "5xx"},
+		{"limits_unavailable", "5xx"},
 		{"registry_unavailable", "5xx"},
 		{"upstream_error", "5xx"},
 	}
@@ -104,7 +122,27 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 	}
 	m.other = metric.WithAttributeSet(attribute.NewSet(
 		attribute.String("status_class", "other"), attribute.String("reason", "other")))
+	m.reportAttrs = map[reportAttr]metric.AddOption{}
+	for _, lv := range []typev1.LimitLevel{typev1.LimitLevel_LIMIT_LEVEL_KEY, typev1.LimitLevel_LIMIT_LEVEL_MEMBER, typev1.LimitLevel_LIMIT_LEVEL_WORKSPACE} {
+		for k := range limiterv1.LimitKind_name {
+			kind := limiterv1.LimitKind(k)
+			m.reportAttrs[reportAttr{lv, kind}] = metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("level", limitkey.LevelName(lv)), attribute.String("limit", limitkey.KindName(kind))))
+		}
+	}
 	return &m, nil
+}
+
+// reportDenial counts a would-be denial by a report-mode limit.
+func (m *metrics) reportDenial(ctx context.Context, lv typev1.LimitLevel, k limiterv1.LimitKind) {
+	if lv == typev1.LimitLevel_LIMIT_LEVEL_UNSPECIFIED {
+		lv = typev1.LimitLevel_LIMIT_LEVEL_KEY
+	}
+	opt, ok := m.reportAttrs[reportAttr{lv, k}]
+	if !ok { // a level or kind newer than this edge
+		opt = m.reportAttrs[reportAttr{typev1.LimitLevel_LIMIT_LEVEL_KEY, limiterv1.LimitKind_LIMIT_KIND_UNSPECIFIED}]
+	}
+	m.reportDenials.Add(ctx, 1, opt)
 }
 
 func (m *metrics) record(ctx context.Context, reason string, seconds float64) {

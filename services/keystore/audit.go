@@ -2,6 +2,8 @@ package keystore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -14,7 +16,9 @@ import (
 	"github.com/keygate/keygate/pkg/keyformat"
 )
 
-var auditIDPattern = regexp.MustCompile(`^[0-9a-f]{24}$`)
+// auditIDPattern accepts ids with the replica suffix and those written
+// before it (24 digits).
+var auditIDPattern = regexp.MustCompile(`^[0-9a-f]{24}([0-9a-f]{8})?$`)
 
 // auditJSON renders an object for the audit trail. The messages audited
 // (Key, Workspace, Member, Provider, Model) carry no secret or hash.
@@ -79,4 +83,11 @@ func (s *Server) listAuditEvents(ctx context.Context, p *principal, req *keystor
 		out.NextPageToken = pageToken(out.Events[len(out.Events)-1].GetId())
 	}
 	return out, nil
+}
+
+// randomUint32 draws a replica's audit id suffix.
+func randomUint32() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return binary.BigEndian.Uint32(b[:])
 }

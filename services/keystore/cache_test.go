@@ -189,7 +189,7 @@ func TestCacheFollowsChanges(t *testing.T) {
 			if newSecret != "" {
 				got, err := v.Verify(t.Context(), newSecret)
 				require.NoError(t, err)
-				require.Equal(t, k.GetId(), got.GetId())
+				require.Equal(t, k.GetId(), got.Levels.Key.GetId())
 			}
 		})
 	}

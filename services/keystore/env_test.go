@@ -31,6 +31,7 @@ type env struct {
 	addr   string
 	stop   func()
 	opts   []func(*keystore.Config)
+	srv    *keystore.Server
 }
 
 func newEnv(tb testing.TB, opts ...func(*keystore.Config)) *env {
@@ -53,7 +54,7 @@ func (e *env) serve(tb testing.TB, addr string) {
 	srv, err := keystore.New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	gs := grpctest.Serve(tb, srv.Register, grpctest.WithListener(grpctest.Listen(tb, addr)))
-	e.addr = gs.Addr
+	e.addr, e.srv = gs.Addr, srv
 	e.stop = func() { gs.Stop(); _ = srv.Close() }
 	tb.Cleanup(func() { e.stop() })
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -40,6 +41,7 @@ func (s *Server) createKey(ctx context.Context, p *principal, req *keystorev1.Cr
 		PartialKey: keyformat.Partial(text), AllowedModels: req.GetAllowedModels(), Labels: req.GetLabels(),
 		GlobalLimits: req.GetGlobalLimits(), ModelLimits: req.GetModelLimits(),
 		TokenCap: normCap(req.GetTokenCap()), Budget: normBudget(req.GetBudget()),
+		ReportLimits: normPolicy(req.GetReportLimits()), LimitOverride: normOverride(req.GetLimitOverride()),
 	}
 	k.State = keyState(k, now)
 	if err := s.insertKey(ctx, p, &storedKey{key: k, hash: fk.Hash()}); err != nil {
@@ -83,10 +85,28 @@ func (s *Server) checkCreate(ctx context.Context, p *principal, req *keystorev1.
 	if err := s.validateKeySettings(ctx, ks, nil); err != nil {
 		return 0, "", err
 	}
+	if err := s.validatePolicy(ctx, "report_limits", req.GetReportLimits()); err != nil {
+		return 0, "", err
+	}
+	if err := s.validateOverride(ctx, "limit_override", req.GetLimitOverride()); err != nil {
+		return 0, "", err
+	}
 	if err := s.checkOwner(ctx, p, ws, owner, kind); err != nil {
 		return 0, "", err
 	}
+	if setsLimits(req) {
+		if err := s.checkLimitEditors(ctx, p, ws); err != nil {
+			return 0, "", err
+		}
+	}
 	return kind, owner, nil
+}
+
+// setsLimits reports whether a create request sets any limit that
+// limit_editors governs.
+func setsLimits(req *keystorev1.CreateKeyRequest) bool {
+	return req.GetGlobalLimits() != nil || len(req.GetModelLimits()) > 0 || req.GetTokenCap() != nil ||
+		req.GetBudget() != nil || req.GetReportLimits() != nil || req.GetLimitOverride() != nil
 }
 
 // checkOwner checks that a key's owner is a member of the workspace and,
@@ -144,9 +164,10 @@ func (s *Server) insertKey(ctx context.Context, p *principal, sk *storedKey) err
 		ops := append([]clientv3.Op{
 			clientv3.OpPut(countKey(ws), strconv.Itoa(int(w.GetKeyCount())+1)),
 			clientv3.OpPut(keyKey(ws, id), val),
-			clientv3.OpPut(idKey(id), ws),
+			clientv3.OpPut(idKey(id), ws+"/"+k.GetOwner()),
 			clientv3.OpPut(nameKey(ws, k.Name), id),
 		}, audit...)
+		ops = append(ops, overrideIndexOps(keyObject(ws, id), nil, k.GetLimitOverride())...)
 		resp, err := s.etcd.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(countKey(ws)), "=", countRev),
 			clientv3.Compare(clientv3.ModRevision(workspaceKey(ws)), "=", wsRev),
@@ -253,7 +274,8 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 			k := sk.key
 			if (req.GetState() != 0 && k.GetState() != req.GetState()) ||
 				(req.GetKind() != 0 && k.GetKind() != req.GetKind()) ||
-				(owner != "" && k.GetOwner() != owner) {
+				(owner != "" && k.GetOwner() != owner) ||
+				(req.GetLegacy() && !k.GetLegacy()) {
 				continue
 			}
 			out.Keys = append(out.Keys, k)
@@ -314,12 +336,15 @@ const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 // updatableKeyFields are the mask paths UpdateKey accepts.
 var updatableKeyFields = []string{"name", "enabled", "expire_time", "allowed_models", "labels",
-	"global_limits", "model_limits", "token_cap", "budget"}
+	"global_limits", "model_limits", "token_cap", "budget", "report_limits", "limit_override"}
 
 // nestableKeyFields may be named with a sub-field ("global_limits.rpm"),
 // which changes only that sub-field: what grpc-gateway sends for a PATCH
 // body without an explicit update mask.
-var nestableKeyFields = []string{"global_limits", "token_cap", "budget"}
+var nestableKeyFields = []string{"global_limits", "token_cap", "budget", "report_limits", "limit_override"}
+
+// deepKeyFields take a path of any depth ("report_limits.global_limits.rpm").
+var deepKeyFields = []string{"report_limits", "limit_override"}
 
 // parseKeyMask reads update mask paths, in snake_case or the lowerCamelCase
 // REST users write, into whole fields and sub-fields per field.
@@ -336,7 +361,7 @@ func parseKeyMask(paths []string) (whole map[string]bool, sub map[string][]strin
 			return nil, nil, invalid("update_mask", "cannot update %q; updatable: %v", raw, updatableKeyFields)
 		case !nested:
 			whole[top] = true
-		case !slices.Contains(nestableKeyFields, top) || strings.Contains(rest, "."):
+		case !slices.Contains(nestableKeyFields, top) || (strings.Contains(rest, ".") && !slices.Contains(deepKeyFields, top)):
 			return nil, nil, invalid("update_mask", "cannot update %q: only %v take a sub-field", raw, nestableKeyFields)
 		default:
 			sub[top] = append(sub[top], rest)
@@ -402,9 +427,28 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 	if err := validate(ks, mask); err != nil {
 		return nil, err
 	}
+	if mask["report_limits"] {
+		if err := s.validatePolicy(ctx, "patch.report_limits", patch.GetReportLimits()); err != nil {
+			return nil, err
+		}
+	}
+	if mask["limit_override"] {
+		if err := s.validateOverride(ctx, "patch.limit_override", patch.GetLimitOverride()); err != nil {
+			return nil, err
+		}
+	}
 	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
 	if err != nil {
 		return nil, err
+	}
+	limited := false
+	for _, f := range keyLimitFields {
+		limited = limited || mask[f] || len(sub[f]) > 0
+	}
+	if limited {
+		if err := s.checkLimitEditors(ctx, p, req.GetWorkspace()); err != nil {
+			return nil, err
+		}
 	}
 	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), etag, "key.update", func(k *keystorev1.Key) error {
 		for f := range mask {
@@ -427,6 +471,10 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 				k.TokenCap = normCap(patch.GetTokenCap())
 			case "budget":
 				k.Budget = normBudget(patch.GetBudget())
+			case "report_limits":
+				k.ReportLimits = normPolicy(patch.GetReportLimits())
+			case "limit_override":
+				k.LimitOverride = normOverride(patch.GetLimitOverride())
 			}
 		}
 		// Sub-field updates merge into the key's current value, then the
@@ -448,6 +496,11 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 			case "budget":
 				merged.budget, err = mergeSubfields(orEmpty(k.GetBudget()), orEmpty(patch.GetBudget()), fields, top)
 				k.Budget = normBudget(merged.budget)
+			case "report_limits", "limit_override":
+				if err := s.mergeLevelPaths(ctx, k, patch, top, fields); err != nil {
+					return err
+				}
+				continue
 			}
 			if err != nil {
 				return err
@@ -459,6 +512,24 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 		}
 		return nil
 	}, nil)
+}
+
+// mergeLevelPaths applies sub-field paths of report_limits or
+// limit_override to k and validates the merged field.
+func (s *Server) mergeLevelPaths(ctx context.Context, k, patch *keystorev1.Key, top string, fields []string) error {
+	paths := make([]string, len(fields))
+	for i, f := range fields {
+		paths[i] = top + "." + f
+	}
+	if err := applyPaths(k, orEmpty(patch), paths); err != nil {
+		return err
+	}
+	if top == "report_limits" {
+		k.ReportLimits = normPolicy(k.GetReportLimits())
+		return s.validatePolicy(ctx, "patch.report_limits", k.GetReportLimits())
+	}
+	k.LimitOverride = normOverride(k.GetLimitOverride())
+	return s.validateOverride(ctx, "patch.limit_override", k.GetLimitOverride())
 }
 
 // updateEtag is the etag an update must match: the request's, or the one
@@ -523,6 +594,7 @@ func (s *Server) modifyKey(ctx context.Context, p *principal, ws, id, etag, acti
 		}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(keyKey(ws, id)), "=", sk.rev)}
 		ops := append([]clientv3.Op{clientv3.OpPut(keyKey(ws, id), val)}, audit...)
+		ops = append(ops, overrideIndexOps(keyObject(ws, id), old.GetLimitOverride(), next.GetLimitOverride())...)
 		renamed := next.GetName() != old.GetName()
 		if renamed {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(nameKey(ws, next.GetName())), "=", 0))
@@ -573,6 +645,10 @@ func (s *Server) deleteKey(ctx context.Context, p *principal, req *keystorev1.De
 			clientv3.OpDelete(nameKey(ws, sk.key.GetName())),
 			clientv3.OpPut(countKey(ws), strconv.Itoa(max(int(w.GetKeyCount())-1, 0))),
 		}, audit...)
+		ops = append(ops, overrideIndexOps(keyObject(ws, id), sk.key.GetLimitOverride(), nil)...)
+		if sk.key.GetLegacy() {
+			ops = append(ops, clientv3.OpDelete(legacyKey(sk.hash)))
+		}
 		resp, err := s.etcd.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(keyKey(ws, id)), "=", sk.rev),
 			clientv3.Compare(clientv3.ModRevision(countKey(ws)), "=", countRev),
@@ -595,6 +671,11 @@ func (s *Server) rotateKey(ctx context.Context, p *principal, req *keystorev1.Ro
 	var text string
 	var hash keyformat.Hash
 	k, err := s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), "", "key.rotate", func(k *keystorev1.Key) error {
+		if k.GetLegacy() {
+			// Its secret is another system's: replace it with a new key
+			// (CreateKey), then delete it.
+			return fmt.Errorf("%w: an imported (legacy) key cannot be rotated; create a keygate key to replace it, then delete this one", ErrPrecondition)
+		}
 		kind := keyformat.Standard
 		if k.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN {
 			kind = keyformat.Admin
@@ -628,9 +709,17 @@ func (s *Server) expireKey(ctx context.Context, p *principal, req *keystorev1.Ex
 	}, nil)
 }
 
+// verifiedKey is a verified key with its levels: the workspace and the
+// owning member (nil when the owner is not a member).
+type verifiedKey struct {
+	*storedKey
+	ws     *keystorev1.Workspace
+	member *keystorev1.Member
+}
+
 // verify checks a parsed key against the store. Every failure is
 // ErrInvalidKey, so callers cannot tell unknown from disabled or expired.
-func (s *Server) verify(ctx context.Context, k keyformat.Key) (*storedKey, error) {
+func (s *Server) verify(ctx context.Context, k keyformat.Key) (*verifiedKey, error) {
 	resp, err := s.etcd.Get(ctx, idKey(k.ID))
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
@@ -638,43 +727,113 @@ func (s *Server) verify(ctx context.Context, k keyformat.Key) (*storedKey, error
 	if len(resp.Kvs) == 0 {
 		return nil, ErrInvalidKey
 	}
-	sk, err := s.getKey(ctx, string(resp.Kvs[0].Value), k.ID)
-	if errors.Is(err, ErrNotFound) {
-		return nil, ErrInvalidKey
-	}
+	// id/<id> holds <workspace>/<owner> (<workspace> alone before owners
+	// were indexed).
+	ws, owner, known := strings.Cut(string(resp.Kvs[0].Value), "/")
+	vk, err := s.loadVerified(ctx, ws, k.ID, owner, known)
 	if err != nil {
 		return nil, err
 	}
-	if wantAdmin := k.Kind == keyformat.Admin; wantAdmin != (sk.key.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN) {
+	if wantAdmin := k.Kind == keyformat.Admin; wantAdmin != (vk.key.GetKind() == keystorev1.KeyKind_KEY_KIND_ADMIN) {
 		return nil, ErrInvalidKey
 	}
-	if sk.key.GetState() != keystorev1.KeyState_KEY_STATE_ACTIVE {
+	return vk, s.checkSecret(vk, k.Hash())
+}
+
+// checkSecret accepts an active key whose secret hashes to h, or to the
+// previous secret's hash while its rotation grace lasts.
+func (s *Server) checkSecret(vk *verifiedKey, h keyformat.Hash) error {
+	if vk.key.GetState() != keystorev1.KeyState_KEY_STATE_ACTIVE {
+		return ErrInvalidKey
+	}
+	if keyformat.Equal(h, vk.hash) {
+		return nil
+	}
+	if ge := vk.key.GetPreviousSecretExpireTime(); ge != nil && ge.AsTime().After(s.clock.Now()) &&
+		vk.prevHash != (keyformat.Hash{}) && keyformat.Equal(h, vk.prevHash) {
+		return nil
+	}
+	return ErrInvalidKey
+}
+
+// loadVerified reads a key with its last use, workspace and owning member
+// in one transaction (the member in a second read only when the owner was
+// not indexed with the id).
+func (s *Server) loadVerified(ctx context.Context, ws, id, owner string, ownerKnown bool) (*verifiedKey, error) {
+	if !keyformat.ValidID(id) {
 		return nil, ErrInvalidKey
 	}
-	h := k.Hash()
-	if keyformat.Equal(h, sk.hash) {
-		return sk, nil
+	ops := []clientv3.Op{
+		clientv3.OpGet(keyKey(ws, id)), clientv3.OpGet(usedKey(ws, id)),
+		clientv3.OpGet(workspaceKey(ws)), clientv3.OpGet(countKey(ws)),
 	}
-	if ge := sk.key.GetPreviousSecretExpireTime(); ge != nil && ge.AsTime().After(s.clock.Now()) &&
-		sk.prevHash != (keyformat.Hash{}) && keyformat.Equal(h, sk.prevHash) {
-		return sk, nil
+	if ownerKnown {
+		ops = append(ops, clientv3.OpGet(memberKey(ws, owner)))
 	}
-	return nil, ErrInvalidKey
+	resp, err := s.etcd.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	rr := func(i int) []*mvccpb.KeyValue { return resp.Responses[i].GetResponseRange().Kvs }
+	if len(rr(0)) == 0 {
+		return nil, ErrInvalidKey
+	}
+	sk, err := decodeKey(rr(0)[0], s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if used := rr(1); len(used) > 0 {
+		if sk.key.LastUsedTime, err = decodeUsed(used[0]); err != nil {
+			return nil, err
+		}
+	}
+	vk := &verifiedKey{storedKey: sk}
+	if vk.ws, _, err = decodeWorkspace(ws, rr(2), rr(3)); errors.Is(err, ErrNotFound) {
+		return nil, ErrInvalidKey
+	} else if err != nil {
+		return nil, err
+	}
+	mkv := []*mvccpb.KeyValue(nil)
+	if ownerKnown {
+		mkv = rr(4)
+	} else {
+		mresp, err := s.etcd.Get(ctx, memberKey(ws, sk.key.GetOwner()))
+		if err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+		mkv = mresp.Kvs
+	}
+	if len(mkv) > 0 {
+		vk.member = &keystorev1.Member{}
+		if err := unmarshal(mkv[0], vk.member); err != nil {
+			return nil, err
+		}
+	}
+	return vk, nil
 }
 
 func (s *Server) verifyKey(ctx context.Context, secret string) (*keystorev1.VerifyKeyResponse, error) {
-	// Malformed text is rejected before any lookup.
-	k, err := keyformat.Parse(secret)
-	if err != nil {
-		return nil, ErrInvalidKey
+	var vk *verifiedKey
+	var h keyformat.Hash
+	if !keyformat.Prefixed(secret) {
+		var err error
+		if vk, h, err = s.verifyLegacy(ctx, secret); err != nil {
+			return nil, err
+		}
+	} else {
+		// Malformed text is rejected before any lookup.
+		k, err := keyformat.Parse(secret)
+		if err != nil {
+			return nil, ErrInvalidKey
+		}
+		if vk, err = s.verify(ctx, k); err != nil {
+			return nil, err
+		}
+		h = k.Hash()
 	}
-	sk, err := s.verify(ctx, k)
-	if err != nil {
-		return nil, err
-	}
-	out := &keystorev1.VerifyKeyResponse{Key: sk.key}
-	if !keyformat.Equal(k.Hash(), sk.hash) {
-		out.SecretExpireTime = sk.key.GetPreviousSecretExpireTime()
+	out := &keystorev1.VerifyKeyResponse{Key: vk.key, Workspace: vk.ws, Member: vk.member}
+	if !keyformat.Equal(h, vk.hash) {
+		out.SecretExpireTime = vk.key.GetPreviousSecretExpireTime()
 	}
 	return out, nil
 }

@@ -51,6 +51,11 @@ type Config struct {
 	// Limits answers ExplainKey from the limiter's live state; nil makes
 	// ExplainKey answer FailedPrecondition.
 	Limits LimitExplainer
+	// CreditSpend answers GetCredits' spend (UsageCreditSpend); nil makes
+	// GetCredits of a workspace holding credits answer FailedPrecondition.
+	CreditSpend CreditSpend
+	// Alerts tunes the alert dispatcher (RunDispatcher).
+	Alerts DispatchConfig
 }
 
 // IDTokenVerifier checks an OIDC ID token and returns its subject.
@@ -94,8 +99,20 @@ type Server struct {
 	// storageTimeout bounds the etcd work of one management call.
 	storageTimeout time.Duration
 	auditSeq       atomic.Uint32
+	// auditReplica tells this replica's audit ids from another's written
+	// in the same nanosecond.
+	auditReplica uint32
+	// legacyKeys counts the imported keys (legacyUnknown until known):
+	// VerifyKey looks up a secret without keygate's prefix only when some
+	// exist.
+	legacyKeys atomic.Int64
 
 	limits LimitExplainer
+
+	creditSpend CreditSpend
+	dispatch    DispatchConfig
+
+	alertsDelivered metric.Int64Counter
 
 	verifications metric.Int64Counter
 	changes       metric.Int64Counter
@@ -117,6 +134,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.StorageTimeout <= 0 {
 		cfg.StorageTimeout = 2 * time.Second
 	}
+	if err := cfg.Alerts.defaults(); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		storageTimeout: cfg.StorageTimeout,
 		limits:         cfg.Limits,
@@ -126,7 +146,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		rootToken:      auth.NewTokens(cfg.RootToken, cfg.PreviousRootTokens...),
 		idTokens:       cfg.IDTokens,
 		maxKeys:        cfg.DefaultMaxKeys,
+		creditSpend:    cfg.CreditSpend,
+		dispatch:       cfg.Alerts,
 	}
+	s.auditReplica = randomUint32()
+	s.legacyKeys.Store(legacyUnknown)
 	if s.clock == nil {
 		s.clock = clock.Real{}
 	}
@@ -150,6 +174,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.changes, err = m.Int64Counter("keygate.keystore.changes",
 		metric.WithUnit("{change}"),
 		metric.WithDescription("Committed changes by action")); err != nil {
+		return nil, fmt.Errorf("keystore: metric: %w", err)
+	}
+	if s.alertsDelivered, err = m.Int64Counter("keygate.keystore.alerts_delivered",
+		metric.WithUnit("{delivery}"),
+		metric.WithDescription("Alert deliveries to webhooks by outcome (delivered, retry, failed, no_webhook)")); err != nil {
 		return nil, fmt.Errorf("keystore: metric: %w", err)
 	}
 	return s, nil
@@ -210,27 +239,23 @@ func (s *Server) authenticate(ctx context.Context) (*principal, error) {
 	if err != nil || k.Kind != keyformat.Admin {
 		return nil, errNoCredential
 	}
-	sk, err := s.verify(ctx, k)
+	vk, err := s.verify(ctx, k)
 	if errors.Is(err, ErrInvalidKey) {
 		return nil, errNoCredential
 	}
 	if err != nil {
 		return nil, err
 	}
-	role, err := s.memberRole(ctx, sk.key.GetWorkspace(), sk.key.GetOwner())
-	if errors.Is(err, ErrNotFound) {
+	if vk.member == nil {
 		// The owner left the workspace: the key acts for nobody.
 		return nil, errNoCredential
 	}
-	if err != nil {
-		return nil, err
-	}
 	return &principal{
-		subject:    sk.key.GetOwner(),
+		subject:    vk.key.GetOwner(),
 		credential: credAdminKey,
-		workspace:  sk.key.GetWorkspace(),
-		role:       role,
-		keyID:      sk.key.GetId(),
+		workspace:  vk.key.GetWorkspace(),
+		role:       vk.member.GetRole(),
+		keyID:      vk.key.GetId(),
 	}, nil
 }
 

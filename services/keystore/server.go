@@ -118,6 +118,19 @@ func (s *Server) RemoveMember(ctx context.Context, req *keystorev1.RemoveMemberR
 	})
 }
 
+func (s *Server) UpdateMember(ctx context.Context, req *keystorev1.UpdateMemberRequest) (*keystorev1.UpdateMemberResponse, error) {
+	return call(s, ctx, func(ctx context.Context, p *principal) (*keystorev1.UpdateMemberResponse, error) {
+		m, err := s.updateMember(ctx, p, req)
+		return &keystorev1.UpdateMemberResponse{Member: m}, err
+	})
+}
+
+func (s *Server) ImportKeys(ctx context.Context, req *keystorev1.ImportKeysRequest) (*keystorev1.ImportKeysResponse, error) {
+	return call(s, ctx, func(ctx context.Context, p *principal) (*keystorev1.ImportKeysResponse, error) {
+		return s.importKeys(ctx, p, req)
+	})
+}
+
 func (s *Server) CreateKey(ctx context.Context, req *keystorev1.CreateKeyRequest) (*keystorev1.CreateKeyResponse, error) {
 	return call(s, ctx, func(ctx context.Context, p *principal) (*keystorev1.CreateKeyResponse, error) {
 		return s.createKey(ctx, p, req)

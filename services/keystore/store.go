@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"time"
@@ -39,7 +40,15 @@ const (
 	// limits, credits or settings; the key change stream watches it too
 	// and tells caches to reload the levels (TYPE_WORKSPACE_UPDATED,
 	// TYPE_MEMBER_UPDATED).
-	levelDir       = prefix + "level/"
+	levelDir = prefix + "level/"
+	// overridesDir indexes every stored timed override by its expiry
+	// (overrides/<unix nanos, zero-padded>/<object>), so the janitor that
+	// clears expired ones reads only those due.
+	overridesDir = prefix + "overrides/"
+	// legacyDir maps the SHA-256 of an imported key's secret to
+	// <workspace>/<key id>: how VerifyKey finds a key whose secret carries
+	// no key id.
+	legacyDir      = prefix + "imported/"
 	recordVersion  = 1
 	hashLen        = len(keyformat.Hash{})
 	keyRecordFixed = 1 + 2*hashLen
@@ -66,8 +75,9 @@ func levelMarkerOp(ws, member string) clientv3.Op {
 	}
 	return clientv3.OpPut(k, "")
 }
-func providerKey(id string) string { return providersDir + id }
-func modelKey(id string) string    { return modelsDir + id }
+func providerKey(id string) string      { return providersDir + id }
+func modelKey(id string) string         { return modelsDir + id }
+func legacyKey(h keyformat.Hash) string { return legacyDir + hex.EncodeToString(h[:]) }
 func auditPrefix(ws, key string) string {
 	if key != "" {
 		return auditByKeyDir + ws + "/" + key + "/"
@@ -184,7 +194,12 @@ func (s *Server) getWorkspace(ctx context.Context, ws string) (*keystorev1.Works
 	if err != nil {
 		return nil, 0, fmt.Errorf("get workspace: %w", err)
 	}
-	wkv := resp.Responses[0].GetResponseRange().Kvs
+	return decodeWorkspace(ws, resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs)
+}
+
+// decodeWorkspace reads the results of a get of a workspace and of its key
+// count; it returns the count's revision.
+func decodeWorkspace(ws string, wkv, ckv []*mvccpb.KeyValue) (*keystorev1.Workspace, int64, error) {
 	if len(wkv) == 0 {
 		return nil, 0, fmt.Errorf("workspace %q: %w", ws, ErrNotFound)
 	}
@@ -194,7 +209,7 @@ func (s *Server) getWorkspace(ctx context.Context, ws string) (*keystorev1.Works
 	}
 	w.Etag = strconv.FormatInt(wkv[0].ModRevision, 10)
 	var countRev int64
-	if ckv := resp.Responses[1].GetResponseRange().Kvs; len(ckv) > 0 {
+	if len(ckv) > 0 {
 		n, err := strconv.Atoi(string(ckv[0].Value))
 		if err != nil {
 			return nil, 0, fmt.Errorf("workspace %q: bad key count: %w", ws, err)
@@ -248,11 +263,12 @@ func (s *Server) auditOps(p *principal, ws, key, action string, oldV, newV proto
 
 // auditID sorts newest first in ascending key order, so a page is a plain
 // limited range read: inverted time, then an inverted per-process sequence
-// for events within the same instant.
+// for events within the same instant, then this replica's random suffix,
+// so that two replicas writing in the same nanosecond never collide.
 func (s *Server) auditID(now time.Time) string {
 	t := ^uint64(now.UnixNano())
 	seq := ^s.auditSeq.Add(1)
-	return fmt.Sprintf("%016x%08x", t, seq)
+	return fmt.Sprintf("%016x%08x%08x", t, seq, s.auditReplica)
 }
 
 // pageToken encodes the last item of a page; the next page starts after it.

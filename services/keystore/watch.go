@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -74,7 +75,10 @@ func (s *Server) followKeys(ctx context.Context, after int64, send changeSender)
 	// Without a leader a member may serve a stale view: fail instead.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := s.etcd.Watch(wctx, keysDir, clientv3.WithPrefix(), clientv3.WithRev(after), clientv3.WithProgressNotify())
+	// One watch over the range from the keys to the level markers, so that
+	// both arrive in revision order; what lies between is skipped.
+	wch := s.etcd.Watch(wctx, keysDir, clientv3.WithRange(clientv3.GetPrefixRangeEnd(levelDir)),
+		clientv3.WithRev(after), clientv3.WithProgressNotify())
 	tick := time.NewTicker(progressInterval)
 	defer tick.Stop()
 	for {
@@ -107,16 +111,42 @@ func (s *Server) followKeys(ctx context.Context, after int64, send changeSender)
 				if ev.Kv.ModRevision <= after {
 					continue
 				}
-				t := keystorev1.WatchKeyChangesResponse_TYPE_UPDATED
-				if ev.Type == clientv3.EventTypeDelete {
-					t = keystorev1.WatchKeyChangesResponse_TYPE_DELETED
+				m := changeOf(ev)
+				if m == nil {
+					continue
 				}
-				if err := send(&keystorev1.WatchKeyChangesResponse{
-					Type: t, Key: path.Base(string(ev.Kv.Key)), Revision: ev.Kv.ModRevision,
-				}); err != nil {
+				if err := send(m); err != nil {
 					return err
 				}
 			}
 		}
 	}
+}
+
+// changeOf is the stream message for one etcd event: a key's change, or a
+// level marker's (a workspace's or member's); nil for anything else.
+func changeOf(ev *clientv3.Event) *keystorev1.WatchKeyChangesResponse {
+	k, rev := string(ev.Kv.Key), ev.Kv.ModRevision
+	if id, ok := strings.CutPrefix(k, keysDir); ok {
+		t := keystorev1.WatchKeyChangesResponse_TYPE_UPDATED
+		if ev.Type == clientv3.EventTypeDelete {
+			t = keystorev1.WatchKeyChangesResponse_TYPE_DELETED
+		}
+		return &keystorev1.WatchKeyChangesResponse{Type: t, Key: path.Base(id), Revision: rev}
+	}
+	level, ok := strings.CutPrefix(k, levelDir)
+	if !ok {
+		return nil
+	}
+	// level/<ws>/w or level/<ws>/m/<member>; workspace ids hold no '/'.
+	ws, rest, _ := strings.Cut(level, "/")
+	if member, ok := strings.CutPrefix(rest, "m/"); ok {
+		return &keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_MEMBER_UPDATED,
+			Workspace: ws, Member: member, Revision: rev}
+	}
+	if rest != "w" {
+		return nil
+	}
+	return &keystorev1.WatchKeyChangesResponse{Type: keystorev1.WatchKeyChangesResponse_TYPE_WORKSPACE_UPDATED,
+		Workspace: ws, Revision: rev}
 }

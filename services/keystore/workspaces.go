@@ -46,9 +46,18 @@ func (s *Server) createWorkspace(ctx context.Context, p *principal, req *keystor
 			return nil, err
 		}
 	}
+	if in.GetCreditsGrantedUsd() != "" {
+		return nil, invalid("workspace.credits_granted_usd", "output only: add credits with AddCreditEntry")
+	}
+	if err := s.validateWorkspaceSettings(ctx, "workspace.", in, governanceFields); err != nil {
+		return nil, err
+	}
 	now := timestamppb.New(s.clock.Now())
 	w := &keystorev1.Workspace{
 		Id: in.GetId(), Name: name, Kind: kind, MaxKeys: in.GetMaxKeys(), CreateTime: now, UpdateTime: now,
+		Limits: normPolicy(in.GetLimits()), ReportLimits: normPolicy(in.GetReportLimits()),
+		LimitOverride: normOverride(in.GetLimitOverride()), LimitEditors: in.GetLimitEditors(),
+		RequestLogCap: in.GetRequestLogCap(), AlertThresholds: in.GetAlertThresholds(),
 	}
 	if w.MaxKeys == 0 {
 		w.MaxKeys = int32(s.maxKeys)
@@ -64,14 +73,16 @@ func (s *Server) createWorkspace(ctx context.Context, p *principal, req *keystor
 	ops := append([]clientv3.Op{
 		clientv3.OpPut(workspaceKey(w.Id), val),
 		clientv3.OpPut(countKey(w.Id), "0"),
+		levelMarkerOp(w.Id, ""),
 	}, audit...)
+	ops = append(ops, overrideIndexOps(workspaceObject(w.Id), nil, w.GetLimitOverride())...)
 	if o := req.GetOwner(); o != "" {
 		m := &keystorev1.Member{Workspace: w.Id, Member: o, Role: keystorev1.Role_ROLE_OWNER, CreateTime: now}
 		mv, err := marshal(m)
 		if err != nil {
 			return nil, err
 		}
-		ops = append(ops, clientv3.OpPut(memberKey(w.Id, o), mv))
+		ops = append(ops, clientv3.OpPut(memberKey(w.Id, o), mv), levelMarkerOp(w.Id, o))
 	}
 	resp, err := s.etcd.Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(workspaceKey(w.Id)), "=", 0),
@@ -163,44 +174,72 @@ func (s *Server) memberWorkspaces(ctx context.Context, subject string) (*keystor
 	return out, nil
 }
 
+// governanceFields are a workspace's settings owners and admins change;
+// name and max_keys are the owners'.
+var governanceFields = []string{"limits", "report_limits", "limit_override", "limit_editors", "request_log_cap", "alert_thresholds"}
+
+var workspaceFields = append([]string{"name", "max_keys"}, governanceFields...)
+
+// validateWorkspaceSettings checks the governance fields of w that tops
+// names.
+func (s *Server) validateWorkspaceSettings(ctx context.Context, prefix string, w *keystorev1.Workspace, tops []string) error {
+	has := func(f string) bool { return slices.Contains(tops, f) }
+	ls := levelSettings{limits: w.GetLimits(), report: w.GetReportLimits(), override: w.GetLimitOverride()}
+	set := map[string]bool{}
+	for _, f := range levelFields {
+		set[f] = has(f)
+	}
+	if err := s.validateLevel(ctx, prefix, ls, set); err != nil {
+		return err
+	}
+	if has("limit_editors") {
+		if err := validLimitEditors(prefix+"limit_editors", w.GetLimitEditors()); err != nil {
+			return err
+		}
+	}
+	if has("request_log_cap") && w.GetRequestLogCap() < 0 {
+		return invalid(prefix+"request_log_cap", "must not be negative (0 means the global cap)")
+	}
+	if has("alert_thresholds") {
+		return validThresholds(prefix+"alert_thresholds", w.GetAlertThresholds())
+	}
+	return nil
+}
+
 func (s *Server) updateWorkspace(ctx context.Context, p *principal, req *keystorev1.UpdateWorkspaceRequest) (*keystorev1.Workspace, error) {
 	ws := req.GetWorkspace()
 	if err := p.inWorkspace(ws); err != nil {
 		return nil, err
 	}
-	if !p.root && p.role != keystorev1.Role_ROLE_OWNER {
-		return nil, fmt.Errorf("%w: only owners update a workspace", ErrPermissionDenied)
+	raw := req.GetUpdateMask().GetPaths()
+	for _, r := range raw {
+		if snakeCase(r) == "credits_granted_usd" {
+			return nil, invalid("update_mask", "credits_granted_usd is output only: add credits with AddCreditEntry")
+		}
 	}
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 {
-		return nil, invalid("update_mask", "name at least one field to update: name, max_keys")
-	}
-	patch := req.GetPatch()
-	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
+	paths, err := maskPaths(raw, workspaceFields)
 	if err != nil {
 		return nil, err
 	}
-	changes := 0
-	for _, f := range paths {
-		switch f {
-		case "etag":
-			// The precondition, not a field to change (see updateEtag).
-			continue
-		case "name":
-			if err := validName("patch.name", patch.GetName()); err != nil {
-				return nil, err
-			}
-		case "max_keys":
-			if patch.GetMaxKeys() < 1 {
-				return nil, invalid("patch.max_keys", "must be at least 1")
-			}
-		default:
-			return nil, invalid("update_mask", "cannot update %q; updatable: name, max_keys", f)
-		}
-		changes++
+	tops := touched(paths)
+	if (tops["name"] || tops["max_keys"]) && !p.root && p.role != keystorev1.Role_ROLE_OWNER {
+		return nil, fmt.Errorf("%w: only owners change a workspace's name or max_keys", ErrPermissionDenied)
 	}
-	if changes == 0 {
-		return nil, invalid("update_mask", "name at least one field to update: name, max_keys")
+	if !p.manager() {
+		return nil, fmt.Errorf("%w: owners and admins change a workspace's limits and settings", ErrPermissionDenied)
+	}
+	patch := orEmpty(req.GetPatch())
+	if tops["name"] {
+		if err := validName("patch.name", patch.GetName()); err != nil {
+			return nil, err
+		}
+	}
+	if tops["max_keys"] && patch.GetMaxKeys() < 1 {
+		return nil, invalid("patch.max_keys", "must be at least 1")
+	}
+	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
+	if err != nil {
+		return nil, err
 	}
 	for {
 		w, _, err := s.getWorkspace(ctx, ws)
@@ -210,41 +249,71 @@ func (s *Server) updateWorkspace(ctx context.Context, p *principal, req *keystor
 		if etag != "" && etag != w.GetEtag() {
 			return nil, fmt.Errorf("workspace %q: %w", ws, ErrConflict)
 		}
-		rev, _ := strconv.ParseInt(w.GetEtag(), 10, 64)
-		old := w
-		next := proto.Clone(w).(*keystorev1.Workspace)
-		if slices.Contains(paths, "name") {
-			next.Name = patch.GetName()
-		}
-		if slices.Contains(paths, "max_keys") {
-			next.MaxKeys = patch.GetMaxKeys()
-		}
-		next.UpdateTime = timestamppb.New(s.clock.Now())
-		store := proto.Clone(next).(*keystorev1.Workspace)
-		store.KeyCount, store.Etag = 0, ""
-		val, err := marshal(store)
+		next, err := s.patchWorkspace(ctx, w, patch, paths)
 		if err != nil {
 			return nil, err
 		}
-		audit, err := s.auditOps(p, ws, "", "workspace.update", old, next)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := s.etcd.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(workspaceKey(ws)), "=", rev),
-		).Then(append([]clientv3.Op{clientv3.OpPut(workspaceKey(ws), val)}, audit...)...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("update workspace: %w", err)
-		}
-		if resp.Succeeded {
-			next.Etag = strconv.FormatInt(resp.Header.Revision, 10)
-			s.changes.Add(ctx, 1)
-			return next, nil
+		ok, err := s.writeWorkspace(ctx, p, w, next)
+		if err != nil || ok {
+			return next, err
 		}
 		if etag != "" {
 			return nil, fmt.Errorf("workspace %q: %w", ws, ErrConflict)
 		}
 	}
+}
+
+// patchWorkspace applies paths of patch to a copy of w and validates the
+// fields changed.
+func (s *Server) patchWorkspace(ctx context.Context, w, patch *keystorev1.Workspace, paths []string) (*keystorev1.Workspace, error) {
+	next := proto.Clone(w).(*keystorev1.Workspace)
+	if err := applyPaths(next, patch, paths); err != nil {
+		return nil, err
+	}
+	next.KeyCount, next.Etag, next.CreditsGrantedUsd = w.GetKeyCount(), w.GetEtag(), w.GetCreditsGrantedUsd()
+	next.Limits, next.ReportLimits = normPolicy(next.GetLimits()), normPolicy(next.GetReportLimits())
+	next.LimitOverride = normOverride(next.GetLimitOverride())
+	var tops []string
+	for t := range touched(paths) {
+		tops = append(tops, t)
+	}
+	if err := s.validateWorkspaceSettings(ctx, "patch.", next, tops); err != nil {
+		return nil, err
+	}
+	next.UpdateTime = timestamppb.New(s.clock.Now())
+	return next, nil
+}
+
+// writeWorkspace stores next over old, with its audit event, level marker
+// and override index, if old is still current; false when it is not.
+func (s *Server) writeWorkspace(ctx context.Context, p *principal, old, next *keystorev1.Workspace) (bool, error) {
+	ws := old.GetId()
+	rev, _ := strconv.ParseInt(old.GetEtag(), 10, 64)
+	store := proto.Clone(next).(*keystorev1.Workspace)
+	store.KeyCount, store.Etag = 0, ""
+	val, err := marshal(store)
+	if err != nil {
+		return false, err
+	}
+	after := proto.Clone(next).(*keystorev1.Workspace)
+	after.Etag = ""
+	audit, err := s.auditOps(p, ws, "", "workspace.update", old, after)
+	if err != nil {
+		return false, err
+	}
+	ops := append([]clientv3.Op{clientv3.OpPut(workspaceKey(ws), val), levelMarkerOp(ws, "")}, audit...)
+	ops = append(ops, overrideIndexOps(workspaceObject(ws), old.GetLimitOverride(), next.GetLimitOverride())...)
+	resp, err := s.etcd.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(workspaceKey(ws)), "=", rev),
+	).Then(ops...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("update workspace: %w", err)
+	}
+	if resp.Succeeded {
+		next.Etag = strconv.FormatInt(resp.Header.Revision, 10)
+		s.changes.Add(ctx, 1)
+	}
+	return resp.Succeeded, nil
 }
 
 // canManageMembers: owners manage members; admins may add and remove plain
@@ -292,9 +361,12 @@ func (s *Server) setMember(ctx context.Context, p *principal, req *keystorev1.Se
 		}
 		oldRev = kvs[0].ModRevision
 	}
-	m := &keystorev1.Member{Workspace: ws, Member: req.GetMember(), Role: req.GetRole(), CreateTime: timestamppb.New(s.clock.Now())}
+	now := timestamppb.New(s.clock.Now())
+	m := &keystorev1.Member{Workspace: ws, Member: req.GetMember(), Role: req.GetRole(), CreateTime: now}
 	if old != nil {
-		m.CreateTime = old.GetCreateTime()
+		// A new role keeps the member's limits.
+		m = proto.Clone(old).(*keystorev1.Member)
+		m.Role, m.UpdateTime = req.GetRole(), now
 	}
 	val, err := marshal(m)
 	if err != nil {
@@ -306,7 +378,7 @@ func (s *Server) setMember(ctx context.Context, p *principal, req *keystorev1.Se
 	}
 	tx, err := s.etcd.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(memberKey(ws, m.Member)), "=", oldRev),
-	).Then(append([]clientv3.Op{clientv3.OpPut(memberKey(ws, m.Member), val)}, audit...)...).Commit()
+	).Then(append([]clientv3.Op{clientv3.OpPut(memberKey(ws, m.Member), val), levelMarkerOp(ws, m.Member)}, audit...)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("set member: %w", err)
 	}
@@ -361,7 +433,7 @@ func (s *Server) removeMember(ctx context.Context, p *principal, req *keystorev1
 	}
 	tx, err := s.etcd.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(memberKey(ws, old.Member)), "=", resp.Kvs[0].ModRevision),
-	).Then(append([]clientv3.Op{clientv3.OpDelete(memberKey(ws, old.Member))}, audit...)...).Commit()
+	).Then(append([]clientv3.Op{clientv3.OpDelete(memberKey(ws, old.Member)), levelMarkerOp(ws, old.Member)}, audit...)...).Commit()
 	if err != nil {
 		return fmt.Errorf("remove member: %w", err)
 	}

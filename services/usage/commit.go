@@ -26,9 +26,14 @@ type entry struct {
 	model    string
 	status   int32
 	at       time.Time
-	aggKey   string
-	val      []byte // the marshalled log entry
-	delta    tally
+	// aggKeys are the day aggregates the record counts in: its key's
+	// first, then its levels' (levels.go).
+	aggKeys []string
+	// logCap is the workspace's request-log cap the record carried (0 =
+	// none but the store's own bounds).
+	logCap int64
+	val    []byte // the marshalled log entry
+	delta  tally
 	// added is set by the committer when the record was counted now
 	// rather than found already counted.
 	added bool
@@ -142,12 +147,14 @@ type committer struct {
 	in   chan *submission
 
 	// Only the run goroutine touches these.
+	caps logCaps // request-log caps by workspace, read by the janitor
+
 	aggs       map[string]aggState
 	known      map[string]string // wk key -> owner already indexed
 	spendAttrs map[string]metric.AddOption
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop    chan struct{}
+	closing sync.Once
 }
 
 func newCommitter(st store, rlog RequestLog, log *slog.Logger, m *meters) *committer {
@@ -183,20 +190,14 @@ func (c *committer) submit(ctx context.Context, entries []*entry) (outcome, erro
 	}
 }
 
-// close stops run after the group it is committing, if any.
+// close stops run after the group it is committing, if any; it may be
+// called more than once. Submissions not yet taken fail with errClosed.
 func (c *committer) close() {
-	close(c.stop)
-	c.wg.Wait()
+	c.closing.Do(func() { close(c.stop) })
 }
 
-// start runs the commit loop until close.
-func (c *committer) start() {
-	c.wg.Add(1)
-	go c.run()
-}
-
+// run commits submitted groups until close.
 func (c *committer) run() {
-	defer c.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -242,7 +243,9 @@ func (c *committer) commitGroup(ctx context.Context, group []*submission) {
 		for _, e := range s.entries {
 			if _, dup := first[e.id()]; !dup {
 				first[e.id()] = e
-				byAgg[e.aggKey] = append(byAgg[e.aggKey], e)
+				for _, k := range e.aggKeys {
+					byAgg[k] = append(byAgg[k], e)
+				}
 				uniq = append(uniq, e)
 			}
 		}
@@ -298,6 +301,7 @@ func (c *committer) appendLog(ctx context.Context, es []*entry) error {
 	if err := c.rlog.Append(ctx, out); err != nil {
 		return fmt.Errorf("%w: request log: %w", ErrUnavailable, err)
 	}
+	c.caps.note(es)
 	return nil
 }
 
@@ -353,15 +357,20 @@ func (c *committer) writeChunk(ctx context.Context, keys []string, byAgg map[str
 			st := c.aggs[k]
 			next := agg{t: st.t, marks: maps.Clone(st.marks)}
 			for _, e := range byAgg[k] {
+				// The key's aggregate says whether the record is new; a
+				// level's counts it under its own marks.
+				isKey := k == e.aggKeys[0]
 				if e.seq > st.marks[e.producer] {
 					next.t.add(e.delta)
-					added = append(added, e)
+					if isKey {
+						added = append(added, e)
+					}
 				}
 				if next.marks == nil {
 					next.marks = map[string]uint64{}
 				}
 				next.marks[e.producer] = max(next.marks[e.producer], e.seq)
-				if owner, ok := c.known[wkKey(e.ws, e.key)]; !ok || owner != e.owner {
+				if owner, ok := c.known[wkKey(e.ws, e.key)]; isKey && (!ok || owner != e.owner) {
 					wk[wkKey(e.ws, e.key)] = e.owner
 				}
 			}

@@ -45,6 +45,7 @@ func TestCrashChild(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Close() })
+	go func() { _ = srv.Run(t.Context()) }()
 	s := grpctest.Serve(t, srv.Register)
 	fmt.Printf("ADDR=%s\n", s.Addr)
 	select {} // serves until the parent kills this process

@@ -194,6 +194,7 @@ func (e *env) replica(tb testing.TB, edit ...func(*Config)) replica {
 	srv, err := New(tb.Context(), cfg)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { _ = srv.Close() })
+	go func() { _ = srv.Run(tb.Context()) }()
 	s := grpctest.Serve(tb, srv.Register)
 	return replica{srv: srv, cli: usagev1.NewUsageServiceClient(grpctest.Dial(tb, s.Addr)), rlog: rl}
 }

@@ -10,7 +10,8 @@ import (
 
 const (
 	// trimInterval is how often each replica drops request log entries
-	// past their retention or beyond the store's size bound.
+	// past their retention, beyond the store's size bound or beyond their
+	// workspace's cap.
 	trimInterval = time.Minute
 	// rollupInterval is how often each replica rolls old days up into
 	// months. Both jobs are idempotent, safe on every replica.
@@ -25,12 +26,13 @@ func (s *Server) maintain(ctx context.Context) error {
 	return s.rollupOld(ctx)
 }
 
-// trimLog drops request log entries older than the retention.
+// trimLog drops request log entries older than the retention, then cuts
+// each capped workspace to its cap.
 func (s *Server) trimLog(ctx context.Context) error {
 	if _, err := s.rlog.Trim(ctx, s.clk.Now().Add(-s.retention)); err != nil {
 		return fmt.Errorf("request log trim: %w", err)
 	}
-	return nil
+	return s.capLog(ctx)
 }
 
 // rollupOld keeps the current and previous month as days: every reset

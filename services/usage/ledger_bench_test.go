@@ -90,6 +90,7 @@ func runLedger(b *testing.B, producers, batch, keys, records int) ledgerRun {
 	})
 	require.NoError(b, err)
 	b.Cleanup(func() { _ = srv.Close() })
+	go func() { _ = srv.Run(b.Context()) }()
 	cli := usagev1.NewUsageServiceClient(grpctest.Dial(b, grpctest.Serve(b, srv.Register).Addr))
 
 	// The records of each producer, in batches, built before timing.

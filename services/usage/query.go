@@ -244,7 +244,8 @@ func (s *Server) listRequests(ctx context.Context, req *usagev1.ListRequestsRequ
 // maxTotalsQueries bounds one GetTotals call.
 const maxTotalsQueries = 1000
 
-// totals answers GetTotals: per key, its total and each asked model.
+// totals answers GetTotals: per key, member or workspace, its total and
+// each asked model, read from that level's own aggregates (levels.go).
 func (s *Server) totals(ctx context.Context, req *usagev1.GetTotalsRequest) ([]*usagev1.Totals, error) {
 	qs := req.GetQueries()
 	if len(qs) > maxTotalsQueries {
@@ -266,31 +267,49 @@ func (s *Server) totals(ctx context.Context, req *usagev1.GetTotalsRequest) ([]*
 		return ts.AsTime()
 	}
 	since := day
-	keys := make([]string, 0, len(qs))
-	for _, q := range qs {
-		if q.GetKey() == "" {
-			return nil, invalidf("every query needs a key")
+	targets := make([]totalsTarget, len(qs))
+	ids := make([]string, 0, len(qs))
+	var credits []string
+	for i, q := range qs {
+		t, err := targetOf(q.GetLevel(), q.GetWorkspace(), q.GetKey(), q.GetMember(), q.GetCredits())
+		if err != nil {
+			return nil, invalidf("query %d: %v", i, err)
 		}
+		targets[i] = t
 		since = earliest(since, start(q.GetTokenPeriodStart()), start(q.GetBudgetPeriodStart()))
-		keys = append(keys, q.GetKey())
+		ids = append(ids, t.id)
+		if t.credit != "" {
+			credits = append(credits, t.credit)
+		}
 	}
-	rows, err := s.st.keyRows(ctx, slices.Compact(slices.Sorted(slices.Values(keys))), since)
+	rows, err := s.st.keyRows(ctx, slices.Compact(slices.Sorted(slices.Values(ids))), since)
+	if err != nil {
+		return nil, err
+	}
+	// The credit spend is all time: its day aggregates since the epoch,
+	// and its months.
+	spent, err := s.st.keyRows(ctx, slices.Compact(slices.Sorted(slices.Values(credits))), epoch)
 	if err != nil {
 		return nil, err
 	}
 	var out []*usagev1.Totals
-	for _, q := range qs {
-		kr := rows[q.GetKey()]
+	for i, q := range qs {
+		kr := rows[targets[i].id]
 		today := dayRows(kr, day)
 		for _, m := range append([]string{""}, q.GetModels()...) {
 			d := sumRows(today, m, day)
-			out = append(out, &usagev1.Totals{
+			t := &usagev1.Totals{
 				Key: q.GetKey(), Model: m,
+				Level: q.GetLevel(), Workspace: q.GetWorkspace(), Member: q.GetMember(),
 				RequestsToday:    d.Requests,
 				TokensToday:      d.tokens(),
 				PeriodTokens:     sumRows(kr, m, start(q.GetTokenPeriodStart())).tokens(),
 				PeriodCostMicros: sumRows(kr, m, start(q.GetBudgetPeriodStart())).Cost.Micros(),
-			})
+			}
+			if c := targets[i].credit; c != "" && m == "" {
+				t.CreditSpentMicros = sumRows(spent[c], "", epoch).Cost.Micros()
+			}
+			out = append(out, t)
 		}
 	}
 	return out, nil

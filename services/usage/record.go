@@ -113,6 +113,12 @@ func (s *Server) validate(r *usagev1.UsageRecord, now time.Time) error {
 	if strings.Contains(r.GetKey(), "/") || strings.Contains(r.GetWorkspace(), "/") {
 		return invalidf("key and workspace ids must not contain '/'")
 	}
+	if isLevelID(r.GetKey()) {
+		return invalidf("key ids must not start with %q", levelMark)
+	}
+	if r.GetRequestLogCap() < 0 {
+		return invalidf("request_log_cap must not be negative")
+	}
 	if r.GetPromptTokens() < 0 || r.GetCompletionTokens() < 0 {
 		return invalidf("token counts must not be negative")
 	}
@@ -160,6 +166,15 @@ func recordPrice(r *usagev1.UsageRecord, book map[string]price) (price, error) {
 	return price{p}, nil
 }
 
+// dayKeys are the day aggregates of ids for one day and model.
+func dayKeys(ids []string, day time.Time, model string) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = dayKey(id, day, model)
+	}
+	return out
+}
+
 // newEntry prices a valid record: the stored copy keeps the prices it was
 // charged at and its exact cost.
 func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
@@ -186,8 +201,9 @@ func newEntry(r *usagev1.UsageRecord, p price, now time.Time) (*entry, error) {
 	return &entry{
 		ws: rec.GetWorkspace(), key: rec.GetKey(), owner: rec.GetOwner(),
 		model: rec.GetModel(), status: int32(rec.GetStatus()), at: t,
-		aggKey: dayKey(rec.GetKey(), dayStart(t), rec.GetModel()),
-		val:    val,
-		delta:  tally{Requests: 1, Prompt: rec.GetPromptTokens(), Completion: rec.GetCompletionTokens(), Cost: cost},
+		aggKeys: dayKeys(aggIDs(rec.GetWorkspace(), rec.GetKey(), rec.GetOwner(), rec.GetCredits()), dayStart(t), rec.GetModel()),
+		logCap:  rec.GetRequestLogCap(),
+		val:     val,
+		delta:   tally{Requests: 1, Prompt: rec.GetPromptTokens(), Completion: rec.GetCompletionTokens(), Cost: cost},
 	}, nil
 }

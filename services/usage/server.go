@@ -53,6 +53,8 @@ type RequestLog interface {
 	Append(ctx context.Context, es []reqlog.Entry) error
 	List(ctx context.Context, q reqlog.Query) (reqlog.Page, error)
 	Trim(ctx context.Context, cutoff time.Time) (int, error)
+	// Cap keeps a workspace's newest keep entries and deletes the rest.
+	Cap(ctx context.Context, ws string, keep int) (int, error)
 }
 
 var _ RequestLog = (*reqlog.Pebble)(nil)
@@ -90,13 +92,14 @@ type Server struct {
 	rlog      RequestLog
 	retention time.Duration
 
+	runCtx context.Context // ends with Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 var _ usagev1.UsageServiceServer = (*Server)(nil)
 
-// New starts the ledger's committer and janitor; Close stops them.
+// New makes the ledger; Run commits and trims it, Close stops it.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	switch {
 	case cfg.Etcd == nil:
@@ -128,7 +131,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	st := store{cli: cfg.Etcd}
 	com := newCommitter(st, cfg.RequestLog, cfg.Logger, m)
-	com.start()
 	s := &Server{
 		clk: cfg.Clock, log: cfg.Logger, st: st, ks: cfg.Keystore, com: com,
 		prices:    &priceBook{ks: cfg.Keystore, token: cfg.ServiceToken, clk: cfg.Clock},
@@ -136,25 +138,37 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		rlog:      cfg.RequestLog,
 		retention: cfg.Retention,
 	}
-	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.runJanitor(jctx)
-	}()
+	s.runCtx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return s, nil
+}
+
+// Run commits recorded usage (RecordUsage waits for it) and trims the
+// ledger until ctx ends or Close; then it finishes the group being
+// committed and returns.
+func (s *Server) Run(ctx context.Context) error {
+	s.wg.Add(1)
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.runCtx, cancel)()
+	var wg sync.WaitGroup
+	wg.Go(s.com.run)
+	wg.Go(func() { s.runJanitor(ctx) })
+	<-ctx.Done()
+	s.com.close()
+	wg.Wait()
+	return nil
 }
 
 // Register adds the UsageService to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) { usagev1.RegisterUsageServiceServer(r, s) }
 
-// Close stops the janitor, then the committer; RecordUsage calls still
-// waiting fail with UNAVAILABLE, and their client retries elsewhere.
+// Close stops Run; RecordUsage calls still waiting fail with UNAVAILABLE,
+// and their client retries elsewhere.
 func (s *Server) Close() error {
 	s.cancel()
-	s.wg.Wait()
 	s.com.close()
+	s.wg.Wait()
 	return nil
 }
 

@@ -9,6 +9,10 @@
 //	agg/<key>/m/<YYYY-MM>/<model>      month aggregate, rolled up from days
 //	wk/<workspace>/<key>               key index of a workspace, value = owner
 //
+// The member and workspace levels, and a workspace's credit spend, keep
+// the same aggregates under ids starting with '@' (see levels.go), written
+// in the group commit that writes the key's.
+//
 // # Exactly once, with state that grows with producers
 //
 // A producer (an edge process) numbers its records 1, 2, 3 … and sends a

@@ -455,7 +455,8 @@ func TestRetention(t *testing.T) {
 			require.NoError(t, e.srv.maintain(t.Context()))
 			require.Equal(t, st.log, logCount(t, e.rlog))
 			require.EqualValues(t, 6, e.totals(t, "k1")[0].GetRequestsToday(), "aggregates outlive the log")
-			require.EqualValues(t, 1, count(t, e.etcd, "agg/"))
+			require.EqualValues(t, 1, count(t, e.etcd, "agg/k1/"))
+			require.EqualValues(t, 2, count(t, e.etcd, "agg/"+levelMark), "the member's and the workspace's")
 		})
 	}
 
@@ -757,7 +758,10 @@ func TestRecordUsageLargeBatchSplitsTxns(t *testing.T) {
 		require.EqualValues(t, 0, r.GetAccepted())
 		require.EqualValues(t, 1000, r.GetDuplicates())
 	})
-	require.EqualValues(t, 300, count(t, e.etcd, "agg/"))
+	require.EqualValues(t, 300, count(t, e.etcd, "agg/k"))
+	// A member per key (rec makes each key's owner), and the workspace,
+	// each per model.
+	require.EqualValues(t, 150*2+2, count(t, e.etcd, "agg/"+levelMark))
 	var total int64
 	for k := range 150 {
 		total += e.totals(t, fmt.Sprintf("k%d", k))[0].GetTokensToday()

@@ -17,6 +17,7 @@ type confStore interface {
 	Append(ctx context.Context, es []Entry) error
 	List(ctx context.Context, q Query) (Page, error)
 	Trim(ctx context.Context, cutoff time.Time) (int, error)
+	Cap(ctx context.Context, ws string, keep int) (int, error)
 	Close() error
 }
 
@@ -293,6 +294,45 @@ func runConformance(t *testing.T, backend confBackend) {
 		require.NoError(t, err)
 		require.Positive(t, n)
 		require.Equal(t, confWant(kept, q), confListAll(t, s, q))
+	})
+
+	t.Run("cap keeps a workspace's newest entries", func(t *testing.T) {
+		s := backend(t)(t)
+		es := confData()
+		require.NoError(t, s.Append(t.Context(), es))
+		all := Query{Workspace: "ws-a", Limit: 1000}
+		before := confWant(es, all)
+		const keep = 17
+		n, err := s.Cap(t.Context(), "ws-a", keep)
+		require.NoError(t, err)
+		require.Equal(t, len(before)-keep, n)
+		kept := before[:keep]
+		require.Equal(t, kept, confListAll(t, s, all))
+		for _, q := range []Query{
+			{Workspace: "ws-a", Key: "k1", Limit: 5},
+			{Workspace: "ws-a", Owner: "o0", Limit: 5},
+			{Workspace: "ws-a", Model: "m3", Status: 200, Limit: 5},
+		} {
+			require.Equal(t, confWant(kept, q), confListAll(t, s, q), "%+v", q)
+		}
+		other := Query{Workspace: "ws-b", Limit: 1000}
+		require.Equal(t, confWant(es, other), confListAll(t, s, other), "another workspace keeps every entry")
+
+		n, err = s.Cap(t.Context(), "ws-a", keep)
+		require.NoError(t, err)
+		require.Zero(t, n, "a workspace within its cap loses nothing")
+		n, err = s.Cap(t.Context(), "ws-none", 0)
+		require.NoError(t, err)
+		require.Zero(t, n)
+
+		// An entry appended after the cut pushes the oldest kept one out.
+		late := Entry{Workspace: "ws-a", Key: "k9", Owner: "o9", Model: "m9", Status: 200,
+			At: confBase.Add(30 * 24 * time.Hour), Producer: "p9", Seq: 1, Record: []byte("late")}
+		require.NoError(t, s.Append(t.Context(), []Entry{late}))
+		n, err = s.Cap(t.Context(), "ws-a", keep)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		require.Equal(t, append([]Entry{late}, kept[:keep-1]...), confListAll(t, s, all))
 	})
 
 	t.Run("reopens what it wrote", func(t *testing.T) {

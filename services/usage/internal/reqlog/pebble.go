@@ -341,3 +341,87 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 	l.log.Error("request log store: fatal", "err", fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
+
+// Cap keeps the newest keep entries of workspace ws and deletes the rest,
+// with their index entries. It reads the workspace's entries newest first,
+// one seek per slice, so its cost grows with the entries kept and the
+// slices held; it returns how many entries it deleted.
+func (p *Pebble) Cap(_ context.Context, ws string, keep int) (int, error) {
+	p.mu.Lock()
+	buckets := slices.Clone(p.buckets)
+	p.mu.Unlock()
+	it, err := p.db.NewIter(nil)
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	b := p.db.NewBatch()
+	defer func() { _ = b.Close() }()
+	flush := func() error {
+		if b.Empty() {
+			return nil
+		}
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("reqlog: cap: %w", err)
+		}
+		_ = b.Close()
+		b = p.db.NewBatch()
+		return nil
+	}
+	seen, deleted, pending := 0, 0, 0
+	for i := len(buckets) - 1; i >= 0; i-- {
+		pre := prefix(nil, buckets[i], famEntry, ws, nil)
+		it.SetBounds(pre, prefixEnd(pre))
+		for ok := it.Last(); ok; ok = it.Prev() {
+			if seen++; seen <= keep {
+				continue
+			}
+			if err := p.deleteEntry(b, buckets[i], ws, it.Key()[len(pre):], it.Value()); err != nil {
+				return deleted, err
+			}
+			if pending++; pending == capBatch {
+				if err := flush(); err != nil {
+					return deleted, err
+				}
+				deleted, pending = deleted+pending, 0
+			}
+		}
+		if err := it.Error(); err != nil {
+			return deleted, err
+		}
+	}
+	if err := flush(); err != nil {
+		return deleted, err
+	}
+	return deleted + pending, nil
+}
+
+// deleteEntry adds to b the deletion of one entry (its position pos in
+// slice bk) and of its index entries.
+func (p *Pebble) deleteEntry(b *pebble.Batch, bk uint64, ws string, pos, val []byte) error {
+	c, ok := readPos(pos)
+	if !ok {
+		return fmt.Errorf("reqlog: malformed entry position %x", pos)
+	}
+	var e Entry
+	if err := decodeEntry(val, &e); err != nil {
+		return err
+	}
+	key := appendPos(prefix(nil, bk, famEntry, ws, nil), c)
+	if err := b.Delete(key, nil); err != nil {
+		return err
+	}
+	for _, ix := range []struct {
+		fam byte
+		val string
+	}{{famKey, e.Key}, {famOwner, e.Owner}, {famModel, e.Model}} {
+		if ix.val == "" {
+			continue
+		}
+		key = appendPos(prefix(key[:0], bk, ix.fam, ws, &ix.val), c)
+		if err := b.Delete(key, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}

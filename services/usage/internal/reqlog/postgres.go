@@ -419,3 +419,28 @@ func (p *Postgres) Trim(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 	return dropped, nil
 }
+
+// pgCap deletes a workspace's entries at or older than its (keep+1)th
+// newest, at most capBatch of them; the workspace index finds both.
+const pgCap = `DELETE FROM request_log WHERE (at_ns, producer, seq) IN (
+	SELECT at_ns, producer, seq FROM request_log
+	WHERE workspace = $1 AND (at_ns, producer, seq) <= (
+		SELECT at_ns, producer, seq FROM request_log WHERE workspace = $1
+		ORDER BY at_ns DESC, producer DESC, seq DESC OFFSET $2 LIMIT 1)
+	ORDER BY at_ns DESC, producer DESC, seq DESC LIMIT $3)`
+
+// Cap keeps the newest keep entries of workspace ws and deletes the rest,
+// capBatch to a statement; it returns how many entries it deleted.
+func (p *Postgres) Cap(ctx context.Context, ws string, keep int) (int, error) {
+	deleted := 0
+	for {
+		tag, err := p.pool.Exec(ctx, pgCap, ws, keep, capBatch)
+		if err != nil {
+			return deleted, fmt.Errorf("reqlog: cap: %w", err)
+		}
+		deleted += int(tag.RowsAffected())
+		if tag.RowsAffected() < capBatch {
+			return deleted, nil
+		}
+	}
+}
