@@ -63,3 +63,14 @@ func browserEnv(js nodeTest, app *App, chromium string) []string {
 	return []string{"KEYGATE_URL=http://" + app.HTTPAddr, "KEYGATE_EDGE_URL=http://" + app.EdgeAddr,
 		"KEYGATE_ROOT_TOKEN=" + app.Config.RootToken, "CHROMIUM=" + chromium, "KEYGATE_SCREENSHOTS=" + shots}
 }
+
+// TestConsoleGovernance drives the console's governance pages in Chromium
+// (tests/console/governance.test.mjs) against keygate up: workspace and
+// member limits, report mode and timed overrides set in the Limits page and
+// checked at the edge, Explain limits, credits, webhooks and alerts (to a
+// receiver in the test), legacy keys, and axe on each page.
+func TestConsoleGovernance(t *testing.T) {
+	js, chromium := needBrowser(t)
+	app := MustRunApp(t, "", nil)
+	js.run(t, 5*time.Minute, "governance.test.mjs", browserEnv(js, app, chromium)...)
+}

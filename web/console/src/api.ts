@@ -22,6 +22,20 @@ export type Usage = definitions["v1GetUsageResponse"];
 export type UsagePoint = definitions["v1UsagePoint"];
 export type UsageRow = definitions["v1UsageRow"];
 export type CreateKeyBody = definitions["KeystoreServiceCreateKeyBody"];
+export type Policy = definitions["v1Policy"];
+export type Override = definitions["v1Override"];
+export type LimitEditors = definitions["v1LimitEditors"];
+export type LimitLevel = definitions["v1LimitLevel"];
+export type LimitKind = definitions["v1LimitKind"];
+export type LimitMode = definitions["v1LimitMode"];
+export type LimitState = definitions["v1LimitState"];
+export type Explained = definitions["v1ExplainKeyResponse"];
+export type Credits = definitions["v1GetCreditsResponse"];
+export type CreditEntry = definitions["v1CreditEntry"];
+export type CreditEntryKind = definitions["v1CreditEntryKind"];
+export type Webhook = definitions["v1Webhook"];
+export type Alert = definitions["v1Alert"];
+export type AlertDeliveryState = definitions["v1AlertDeliveryState"];
 
 type Method = "get" | "post" | "put" | "patch" | "delete";
 type Params<O> = O extends { parameters: infer X } ? X : object;
@@ -40,11 +54,12 @@ export class ApiError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
     super(message);
   }
-  // field is the request field a 400 names ("name: must be…"), if any.
+  // field is the request field a 400 names ("name: must be…",
+  // "alert_thresholds[1]: …"), if any, without indexes.
   get field(): string {
     if (this.status !== 400) return "";
-    const m = /^([a-z_][a-z0-9_.]*):\s/.exec(this.message);
-    return m ? m[1] : "";
+    const m = /^([a-z_][a-z0-9_.[\]]*):\s/.exec(this.message);
+    return m ? m[1].replace(/\[\d+\]/g, "") : "";
   }
 }
 

@@ -95,3 +95,18 @@ export function table(caption: string, head: string[], rows: Child[][], numeric:
 export function select(options: [string, string][], value = ""): HTMLSelectElement {
   return h("select", {}, options.map(([v, label]) => h("option", { value: v, selected: v === value }, label)));
 }
+
+// busy runs f with the button marked busy: aria-disabled rather than
+// disabled, which would drop the keyboard focus to the page, and a second
+// press while f runs does nothing (so a double click acts once).
+export async function busy(button: HTMLButtonElement, f: () => Promise<void>): Promise<void> {
+  if (button.getAttribute("aria-busy") === "true") return;
+  button.setAttribute("aria-busy", "true");
+  button.setAttribute("aria-disabled", "true");
+  try {
+    await f();
+  } finally {
+    button.removeAttribute("aria-busy");
+    button.removeAttribute("aria-disabled");
+  }
+}

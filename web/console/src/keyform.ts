@@ -2,7 +2,7 @@
 // limits dialog: global and per-model limits, token cap, budget and allowed
 // models. Each control is registered under the request field it sets
 // (global_limits.rpm …), so a 400 naming that field shows beside it.
-import { ApiError, type Budget, explain, type Key, type Limits, type Model, type ModelLimits, type ResetPeriod, type TokenCap } from "./api";
+import { ApiError, type Budget, explain, type Key, type Limits, type Model, type ModelLimits, type Policy, type ResetPeriod, type TokenCap } from "./api";
 import { h, field, select, setFieldError, uid } from "./dom";
 import { type LimitName, limitLabels, limitNames, num, periods } from "./format";
 
@@ -27,12 +27,17 @@ export class Fields {
   }
 
   // show puts a message beside the control its field names (the longest
-  // registered prefix), or in the form's general slot.
+  // registered prefix), or in the form's general slot. A field a level's
+  // update names in full ("patch.limits.global_limits.rpd") finds the
+  // control registered under its tail ("global_limits.rpd").
   show(fieldName: string, message: string): HTMLElement | null {
     this.clear();
-    let name = fieldName;
-    while (name && !this.controls.has(name)) name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "";
-    const c = name ? this.controls.get(name) : undefined;
+    let c: HTMLElement | undefined;
+    for (let tail = fieldName; tail && !c; tail = tail.includes(".") ? tail.slice(tail.indexOf(".") + 1) : "") {
+      let name = tail;
+      while (name && !this.controls.has(name)) name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "";
+      c = name ? this.controls.get(name) : undefined;
+    }
     if (!c) {
       this.general.textContent = message;
       return null;
@@ -63,7 +68,7 @@ export class FieldError extends Error {
   }
 }
 
-function count(input: HTMLInputElement, name: string): number | undefined {
+export function count(input: HTMLInputElement, name: string): number | undefined {
   const v = input.value.trim();
   if (v === "") return undefined;
   if (!/^\d+$/.test(v)) throw new FieldError(name, "Enter a whole number, 0 or more (empty means unlimited).");
@@ -93,8 +98,9 @@ function limitInputs(fields: Fields, prefix: string, values: Limits | undefined,
 }
 
 // settingsFields builds the settings part of a key form, filled from key
-// (when editing), with per-model choices from the model catalog.
-export function settingsFields(fields: Fields, models: Model[], key?: Key): { el: HTMLElement; read(): Settings } {
+// (when editing), with per-model choices from the model catalog. A level's
+// form (a member, a workspace) is the same without the allowed models.
+export function settingsFields(fields: Fields, models: Model[], key?: Policy & Pick<Key, "allowedModels">, withAllowed = true): { el: HTMLElement; read(): Settings } {
   const global = limitInputs(fields, "global_limits", key?.globalLimits);
 
   // Per-model limits: one row per model, added and removed at will.
@@ -129,7 +135,7 @@ export function settingsFields(fields: Fields, models: Model[], key?: Key): { el
   const allowed = new Set(key?.allowedModels ?? []);
   const checks = models.map((m) => h("input", { type: "checkbox", value: m.id ?? "", checked: allowed.has(m.id ?? "") }));
   const checksEl = h("div", { class: "checks", id: uid("allowed") }, checks.map((c) => h("label", {}, c, c.value)));
-  fields.add("allowed_models", checksEl);
+  if (withAllowed) fields.add("allowed_models", checksEl);
 
   const el = h("div", {},
     h("fieldset", {}, h("legend", {}, "Global limits"), h("p", { class: "hint" }, "Empty means unlimited. Minutes are rolling; days reset at 00:00 UTC."), global.el),
@@ -137,8 +143,8 @@ export function settingsFields(fields: Fields, models: Model[], key?: Key): { el
     h("fieldset", {}, h("legend", {}, "Token cap and budget"),
       h("div", { class: "grid2" }, field("Token cap (tokens)", capTokens), field("Token cap resets", capPeriod),
         field("Budget (USD)", budgetAmount, "e.g. 5.00"), field("Budget resets", budgetPeriod))),
-    h("fieldset", {}, h("legend", {}, "Allowed models"), h("p", { class: "hint" }, "None ticked means every model."), checksEl,
-      h("span", { class: "error", id: `${checksEl.id}-error` })),
+    withAllowed ? h("fieldset", {}, h("legend", {}, "Allowed models"), h("p", { class: "hint" }, "None ticked means every model."), checksEl,
+      h("span", { class: "error", id: `${checksEl.id}-error` })) : null,
   );
   return {
     el,

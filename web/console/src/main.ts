@@ -11,6 +11,9 @@ import { renderRequests } from "./pages/requests";
 import { renderAudit } from "./pages/audit";
 import { renderWorkspaces } from "./pages/workspaces";
 import { renderModels } from "./pages/models";
+import { renderLimits } from "./pages/limits";
+import { renderCredits } from "./pages/credits";
+import { renderAlerts } from "./pages/alerts";
 
 // Page is what every page gets: the session, its main element, and a way
 // to reload the session (after creating a workspace, say).
@@ -25,6 +28,9 @@ export interface Page {
 const pages: { path: string; title: string; render: (p: Page) => Promise<void>; inWorkspace?: boolean }[] = [
   { path: "keys", title: "API keys", render: renderKeys, inWorkspace: true },
   { path: "usage", title: "Usage", render: renderUsage, inWorkspace: true },
+  { path: "limits", title: "Limits", render: renderLimits, inWorkspace: true },
+  { path: "credits", title: "Credits", render: renderCredits, inWorkspace: true },
+  { path: "alerts", title: "Alerts", render: renderAlerts, inWorkspace: true },
   { path: "requests", title: "Request log", render: renderRequests, inWorkspace: true },
   { path: "audit", title: "Audit log", render: renderAudit, inWorkspace: true },
   { path: "workspaces", title: "Workspaces", render: renderWorkspaces },

@@ -5,14 +5,16 @@ import type { Dialog } from "./dialog";
 import { buttons } from "./dialog";
 import { announce, h, replace } from "./dom";
 
-export function showSecret(d: Dialog, keyName: string, secret: string): void {
+// kept says what keygate keeps of it: a key's hash only; a webhook's
+// secret itself, to sign with.
+export function showSecret(d: Dialog, keyName: string, secret: string, kept = "keygate keeps only its hash."): void {
   const input = h("input", { type: "text", readonly: true, value: secret, "aria-describedby": "secret-warning", spellcheck: "false", autocomplete: "off" });
   input.id = "new-secret";
   const status = h("span", { role: "status", class: "hint" });
   const copy = h("button", { type: "button", onclick: () => copySecret(input, status) }, "Copy");
   const done = h("button", { type: "button", class: "primary", onclick: () => d.close() }, "Done");
   replace(d.body,
-    h("p", { class: "notice warn", id: "secret-warning" }, `Copy the secret of ${keyName} now: it will not be shown again. keygate keeps only its hash.`),
+    h("p", { class: "notice warn", id: "secret-warning" }, `Copy the secret of ${keyName} now: it will not be shown again. ${kept}`),
     h("label", { for: input.id }, `Secret of ${keyName}`),
     h("div", { class: "secret" }, input, copy),
     status,

@@ -4,10 +4,11 @@
 import { ApiError, call, explain, type Key } from "../api";
 import { buttons, type Dialog, openDialog } from "../dialog";
 import { announce, field, h, notice, select } from "../dom";
-import { FieldError, Fields, settingsFields } from "../keyform";
+import { type LevelChange, openLevelLimits } from "../levelform";
 import type { Page } from "../main";
 import { showSecret } from "../secret";
 import { models } from "./createkey";
+import { openExplain } from "./explain";
 
 function ref(p: Page, k: Key) {
   return { workspace: p.session.workspace, key: k.id ?? "" };
@@ -41,7 +42,10 @@ export function keyActions(p: Page, k: Key, refresh: () => void): HTMLElement {
     h("button", { type: "button", class: danger ? "danger" : null, "aria-label": `${label} ${k.name}`, id: `${verb}-${k.id}`, onclick: open }, label);
   return h("div", { class: "row-actions" },
     act("Edit limits", "edit", () => editLimits(p, k, refresh)),
-    act("Rotate", "rotate", () => rotate(p, k, refresh)),
+    k.limitOverride?.expireTime ? act("End override", "end-override", () => endOverride(p, k, refresh)) : null,
+    k.kind !== "KEY_KIND_ADMIN" ? act("Explain limits", "explain", () => openExplain(p, k)) : null,
+    // An imported secret has another system's format: it is replaced, not rotated.
+    k.legacy ? null : act("Rotate", "rotate", () => rotate(p, k, refresh)),
     k.state !== "KEY_STATE_EXPIRED" ? act("Expire", "expire", () => expire(p, k, refresh), true) : null,
     act("Delete", "delete", () => remove(p, k, refresh), true),
   );
@@ -67,42 +71,37 @@ function confirmForm(d: () => Dialog, intro: (Node | string)[], submitLabel: str
   return form;
 }
 
+// editLimits sets the key's enforced limits and allowed models, its
+// report-mode limits, or a timed override (levelform.ts).
 async function editLimits(p: Page, k: Key, refresh: () => void): Promise<void> {
-  const catalog = await models();
-  const general = h("p", { class: "error", role: "alert" });
-  const fields = new Fields(general);
-  const settings = settingsFields(fields, catalog, k);
-  const submit = h("button", { type: "submit", class: "primary" }, "Save limits");
-  const form = h("form", { novalidate: true }, general, settings.el,
-    buttons(h("button", { type: "button", onclick: () => d.close() }, "Cancel"), submit));
-  const d = openDialog(`Edit limits of ${k.name}`, form);
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    fields.clear();
-    let s;
-    try {
-      s = settings.read();
-    } catch (e) {
-      if (e instanceof FieldError) fields.show(e.field, e.message)?.focus();
-      return;
-    }
-    submit.disabled = true;
-    try {
-      // The mask names every setting, so what the form leaves empty is
-      // cleared, not kept.
-      await call("patch", "/v1/workspaces/{workspace}/keys/{key}", {
-        path: ref(p, k),
-        query: { updateMask: "globalLimits,modelLimits,tokenCap,budget,allowedModels", etag: k.etag },
-        body: s,
-      });
+  const now = { enforced: k, report: k.reportLimits, override: k.limitOverride };
+  openLevelLimits(k.name ?? "", now, await models(), (c) => call("patch", "/v1/workspaces/{workspace}/keys/{key}", {
+    path: ref(p, k), query: { updateMask: keyMask(c), etag: k.etag }, body: keyPatch(c),
+  }), refresh, true);
+}
+
+// keyMask names every setting of the mode, so what the form leaves empty
+// is cleared, not kept.
+function keyMask(c: LevelChange): string {
+  if (c.mode === "enforced") return "globalLimits,modelLimits,tokenCap,budget,allowedModels";
+  return c.mode === "report" ? "report_limits" : "limit_override";
+}
+
+function keyPatch(c: LevelChange): Key {
+  if (c.mode === "enforced") return { ...c.policy, allowedModels: c.allowedModels };
+  return c.mode === "report" ? { reportLimits: c.policy } : { limitOverride: c.override };
+}
+
+// endOverride ends the key's timed override now.
+function endOverride(p: Page, k: Key, refresh: () => void): void {
+  const d: Dialog = openDialog(`End the override of ${k.name}`, confirmForm(() => d,
+    [h("p", {}, `${k.name}'s own enforced limits apply again at once, on every edge.`)],
+    "End override", `end the override of ${k.name}`, async () => {
+      await call("patch", "/v1/workspaces/{workspace}/keys/{key}", { path: ref(p, k), query: { updateMask: "limit_override", etag: k.etag }, body: {} });
       d.onClose(refresh);
       d.close();
-      announce(`Limits of ${k.name} saved`);
-    } catch (e) {
-      submit.disabled = false;
-      fields.fail(e, `save the limits of ${k.name}`)?.focus();
-    }
-  });
+      announce(`Override of ${k.name} ended`);
+    }));
 }
 
 const graces: [string, string][] = [["0", "At once"], ["3600", "In 1 hour"], ["86400", "In 24 hours"], ["604800", "In 7 days"]];

@@ -3,7 +3,7 @@
 // dialog. Row actions live in keyactions.ts.
 import { call, type Key, type UsageRow, type Workspace } from "../api";
 import { announce, field, h, replace, select, table, uid } from "../dom";
-import { count, date, kind, keyLimits, num, state, today } from "../format";
+import { count, date, dateTime, kind, keyLimits, num, policy, state, today } from "../format";
 import type { Page } from "../main";
 import { manager } from "../session";
 import { keyActions, enableSwitch } from "./keyactions";
@@ -13,6 +13,7 @@ import { listKeys } from "../data";
 // Filters survive re-rendering after an action.
 let filterState = "";
 let filterName = "";
+let filterLegacy = false;
 
 export async function renderKeys(p: Page): Promise<void> {
   const ws = p.session.workspace;
@@ -33,12 +34,15 @@ export async function renderKeys(p: Page): Promise<void> {
   search.addEventListener("input", () => { filterName = search.value; redraw(); });
   const status = select([["", "All"], ["active", "Active"], ["disabled", "Disabled"], ["expired", "Expired"]], filterState);
   status.addEventListener("change", () => { filterState = status.value; redraw(); });
+  const legacy = h("input", { type: "checkbox", id: "legacy-filter", checked: filterLegacy });
+  legacy.addEventListener("change", () => { filterLegacy = legacy.checked; redraw(); });
 
   replace(p.main,
     h("h1", {}, "API keys"),
     h("div", { class: "toolbar" },
       field("Search by name", search),
       field("Status", status),
+      h("div", { class: "field check" }, h("span", { "aria-hidden": "true" }, "\u00a0"), h("label", {}, legacy, "Legacy keys")),
       h("span", { class: "grow" }),
       createButton(p, workspace, refresh),
     ),
@@ -80,8 +84,11 @@ async function todayUsage(ws: string): Promise<Map<string, UsageRow>> {
 
 function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLElement {
   const q = filterName.trim().toLowerCase();
-  const shown = keys.filter((k) => (!filterState || state(k) === filterState) && (!q || (k.name ?? "").toLowerCase().includes(q)));
+  const shown = keys.filter((k) => (!filterState || state(k) === filterState) && (!q || (k.name ?? "").toLowerCase().includes(q)) && (!filterLegacy || k.legacy));
   const summary = h("p", { class: "hint", role: "status" }, shown.length === keys.length ? `${keys.length} keys shown.` : `${shown.length} of ${keys.length} keys match the filters.`);
+  const replaceHint = filterLegacy && shown.length
+    ? h("p", { class: "notice" }, "Legacy keys were imported from another gateway and keep its secret format; they cannot be rotated. Replace each: create a keygate key with the same limits, move the application to it, then delete the legacy key.")
+    : null;
   if (shown.length === 0) return h("div", {}, summary, h("p", { class: "empty" }, keys.length ? "No key matches the filters." : manager(p.session) ? "No keys yet. Create one with Create API key." : "You have no keys yet. Create one with Create API key."));
   const refresh = () => renderKeys(p);
   const rows = shown.map((k) => [
@@ -91,13 +98,23 @@ function keyTable(p: Page, keys: Key[], usage: Map<string, UsageRow>): HTMLEleme
     date(k.createTime),
     k.expireTime ? date(k.expireTime) : "never",
     h("span", { class: `badge ${state(k)}` }, state(k)),
-    h("code", {}, k.partialKey ?? ""),
+    // An imported key's secret has its old system's format.
+    k.legacy ? h("span", {}, h("code", {}, k.partialKey ?? ""), " ", h("span", { class: "badge legacy" }, "legacy")) : h("code", {}, k.partialKey ?? ""),
     kind(k),
-    h("span", { class: "wraps" }, keyLimits(k)),
+    limitsCell(k),
     k.kind === "KEY_KIND_ADMIN" ? "— (no inference)" : todayCell(k, usage.get(k.id ?? "")),
     ...(locked(p, k) ? [k.enabled ? "on" : "off", h("span", { class: "hint" }, "Owners and admins manage admin keys")] : [enableSwitch(p, k, refresh), keyActions(p, k, refresh)]),
   ]);
-  return h("div", {}, summary, table("API keys", ["Name", "Owner", "Creator", "Created", "Expires", "Status", "Key", "Kind", "Limits", "Today", "Enabled", "Actions"], rows));
+  return h("div", {}, summary, replaceHint, table("API keys", ["Name", "Owner", "Creator", "Created", "Expires", "Status", "Key", "Kind", "Limits", "Today", "Enabled", "Actions"], rows));
+}
+
+// limitsCell is the key's enforced limits, then its report-mode ones and
+// its timed override when it has them.
+function limitsCell(k: Key): HTMLElement {
+  const report = policy(k.reportLimits);
+  return h("span", { class: "wraps" }, keyLimits(k),
+    report !== "unlimited" ? [h("br"), h("span", {}, `report only: ${report}`)] : null,
+    k.limitOverride?.expireTime ? [h("br"), h("span", {}, `override until ${dateTime(k.limitOverride.expireTime)}: ${policy(k.limitOverride.policy)}`)] : null);
 }
 
 // locked: a member sees their admin keys (made for them by an owner) but
