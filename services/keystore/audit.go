@@ -53,11 +53,7 @@ func (s *Server) listAuditEvents(ctx context.Context, p *principal, req *keystor
 	if k := req.GetKey(); k != "" && !keyformat.ValidID(k) {
 		return nil, fmt.Errorf("key %q: %w", k, ErrNotFound)
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parsePageToken(req.GetPageToken(), auditIDPattern.MatchString)
+	size, after, err := listPage(req.GetPageSize(), req.GetPageToken(), auditIDPattern.MatchString)
 	if err != nil {
 		return nil, err
 	}

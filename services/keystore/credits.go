@@ -267,11 +267,7 @@ func (s *Server) listCreditEntries(ctx context.Context, p *principal, req *keyst
 	if !p.manager() {
 		return nil, fmt.Errorf("%w: owners and admins read the credit entries", ErrPermissionDenied)
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parsePageToken(req.GetPageToken(), auditIDPattern.MatchString)
+	size, after, err := listPage(req.GetPageSize(), req.GetPageToken(), auditIDPattern.MatchString)
 	if err != nil {
 		return nil, err
 	}

@@ -378,11 +378,7 @@ func (s *Server) listAlerts(ctx context.Context, p *principal, req *keystorev1.L
 	if _, _, err := s.getWorkspace(ctx, ws); err != nil {
 		return nil, err
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parsePageToken(req.GetPageToken(), alertbox.ValidPosition)
+	size, after, err := listPage(req.GetPageSize(), req.GetPageToken(), alertbox.ValidPosition)
 	if err != nil {
 		return nil, err
 	}

@@ -229,11 +229,7 @@ func (s *Server) listKeys(ctx context.Context, p *principal, req *keystorev1.Lis
 	if err := p.inWorkspace(ws); err != nil {
 		return nil, err
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parsePageToken(req.GetPageToken(), keyformat.ValidID)
+	size, after, err := listPage(req.GetPageSize(), req.GetPageToken(), keyformat.ValidID)
 	if err != nil {
 		return nil, err
 	}

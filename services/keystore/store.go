@@ -285,6 +285,17 @@ func parsePageToken(tok string, valid func(string) bool) (string, error) {
 	return string(b), nil
 }
 
+// listPage reads a listing's page size and token: the size (default 50,
+// at most 1000) and the last item of the previous page, checked by valid.
+func listPage(n int32, token string, valid func(string) bool) (int, string, error) {
+	size, err := pageSize(n)
+	if err != nil {
+		return 0, "", err
+	}
+	after, err := parsePageToken(token, valid)
+	return size, after, err
+}
+
 func pageSize(n int32) (int, error) {
 	switch {
 	case n < 0:

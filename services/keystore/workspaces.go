@@ -116,11 +116,7 @@ func (s *Server) listWorkspaces(ctx context.Context, p *principal, req *keystore
 		}
 		return &keystorev1.ListWorkspacesResponse{Workspaces: []*keystorev1.Workspace{w}}, nil
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := parsePageToken(req.GetPageToken(), idPattern.MatchString)
+	size, after, err := listPage(req.GetPageSize(), req.GetPageToken(), idPattern.MatchString)
 	if err != nil {
 		return nil, err
 	}

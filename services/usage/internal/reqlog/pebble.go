@@ -148,10 +148,7 @@ func (p *Pebble) Append(_ context.Context, es []Entry) error {
 		if err := b.Set(key, encodeEntry(e), nil); err != nil {
 			return err
 		}
-		for _, ix := range []struct {
-			fam byte
-			val string
-		}{{famKey, e.Key}, {famOwner, e.Owner}, {famModel, e.Model}} {
+		for _, ix := range indexesOf(e) {
 			if ix.val == "" {
 				continue
 			}
@@ -411,10 +408,7 @@ func (p *Pebble) deleteEntry(b *pebble.Batch, bk uint64, ws string, pos, val []b
 	if err := b.Delete(key, nil); err != nil {
 		return err
 	}
-	for _, ix := range []struct {
-		fam byte
-		val string
-	}{{famKey, e.Key}, {famOwner, e.Owner}, {famModel, e.Model}} {
+	for _, ix := range indexesOf(&e) {
 		if ix.val == "" {
 			continue
 		}
@@ -424,4 +418,15 @@ func (p *Pebble) deleteEntry(b *pebble.Batch, bk uint64, ws string, pos, val []b
 		}
 	}
 	return nil
+}
+
+// index is one secondary index of an entry: its family and value.
+type index struct {
+	fam byte
+	val string
+}
+
+// indexesOf lists the secondary indexes an entry is written under.
+func indexesOf(e *Entry) [3]index {
+	return [3]index{{famKey, e.Key}, {famOwner, e.Owner}, {famModel, e.Model}}
 }
