@@ -38,9 +38,9 @@ func TestAdminCLIGovernance(t *testing.T) {
 		require.EqualValues(t, "500", w["limits"].(map[string]any)["globalLimits"].(map[string]any)["tpd"])
 
 		for args, want := range map[string]string{
-			"limits set team":               "want workspace, member/<id> or key/<id>",
-			"limits set workspace":          "nothing to change",
-			"limits set workspace --rpm -1": "rpm",
+			"limits set team":                                  "want workspace, member/<id> or key/<id>",
+			"limits set workspace":                             "nothing to change",
+			"limits set workspace --rpm -1":                    "rpm",
 			"limits set workspace --rpm 1 --report --until 1h": "pick one",
 			"limits set member/nobody --rpm 1":                 "nobody",
 		} {
