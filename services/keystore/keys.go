@@ -637,6 +637,7 @@ func (s *Server) deleteKey(ctx context.Context, p *principal, req *keystorev1.De
 		ops := append([]clientv3.Op{
 			clientv3.OpDelete(keyKey(ws, id)),
 			clientv3.OpDelete(usedKey(ws, id)),
+			clientv3.OpDelete(reportedKey(ws, id, ""), clientv3.WithPrefix()),
 			clientv3.OpDelete(idKey(id)),
 			clientv3.OpDelete(nameKey(ws, sk.key.GetName())),
 			clientv3.OpPut(countKey(ws), strconv.Itoa(max(int(w.GetKeyCount())-1, 0))),

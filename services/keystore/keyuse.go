@@ -55,6 +55,11 @@ func (s *Server) recordKeyUse(ctx context.Context, p *principal, req *keystorev1
 			return fmt.Errorf("record key use: %w", err)
 		}
 	}
+	for _, u := range req.GetUses() {
+		if err := s.auditReported(ctx, p, u); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -87,6 +92,9 @@ func (s *Server) validUses(in []*keystorev1.KeyUse) ([]keyUse, error) {
 		}
 		if !keyformat.ValidID(u.GetKey()) {
 			return nil, invalid(field+".key", "must be a key id")
+		}
+		if err := validReported(field+".reported", u.GetReported()); err != nil {
+			return nil, err
 		}
 		ts := u.GetTime()
 		if ts == nil {
