@@ -325,6 +325,8 @@ func (a *App) connections() (*roleConns, error) {
 		// (which grows to two minutes).
 		if rc.edgeKeystore, err = a.dial(rc.keystoreAddr, true, grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			// Without it an attempt gets only the backoff (100 ms) to connect.
+			MinConnectTimeout: 20 * time.Second,
 		})); err != nil {
 			return nil, err
 		}

@@ -199,7 +199,9 @@ func start(t testing.TB, opts ...func(*Options)) *fixture {
 	}
 	s := grpctest.Serve(t, func(r grpc.ServiceRegistrar) { keystorev1.RegisterKeystoreServiceServer(r, f) })
 	conn := grpctest.Dial(t, s.Addr,
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Millisecond, Multiplier: 2, MaxDelay: 20 * time.Millisecond}}))
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: time.Millisecond, Multiplier: 2, MaxDelay: 20 * time.Millisecond},
+			// Else each attempt has only its backoff (1 ms) to connect.
+			MinConnectTimeout: 20 * time.Second}))
 	fx := &fixture{ks: f, clock: clock.NewFake(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)), logs: &recorder{}}
 	o := Options{Clock: fx.clock, Logger: slog.New(fx.logs), MaxStaleness: testMaxStale, MaxUnconfirmed: testMaxUnconfirmed}
 	for _, opt := range opts {

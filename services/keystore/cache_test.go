@@ -52,7 +52,9 @@ func startCacheWith(tb testing.TB, e *env, opts keycache.Options) followed {
 	}
 	conn := grpctest.Dial(tb, e.addr,
 		grpc.WithPerRPCCredentials(auth.Token{Value: rootToken}), grpc.WithUnaryInterceptor(count),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond}}))
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 2, MaxDelay: 50 * time.Millisecond},
+			// Else each attempt has only its backoff (5 ms) to connect.
+			MinConnectTimeout: 20 * time.Second}))
 	if opts.Logger == nil {
 		opts.Logger = slog.New(f.logs)
 	}

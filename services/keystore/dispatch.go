@@ -130,10 +130,17 @@ func (s *Server) runDispatcher(ctx context.Context) error {
 
 // lead campaigns, then dispatches while it leads.
 func (s *Server) lead(ctx context.Context) error {
-	// The session outlives ctx so that Close can revoke its lease: the
-	// lead passes to another keystore at once, not after the lease's TTL.
-	sess, err := concurrency.NewSession(s.etcd, concurrency.WithTTL(int(max(1, s.dispatch.LeaseTTL/time.Second))),
-		concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted within the storage timeout, so that a keystore
+	// without etcd quorum still stops; the session outlives ctx so that
+	// Close can revoke the lease: the lead passes to another keystore at
+	// once, not after the lease's TTL.
+	gctx, cancelGrant := context.WithTimeout(ctx, s.storageTimeout)
+	lease, err := s.etcd.Grant(gctx, int64(max(1, s.dispatch.LeaseTTL/time.Second)))
+	cancelGrant()
+	if err != nil {
+		return fmt.Errorf("dispatcher lease: %w", err)
+	}
+	sess, err := concurrency.NewSession(s.etcd, concurrency.WithLease(lease.ID), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return fmt.Errorf("dispatcher session: %w", err)
 	}

@@ -424,6 +424,8 @@ test("axe finds no WCAG 2.1 A or AA violation on the governance pages and dialog
     await goTo(p, "Alerts", "Recent alerts");
     await check("Alerts");
     await p.getByLabel("Workspace", { exact: true }).selectOption("paid");
+    // The switch reloads the shell: navigate once the new one is there.
+    await p.locator('main[data-workspace="paid"]').waitFor();
     await p.getByRole("heading", { name: "Recent alerts" }).waitFor();
     await goTo(p, "Credits", "History");
     await check("Credits");

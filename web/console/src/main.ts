@@ -109,7 +109,8 @@ async function offerSSO(slot: HTMLElement, err: HTMLElement): Promise<void> {
 
 function showShell(): void {
   const s = session as Session;
-  const main = h("main", { id: "main", tabindex: -1 });
+  // data-workspace says which workspace the shell shows (a switch re-renders it).
+  const main = h("main", { id: "main", tabindex: -1, "data-workspace": s.workspace });
   const nav = h("nav", { class: "pages", "aria-label": "Pages" }, h("ul", {}, pages.map((p) => h("li", {}, h("a", { href: `#/${p.path}`, "data-page": p.path }, p.title)))));
   const wsPicker = select(s.workspaces.map((w) => [w.id ?? "", w.name ? `${w.name} (${w.id})` : (w.id ?? "")]), s.workspace);
   wsPicker.id = "workspace-picker";
