@@ -123,8 +123,9 @@ func startLevelEdge(t *testing.T) *levelEdge {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = lim.Run(ctx) })
 	wg.Go(func() { _ = es.Run(ctx) })
-	wg.Go(func() { _ = es.Serve(ctx, ln) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	hs := &http.Server{Handler: es.Handler()}
+	wg.Go(func() { _ = hs.Serve(ln) })
+	t.Cleanup(func() { cancel(); _ = hs.Close(); wg.Wait() })
 	require.Eventually(t, func() bool {
 		resp, err := http.Get(le.url + "/healthz")
 		if err != nil {

@@ -320,11 +320,13 @@ func startEdge(tb testing.TB, o options) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = h.srv.Run(ctx) })
-	wg.Go(func() { _ = h.srv.Serve(ctx, ln) })
+	hs := &http.Server{Handler: h.srv.Handler()}
+	wg.Go(func() { _ = hs.Serve(ln) })
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
 			cancel()
+			_ = hs.Close()
 			wg.Wait()
 			_ = conn.Close()
 			gs.Stop()
