@@ -266,4 +266,3 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	return errors.Join(err, s.keyUse.flush(ctx))
 }
-
