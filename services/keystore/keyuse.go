@@ -123,8 +123,12 @@ func (s *Server) validUses(in []*keystorev1.KeyUse) ([]keyUse, error) {
 	return out, nil
 }
 
-func encodeUsed(t time.Time) string {
-	v := strconv.FormatInt(t.UnixNano(), 10)
+func encodeUsed(t time.Time) string { return ordered(t.UnixNano()) }
+
+// ordered renders a non-negative n zero-padded, so that etcd's byte-wise
+// value compare orders the numbers.
+func ordered(n int64) string {
+	v := strconv.FormatInt(n, 10)
 	return strings.Repeat("0", usedDigits-len(v)) + v
 }
 

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"regexp"
-	"strconv"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -68,8 +66,7 @@ func (s *Server) reportOnce(p *principal, u *keystorev1.KeyUse, limit string, mi
 		return clientv3.Op{}, err
 	}
 	m := reportedKey(u.GetWorkspace(), u.GetKey(), limit)
-	v := strconv.FormatInt(minute, 10)
-	v = strings.Repeat("0", usedDigits-len(v)) + v
+	v := ordered(minute)
 	write := append([]clientv3.Op{clientv3.OpPut(m, v)}, audit...)
 	exists := clientv3.Compare(clientv3.CreateRevision(keyKey(u.GetWorkspace(), u.GetKey())), ">", 0)
 	first := clientv3.OpTxn([]clientv3.Cmp{exists, clientv3.Compare(clientv3.CreateRevision(m), "=", 0)}, write, nil)
