@@ -350,10 +350,13 @@ test("alerts: the workspace's crossings are listed; a webhook added in the conso
   await sendTest(secret);
   await shot("alerts");
 
+  const renders = await page.locator("main").getAttribute("data-renders");
   await page.getByRole("button", { name: `Rotate secret of ${hookURL}` }).click();
   dialog = page.getByRole("dialog", { name: `Rotate secret of ${hookURL}` });
   await dialog.getByRole("button", { name: "Rotate secret" }).click();
   const rotated = await shownSecret(dialog, `Secret of webhook ${hookURL}`);
+  // Closing the dialog redraws the page: test once the new one is there.
+  await page.locator(`main:not([data-renders="${renders}"])`).waitFor();
   assert.notEqual(rotated, secret);
   await sendTest(rotated);
 

@@ -40,6 +40,8 @@ export async function renderAlerts(p: Page): Promise<void> {
   );
   await loadAlerts(ws, names, alerts, "");
   if (focusId) document.getElementById(focusId)?.focus();
+  // Counts the renders, so that a test can wait for a redraw to land.
+  p.main.dataset.renders = String(Number(p.main.dataset.renders ?? 0) + 1);
 }
 
 async function webhooks(p: Page, result: HTMLElement): Promise<HTMLElement> {
