@@ -219,9 +219,11 @@ func (c *cluster) stopTimed(t *testing.T) map[string]time.Duration {
 		case <-done:
 			took[p.name] = time.Since(start)
 		case <-time.After(30 * time.Second):
-			_ = p.cmd.Process.Kill()
+			// SIGQUIT makes a Go process print every goroutine's stack:
+			// the failure shows what it waits on.
+			_ = p.cmd.Process.Signal(syscall.SIGQUIT)
 			<-done
-			t.Errorf("%s did not stop within 30 s of SIGTERM:\n%s", p.name, tail(p.out.String(), 3000))
+			t.Errorf("%s did not stop within 30 s of SIGTERM:\n%s", p.name, tail(p.out.String(), 30000))
 		}
 	}
 	return took

@@ -144,9 +144,9 @@ func (s *Server) lead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dispatcher session: %w", err)
 	}
-	defer sess.Close()
+	defer s.resign(ctx, sess)
 	el := concurrency.NewElection(sess, alertbox.LeaderPrefix)
-	if err := el.Campaign(ctx, s.dispatch.Name); err != nil {
+	if err := s.campaign(ctx, el); err != nil {
 		return fmt.Errorf("dispatcher campaign: %w", err)
 	}
 	s.log.Info("keystore: this replica dispatches alerts", slog.String("name", s.dispatch.Name))
@@ -180,6 +180,34 @@ func (s *Server) lead(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// campaign waits until el leads or ctx ends. Campaign, stopped while it
+// waits, resigns with the client's own context, which etcd without quorum
+// never answers; so campaign returns at ctx's end and leaves that cleanup
+// to finish when etcd answers or the client closes. The lease the caller
+// revokes removes the candidacy anyway.
+func (s *Server) campaign(ctx context.Context, el *concurrency.Election) error {
+	done := make(chan error, 1)
+	go func() { done <- el.Campaign(ctx, s.dispatch.Name) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// resign revokes the session's lease within the storage timeout, so that
+// the lead passes at once when etcd answers and the keystore still stops
+// when it does not (the session's own Close waits up to the lease's TTL).
+func (s *Server) resign(ctx context.Context, sess *concurrency.Session) {
+	sess.Orphan()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.storageTimeout)
+	defer cancel()
+	if _, err := s.etcd.Revoke(rctx, sess.Lease()); err != nil {
+		s.log.Warn("keystore: revoking the dispatcher lease failed; it expires with its TTL", slog.Any("error", err))
+	}
 }
 
 // dispatchPass sends every delivery that is due and returns when the next
