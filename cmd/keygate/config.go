@@ -25,6 +25,9 @@ type Config struct {
 	RequestLogMaxBytes int64
 	// PprofAddr serves Go's profiles when set.
 	PprofAddr string
+	// GCPercent is the garbage collector's target (GOGC) unless the GOGC
+	// variable sets one; -1 turns the collector off.
+	GCPercent int64
 	// UsageSpool is the edge's usage spool directory ("off" = none).
 	UsageSpool string
 	// UsageBacklog bounds an edge's unacknowledged usage records.
@@ -207,6 +210,7 @@ func newServerFlags(name string, getenv func(string) string) *serverFlags {
 	e.str(&c.AdvertiseAddr, "advertise-addr", "", "gRPC address peers dial to reach this limiter; default derived from --grpc-addr")
 	e.str(&c.RequestLog, "request-log", "", "where the usage service keeps the request log: empty = embedded store under the data dir; postgres://… = PostgreSQL")
 	e.int64(&c.RequestLogMaxBytes, "request-log-max-bytes", 10<<30, "disk the embedded request log may use; the oldest entries go first")
+	e.int64(&c.GCPercent, "gc-percent", 400, "Go garbage collector target (heap growth in % before a collection, as GOGC); the GOGC variable, when set, wins. Lower it to trade CPU for memory")
 	e.str(&c.PprofAddr, "pprof-addr", "", "serve Go's profiles (/debug/pprof/) here, e.g. 127.0.0.1:6060; off when empty")
 	e.str(&c.UsageSpool, "usage-spool", "", "the edge's usage spool directory (records survive an edge crash); empty = <data-dir>/edge-spool, \"off\" = memory only")
 	e.int64(&c.UsageBacklog, "usage-backlog", 200_000, "usage records an edge may hold for the ledger; past it the edge answers 503 usage_backlog")
@@ -282,6 +286,9 @@ func (s *serverFlags) parse(args []string) (Config, []string, error) {
 	}
 	if c.SampleRatio <= 0 || c.SampleRatio > 1 {
 		return c, nil, errors.New("--trace-sample-ratio must be in (0, 1]")
+	}
+	if c.GCPercent < -1 || c.GCPercent == 0 {
+		return c, nil, errors.New("--gc-percent must be positive, or -1 to turn the collector off")
 	}
 	if c.MaxBodyBytes <= 0 {
 		return c, nil, errors.New("--max-body-bytes must be positive")

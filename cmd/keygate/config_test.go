@@ -27,6 +27,15 @@ func TestParseConfig(t *testing.T) {
 	require.Empty(t, c.EtcdEndpoints)
 	require.False(t, c.FailOpen)
 	require.Equal(t, 3*time.Minute, c.KeyCacheMaxUnconfirmed)
+	pct, ok := gcPercent(c, env(nil))
+	require.True(t, ok)
+	require.Equal(t, 400, pct, "servers collect at 400% unless told otherwise")
+	_, ok = gcPercent(c, env(map[string]string{"GOGC": "100"}))
+	require.False(t, ok, "GOGC wins over the default")
+	c, _, err = parseConfig("up", []string{"--gc-percent", "150"}, env(nil))
+	require.NoError(t, err)
+	pct, _ = gcPercent(c, env(nil))
+	require.Equal(t, 150, pct)
 
 	c, _, err = parseConfig("serve", []string{"--grpc-addr", ":7000"}, env(map[string]string{
 		"KEYGATE_GRPC_ADDR":                 ":6000",
@@ -59,6 +68,8 @@ func TestParseConfig(t *testing.T) {
 		"unknown flag":      {args: []string{"--nope"}},
 		"negative timeout":  {args: []string{"--request-timeout", "-1s"}},
 		"tiny unconfirmed":  {args: []string{"--key-cache-max-unconfirmed", "1s"}},
+		"zero gc percent":   {args: []string{"--gc-percent", "0"}},
+		"bad gc percent":    {args: []string{"--gc-percent", "-5"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := parseConfig("up", tc.args, env(tc.env))
