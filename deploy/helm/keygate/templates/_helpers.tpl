@@ -120,6 +120,13 @@ envFrom:
 env:
   - name: OTEL_SERVICE_NAME
     value: {{ include "keygate.fullname" .ctx }}-{{ .component }}
+  # keygate collects garbage at 400% (--gc-percent); the container's memory
+  # limit as Go's soft limit makes it collect harder before the kernel kills.
+  - name: KEYGATE_MEMORY_LIMIT_MIB
+    valueFrom:
+      resourceFieldRef: {resource: limits.memory, divisor: 1Mi}
+  - name: GOMEMLIMIT
+    value: $(KEYGATE_MEMORY_LIMIT_MIB)MiB
   - name: KEYGATE_ROOT_TOKEN
     valueFrom:
       secretKeyRef: {name: {{ include "keygate.rootTokenSecret" .ctx }}, key: token}
