@@ -99,6 +99,8 @@ type App struct {
 	https   []*http.Server
 	edge    *edge.Server
 	limiter *limiter.Server
+	// usage is the usage service when this process runs it.
+	usage *usage.Server
 	// limiterAddr is the limiter's advertised address (its member ID).
 	limiterAddr string
 	// limits is the limiter client the edge and the keystore share.
@@ -381,6 +383,7 @@ func (a *App) startUsage(ctx context.Context, rc *roleConns) error {
 	}
 	// The ledger commits until its Close, after the gRPC server drained:
 	// records sent while it drains are still counted.
+	a.usage = us
 	a.goBackground(func() { _ = us.Run(context.WithoutCancel(a.ctx)) })
 	a.addService(usagev1.UsageService_ServiceDesc.ServiceName, us.Register, us.Close)
 	return nil
@@ -486,9 +489,15 @@ func (a *App) startEdge(ctx context.Context, keystoreConn, usageConn *grpc.Clien
 	if err != nil {
 		return err
 	}
+	var rec edge.Recorder = usagev1.NewUsageServiceClient(usageConn)
+	if a.usage != nil {
+		// The ledger in this process takes the usage without a loopback
+		// gRPC round trip; it commits until after the edge flushed (Close).
+		rec = newLocalUsage(a.usage, c.RootToken)
+	}
 	es, err := edge.New(edge.Config{
 		Verifier: verifier, ErrInvalidKey: keycache.ErrInvalidKey, Limiter: lc,
-		Usage: usagev1.NewUsageServiceClient(usageConn), Registry: ksClient, KeyUse: ksClient,
+		Usage: rec, Registry: ksClient, KeyUse: ksClient,
 		Clock: a.Clock, Logger: a.Logger.With("service", "edge"), Meter: a.tel.MeterProvider(), Tracer: a.tel.Tracer,
 		FailOpen: c.FailOpen, MaxBodyBytes: c.MaxBodyBytes, DefaultMaxTokens: c.DefaultMaxTokens,
 		RequestTimeout: c.RequestTimeout, LimiterTimeout: c.LimiterTimeout, UsageBacklog: int(c.UsageBacklog), SpoolDir: spoolDir(c), Mock: mock.Options{Latency: c.MockLatency, ChunkDelay: c.MockChunkDelay},

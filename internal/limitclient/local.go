@@ -50,11 +50,7 @@ type localClient struct {
 }
 
 func newLocalClient(l *Local) localClient {
-	c := localClient{srv: l.Server, creds: metadata.MD{}}
-	if l.Token != "" {
-		c.creds.Set(auth.Header, "Bearer "+l.Token)
-	}
-	return c
+	return localClient{srv: l.Server, creds: auth.BearerMD(l.Token)}
 }
 
 var _ limiterv1.LimiterServiceClient = localClient{}
