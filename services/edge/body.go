@@ -60,27 +60,20 @@ func invalid(msg string) *apiError {
 	return &e
 }
 
-// skipJSON decodes nothing; it lets caseVariant list keys without copying
-// their values.
-type skipJSON struct{}
-
-func (*skipJSON) UnmarshalJSON([]byte) error { return nil }
-
 // caseVariant finds a top-level key that folds onto one of fields without
-// being its exact name.
+// being its exact name. body is valid JSON (decodeBody decoded it).
 func caseVariant(body []byte, fields []string) (string, bool) {
-	var keys map[string]skipJSON
-	if json.Unmarshal(body, &keys) != nil {
-		return "", false
-	}
-	for k := range keys {
+	var found string
+	members(body, func(k string, _ []byte) bool {
 		for _, f := range fields {
 			if k != f && strings.EqualFold(k, f) {
-				return k, true
+				found = k
+				return false
 			}
 		}
-	}
-	return "", false
+		return true
+	})
+	return found, found != ""
 }
 
 func absent(raw json.RawMessage) bool {

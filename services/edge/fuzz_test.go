@@ -3,6 +3,7 @@ package edge
 import (
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -58,6 +59,29 @@ func FuzzParseBody(f *testing.F) {
 			if _, chat := ep.d.(chatDialect); chat && p.stream {
 				require.True(t, sent.StreamOptions.IncludeUsage, "%s: a stream must ask for usage", ep.name)
 			}
+		}
+	})
+}
+
+// FuzzMembers checks the top-level walk against encoding/json: on every
+// valid UTF-8 JSON object it finds the members json.Unmarshal finds, the
+// last of a repeated key winning, with the same raw values.
+func FuzzMembers(f *testing.F) {
+	for _, s := range []string{`{}`, ` {"a":1} `, `{"model":"x","Model":"y"}`, `{"a":{"b":[1,"]}"]},"c":"\"}"}`,
+		`{"m\u006fdel":true,"n":null,"x":-1.5e3}`, `{"a":1,"a":2}`, `[1]`, `{"a":}`, `{"a":1`, `{"a" 1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got := map[string]string{}
+		ok := members(body, func(k string, v []byte) bool { got[k] = string(v); return true })
+		var want map[string]json.RawMessage
+		if json.Unmarshal(body, &want) != nil || want == nil || !utf8.Valid(body) {
+			return // members may walk what is not JSON; callers validate
+		}
+		require.True(t, ok, "a valid object is walked")
+		require.Len(t, got, len(want))
+		for k, v := range want {
+			require.Equal(t, string(v), got[k], "member %q", k)
 		}
 	})
 }

@@ -67,22 +67,16 @@ func (u *anthropicUsage) merge(t *tokens) {
 }
 
 func (d messagesDialect) usage(body []byte) (tokens, bool) {
-	var env struct {
-		Usage       *anthropicUsage `json:"usage"`
-		InputTokens *int64          `json:"input_tokens"` // count_tokens
-	}
-	if json.Unmarshal(body, &env) != nil {
-		return tokens{}, false
-	}
 	var t tokens
-	switch {
-	case d.count:
+	if d.count {
 		// Counting is free: it is answered, not charged.
 		return t, true
-	case env.Usage == nil:
+	}
+	u := bodyUsage[anthropicUsage](body)
+	if u == nil {
 		return t, false
 	}
-	env.Usage.merge(&t)
+	u.merge(&t)
 	return t, true
 }
 

@@ -61,11 +61,9 @@ func (u *openaiUsage) tokens() tokens {
 
 // openaiBodyUsage reads the usage of a unary OpenAI answer.
 func openaiBodyUsage(body []byte) (tokens, bool) {
-	var env struct {
-		Usage *openaiUsage `json:"usage"`
-	}
-	if json.Unmarshal(body, &env) != nil || env.Usage == nil {
+	u := bodyUsage[openaiUsage](body)
+	if u == nil {
 		return tokens{}, false
 	}
-	return env.Usage.tokens(), true
+	return u.tokens(), true
 }

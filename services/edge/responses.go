@@ -53,13 +53,11 @@ type responsesUsage struct {
 }
 
 func (responsesDialect) usage(body []byte) (tokens, bool) {
-	var env struct {
-		Usage *responsesUsage `json:"usage"`
-	}
-	if json.Unmarshal(body, &env) != nil || env.Usage == nil {
+	u := bodyUsage[responsesUsage](body)
+	if u == nil {
 		return tokens{}, false
 	}
-	return tokens{input: env.Usage.InputTokens, output: env.Usage.OutputTokens}, true
+	return tokens{input: u.InputTokens, output: u.OutputTokens}, true
 }
 
 var (
