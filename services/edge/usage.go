@@ -28,6 +28,13 @@ const (
 	usageRPCTimeout = 10 * time.Second
 	backoffMin      = 50 * time.Millisecond
 	backoffMax      = 2 * time.Second
+	// usageLinger is how long a small batch waits for more records: at a
+	// few requests a second, one ledger commit per 10 ms rather than one
+	// per request, for usage visible that much later. The records are
+	// spooled meanwhile, so waiting risks none of them.
+	usageLinger = 10 * time.Millisecond
+	// lingerBelow is the batch that is sent without waiting.
+	lingerBelow = 100
 )
 
 // sender hands usage records to the ledger in batches, in the background,
@@ -54,7 +61,9 @@ type sender struct {
 	log      *slog.Logger
 	producer string
 	limit    int
-	sp       *spool.Spool // nil: memory only
+	// lingerFor is how long a small batch waits (usageLinger).
+	lingerFor time.Duration
+	sp        *spool.Spool // nil: memory only
 	// spoolErr is set once a spool write failed: the edge then refuses
 	// requests, since what it answers could no longer survive a crash.
 	spoolErr atomic.Bool
@@ -75,7 +84,7 @@ type sender struct {
 }
 
 func newSender(rec Recorder, producer string, limit int, log *slog.Logger) *sender {
-	return &sender{rec: rec, log: log, producer: producer, limit: limit, base: 1, wake: make(chan struct{}, 1)}
+	return &sender{rec: rec, log: log, producer: producer, limit: limit, lingerFor: usageLinger, base: 1, wake: make(chan struct{}, 1)}
 }
 
 // withSpool makes the sender write through sp and queues the records sp
@@ -219,6 +228,9 @@ func (s *sender) run(ctx context.Context) {
 			case <-s.wake:
 			}
 		}
+		if !s.linger(ctx, t) {
+			return
+		}
 		ok, _ := s.sendOnce(ctx)
 		if ok {
 			backoff = backoffMin
@@ -232,6 +244,25 @@ func (s *sender) run(ctx context.Context) {
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
+}
+
+// linger lets a small batch wait up to s.lingerFor for more records; it
+// reports false when ctx ended.
+func (s *sender) linger(ctx context.Context, t *time.Timer) bool {
+	if s.pending() >= lingerBelow {
+		return true
+	}
+	t.Reset(s.lingerFor)
+	for s.pending() < lingerBelow {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-s.wake:
+		}
+	}
+	return true
 }
 
 // batchLimit is the size of the next batch: usageBatch, or less while a
