@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,24 +32,60 @@ type settleOp struct {
 type settler struct {
 	lim Limiter
 	log *slog.Logger
-	q   chan settleOp
+
+	mu sync.Mutex
+	q  []settleOp
+	// wake tells run that the queue got its first op, or a full batch:
+	// only those, since a wakeup per request costs more than the op.
+	wake chan struct{}
+	// lingerFor is how long a batch waits for more ops (settleLinger).
+	lingerFor time.Duration
 	// busy is held by run from taking a batch until it is sent, so that
-	// flush waits for a lingering batch rather than miss it.
+	// flush waits for a batch in flight rather than miss it.
 	busy sync.Mutex
 }
 
 func newSettler(lim Limiter, log *slog.Logger) *settler {
-	return &settler{lim: lim, log: log, q: make(chan settleOp, settleQueue)}
+	return &settler{lim: lim, log: log, wake: make(chan struct{}, 1), lingerFor: settleLinger}
 }
 
 // add queues op; when the queue is full it is sent inline, which slows
 // this request rather than losing the settlement.
 func (s *settler) add(ctx context.Context, op settleOp) {
-	select {
-	case s.q <- op:
-	default:
-		s.send(context.WithoutCancel(ctx), []settleOp{op})
+	s.mu.Lock()
+	n := len(s.q)
+	full := n >= settleQueue
+	if !full {
+		s.q = append(s.q, op)
+		n++
 	}
+	s.mu.Unlock()
+	if full {
+		s.send(context.WithoutCancel(ctx), []settleOp{op})
+		return
+	}
+	if n == 1 || n == settleBatch {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *settler) queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.q)
+}
+
+// take removes the oldest batch from the queue.
+func (s *settler) take() []settleOp {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := min(len(s.q), settleBatch)
+	batch := slices.Clone(s.q[:k])
+	s.q = append(s.q[:0], s.q[k:]...)
+	return batch
 }
 
 // releaseLost frees the reservation of a Check whose answer was lost, now
@@ -62,58 +99,51 @@ func (s *settler) releaseLost(ctx context.Context, r *limiterv1.Release, again t
 }
 
 func (s *settler) run(ctx context.Context) {
-	batch := make([]settleOp, 0, settleBatch)
-	linger := time.NewTimer(settleLinger)
+	linger := time.NewTimer(s.lingerFor)
 	defer linger.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case op := <-s.q:
-			s.busy.Lock()
-			batch = append(batch[:0], op)
-		}
-		linger.Reset(settleLinger)
-	drain:
-		for len(batch) < settleBatch {
+		if s.queued() == 0 {
 			select {
-			case op := <-s.q:
-				batch = append(batch, op)
-			case <-linger.C:
-				break drain
 			case <-ctx.Done():
-				break drain
+				return
+			case <-s.wake:
 			}
 		}
+		// A batch waits settleLinger for more ops, unless it fills first.
+		linger.Reset(s.lingerFor)
+	wait:
+		for s.queued() < settleBatch {
+			select {
+			case <-linger.C:
+				break wait
+			case <-ctx.Done():
+				break wait
+			case <-s.wake:
+			}
+		}
+		s.busy.Lock()
 		// A batch in flight at shutdown still completes (each send has
 		// its own timeout): dropped settlements would stay charged at
-		// their estimates.
-		s.send(context.WithoutCancel(ctx), batch)
+		// their estimates. What is left is flush's.
+		if batch := s.take(); len(batch) > 0 {
+			s.send(context.WithoutCancel(ctx), batch)
+		}
 		s.busy.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
 	}
 }
 
-// flush sends what is queued, after the batch run may be holding.
+// flush sends what is queued, after the batch run may be sending.
 func (s *settler) flush(ctx context.Context) {
 	s.busy.Lock()
 	defer s.busy.Unlock()
-	for {
-		batch := make([]settleOp, 0, settleBatch)
-	drain:
-		for len(batch) < settleBatch {
-			select {
-			case op := <-s.q:
-				batch = append(batch, op)
-			default:
-				break drain
-			}
-		}
-		if len(batch) == 0 || ctx.Err() != nil {
+	for ctx.Err() == nil {
+		batch := s.take()
+		if len(batch) == 0 {
 			return
 		}
-		// A batch in flight at shutdown still completes (each send has
-		// its own timeout): dropped settlements would stay charged at
-		// their estimates.
 		s.send(context.WithoutCancel(ctx), batch)
 	}
 }

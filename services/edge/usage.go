@@ -124,10 +124,16 @@ func (s *sender) add(r *usagev1.UsageRecord) {
 		}
 	}
 	s.buf = append(s.buf, r)
+	n := len(s.buf) - s.head
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	// run waits for a first record, then lingers until the batch is large
+	// enough: other records need not wake it (a wakeup per request costs
+	// more than the record).
+	if n == 1 || n == lingerBelow {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
