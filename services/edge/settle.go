@@ -33,20 +33,16 @@ type settler struct {
 	lim Limiter
 	log *slog.Logger
 
-	mu sync.Mutex
-	q  []settleOp
-	// wake tells run that the queue got its first op, or a full batch:
-	// only those, since a wakeup per request costs more than the op.
-	wake chan struct{}
-	// lingerFor is how long a batch waits for more ops (settleLinger).
-	lingerFor time.Duration
+	mu    sync.Mutex
+	q     []settleOp
+	batch *batcher
 	// busy is held by run from taking a batch until it is sent, so that
 	// flush waits for a batch in flight rather than miss it.
 	busy sync.Mutex
 }
 
 func newSettler(lim Limiter, log *slog.Logger) *settler {
-	return &settler{lim: lim, log: log, wake: make(chan struct{}, 1), lingerFor: settleLinger}
+	return &settler{lim: lim, log: log, batch: newBatcher(settleBatch, settleLinger)}
 }
 
 // add queues op; when the queue is full it is sent inline, which slows
@@ -64,12 +60,7 @@ func (s *settler) add(ctx context.Context, op settleOp) {
 		s.send(context.WithoutCancel(ctx), []settleOp{op})
 		return
 	}
-	if n == 1 || n == settleBatch {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
+	s.batch.queued(n)
 }
 
 func (s *settler) queued() int {
@@ -99,39 +90,15 @@ func (s *settler) releaseLost(ctx context.Context, r *limiterv1.Release, again t
 }
 
 func (s *settler) run(ctx context.Context) {
-	linger := time.NewTimer(s.lingerFor)
-	defer linger.Stop()
-	for {
-		if s.queued() == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-			}
-		}
-		// A batch waits settleLinger for more ops, unless it fills first.
-		linger.Reset(s.lingerFor)
-	wait:
-		for s.queued() < settleBatch {
-			select {
-			case <-linger.C:
-				break wait
-			case <-ctx.Done():
-				break wait
-			case <-s.wake:
-			}
-		}
+	for s.batch.next(ctx, s.queued) {
 		s.busy.Lock()
 		// A batch in flight at shutdown still completes (each send has
 		// its own timeout): dropped settlements would stay charged at
-		// their estimates. What is left is flush's.
+		// their estimates.
 		if batch := s.take(); len(batch) > 0 {
 			s.send(context.WithoutCancel(ctx), batch)
 		}
 		s.busy.Unlock()
-		if ctx.Err() != nil {
-			return
-		}
 	}
 }
 

@@ -49,7 +49,7 @@ func TestSettlerBatches(t *testing.T) {
 	t.Parallel()
 	lim := &settleCounter{}
 	s := newSettler(lim, slog.New(slog.DiscardHandler))
-	s.lingerFor = time.Hour // only a full batch ends the wait
+	s.batch.delay = time.Hour // only a full batch ends the wait
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { s.run(ctx); close(done) }()

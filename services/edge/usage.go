@@ -61,18 +61,16 @@ type sender struct {
 	log      *slog.Logger
 	producer string
 	limit    int
-	// lingerFor is how long a small batch waits (usageLinger).
-	lingerFor time.Duration
-	sp        *spool.Spool // nil: memory only
+	sp       *spool.Spool // nil: memory only
 	// spoolErr is set once a spool write failed: the edge then refuses
 	// requests, since what it answers could no longer survive a crash.
 	spoolErr atomic.Bool
 
-	mu   sync.Mutex
-	buf  []*usagev1.UsageRecord // pending records are buf[head:]
-	head int
-	base uint64 // sequence number of buf[head]
-	wake chan struct{}
+	mu    sync.Mutex
+	buf   []*usagev1.UsageRecord // pending records are buf[head:]
+	head  int
+	base  uint64 // sequence number of buf[head]
+	batch *batcher
 
 	// sendMu makes Run's loop and Close take turns at sending.
 	sendMu  sync.Mutex
@@ -84,7 +82,7 @@ type sender struct {
 }
 
 func newSender(rec Recorder, producer string, limit int, log *slog.Logger) *sender {
-	return &sender{rec: rec, log: log, producer: producer, limit: limit, lingerFor: usageLinger, base: 1, wake: make(chan struct{}, 1)}
+	return &sender{rec: rec, log: log, producer: producer, limit: limit, base: 1, batch: newBatcher(lingerBelow, usageLinger)}
 }
 
 // withSpool makes the sender write through sp and queues the records sp
@@ -126,15 +124,7 @@ func (s *sender) add(r *usagev1.UsageRecord) {
 	s.buf = append(s.buf, r)
 	n := len(s.buf) - s.head
 	s.mu.Unlock()
-	// run waits for a first record, then lingers until the batch is large
-	// enough: other records need not wake it (a wakeup per request costs
-	// more than the record).
-	if n == 1 || n == lingerBelow {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
+	s.batch.queued(n)
 }
 
 // pending is the number of records not yet acknowledged.
@@ -226,17 +216,7 @@ func (s *sender) run(ctx context.Context) {
 	backoff := backoffMin
 	t := time.NewTimer(0)
 	defer t.Stop()
-	for {
-		if s.pending() == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-s.wake:
-			}
-		}
-		if !s.linger(ctx, t) {
-			return
-		}
+	for s.batch.next(ctx, s.pending) {
 		ok, _ := s.sendOnce(ctx)
 		if ok {
 			backoff = backoffMin
@@ -250,25 +230,6 @@ func (s *sender) run(ctx context.Context) {
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
-}
-
-// linger lets a small batch wait up to s.lingerFor for more records; it
-// reports false when ctx ended.
-func (s *sender) linger(ctx context.Context, t *time.Timer) bool {
-	if s.pending() >= lingerBelow {
-		return true
-	}
-	t.Reset(s.lingerFor)
-	for s.pending() < lingerBelow {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		case <-s.wake:
-		}
-	}
-	return true
 }
 
 // batchLimit is the size of the next batch: usageBatch, or less while a
