@@ -183,188 +183,229 @@ func (s *Server) pull(ctx context.Context, keys []string) (got map[string]bool, 
 	if s.peers == nil || len(keys) == 0 {
 		return nil, nil
 	}
-	type keyPull struct {
-		wide  bool
-		extra []string             // replicas fences named
-		since map[string]time.Time // when a replica a fence named first said no
-		adopt string               // the replica that pushed the key here
-		until time.Time            // how long to wait for the push
-	}
-	got = map[string]bool{}
-	reqID := rand.Text() // one per pull: a repeated call gets a lost answer again
-	st := make(map[string]*keyPull, len(keys))
-	for _, k := range keys {
-		p := &keyPull{since: map[string]time.Time{}}
-		if to := s.table.MovedTo(k); to != "" && to != s.id {
-			p.extra = []string{to} // this replica's own fence
-		}
-		st[k] = p
-	}
-	for round := 0; len(st) > 0; round++ {
-		if ctx.Err() != nil {
-			break
-		}
-		groups := map[string][]string{}
-		waiting := 0
-		for k, p := range st {
-			if p.adopt != "" {
-				switch to := s.table.MovedTo(k); {
-				case s.table.Held(k):
-					got[k] = true
-					delete(st, k)
-					continue
-				case to != "" && to != s.id:
-					// Arrived and handed on meanwhile.
-					p.adopt, p.extra = "", appendNew(p.extra, to)
-				case time.Now().Before(p.until):
-					waiting++
-					continue
-				default:
-					p.adopt = ""
-				}
-			}
-			cands := s.candidates(k)
-			if !p.wide {
-				if len(cands) == 0 {
-					delete(st, k) // no other replica: nobody holds it
-					continue
-				}
-				cands = cands[:1]
-			} else {
-				for _, a := range p.extra {
-					cands = appendNew(cands, a)
-				}
-			}
-			for _, a := range cands {
-				groups[a] = append(groups[a], k)
-			}
-		}
+	p := s.newPuller(keys)
+	for len(p.st) > 0 && ctx.Err() == nil {
+		groups, waiting := p.plan()
 		if len(groups) == 0 {
 			if waiting == 0 {
 				break
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(5 * time.Millisecond):
-			}
+			pause(ctx, 5*time.Millisecond)
 			continue
 		}
-		type answer struct {
-			addr  string
-			keys  []string
-			resp  *limiterv1.HandoverResponse
-			err   error
-			gone  bool
-			asked time.Time
+		open := p.absorb(ctx, p.ask(ctx, groups))
+		if !p.advance(open) && len(p.st) > 0 {
+			// Only replicas to ask again: do not spin.
+			pause(ctx, 10*time.Millisecond)
 		}
-		var (
-			mu      sync.Mutex
-			wg      sync.WaitGroup
-			answers []answer
-		)
-		for addr, ks := range groups {
-			for start := 0; start < len(ks); start += handoverBatch {
-				batch := ks[start:min(start+handoverBatch, len(ks))]
-				wg.Go(func() {
-					a := answer{addr: addr, keys: batch, asked: time.Now()}
-					a.resp, a.gone, a.err = s.handover(ctx, addr, batch, reqID)
-					mu.Lock()
-					answers = append(answers, a)
-					mu.Unlock()
-				})
+	}
+	for k := range p.st {
+		unsettled = append(unsettled, k)
+	}
+	return p.got, unsettled
+}
+
+// keyPull is where the pull of one key stands.
+type keyPull struct {
+	wide  bool
+	extra []string             // replicas fences named
+	since map[string]time.Time // when a replica a fence named first said no
+	adopt string               // the replica that pushed the key here
+	until time.Time            // how long to wait for the push
+}
+
+// puller is the state of one pull: the keys still open and those got.
+type puller struct {
+	s     *Server
+	reqID string // one per pull: a repeated call gets a lost answer again
+	st    map[string]*keyPull
+	got   map[string]bool
+}
+
+func (s *Server) newPuller(keys []string) *puller {
+	p := &puller{s: s, reqID: rand.Text(), st: make(map[string]*keyPull, len(keys)), got: map[string]bool{}}
+	for _, k := range keys {
+		kp := &keyPull{since: map[string]time.Time{}}
+		if to := s.table.MovedTo(k); to != "" && to != s.id {
+			kp.extra = []string{to} // this replica's own fence
+		}
+		p.st[k] = kp
+	}
+	return p
+}
+
+// plan groups the open keys by the replicas to ask this round; waiting
+// counts the keys pushed here whose arrival is still awaited.
+func (p *puller) plan() (groups map[string][]string, waiting int) {
+	s := p.s
+	groups = map[string][]string{}
+	for k, kp := range p.st {
+		if kp.adopt != "" {
+			switch to := s.table.MovedTo(k); {
+			case s.table.Held(k):
+				p.got[k] = true
+				delete(p.st, k)
+				continue
+			case to != "" && to != s.id:
+				// Arrived and handed on meanwhile.
+				kp.adopt, kp.extra = "", appendNew(kp.extra, to)
+			case time.Now().Before(kp.until):
+				waiting++
+				continue
+			default:
+				kp.adopt = ""
 			}
 		}
-		wg.Wait()
-		// Per key, this round: settled (state got, or pushed here), open
-		// (some replica must be asked again), or else every replica asked
-		// said no.
-		open := map[string]bool{}
-		for _, a := range answers {
-			if a.err != nil {
-				if !a.gone {
-					s.log.Info("limiter replica did not answer a handover; asking again",
-						slog.String("member", a.addr), slog.Int("keys", len(a.keys)), slog.Any("error", a.err))
-					for _, k := range a.keys {
-						open[k] = true
-					}
-				}
+		cands := s.candidates(k)
+		if !kp.wide {
+			if len(cands) == 0 {
+				delete(p.st, k) // no other replica: nobody holds it
 				continue
 			}
-			if n := s.table.Import(a.resp.GetStates()); n > 0 {
-				s.handovers.Add(ctx, int64(n))
+			cands = cands[:1]
+		} else {
+			for _, a := range kp.extra {
+				cands = appendNew(cands, a)
 			}
-			if s.log.Enabled(ctx, slog.LevelDebug) {
-				s.log.Debug("limiter handover answered", slog.String("self", s.id), slog.String("member", a.addr),
-					slog.Any("keys", a.keys), slog.Int("states", len(a.resp.GetStates())), slog.Any("moved", a.resp.GetMoved()))
-			}
-			answered := map[string]bool{}
-			for _, x := range a.resp.GetStates() {
-				answered[x.GetKey()] = true
-				if p := st[x.GetKey()]; p != nil {
-					got[x.GetKey()] = true
-					delete(st, x.GetKey())
-				}
-			}
-			for _, m := range a.resp.GetMoved() {
-				k := m.GetKey()
-				answered[k] = true
-				p := st[k]
-				if p == nil {
-					continue
-				}
-				if m.GetOwner() == s.id {
-					// Pushed here by a replica leaving: on its way.
-					if p.adopt == "" {
-						p.adopt, p.until = a.addr, time.Now().Add(adoptWait)
-					}
-					continue
-				}
-				p.extra = appendNew(p.extra, m.GetOwner())
-				open[k] = true
-			}
-			for _, k := range a.keys {
-				p := st[k]
-				if answered[k] || p == nil || !contains(p.extra, a.addr) {
-					continue
-				}
-				// A fence names this replica, and it says it does not have
-				// the key: its pull of it is still on the way.
-				first, ok := p.since[a.addr]
-				if !ok {
-					first = a.asked
-					p.since[a.addr] = first
-				}
-				if time.Since(first) < followWait {
+		}
+		for _, a := range cands {
+			groups[a] = append(groups[a], k)
+		}
+	}
+	return groups, waiting
+}
+
+// pullAnswer is one replica's answer to a Handover of some keys.
+type pullAnswer struct {
+	addr  string
+	keys  []string
+	resp  *limiterv1.HandoverResponse
+	err   error
+	gone  bool
+	asked time.Time
+}
+
+// ask sends every group's Handover at once, in batches.
+func (p *puller) ask(ctx context.Context, groups map[string][]string) []pullAnswer {
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		answers []pullAnswer
+	)
+	for addr, ks := range groups {
+		for start := 0; start < len(ks); start += handoverBatch {
+			batch := ks[start:min(start+handoverBatch, len(ks))]
+			wg.Go(func() {
+				a := pullAnswer{addr: addr, keys: batch, asked: time.Now()}
+				a.resp, a.gone, a.err = p.s.handover(ctx, addr, batch, p.reqID)
+				mu.Lock()
+				answers = append(answers, a)
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	return answers
+}
+
+// absorb installs the states answered and returns the keys that stay open
+// (some replica must be asked again). Per key, this round: settled (state
+// got, or pushed here), open, or else every replica asked said no.
+func (p *puller) absorb(ctx context.Context, answers []pullAnswer) map[string]bool {
+	open := map[string]bool{}
+	for _, a := range answers {
+		if a.err != nil {
+			if !a.gone {
+				p.s.log.Info("limiter replica did not answer a handover; asking again",
+					slog.String("member", a.addr), slog.Int("keys", len(a.keys)), slog.Any("error", a.err))
+				for _, k := range a.keys {
 					open[k] = true
 				}
 			}
+			continue
 		}
-		progress := false
-		for k, p := range st {
-			switch {
-			case p.adopt != "":
-			case open[k]:
-				if !p.wide {
-					p.wide, progress = true, true
-				}
-			case p.wide:
-				delete(st, k) // every replica that could hold it said no
-			default:
-				p.wide, progress = true, true
-			}
-		}
-		if !progress && len(st) > 0 {
-			// Only replicas to ask again: do not spin.
-			select {
-			case <-ctx.Done():
-			case <-time.After(10 * time.Millisecond):
-			}
+		p.absorbAnswer(ctx, a, open)
+	}
+	return open
+}
+
+func (p *puller) absorbAnswer(ctx context.Context, a pullAnswer, open map[string]bool) {
+	s := p.s
+	if n := s.table.Import(a.resp.GetStates()); n > 0 {
+		s.handovers.Add(ctx, int64(n))
+	}
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("limiter handover answered", slog.String("self", s.id), slog.String("member", a.addr),
+			slog.Any("keys", a.keys), slog.Int("states", len(a.resp.GetStates())), slog.Any("moved", a.resp.GetMoved()))
+	}
+	answered := map[string]bool{}
+	for _, x := range a.resp.GetStates() {
+		answered[x.GetKey()] = true
+		if p.st[x.GetKey()] != nil {
+			p.got[x.GetKey()] = true
+			delete(p.st, x.GetKey())
 		}
 	}
-	for k := range st {
-		unsettled = append(unsettled, k)
+	for _, m := range a.resp.GetMoved() {
+		k := m.GetKey()
+		answered[k] = true
+		kp := p.st[k]
+		if kp == nil {
+			continue
+		}
+		if m.GetOwner() == s.id {
+			// Pushed here by a replica leaving: on its way.
+			if kp.adopt == "" {
+				kp.adopt, kp.until = a.addr, time.Now().Add(adoptWait)
+			}
+			continue
+		}
+		kp.extra = appendNew(kp.extra, m.GetOwner())
+		open[k] = true
 	}
-	return got, unsettled
+	for _, k := range a.keys {
+		kp := p.st[k]
+		if answered[k] || kp == nil || !contains(kp.extra, a.addr) {
+			continue
+		}
+		// A fence names this replica, and it says it does not have the
+		// key: its pull of it is still on the way.
+		first, ok := kp.since[a.addr]
+		if !ok {
+			first = a.asked
+			kp.since[a.addr] = first
+		}
+		if time.Since(first) < followWait {
+			open[k] = true
+		}
+	}
+}
+
+// advance widens the keys asked narrowly and drops those every replica
+// that could hold them refused; it reports whether any key widened.
+func (p *puller) advance(open map[string]bool) (progress bool) {
+	for k, kp := range p.st {
+		switch {
+		case kp.adopt != "":
+		case open[k]:
+			if !kp.wide {
+				kp.wide, progress = true, true
+			}
+		case kp.wide:
+			delete(p.st, k) // every replica that could hold it said no
+		default:
+			kp.wide, progress = true, true
+		}
+	}
+	return progress
+}
+
+// pause waits d or until ctx ends.
+func pause(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
 }
 
 func appendNew(ss []string, s string) []string {
