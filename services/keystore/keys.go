@@ -403,35 +403,8 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 		return nil, err
 	}
 	patch := req.GetPatch()
-	if mask["name"] {
-		if err := validName("patch.name", patch.GetName()); err != nil {
-			return nil, err
-		}
-	}
-	validate := func(ks keySettings, mask map[string]bool) error {
-		err := s.validateKeySettings(ctx, ks, mask)
-		var fe *FieldError
-		if errors.As(err, &fe) {
-			fe.Field = "patch." + fe.Field
-		}
-		return err
-	}
-	ks := keySettings{
-		expire: patch.GetExpireTime(), allowedModels: patch.GetAllowedModels(), labels: patch.GetLabels(),
-		global: patch.GetGlobalLimits(), modelLimits: patch.GetModelLimits(), tokenCap: patch.GetTokenCap(), budget: patch.GetBudget(),
-	}
-	if err := validate(ks, mask); err != nil {
+	if err := s.validateKeyPatch(ctx, patch, mask); err != nil {
 		return nil, err
-	}
-	if mask["report_limits"] {
-		if err := s.validatePolicy(ctx, "patch.report_limits", patch.GetReportLimits()); err != nil {
-			return nil, err
-		}
-	}
-	if mask["limit_override"] {
-		if err := s.validateOverride(ctx, "patch.limit_override", patch.GetLimitOverride()); err != nil {
-			return nil, err
-		}
 	}
 	etag, err := updateEtag(req.GetEtag(), patch.GetEtag())
 	if err != nil {
@@ -447,67 +420,112 @@ func (s *Server) updateKey(ctx context.Context, p *principal, req *keystorev1.Up
 		}
 	}
 	return s.modifyKey(ctx, p, req.GetWorkspace(), req.GetKey(), etag, "key.update", func(k *keystorev1.Key) error {
-		for f := range mask {
-			switch f {
-			case "name":
-				k.Name = patch.GetName()
-			case "enabled":
-				k.Enabled = patch.GetEnabled()
-			case "expire_time":
-				k.ExpireTime = patch.GetExpireTime()
-			case "allowed_models":
-				k.AllowedModels = patch.GetAllowedModels()
-			case "labels":
-				k.Labels = maps.Clone(patch.GetLabels())
-			case "global_limits":
-				k.GlobalLimits = patch.GetGlobalLimits()
-			case "model_limits":
-				k.ModelLimits = patch.GetModelLimits()
-			case "token_cap":
-				k.TokenCap = normCap(patch.GetTokenCap())
-			case "budget":
-				k.Budget = normBudget(patch.GetBudget())
-			case "report_limits":
-				k.ReportLimits = normPolicy(patch.GetReportLimits())
-			case "limit_override":
-				k.LimitOverride = normOverride(patch.GetLimitOverride())
-			}
+		applyKeyMask(k, patch, mask)
+		return s.mergeKeySubfields(ctx, k, patch, mask, sub)
+	}, nil)
+}
+
+// validateKeyPatch checks the fields of patch that mask names.
+func (s *Server) validateKeyPatch(ctx context.Context, patch *keystorev1.Key, mask map[string]bool) error {
+	if mask["name"] {
+		if err := validName("patch.name", patch.GetName()); err != nil {
+			return err
 		}
-		// Sub-field updates merge into the key's current value, then the
-		// merged value is validated as a whole.
-		merged := keySettings{}
-		subMask := map[string]bool{}
-		for top, fields := range sub {
-			if mask[top] {
-				continue // the whole field was named too
-			}
-			var err error
-			switch top {
-			case "global_limits":
-				merged.global, err = mergeSubfields(orEmpty(k.GetGlobalLimits()), orEmpty(patch.GetGlobalLimits()), fields, top)
-				k.GlobalLimits = merged.global
-			case "token_cap":
-				merged.tokenCap, err = mergeSubfields(orEmpty(k.GetTokenCap()), orEmpty(patch.GetTokenCap()), fields, top)
-				k.TokenCap = normCap(merged.tokenCap)
-			case "budget":
-				merged.budget, err = mergeSubfields(orEmpty(k.GetBudget()), orEmpty(patch.GetBudget()), fields, top)
-				k.Budget = normBudget(merged.budget)
-			case "report_limits", "limit_override":
-				if err := s.mergeLevelPaths(ctx, k, patch, top, fields); err != nil {
-					return err
-				}
-				continue
-			}
-			if err != nil {
+	}
+	ks := keySettings{
+		expire: patch.GetExpireTime(), allowedModels: patch.GetAllowedModels(), labels: patch.GetLabels(),
+		global: patch.GetGlobalLimits(), modelLimits: patch.GetModelLimits(), tokenCap: patch.GetTokenCap(), budget: patch.GetBudget(),
+	}
+	if err := s.validatePatchSettings(ctx, ks, mask); err != nil {
+		return err
+	}
+	if mask["report_limits"] {
+		if err := s.validatePolicy(ctx, "patch.report_limits", patch.GetReportLimits()); err != nil {
+			return err
+		}
+	}
+	if mask["limit_override"] {
+		return s.validateOverride(ctx, "patch.limit_override", patch.GetLimitOverride())
+	}
+	return nil
+}
+
+// validatePatchSettings validates ks as the patch's fields: an error
+// names the field under "patch.".
+func (s *Server) validatePatchSettings(ctx context.Context, ks keySettings, mask map[string]bool) error {
+	err := s.validateKeySettings(ctx, ks, mask)
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		fe.Field = "patch." + fe.Field
+	}
+	return err
+}
+
+// applyKeyMask sets the fields mask names from patch.
+func applyKeyMask(k, patch *keystorev1.Key, mask map[string]bool) {
+	for f := range mask {
+		switch f {
+		case "name":
+			k.Name = patch.GetName()
+		case "enabled":
+			k.Enabled = patch.GetEnabled()
+		case "expire_time":
+			k.ExpireTime = patch.GetExpireTime()
+		case "allowed_models":
+			k.AllowedModels = patch.GetAllowedModels()
+		case "labels":
+			k.Labels = maps.Clone(patch.GetLabels())
+		case "global_limits":
+			k.GlobalLimits = patch.GetGlobalLimits()
+		case "model_limits":
+			k.ModelLimits = patch.GetModelLimits()
+		case "token_cap":
+			k.TokenCap = normCap(patch.GetTokenCap())
+		case "budget":
+			k.Budget = normBudget(patch.GetBudget())
+		case "report_limits":
+			k.ReportLimits = normPolicy(patch.GetReportLimits())
+		case "limit_override":
+			k.LimitOverride = normOverride(patch.GetLimitOverride())
+		}
+	}
+}
+
+// mergeKeySubfields merges sub-field updates into the key's current
+// value, then validates each merged value as a whole.
+func (s *Server) mergeKeySubfields(ctx context.Context, k, patch *keystorev1.Key, mask map[string]bool, sub map[string][]string) error {
+	merged := keySettings{}
+	subMask := map[string]bool{}
+	for top, fields := range sub {
+		if mask[top] {
+			continue // the whole field was named too
+		}
+		var err error
+		switch top {
+		case "global_limits":
+			merged.global, err = mergeSubfields(orEmpty(k.GetGlobalLimits()), orEmpty(patch.GetGlobalLimits()), fields, top)
+			k.GlobalLimits = merged.global
+		case "token_cap":
+			merged.tokenCap, err = mergeSubfields(orEmpty(k.GetTokenCap()), orEmpty(patch.GetTokenCap()), fields, top)
+			k.TokenCap = normCap(merged.tokenCap)
+		case "budget":
+			merged.budget, err = mergeSubfields(orEmpty(k.GetBudget()), orEmpty(patch.GetBudget()), fields, top)
+			k.Budget = normBudget(merged.budget)
+		case "report_limits", "limit_override":
+			if err := s.mergeLevelPaths(ctx, k, patch, top, fields); err != nil {
 				return err
 			}
-			subMask[top] = true
+			continue
 		}
-		if len(subMask) > 0 {
-			return validate(merged, subMask)
+		if err != nil {
+			return err
 		}
-		return nil
-	}, nil)
+		subMask[top] = true
+	}
+	if len(subMask) > 0 {
+		return s.validatePatchSettings(ctx, merged, subMask)
+	}
+	return nil
 }
 
 // mergeLevelPaths applies sub-field paths of report_limits or
