@@ -35,7 +35,16 @@ type reportAttr struct {
 
 func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, error) {
 	meter := mp.Meter("github.com/keygate/keygate/services/edge")
-	var m metrics
+	m := &metrics{}
+	if err := errors.Join(m.instruments(meter), usageGauges(meter, s, clk)); err != nil {
+		return nil, errors.Join(errors.New("edge: metrics"), err)
+	}
+	m.attributeSets()
+	return m, nil
+}
+
+// instruments creates the counters and histograms the request path adds to.
+func (m *metrics) instruments(meter metric.Meter) error {
 	var err error
 	var errs []error
 	m.requests, err = meter.Int64Counter("keygate.edge.requests",
@@ -57,6 +66,13 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 	m.reportDenials, err = meter.Int64Counter("keygate.edge.report_denials",
 		metric.WithUnit("{request}"), metric.WithDescription("Requests a report-mode limit would have denied, by level and limit; they were not denied for it."))
 	errs = append(errs, err)
+	return errors.Join(errs...)
+}
+
+// usageGauges reports the usage sender's queue and spool.
+func usageGauges(meter metric.Meter, s *sender, clk clock.Clock) error {
+	var err error
+	var errs []error
 	_, err = meter.Float64ObservableGauge("keygate.edge.usage.oldest_age",
 		metric.WithUnit("s"), metric.WithDescription("Age of the oldest usage record the ledger has not acknowledged (0 when none waits)."),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
@@ -87,9 +103,12 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 			return nil
 		}))
 	errs = append(errs, err)
-	if err := errors.Join(errs...); err != nil {
-		return nil, errors.Join(errors.New("edge: metrics"), err)
-	}
+	return errors.Join(errs...)
+}
+
+// attributeSets builds once every attribute set the request path uses, so
+// that it does not allocate them.
+func (m *metrics) attributeSets() {
 	// reasons label every answer in keygate.edge.requests; each has one status
 	// class. Attribute sets are built once here so that the request path does
 	// not allocate them.
@@ -130,7 +149,6 @@ func newMetrics(mp metric.MeterProvider, s *sender, clk clock.Clock) (*metrics, 
 				attribute.String("level", limitkey.LevelName(lv)), attribute.String("limit", limitkey.KindName(kind))))
 		}
 	}
-	return &m, nil
 }
 
 // reportDenial counts a would-be denial by a report-mode limit.
