@@ -281,6 +281,22 @@ func (p *Postgres) List(ctx context.Context, q Query) (Page, error) {
 		return Page{}, nil
 	}
 	limit := min(q.Limit, MaxScan)
+	sql, args := listSQL(q, limit)
+	rows, err := p.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return Page{}, fmt.Errorf("reqlog: list: %w", err)
+	}
+	page, last, err := readPage(rows, q.Workspace)
+	if err != nil {
+		return Page{}, err
+	}
+	return finishPage(page, last, limit), nil
+}
+
+// listSQL is the query of one page of q and its arguments: with filters
+// beyond the index's, it examines at most MaxScan entries and flags the
+// oldest examined as a last row.
+func listSQL(q Query, limit int) (string, []any) {
 	args := []any{q.Workspace}
 	arg := func(v any) string {
 		args = append(args, v)
@@ -335,10 +351,12 @@ func (p *Postgres) List(ctx context.Context, q Query) (Page, error) {
 				ORDER BY at_ns, producer, seq LIMIT 1)`,
 			strings.Join(where, " AND "), order, MaxScan, strings.Join(rest, " AND "), arg(limit+1))
 	}
-	rows, err := p.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return Page{}, fmt.Errorf("reqlog: list: %w", err)
-	}
+	return sql, args
+}
+
+// readPage reads the page's rows; last is the flagged row's position.
+func readPage(rows pgx.Rows, ws string) (Page, *Cursor, error) {
+	defer rows.Close()
 	var (
 		page Page
 		last *Cursor
@@ -347,11 +365,10 @@ func (p *Postgres) List(ctx context.Context, q Query) (Page, error) {
 		var (
 			spent bool
 			ns    int64
-			e     = Entry{Workspace: q.Workspace}
+			e     = Entry{Workspace: ws}
 		)
 		if err := rows.Scan(&spent, &ns, &e.Producer, &e.Seq, &e.Key, &e.Owner, &e.Model, &e.Status, &e.Record); err != nil {
-			rows.Close()
-			return Page{}, fmt.Errorf("reqlog: list: %w", err)
+			return Page{}, nil, fmt.Errorf("reqlog: list: %w", err)
 		}
 		e.At = time.Unix(0, ns).UTC()
 		if spent {
@@ -362,8 +379,15 @@ func (p *Postgres) List(ctx context.Context, q Query) (Page, error) {
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return Page{}, fmt.Errorf("reqlog: list: %w", err)
+		return Page{}, nil, fmt.Errorf("reqlog: list: %w", err)
 	}
+	return page, last, nil
+}
+
+// finishPage orders the page newest first and sets where to go on: after
+// its last entry when it has more than limit, else after the last entry
+// examined when the scan budget ran out.
+func finishPage(page Page, last *Cursor, limit int) Page {
 	// UNION ALL keeps no promise of order: put the page in order here.
 	slices.SortFunc(page.Entries, func(a, b Entry) int {
 		switch {
@@ -382,7 +406,7 @@ func (p *Postgres) List(ctx context.Context, q Query) (Page, error) {
 	case last != nil:
 		page.Next = last
 	}
-	return page, nil
+	return page
 }
 
 // Trim drops the day partitions that end at or before cutoff, then deletes
