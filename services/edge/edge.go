@@ -143,56 +143,10 @@ type Server struct {
 
 // New validates cfg and builds the edge.
 func New(cfg Config) (*Server, error) {
-	switch {
-	case cfg.Verifier == nil:
-		return nil, errors.New("edge: Config.Verifier is required")
-	case cfg.ErrInvalidKey == nil:
-		return nil, errors.New("edge: Config.ErrInvalidKey is required")
-	case cfg.Limiter == nil:
-		return nil, errors.New("edge: Config.Limiter is required")
-	case cfg.Usage == nil:
-		return nil, errors.New("edge: Config.Usage is required")
-	case cfg.Registry == nil:
-		return nil, errors.New("edge: Config.Registry is required")
-	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBacklog < 0, cfg.ModelRefresh < 0, cfg.KeyUseInterval < 0:
-		return nil, errors.New("edge: sizes and durations in Config must not be negative")
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = clock.Real{}
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Meter == nil {
-		cfg.Meter = metricnoop.NewMeterProvider()
-	}
-	if cfg.Tracer == nil {
-		cfg.Tracer = tracenoop.NewTracerProvider()
-	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 4 << 20
-	}
-	if cfg.DefaultMaxTokens == 0 {
-		cfg.DefaultMaxTokens = 1024
-	}
-	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = 120 * time.Second
-	}
-	if cfg.LimiterTimeout == 0 {
-		cfg.LimiterTimeout = 2 * time.Second
-	}
-	if cfg.UsageBacklog == 0 {
-		cfg.UsageBacklog = 200_000
-	}
-	if cfg.ModelRefresh == 0 {
-		cfg.ModelRefresh = 5 * time.Second
-	}
-	if cfg.KeyUseInterval == 0 {
-		cfg.KeyUseInterval = 10 * time.Second
-	}
-	if cfg.Getenv == nil {
-		cfg.Getenv = os.Getenv
-	}
+	cfg.setDefaults()
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, errors.New("edge: no randomness for request ids")
@@ -234,6 +188,65 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// check refuses a Config missing a dependency or holding a negative size.
+func (cfg *Config) check() error {
+	switch {
+	case cfg.Verifier == nil:
+		return errors.New("edge: Config.Verifier is required")
+	case cfg.ErrInvalidKey == nil:
+		return errors.New("edge: Config.ErrInvalidKey is required")
+	case cfg.Limiter == nil:
+		return errors.New("edge: Config.Limiter is required")
+	case cfg.Usage == nil:
+		return errors.New("edge: Config.Usage is required")
+	case cfg.Registry == nil:
+		return errors.New("edge: Config.Registry is required")
+	case cfg.MaxBodyBytes < 0, cfg.DefaultMaxTokens < 0, cfg.RequestTimeout < 0, cfg.UsageBacklog < 0, cfg.ModelRefresh < 0, cfg.KeyUseInterval < 0:
+		return errors.New("edge: sizes and durations in Config must not be negative")
+	}
+	return nil
+}
+
+// setDefaults fills what cfg leaves zero.
+func (cfg *Config) setDefaults() {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = metricnoop.NewMeterProvider()
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = tracenoop.NewTracerProvider()
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 4 << 20
+	}
+	if cfg.DefaultMaxTokens == 0 {
+		cfg.DefaultMaxTokens = 1024
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 120 * time.Second
+	}
+	if cfg.LimiterTimeout == 0 {
+		cfg.LimiterTimeout = 2 * time.Second
+	}
+	if cfg.UsageBacklog == 0 {
+		cfg.UsageBacklog = 200_000
+	}
+	if cfg.ModelRefresh == 0 {
+		cfg.ModelRefresh = 5 * time.Second
+	}
+	if cfg.KeyUseInterval == 0 {
+		cfg.KeyUseInterval = 10 * time.Second
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
 }
 
 // Handler serves the inference endpoints (see endpoints), GET /v1/models,
