@@ -192,7 +192,10 @@ func testCredits(t *testing.T, g govStack) {
 	require.Equal(t, "billing_error", out["error"].(map[string]any)["type"])
 
 	g.call(t, "POST", "/v1/workspaces/paid/credits/entries", map[string]any{"id": "invoice-2", "kind": "CREDIT_ENTRY_KIND_TOP_UP", "amountUsd": "5.00"})
-	g.admitted(t, secret)
+	// The edge cached the workspace with the 402s above; the top-up's
+	// level marker reaches it through its change stream, a moment later.
+	require.Eventually(t, func() bool { code, _, _ := g.chat(t, secret); return code == http.StatusOK },
+		10*time.Second, 10*time.Millisecond, "the top-up reaches the edge")
 	// The request's cost is drawn from the credits (the ledger's spend).
 	require.Eventually(t, func() bool {
 		c := g.call(t, "GET", "/v1/workspaces/paid/credits", nil)
